@@ -1,0 +1,108 @@
+"""The backend registry: names, aliases, lazy loading.
+
+Nothing here imports a framework. A backend's module is imported the first time it is asked
+for, and the environment variable is read then, not at ``import d2lgru``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+
+from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
+
+ENV_VAR = "D2LGRU_BACKEND"
+DEFAULT = "numpy"
+
+#: canonical name -> (adapter module, framework import name, pip extra)
+_REGISTRY = {
+    "numpy": ("d2lgru.backends.numpy_backend", "numpy", None),
+    "torch": ("d2lgru.backends.torch_backend", "torch", "torch"),
+    "tensorflow": ("d2lgru.backends.tensorflow_backend", "tensorflow", "tensorflow"),
+    "mxnet": ("d2lgru.backends.mxnet_backend", "mxnet", "mxnet"),
+    "paddle": ("d2lgru.backends.paddle_backend", "paddle", "paddle"),
+    "mindspore": ("d2lgru.backends.mindspore_backend", "mindspore", "mindspore"),
+}
+
+#: every known backend, in order
+BACKENDS = tuple(_REGISTRY)
+
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet",
+           "paddlepaddle": "paddle", "ms": "mindspore"}
+
+
+def canonical_name(name: str, *, source: str = "argument") -> str:
+    """``name`` or an alias -> the canonical backend name; ValueError naming the valid ones."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        where = f"${ENV_VAR}" if source == "env" else source
+        raise ValueError(f"unknown backend {name!r} (from {where}); valid backends: "
+                         f"{', '.join(BACKENDS)} (aliases: {', '.join(sorted(ALIASES))})")
+    return key
+
+
+def resolve_name(name: str | None = None) -> str:
+    """Selection order: explicit argument, then ``$D2LGRU_BACKEND``, then ``numpy``."""
+    if name is not None and str(name) != "":
+        return canonical_name(name, source="argument")
+    env = os.environ.get(ENV_VAR, "")
+    if env.strip():
+        return canonical_name(env, source="env")
+    return DEFAULT
+
+
+def is_installed(name: str) -> bool:
+    """Whether the framework behind ``name`` is importable (checked without importing it)."""
+    return importlib.util.find_spec(_REGISTRY[canonical_name(name)][1]) is not None
+
+
+def install_hint(name: str) -> str:
+    extra = _REGISTRY[canonical_name(name)][2]
+    return f'pip install "d2lgru[{extra}]"' if extra else "pip install d2lgru"
+
+
+def available_backends() -> list[str]:
+    """The known backends whose framework is installed, in registry order."""
+    return [name for name in BACKENDS if is_installed(name)]
+
+
+_loaded: dict[str, Backend] = {}
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend named by ``name``, else ``$D2LGRU_BACKEND``, else ``numpy``.
+    A backend object passes through unchanged."""
+    if isinstance(name, Backend):
+        return name
+    key = resolve_name(name)
+    if key not in _loaded:
+        module_name, framework, _ = _REGISTRY[key]
+        if not is_installed(key):
+            raise ImportError(f"backend {key!r} needs the {framework!r} package, which is not "
+                              f"installed; install it with: {install_hint(key)}")
+        _loaded[key] = importlib.import_module(module_name).backend
+    return _loaded[key]
+
+
+
+@contextlib.contextmanager
+def backend_context(name: str):
+    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend."""
+    key = canonical_name(name)
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = key
+    try:
+        yield get_backend(key)
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+__all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", "Trainer",
+           "UnsupportedError", "available_backends", "backend_context", "canonical_name",
+           "get_backend", "install_hint", "is_installed", "resolve_name"]

@@ -1,0 +1,251 @@
+"""What every backend adapter shares: declared capabilities, argument checks, the public surface.
+
+An adapter subclasses :class:`Backend`, declares its implementations in ``impls`` and fills in
+the ``_gru`` / ``_gru_backward`` / ``_lm_loss_and_grads`` / ``_make_trainer`` hooks. The public
+methods here check arguments once, so every backend fails the same way on the same mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+from ..model import LMParams
+from ..spec import GRUParams, GRUSpec
+
+
+class UnsupportedError(NotImplementedError):
+    """The backend cannot run this implementation, cell variant, dtype, mode or device."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImplInfo:
+    """What one implementation (``scratch`` or ``native``) of a backend can run."""
+
+    description: str
+    reset_before: bool = True
+    reset_after: bool = True
+    max_layers: int | None = None
+    bidirectional: bool = True
+    dtypes: tuple[str, ...] = ("float32", "float64")
+    #: execution modes, the default (fastest correct) first
+    modes: tuple[str, ...] = ("eager",)
+    #: one sentence for each thing it lacks, keyed by "reset_before", "reset_after", ...
+    why_not: dict = dataclasses.field(default_factory=dict)
+
+    def refusal(self, spec: GRUSpec, dtype) -> str | None:
+        """Why this implementation cannot run ``spec`` in ``dtype``, or None when it can."""
+        if spec.reset_after and not self.reset_after:
+            return self.why_not.get("reset_after", "it does not compute the reset-after cell")
+        if not spec.reset_after and not self.reset_before:
+            return self.why_not.get("reset_before", "it does not compute the reset-before cell")
+        if self.max_layers is not None and spec.num_layers > self.max_layers:
+            return f"it supports at most {self.max_layers} layer(s)"
+        if spec.bidirectional and not self.bidirectional:
+            return self.why_not.get("bidirectional", "it is unidirectional only")
+        if np.dtype(dtype).name not in self.dtypes:
+            return self.why_not.get("dtype", f"it runs {'/'.join(self.dtypes)} only, "
+                                             f"not {np.dtype(dtype).name}")
+        return None
+
+    def as_dict(self) -> dict:
+        return {"description": self.description, "reset_before": self.reset_before,
+                "reset_after": self.reset_after, "max_layers": self.max_layers,
+                "bidirectional": self.bidirectional, "dtypes": list(self.dtypes),
+                "modes": list(self.modes), "why_not": dict(self.why_not)}
+
+
+class LMResult(NamedTuple):
+    """One forward/backward pass of the language model on one batch."""
+
+    loss: float
+    grads: LMParams
+    logits: np.ndarray  # [T * N, V], rows in the book's order (time-major)
+    state: np.ndarray   # h_n [L * D, N, H], detached
+
+
+class Backend:
+    """The surface every backend offers. NumPy arrays in, NumPy arrays out."""
+
+    name: str = ""
+    framework: str = ""        # import name of the framework
+    impls: dict[str, ImplInfo] = {}
+    devices: tuple[str, ...] = ("cpu",)
+
+    def __init__(self):
+        self._ready = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def framework_module(self):
+        return importlib.import_module(self.framework)
+
+    def version(self) -> str:
+        return getattr(self.framework_module(), "__version__", "unknown")
+
+    def _ensure_ready(self):
+        if not self._ready:
+            self._setup()
+            self._ready = True
+
+    def _setup(self):
+        """Per-framework settings (threads, log noise, execution mode), run on first use."""
+
+    def capabilities(self) -> dict:
+        return {impl: info.as_dict() for impl, info in self.impls.items()}
+
+    def __repr__(self):
+        return f"<d2lgru backend {self.name!r}>"
+
+    # -- argument checks ----------------------------------------------------------------
+    def check_impl(self, impl: str, spec: GRUSpec | None = None, dtype=np.float32) -> ImplInfo:
+        if impl not in self.impls:
+            raise UnsupportedError(f"backend {self.name!r} has no impl {impl!r}; "
+                                   f"valid: {', '.join(self.impls)}")
+        info = self.impls[impl]
+        if spec is not None:
+            why = info.refusal(spec, dtype)
+            if why:
+                raise UnsupportedError(f"backend {self.name!r} impl {impl!r} cannot run a "
+                                       f"{spec.describe()} in {np.dtype(dtype).name}: {why}")
+        return info
+
+    def check_mode(self, impl: str, mode: str | None) -> str:
+        modes = self.impls[impl].modes
+        if mode is None:
+            return modes[0]
+        if mode not in modes:
+            raise UnsupportedError(f"backend {self.name!r} impl {impl!r} has no mode {mode!r}; "
+                                   f"valid: {', '.join(modes)}")
+        return mode
+
+    def check_device(self, device: str | None) -> str:
+        device = "cpu" if device is None else str(device).lower()
+        if device not in self.devices:
+            raise UnsupportedError(f"backend {self.name!r} has no device {device!r}; "
+                                   f"valid: {', '.join(self.devices)}")
+        return device
+
+    # -- the public contract ------------------------------------------------------------
+    def gru(self, params: GRUParams, X, h0=None, *, impl: str = "scratch"):
+        """Run the GRU: ``X [T, N, I]`` -> ``(Y [T, N, D*H], h_n [L*D, N, H])``."""
+        X, h0 = check_gru_args(params, X, h0)
+        self.check_impl(impl, params.spec, params.dtype)
+        self._ensure_ready()
+        return self._gru(impl, params, X, h0)
+
+    def gru_backward(self, params: GRUParams, X, h0, dY, dh_n, *, impl: str = "scratch"):
+        """Vector-Jacobian product of :meth:`gru`: ``(dparams, dX, dh0)``."""
+        X, h0 = check_gru_args(params, X, h0)
+        spec = params.spec
+        T, N = X.shape[:2]
+        dY = check_array("dY", dY, (T, N, spec.output_size), params.dtype)
+        dh_n = check_array("dh_n", dh_n, h0.shape, params.dtype)
+        self.check_impl(impl, spec, params.dtype)
+        self._ensure_ready()
+        return self._gru_backward(impl, params, X, h0, dY, dh_n)
+
+    def lm_loss_and_grads(self, model: LMParams, X, Y, state=None, *,
+                          impl: str = "scratch") -> LMResult:
+        """The book's model on one batch of ids ``X, Y [N, T]``: mean cross-entropy, its
+        gradients with respect to every parameter, the logits and the new state."""
+        X, Y, state = check_lm_args(model, X, Y, state)
+        self.check_impl(impl, model.spec, model.dtype)
+        self._ensure_ready()
+        return self._lm_loss_and_grads(impl, model, X, Y, state)
+
+    def make_trainer(self, model: LMParams, *, impl: str = "scratch", lr: float = 1.0,
+                     clip: float = 1.0, mode: str | None = None, device: str | None = None):
+        """A :class:`Trainer` that keeps ``model`` as framework tensors on ``device``."""
+        self.check_impl(impl, model.spec, model.dtype)
+        mode = self.check_mode(impl, mode)
+        device = self.check_device(device)
+        if not lr > 0 or not clip > 0:
+            raise ValueError(f"lr and clip must be positive, got lr={lr} clip={clip}")
+        self._ensure_ready()
+        return self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
+                                  device=device)
+
+    # -- hooks for the adapter ----------------------------------------------------------
+    def _gru(self, impl, params, X, h0):
+        raise NotImplementedError
+
+    def _gru_backward(self, impl, params, X, h0, dY, dh_n):
+        raise NotImplementedError
+
+    def _lm_loss_and_grads(self, impl, model, X, Y, state):
+        raise NotImplementedError
+
+    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+        raise NotImplementedError
+
+
+class Trainer:
+    """Trains the book's model inside one framework. Weights enter as :class:`LMParams` at
+    construction and leave through :meth:`params`; nothing crosses to NumPy per step but the
+    losses."""
+
+    backend: str
+    impl: str
+    mode: str
+    device: str
+
+    def train_epoch(self, batches: Iterable, *, random_iter: bool = False) -> np.ndarray:
+        """One epoch, the book's ``train_epoch_ch8``: the state starts at zeros, is carried
+        (detached) from batch to batch for the sequential iterator and restarted for every
+        batch of the random one. Returns each batch's mean cross-entropy."""
+        raise NotImplementedError
+
+    def params(self) -> LMParams:
+        raise NotImplementedError
+
+
+# -- shared checks ------------------------------------------------------------------------
+def check_array(name: str, a, shape, dtype) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} is {a.dtype} but the parameters are {np.dtype(dtype).name}; "
+                        f"cast one of them (params.astype(...) or {name}.astype(...))")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return a
+
+
+def check_gru_args(params: GRUParams, X, h0):
+    if not isinstance(params, GRUParams):
+        raise TypeError(f"params must be d2lgru.GRUParams, got {type(params).__name__}")
+    spec = params.spec
+    if not isinstance(X, np.ndarray) or X.ndim != 3:
+        got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
+        raise ValueError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], got {got}")
+    T, N, _ = X.shape
+    if T < 1 or N < 1:
+        raise ValueError(f"X must have at least one step and one sequence, got shape {X.shape}")
+    check_array("X", X, (T, N, spec.input_size), params.dtype)
+    state_shape = (spec.num_layers * spec.num_directions, N, spec.hidden_size)
+    h0 = np.zeros(state_shape, params.dtype) if h0 is None else check_array(
+        "h0", h0, state_shape, params.dtype)
+    return np.ascontiguousarray(X), np.ascontiguousarray(h0)
+
+
+def check_lm_args(model: LMParams, X, Y, state):
+    if not isinstance(model, LMParams):
+        raise TypeError(f"model must be d2lgru.LMParams, got {type(model).__name__}")
+    X, Y = np.asarray(X), np.asarray(Y)
+    if X.ndim != 2 or X.shape != Y.shape or X.size == 0:
+        raise ValueError(f"X and Y must be [batch_size, num_steps] arrays of the same shape, "
+                         f"got {X.shape} and {Y.shape}")
+    for name, ids in (("X", X), ("Y", Y)):
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer token ids, got {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= model.vocab_size:
+            raise ValueError(f"{name} holds ids outside [0, {model.vocab_size}) "
+                             f"(min {ids.min()}, max {ids.max()})")
+    spec = model.spec
+    shape = (spec.num_layers * spec.num_directions, X.shape[0], spec.hidden_size)
+    state = np.zeros(shape, model.dtype) if state is None else check_array(
+        "state", state, shape, model.dtype)
+    return X.astype(np.int64), Y.astype(np.int64), state

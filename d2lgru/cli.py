@@ -1,0 +1,216 @@
+"""The ``d2lgru`` command: ``backends``, ``train``, ``predict``.
+
+Every expected failure (bad input, missing data or framework, corrupt checkpoint) ends in one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _add_backend_args(p):
+    p.add_argument("--backend", help="numpy, torch, tensorflow, mxnet, paddle, mindspore "
+                                     "(default: $D2LGRU_BACKEND, else numpy)")
+    p.add_argument("--impl", default="scratch", help="scratch (the book's loop) or native "
+                                                     "(the framework's fused GRU layer)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="d2lgru", description="The D2L GRU on five frameworks.")
+    parser.add_argument("--version", action="version", version=f"d2lgru {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list known backends, installed or not, with capabilities")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("train", help="train the book's GRU language model on The Time Machine")
+    _add_backend_args(p)
+    p.add_argument("--mode", help="execution mode (default: the backend's fastest, see `backends`)")
+    p.add_argument("--device", help="cpu (default) or the framework's gpu")
+    p.add_argument("--epochs", type=_positive_int, default=500)
+    p.add_argument("--hidden", type=_positive_int, default=256, help="hidden units (256)")
+    p.add_argument("--layers", type=_positive_int, default=1)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--num-steps", type=_positive_int, default=35)
+    p.add_argument("--max-tokens", type=int, default=10000, help="corpus tokens used (-1: all)")
+    p.add_argument("--token", choices=("char", "word"), default="char")
+    p.add_argument("--lr", type=_positive_float, default=1.0)
+    p.add_argument("--clip", type=_positive_float, default=1.0, help="global gradient-norm clip")
+    p.add_argument("--random-iter", action="store_true", help="random instead of sequential batches")
+    variant = p.add_mutually_exclusive_group()
+    variant.add_argument("--reset-after", dest="reset_after", action="store_const", const=True,
+                         help="the cuDNN cell (default only where the impl lacks reset-before)")
+    variant.add_argument("--reset-before", dest="reset_after", action="store_const", const=False,
+                         help="the book's cell (the default where the impl has it)")
+    p.add_argument("--data", help="The Time Machine (file or directory), or any text file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="checkpoint directory, written every epoch (and the plot)")
+    p.add_argument("--resume", help="continue the checkpoint in this directory up to --epochs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="continue a prefix with a trained checkpoint")
+    _add_backend_args(p)
+    p.add_argument("--checkpoint", required=True, help="a directory written by `d2lgru train --out`")
+    p.add_argument("--prefix", action="append", help="text to continue (repeatable); "
+                                                     "default: 'time traveller' and 'traveller'")
+    p.add_argument("--num-preds", type=_positive_int, default=50)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("d2lgru: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _expected_errors() as exc:
+        print(f"d2lgru {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _expected_errors():
+    from .backends import UnsupportedError
+    from .data import DataError
+    from .spec import ParamsFileError
+    from .train import CheckpointError
+    return (ValueError, TypeError, ImportError, UnsupportedError, DataError, ParamsFileError,
+            CheckpointError, FileNotFoundError, PermissionError)
+
+
+def cmd_backends(args) -> int:
+    from .backends import BACKENDS, get_backend, install_hint, is_installed
+    rows = []
+    for name in BACKENDS:
+        row = {"name": name, "installed": is_installed(name)}
+        if row["installed"]:
+            try:
+                be = get_backend(name)
+                row.update(version=be.version(), devices=list(be.devices), impls=be.capabilities())
+            except Exception as exc:  # a broken install is reported, not fatal for the listing
+                row.update(installed=False, error=f"{type(exc).__name__}: {exc}")
+        else:
+            row["install"] = install_hint(name)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if not row["installed"]:
+            print(f"{row['name']:<11} not installed  ({row.get('error') or row['install']})")
+            continue
+        print(f"{row['name']:<11} {row['version']:<13} devices: {', '.join(row['devices'])}")
+        for impl, info in row["impls"].items():
+            cells = [c for c, ok in (("reset-before", info["reset_before"]),
+                                     ("reset-after", info["reset_after"])) if ok]
+            print(f"  {impl:<8} {', '.join(cells)}; layers: {info['max_layers'] or 'any'}; "
+                  f"bidirectional: {'yes' if info['bidirectional'] else 'no'}; "
+                  f"dtypes: {', '.join(info['dtypes'])}; modes: {', '.join(info['modes'])}")
+            for why in info["why_not"].values():
+                print(f"           {why}")
+    return 0
+
+
+def _progress_bar(quiet):
+    if quiet:
+        return None, None
+    if not sys.stderr.isatty():  # logs get a line every tenth of the run instead of a bar
+        def log(epoch, total, record):
+            if epoch % max(1, total // 10) == 0 or epoch == total:
+                print(f"epoch {epoch}/{total}: perplexity {record['perplexity']:.2f}, "
+                      f"{record['tokens_per_sec']:.0f} tokens/sec", file=sys.stderr, flush=True)
+        return log, None
+    from tqdm import tqdm
+    bar = tqdm(unit="epoch", file=sys.stderr, dynamic_ncols=True)
+
+    def update(epoch, total, record):
+        bar.total = total
+        bar.n = epoch
+        bar.set_postfix(perplexity=f"{record['perplexity']:.2f}",
+                        tok_s=f"{record['tokens_per_sec']:.0f}", refresh=False)
+        bar.refresh()
+
+    return update, bar
+
+
+def cmd_train(args) -> int:
+    from .backends import get_backend
+    from .train import TrainConfig, TrainingInterrupted, choose_reset_after, plot_history, predict, train
+    backend = get_backend(args.backend)
+    reset_after = args.reset_after
+    if reset_after is None:
+        reset_after = choose_reset_after(backend, args.impl)
+    config = TrainConfig(hidden_size=args.hidden, num_layers=args.layers, reset_after=reset_after,
+                         batch_size=args.batch_size, num_steps=args.num_steps,
+                         max_tokens=args.max_tokens, token=args.token,
+                         use_random_iter=args.random_iter, lr=args.lr, clip=args.clip,
+                         epochs=args.epochs, seed=args.seed,
+                         data=str(Path(args.data).resolve()) if args.data else None)
+    update, bar = _progress_bar(args.quiet)
+    try:
+        result = train(config, backend=backend, impl=args.impl, mode=args.mode, device=args.device,
+                       out=args.out, resume=args.resume, progress=update)
+    except TrainingInterrupted as exc:
+        print(f"d2lgru train: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if bar is not None:
+            bar.close()
+    out = args.out or args.resume
+    if result.epoch == 0 or not result.history:
+        print("nothing to do: the checkpoint already holds the requested epochs", file=sys.stderr)
+    print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
+          f"{result.device} ({backend.name} {args.impl})")
+    for prefix in ("time traveller", "traveller"):
+        print(predict(prefix, 50, result.model, result.vocab, backend=backend, impl=args.impl,
+                      token=result.config.token))
+    if out is not None:
+        plot = plot_history(result.history, Path(out) / "perplexity.png",
+                            f"{backend.name} {args.impl}")
+        print(f"checkpoint and plot in {out} ({plot.name})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .train import load_checkpoint, predict
+    ckpt = load_checkpoint(args.checkpoint)
+    for prefix in args.prefix or ["time traveller", "traveller"]:
+        print(predict(prefix, args.num_preds, ckpt["model"], ckpt["vocab"], backend=args.backend,
+                      impl=args.impl, token=ckpt["config"].token))
+    return 0
+
+
+COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

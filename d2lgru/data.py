@@ -1,0 +1,641 @@
+"""The data pipeline of *Dive into Deep Learning* ch. 8 (The Time Machine), NumPy only.
+
+Semantics follow the book exactly (cleaning, tokenisation, vocabulary order, corpus,
+minibatch offsets and partitioning); randomness comes from a seeded
+``numpy.random.Generator`` instead of Python's global ``random``.  Building a corpus
+is vectorised over the bytes of the file, so a 100 MB text encodes in seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import operator
+import os
+import re
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+__all__ = [
+    "TIME_MACHINE_URL",
+    "TIME_MACHINE_SHA1",
+    "TIME_MACHINE_FILENAME",
+    "DATA_DIR_ENV",
+    "TOKEN_KINDS",
+    "DataError",
+    "cache_dir",
+    "find_time_machine",
+    "read_time_machine",
+    "tokenize",
+    "Vocab",
+    "load_corpus",
+    "load_corpus_time_machine",
+    "seq_data_iter_random",
+    "seq_data_iter_sequential",
+    "SeqDataLoader",
+    "load_data_time_machine",
+]
+
+TIME_MACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
+TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+TIME_MACHINE_FILENAME = "timemachine.txt"
+DATA_DIR_ENV = "D2LGRU_DATA_DIR"
+DATA_URL_ENV = "D2LGRU_DATA_URL"  # a mirror of the book's file, for sites that cannot reach S3
+TOKEN_KINDS = ("char", "word")
+DOWNLOAD_TIMEOUT_S = 30
+
+_NON_LETTERS = re.compile("[^A-Za-z]+")
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LOWER = b"abcdefghijklmnopqrstuvwxyz"
+# Byte table: letters -> lowercase letter, every other byte -> space.
+_CLEAN_TABLE = bytes(
+    b if b in _LOWER else (b + 32 if b in _UPPER else 32) for b in range(256)
+)
+
+
+class DataError(RuntimeError):
+    """The corpus could not be found, downloaded, verified or read."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def cache_dir() -> Path:
+    """Directory where the downloaded Time Machine is cached.
+
+    ``$XDG_CACHE_HOME/d2lgru`` when that variable is set, else ``~/.cache/d2lgru``.
+    """
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "d2lgru"
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _where_to_put_it() -> str:
+    return (
+        f"put {TIME_MACHINE_FILENAME} (SHA-1 {TIME_MACHINE_SHA1}) in {cache_dir()}, "
+        f"or point {DATA_DIR_ENV} or --data at a directory or file that holds it"
+    )
+
+
+def _user_location(location: str | os.PathLike, source: str) -> Path:
+    """Resolve a user-given file, or a directory holding timemachine.txt (no SHA-1 check)."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        candidate = path / TIME_MACHINE_FILENAME
+        if not candidate.is_file():
+            raise DataError(
+                f"{source} {str(path)!r} is a directory without {TIME_MACHINE_FILENAME}; "
+                f"put {TIME_MACHINE_FILENAME} (SHA-1 {TIME_MACHINE_SHA1}) there, "
+                "or name a text file to use as the corpus"
+            )
+        return candidate
+    if not path.is_file():
+        raise DataError(
+            f"{source} {str(path)!r} does not exist; name a text file to use as the corpus, "
+            f"or a directory that holds {TIME_MACHINE_FILENAME}"
+        )
+    return path
+
+
+def _download_time_machine(target: Path, stale_note: str) -> None:
+    """Download the book's file into ``target`` atomically, checking its SHA-1."""
+    url = os.environ.get(DATA_URL_ENV) or TIME_MACHINE_URL
+    tmp_name = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            data = response.read()
+        actual = _sha1(data)
+        if actual != TIME_MACHINE_SHA1:
+            raise DataError(
+                f"the file downloaded from {url} has SHA-1 {actual}, expected "
+                f"{TIME_MACHINE_SHA1}{stale_note}; {_where_to_put_it()}"
+            )
+        with tempfile.NamedTemporaryFile(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False
+        ) as tmp:
+            tmp_name = tmp.name
+            tmp.write(data)
+        os.replace(tmp_name, target)
+        tmp_name = None
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(
+            f"could not download The Time Machine from {url} ({reason}){stale_note}; "
+            f"{_where_to_put_it()}"
+        ) from exc
+    finally:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+def find_time_machine(path: str | os.PathLike | None = None) -> Path:
+    """Locate The Time Machine (or a user corpus) and return its path.
+
+    Order: ``path`` (a file, or a directory holding ``timemachine.txt``), then
+    ``$D2LGRU_DATA_DIR`` (same forms), then the cache directory (see
+    :func:`cache_dir`) if its copy has the right SHA-1, else a download from
+    :data:`TIME_MACHINE_URL` into the cache.  Files the user names are taken as
+    they are (any text file is a valid corpus); only the cached/downloaded copy is
+    checked against :data:`TIME_MACHINE_SHA1`.  Raises :class:`DataError`.
+    """
+    if path is not None:
+        return _user_location(path, "data path")
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return _user_location(env, DATA_DIR_ENV)
+    target = cache_dir() / TIME_MACHINE_FILENAME
+    stale_note = ""
+    if target.is_file():
+        try:
+            actual = _sha1(target.read_bytes())
+        except OSError as exc:
+            raise DataError(
+                f"could not read the cached {target} ({exc}); {_where_to_put_it()}"
+            ) from exc
+        if actual == TIME_MACHINE_SHA1:
+            return target
+        stale_note = f", and the cached {target} has SHA-1 {actual} instead of {TIME_MACHINE_SHA1}"
+    _download_time_machine(target, stale_note)
+    return target
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a corpus file, which must be UTF-8 text; raises :class:`DataError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"could not read corpus file {str(path)!r} ({exc.strerror or exc})"
+        ) from exc
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"corpus file {str(path)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+            f"at offset {exc.start}); pass a UTF-8 text file"
+        ) from exc
+    return data
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines as ``open(path).readlines()`` gives them (universal newlines), without the ends."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # readlines() yields no empty line after a final newline
+        lines.pop()
+    return lines
+
+
+def read_time_machine(path: str | os.PathLike | None = None) -> list[str]:
+    """Lines of the text, each keeping letters only, lowercased (the book's cleaning).
+
+    ``path`` is resolved by :func:`find_time_machine`; empty lines are kept.
+    """
+    text = _read_bytes(find_time_machine(path)).decode("utf-8")
+    return [_NON_LETTERS.sub(" ", line).strip().lower() for line in _split_lines(text)]
+
+
+def _check_token_kind(token: str) -> None:
+    if token not in TOKEN_KINDS:
+        raise ValueError(f"token must be one of {TOKEN_KINDS}, got {token!r}")
+
+
+def tokenize(lines: Iterable[str], token: str = "word") -> list[list[str]]:
+    """Split lines into characters (``token='char'``) or words (``'word'``, the book's default)."""
+    _check_token_kind(token)
+    if token == "char":
+        return [list(line) for line in lines]
+    return [line.split() for line in lines]
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+class Vocab:
+    """Token <-> index map, ordered by descending frequency (ties: first seen first).
+
+    Index 0 is ``'<unk>'``, then ``reserved_tokens``, then every token with
+    frequency >= ``min_freq``.  ``tokens`` may be a flat or a nested (per-line) list.
+    """
+
+    def __init__(self, tokens=None, min_freq: int = 0, reserved_tokens=None):
+        tokens = [] if tokens is None else tokens
+        if len(tokens) == 0 or isinstance(tokens[0], list):
+            tokens = [token for line in tokens for token in line]
+        self._build(collections.Counter(tokens).items(), min_freq, reserved_tokens)
+
+    @classmethod
+    def from_counts(
+        cls, counts: Iterable[tuple[str, int]], min_freq: int = 0, reserved_tokens=None
+    ) -> "Vocab":
+        """Build from ``(token, count)`` pairs in first-seen order (as a Counter iterates)."""
+        vocab = cls.__new__(cls)
+        vocab._build(counts, min_freq, reserved_tokens)
+        return vocab
+
+    def _build(self, counts, min_freq, reserved_tokens) -> None:
+        # sorted() is stable, so equal counts keep first-seen order, as in the book.
+        self._token_freqs = sorted(
+            ((token, int(freq)) for token, freq in counts), key=lambda x: x[1], reverse=True
+        )
+        self.idx_to_token = ["<unk>"] + list(reserved_tokens or [])
+        self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
+        for token, freq in self._token_freqs:
+            if freq < min_freq:
+                break
+            if token not in self.token_to_idx:
+                self.idx_to_token.append(token)
+                self.token_to_idx[token] = len(self.idx_to_token) - 1
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __getitem__(self, tokens):
+        """Index of a token (``unk`` if unknown), or a list of indices for a list/tuple."""
+        if not isinstance(tokens, (list, tuple)):
+            return self.token_to_idx.get(tokens, self.unk)
+        return [self.__getitem__(token) for token in tokens]
+
+    def to_tokens(self, indices):
+        """Token of an index, or a list of tokens for a list, tuple or NumPy array."""
+        if isinstance(indices, np.ndarray):
+            indices = indices.tolist()
+        if not isinstance(indices, (list, tuple)):
+            return self.idx_to_token[indices]
+        return [self.idx_to_token[index] for index in indices]
+
+    @property
+    def unk(self) -> int:
+        return 0
+
+    @property
+    def token_freqs(self) -> list[tuple[str, int]]:
+        return self._token_freqs
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Vocab):
+            return NotImplemented
+        return self.idx_to_token == other.idx_to_token and self._token_freqs == other._token_freqs
+
+    __hash__ = None  # mutable lists inside; equality is by value
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(t) for t in self.idx_to_token[:6])
+        return f"Vocab(len={len(self)}, idx_to_token=[{head}{', ...' if len(self) > 6 else ''}])"
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: ``idx_to_token`` and ``token_freqs``."""
+        return {
+            "format": "d2lgru.vocab",
+            "version": 1,
+            "idx_to_token": list(self.idx_to_token),
+            "token_freqs": [[token, freq] for token, freq in self._token_freqs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Vocab":
+        """Inverse of :meth:`to_dict`; raises ValueError saying what is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a vocabulary must be a JSON object, got {type(data).__name__}")
+        idx_to_token = data.get("idx_to_token")
+        if (
+            not isinstance(idx_to_token, list)
+            or not idx_to_token
+            or not all(isinstance(t, str) for t in idx_to_token)
+            or idx_to_token[0] != "<unk>"
+        ):
+            raise ValueError("'idx_to_token' must be a list of strings starting with '<unk>'")
+        if len(set(idx_to_token)) != len(idx_to_token):
+            raise ValueError("'idx_to_token' must not repeat a token")
+        token_freqs = data.get("token_freqs", [])
+        if not isinstance(token_freqs, list) or not all(
+            isinstance(p, (list, tuple))
+            and len(p) == 2
+            and isinstance(p[0], str)
+            and isinstance(p[1], int)
+            and not isinstance(p[1], bool)
+            and p[1] >= 0
+            for p in token_freqs
+        ):
+            raise ValueError("'token_freqs' must be a list of [token, count] pairs with count >= 0")
+        vocab = cls.__new__(cls)
+        vocab.idx_to_token = list(idx_to_token)
+        vocab.token_to_idx = {token: idx for idx, token in enumerate(idx_to_token)}
+        vocab._token_freqs = [(token, freq) for token, freq in token_freqs]
+        return vocab
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary as JSON, atomically (temp file + ``os.replace``)."""
+        path = Path(path)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, ensure_ascii=False)
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Vocab":
+        """Read a vocabulary written by :meth:`to_json`; malformed files raise ValueError."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return cls.from_dict(data)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(
+                f"{str(path)!r} is not a valid d2lgru vocabulary JSON file ({exc})"
+            ) from None
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def _clean_char_codes(data: bytes) -> np.ndarray:
+    """The book's per-line cleaning, joined with no separator, as uint8 codes.
+
+    Equivalent to ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``:
+    letters are kept (lowercased); a run of non-letters between two letters becomes one
+    space, unless it holds a line break (then the lines' stripped ends meet directly).
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size == 0:
+        return raw.copy()
+    codes = np.frombuffer(data.translate(_CLEAN_TABLE), dtype=np.uint8)  # faster than a LUT
+    is_letter = codes != ord(" ")
+    # Gaps between letters: start = first non-letter after a letter, end = next letter.
+    gap_starts = np.flatnonzero(is_letter[:-1] & ~is_letter[1:]) + 1
+    gap_ends = np.flatnonzero(~is_letter[:-1] & is_letter[1:]) + 1
+    if not is_letter[0]:
+        gap_ends = gap_ends[1:]  # leading gap: stripped
+    if not is_letter[-1]:
+        gap_starts = gap_starts[:-1]  # trailing gap: stripped
+    breaks = np.flatnonzero((raw == ord("\n")) | (raw == ord("\r")))
+    within_line = np.searchsorted(breaks, gap_starts) == np.searchsorted(breaks, gap_ends)
+    keep = is_letter  # a fresh array, safe to modify
+    keep[gap_starts[within_line]] = True  # the gap's first byte is already a space in `codes`
+    return codes[keep]
+
+
+def _first_seen(codes: np.ndarray, present: np.ndarray) -> list[int]:
+    """Values of ``present`` in order of first occurrence in ``codes`` (scans a prefix only)."""
+    remaining = set(present.tolist())
+    order: list[int] = []
+    start, chunk = 0, 1 << 16
+    while remaining:
+        values, first = np.unique(codes[start:start + chunk], return_index=True)
+        found = sorted((f, v) for v, f in zip(values.tolist(), first.tolist()) if v in remaining)
+        order.extend(v for _, v in found)
+        remaining.difference_update(v for _, v in found)
+        start, chunk = start + chunk, chunk * 2
+    return order
+
+
+def _check_max_tokens(max_tokens) -> int:
+    try:
+        return operator.index(max_tokens)
+    except TypeError:
+        raise TypeError(
+            f"max_tokens must be an integer (<= 0 for all tokens), got {max_tokens!r}"
+        ) from None
+
+
+def load_corpus(
+    path: str | os.PathLike, token: str = "char", max_tokens: int = -1
+) -> tuple[np.ndarray, Vocab]:
+    """Encode a UTF-8 text file: ``(corpus, vocab)``, the corpus a 1-D int64 array.
+
+    The result equals the book's ``[vocab[tok] for line in tokenize(read(...)) for tok in line]``
+    with the vocabulary built from the whole text, then truncated to ``max_tokens`` if > 0.
+    """
+    _check_token_kind(token)
+    max_tokens = _check_max_tokens(max_tokens)
+    data = _read_bytes(path)
+    if token == "char":
+        codes = _clean_char_codes(data)
+        counts = np.bincount(codes, minlength=256)
+        present = np.flatnonzero(counts)
+        vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(codes, present))
+        lut = np.zeros(256, dtype=np.int64)  # bytes not in the vocab map to <unk> = 0
+        lut[present] = [vocab[chr(c)] for c in present.tolist()]
+        if max_tokens > 0:
+            codes = codes[:max_tokens]
+        return lut[codes], vocab
+    words = data.translate(_CLEAN_TABLE).split()  # letter runs, lowercased
+    counts = collections.Counter(words)  # iterates in first-seen order
+    vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())
+    index = {w: vocab[w.decode("ascii")] for w in counts}
+    if max_tokens > 0:
+        words = words[:max_tokens]
+    corpus = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+    return corpus, vocab
+
+
+def load_corpus_time_machine(
+    max_tokens: int = -1, *, token: str = "char", path: str | os.PathLike | None = None
+) -> tuple[np.ndarray, Vocab]:
+    """Corpus and vocabulary of The Time Machine (or of ``path``, see :func:`find_time_machine`)."""
+    _check_token_kind(token)
+    return load_corpus(find_time_machine(path), token=token, max_tokens=max_tokens)
+
+
+# --------------------------------------------------------------------------- minibatches
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (1 or 0), else ValueError naming ``name``."""
+    kind = "a positive" if minimum == 1 else "a non-negative"
+    try:
+        value_int = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}") from None
+    if value_int < minimum:
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+    return value_int
+
+
+def _as_corpus(corpus) -> np.ndarray:
+    array = np.asarray(corpus)
+    if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(
+            "corpus must be a 1-D sequence of token indices, "
+            f"got shape {array.shape} dtype {array.dtype}"
+        )
+    return array.astype(np.int64, copy=False)
+
+
+def _max_offset(num_steps: int, use_random_iter: bool) -> int:
+    # random: randint(0, num_steps - 1); sequential: randint(0, num_steps); both inclusive
+    return num_steps - 1 if use_random_iter else num_steps
+
+
+def _batches_at(corpus_len: int, batch_size: int, num_steps: int, offset: int) -> int:
+    """Minibatches either iterator yields after ``offset``: (n // a) // b == n // (a * b)."""
+    return max(corpus_len - offset - 1, 0) // (batch_size * num_steps)
+
+
+def _check_shape(corpus_len: int, batch_size, num_steps, use_random_iter: bool) -> tuple[int, int]:
+    """Validate sizes; the corpus must give a batch even for the largest offset."""
+    batch_size = _check_int("batch_size", batch_size)
+    num_steps = _check_int("num_steps", num_steps)
+    needed = batch_size * num_steps + _max_offset(num_steps, use_random_iter) + 1
+    if corpus_len < needed:
+        raise ValueError(
+            f"corpus has {corpus_len} tokens, too short for one batch of batch_size={batch_size} "
+            f"x num_steps={num_steps} (needs at least {needed} tokens)"
+        )
+    return batch_size, num_steps
+
+
+def seq_data_iter_random(
+    corpus, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Random sampling: shuffled, non-overlapping subsequences after a random offset.
+
+    Draws ``rng.integers(0, num_steps)`` (offset) then ``rng.permutation(num_subseqs)``.
+    Yields int64 ``(X, Y)`` of shape ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one.
+    """
+    corpus = _as_corpus(corpus)
+    batch_size, num_steps = _check_shape(len(corpus), batch_size, num_steps, True)
+    offset = int(rng.integers(0, num_steps))
+    num_subseqs = (len(corpus) - offset - 1) // num_steps
+    starts = offset + rng.permutation(num_subseqs) * num_steps
+    num_batches = num_subseqs // batch_size
+    steps = np.arange(num_steps)
+
+    def batches():
+        for i in range(0, batch_size * num_batches, batch_size):
+            index = starts[i:i + batch_size, None] + steps
+            yield corpus[index], corpus[index + 1]
+
+    return batches()
+
+
+def seq_data_iter_sequential(
+    corpus, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Sequential partitioning: consecutive batches continue each row's text.
+
+    Draws ``rng.integers(0, num_steps + 1)`` (offset).  Yields int64 ``(X, Y)`` of shape
+    ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one.
+    """
+    corpus = _as_corpus(corpus)
+    batch_size, num_steps = _check_shape(len(corpus), batch_size, num_steps, False)
+    offset = int(rng.integers(0, num_steps + 1))
+    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
+    xs = corpus[offset:offset + num_tokens].reshape(batch_size, -1)
+    ys = corpus[offset + 1:offset + 1 + num_tokens].reshape(batch_size, -1)
+    num_batches = xs.shape[1] // num_steps
+
+    def batches():
+        for i in range(0, num_steps * num_batches, num_steps):
+            window = slice(i, i + num_steps)
+            yield np.ascontiguousarray(xs[:, window]), np.ascontiguousarray(ys[:, window])
+
+    return batches()
+
+
+class SeqDataLoader:
+    """Iterable over minibatches of a corpus; each ``iter()`` is one epoch.
+
+    Epoch ``e`` draws its offset (and, for random sampling, its permutation) from
+    ``np.random.default_rng([seed, e])``, so any epoch can be replayed: ``epoch`` is the
+    number of the next epoch ``iter()`` will run (it advances when ``iter()`` is called,
+    even if the epoch is not consumed to the end); set it, or call :meth:`set_epoch`, to
+    resume.  ``len()`` is the number of batches at the largest possible offset, a lower
+    bound on every epoch; :meth:`num_batches` gives a given epoch's exact count.
+    """
+
+    def __init__(
+        self,
+        corpus,
+        vocab: Vocab,
+        batch_size: int,
+        num_steps: int,
+        use_random_iter: bool = False,
+        *,
+        seed: int = 0,
+    ):
+        self.corpus = _as_corpus(corpus)
+        self.use_random_iter = bool(use_random_iter)
+        self.batch_size, self.num_steps = _check_shape(
+            len(self.corpus), batch_size, num_steps, self.use_random_iter
+        )
+        self.vocab = vocab
+        self.seed = _check_int("seed", seed, minimum=0)
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = _check_int("epoch", value, minimum=0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` run epoch ``epoch`` (e.g. when resuming training)."""
+        self.epoch = epoch
+
+    def rng(self, epoch: int) -> np.random.Generator:
+        """The generator that drives epoch ``epoch``."""
+        return np.random.default_rng([self.seed, _check_int("epoch", epoch, minimum=0)])
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch, self._epoch = self._epoch, self._epoch + 1
+        iterate = seq_data_iter_random if self.use_random_iter else seq_data_iter_sequential
+        return iterate(self.corpus, self.batch_size, self.num_steps, self.rng(epoch))
+
+    def num_batches(self, epoch: int | None = None) -> int:
+        """Exact number of batches of epoch ``epoch`` (default: the next one)."""
+        epoch = self._epoch if epoch is None else epoch
+        high = _max_offset(self.num_steps, self.use_random_iter) + 1
+        offset = int(self.rng(epoch).integers(0, high))  # the iterators' first draw
+        return _batches_at(len(self.corpus), self.batch_size, self.num_steps, offset)
+
+    def __len__(self) -> int:
+        offset = _max_offset(self.num_steps, self.use_random_iter)
+        return _batches_at(len(self.corpus), self.batch_size, self.num_steps, offset)
+
+    def __repr__(self) -> str:
+        return (
+            f"SeqDataLoader(tokens={len(self.corpus)}, vocab={len(self.vocab)}, "
+            f"batch_size={self.batch_size}, num_steps={self.num_steps}, "
+            f"use_random_iter={self.use_random_iter}, seed={self.seed}, epoch={self._epoch})"
+        )
+
+
+def load_data_time_machine(
+    batch_size: int,
+    num_steps: int,
+    use_random_iter: bool = False,
+    max_tokens: int = 10000,
+    *,
+    token: str = "char",
+    seed: int = 0,
+    path: str | os.PathLike | None = None,
+) -> tuple[SeqDataLoader, Vocab]:
+    """The book's ``load_data_time_machine``: ``(data_iter, vocab)``.
+
+    ``path`` is any text file, or a directory holding ``timemachine.txt``; ``None``
+    finds (or downloads) The Time Machine, see :func:`find_time_machine`.
+    """
+    _check_int("batch_size", batch_size)
+    _check_int("num_steps", num_steps)
+    _check_int("seed", seed, minimum=0)
+    corpus, vocab = load_corpus_time_machine(max_tokens, token=token, path=path)
+    return SeqDataLoader(corpus, vocab, batch_size, num_steps, use_random_iter, seed=seed), vocab

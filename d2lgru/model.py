@@ -1,0 +1,96 @@
+"""The book's language model: one-hot characters -> GRU -> dense head over the vocabulary.
+
+``logits = Y.reshape(T * N, D * H) @ W_hq + b_q`` where ``Y`` is the GRU's time-major output on
+``one_hot(X.T)``; the loss is the mean cross-entropy against ``Y_labels.T.reshape(-1)``, the
+same flattening the book uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, init_params, \
+    load_npz, save_npz
+
+FORMAT_LM = "d2lgru.LMParams/1"
+
+
+class LMParams:
+    """GRU parameters plus the head ``W_hq [D*H, V]``, ``b_q [V]``; input size is the vocab size."""
+
+    def __init__(self, gru: GRUParams, W_hq: np.ndarray, b_q: np.ndarray):
+        V, out = gru.spec.input_size, gru.spec.output_size
+        if W_hq.shape != (out, V) or b_q.shape != (V,):
+            raise ValueError(f"head must be W_hq {(out, V)} and b_q {(V,)} for a {gru.spec.describe()}"
+                             f", got {W_hq.shape} and {b_q.shape}")
+        if W_hq.dtype != gru.dtype or b_q.dtype != gru.dtype:
+            raise ValueError(f"head dtype must match the GRU's {gru.dtype}, got {W_hq.dtype}/{b_q.dtype}")
+        self.gru, self.W_hq, self.b_q = gru, W_hq, b_q
+
+    @property
+    def spec(self) -> GRUSpec:
+        return self.gru.spec
+
+    @property
+    def vocab_size(self) -> int:
+        return self.gru.spec.input_size
+
+    @property
+    def dtype(self):
+        return self.gru.dtype
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {**{f"gru.{k}": v for k, v in self.gru.to_arrays().items()},
+                "head.W_hq": self.W_hq, "head.b_q": self.b_q}
+
+    def flat(self) -> list[np.ndarray]:
+        return list(self.to_arrays().values())
+
+    def map(self, fn) -> "LMParams":
+        return LMParams(self.gru.map(fn), fn(self.W_hq), fn(self.b_q))
+
+    def astype(self, dtype) -> "LMParams":
+        return self.map(lambda a: a.astype(dtype))
+
+    def copy(self) -> "LMParams":
+        return self.map(np.array)
+
+    def __eq__(self, other):
+        return (isinstance(other, LMParams) and self.gru == other.gru
+                and np.array_equal(self.W_hq, other.W_hq) and np.array_equal(self.b_q, other.b_q))
+
+    def __repr__(self):
+        return f"LMParams(vocab {self.vocab_size}, {self.gru!r})"
+
+    def save(self, path):
+        return save_npz(path, FORMAT_LM, {"spec": self.spec.to_dict()}, self.to_arrays())
+
+    @classmethod
+    def load(cls, path) -> "LMParams":
+        meta, arrays = load_npz(path, FORMAT_LM)
+        gru = _params_from_file(path, meta, arrays, "gru.")
+        try:
+            return cls(gru, arrays["head.W_hq"], arrays["head.b_q"])
+        except (KeyError, ValueError) as exc:
+            raise ParamsFileError(f"{path} is not a valid d2lgru language-model file ({exc})") from None
+
+
+def init_lm(vocab_size: int, hidden_size: int = 256, *, num_layers: int = 1,
+            bidirectional: bool = False, reset_after: bool = False, seed: int = 0,
+            dtype=np.float32) -> LMParams:
+    """The book's init for the whole model: GRU as :func:`init_params`, then ``W_hq`` from
+    N(0, 0.01) and a zero ``b_q``, all from one seeded generator stream."""
+    spec = GRUSpec(vocab_size, hidden_size, num_layers, bidirectional, reset_after)
+    gru = init_params(spec, seed, dtype=dtype)
+    rng = np.random.default_rng([seed, 1])
+    W_hq = (rng.standard_normal((spec.output_size, vocab_size)) * 0.01).astype(dtype)
+    return LMParams(gru, W_hq, np.zeros(vocab_size, dtype))
+
+
+def one_hot(ids: np.ndarray, depth: int, dtype=np.float32) -> np.ndarray:
+    """``[N, T]`` integer ids -> time-major ``[T, N, depth]`` one-hot, as the book's ``F.one_hot(X.T)``."""
+    ids = np.asarray(ids)
+    return np.eye(depth, dtype=dtype)[ids.T]
+
+
+__all__ = ["LMParams", "init_lm", "one_hot", "FORMAT_LM", "FORMAT_GRU"]

@@ -1,0 +1,320 @@
+"""The GRU spec: cell equations, canonical parameters, ONNX layout and the ``.npz`` format.
+
+Both cell variants share the update and reset gates::
+
+    Z = sigmoid(X W_xz + b_xz + H W_hz + b_hz)
+    R = sigmoid(X W_xr + b_xr + H W_hr + b_hr)
+    H_t = Z * H_{t-1} + (1 - Z) * H~
+
+and differ in where the reset gate acts on the candidate ``H~``:
+
+* reset-before (``reset_after=False``; Cho et al. 2014, the book's scratch code,
+  ONNX ``linear_before_reset=0``)::
+
+      H~ = tanh(X W_xh + b_xh + (R * H) W_hh + b_hh)
+
+* reset-after (``reset_after=True``; cuDNN, what torch, mxnet, paddle, mindspore and
+  Keras' default compute; ONNX ``linear_before_reset=1``)::
+
+      H~ = tanh(X W_xh + b_xh + R * (H W_hh + b_hh))
+
+Canonical parameters keep, for every layer and direction, the input weights ``W_x``
+``[3, I, H]``, the recurrent weights ``W_h`` ``[3, H, H]`` (row vectors times weights, as the
+book writes them), an input-side bias ``b_x`` ``[3, H]`` and a recurrent-side bias ``b_h``
+``[3, H]``, each stacked in the gate order :data:`GATES`. Every framework's layout is a
+transpose, reorder or concatenation of these, so conversion is lossless both ways.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+#: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
+GATES = ("z", "r", "h")
+GATE_INDEX = {g: i for i, g in enumerate(GATES)}
+
+#: The four arrays of one cell (one layer, one direction), in save order.
+CELL_ARRAYS = ("W_x", "W_h", "b_x", "b_h")
+
+FORMAT_GRU = "d2lgru.GRUParams/1"
+
+
+class ParamsFileError(ValueError):
+    """A parameter file is missing, truncated, foreign or does not match what was asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUSpec:
+    """The shape of a (possibly stacked, possibly bidirectional) GRU."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    reset_after: bool = False
+
+    def __post_init__(self):
+        for field in ("input_size", "hidden_size", "num_layers"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"GRUSpec.{field} must be a positive integer, got {value!r}")
+            object.__setattr__(self, field, int(value))
+        for field in ("bidirectional", "reset_after"):
+            value = getattr(self, field)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"GRUSpec.{field} must be True or False, got {value!r}")
+            object.__setattr__(self, field, bool(value))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output ``Y``: ``num_directions * hidden_size``."""
+        return self.num_directions * self.hidden_size
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.output_size
+
+    def cell_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
+        I, H = self.layer_input_size(layer), self.hidden_size
+        return {"W_x": (3, I, H), "W_h": (3, H, H), "b_x": (3, H), "b_h": (3, H)}
+
+    def cells(self) -> Iterator[tuple[int, int]]:
+        """``(layer, direction)`` pairs in the order of ``h_n``'s first axis (``layer * D + d``)."""
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                yield layer, direction
+
+    def describe(self) -> str:
+        cell = "reset-after" if self.reset_after else "reset-before"
+        dirs = "bidirectional" if self.bidirectional else "unidirectional"
+        return (f"{self.num_layers}-layer {dirs} {cell} GRU "
+                f"({self.input_size} -> {self.hidden_size})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "GRUSpec":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass
+class CellParams:
+    """One layer and direction: ``W_x [3, I, H]``, ``W_h [3, H, H]``, ``b_x [3, H]``, ``b_h [3, H]``."""
+
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in CELL_ARRAYS}
+
+    def gate(self, name: str, gate: str) -> np.ndarray:
+        """One gate's slice of an array, e.g. ``cell.gate("W_h", "r")`` is ``W_hr``."""
+        return getattr(self, name)[GATE_INDEX[gate]]
+
+
+class GRUParams:
+    """Canonical GRU parameters: a spec plus one :class:`CellParams` per layer and direction."""
+
+    def __init__(self, spec: GRUSpec, cells: list[list[CellParams]]):
+        self.spec = spec
+        self.cells = cells
+        self._check()
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, spec: GRUSpec, arrays: Mapping[str, np.ndarray]) -> "GRUParams":
+        """From a flat mapping ``"l{layer}.d{direction}.{W_x|W_h|b_x|b_h}" -> array``."""
+        cells = [[CellParams(**{n: np.asarray(arrays[f"l{l}.d{d}.{n}"]) for n in CELL_ARRAYS})
+                  for d in range(spec.num_directions)] for l in range(spec.num_layers)]
+        return cls(spec, cells)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {f"l{l}.d{d}.{n}": a for l, d in self.spec.cells()
+                for n, a in self.cell(l, d).arrays().items()}
+
+    def cell(self, layer: int, direction: int = 0) -> CellParams:
+        return self.cells[layer][direction]
+
+    def _check(self):
+        spec = self.spec
+        if len(self.cells) != spec.num_layers or any(
+                len(row) != spec.num_directions for row in self.cells):
+            raise ValueError(f"GRUParams for a {spec.describe()} need {spec.num_layers} layers of "
+                             f"{spec.num_directions} direction(s)")
+        dtypes = set()
+        for l, d in spec.cells():
+            for name, shape in spec.cell_shapes(l).items():
+                a = getattr(self.cell(l, d), name)
+                if not isinstance(a, np.ndarray) or a.shape != shape:
+                    got = a.shape if isinstance(a, np.ndarray) else type(a).__name__
+                    raise ValueError(f"layer {l} direction {d} {name} must have shape {shape} for "
+                                     f"a {spec.describe()}, got {got}")
+                dtypes.add(a.dtype)
+        if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+            raise ValueError(f"GRUParams arrays must all be float32 or all float64, got "
+                             f"{sorted(str(t) for t in dtypes)}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.cells[0][0].W_x.dtype
+
+    def astype(self, dtype) -> "GRUParams":
+        return self.map(lambda a: a.astype(dtype))
+
+    def map(self, fn) -> "GRUParams":
+        """A new GRUParams with ``fn`` applied to every array."""
+        return GRUParams(self.spec, [[CellParams(**{n: fn(a) for n, a in c.arrays().items()})
+                                      for c in row] for row in self.cells])
+
+    def copy(self) -> "GRUParams":
+        return self.map(np.array)
+
+    def flat(self) -> list[np.ndarray]:
+        """Every array, in the order of :meth:`to_arrays`."""
+        return list(self.to_arrays().values())
+
+    def __eq__(self, other):
+        return (isinstance(other, GRUParams) and self.spec == other.spec and all(
+            np.array_equal(a, b) and a.dtype == b.dtype
+            for a, b in zip(self.flat(), other.flat())))
+
+    def __repr__(self):
+        return f"GRUParams({self.spec.describe()}, {self.dtype})"
+
+    # -- ONNX ---------------------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, W, R, B=None, *, linear_before_reset=0) -> "GRUParams":
+        """From ONNX GRU inputs: ``W [D, 3H, I]``, ``R [D, 3H, H]``, ``B [D, 6H]`` (gates z, r, h;
+        input biases then recurrent biases). One ONNX GRU node is one layer."""
+        W, R = np.asarray(W), np.asarray(R)
+        if W.ndim != 3 or R.ndim != 3 or W.shape[0] not in (1, 2) or W.shape[1] % 3:
+            raise ValueError(f"ONNX GRU wants W [D, 3H, I] and R [D, 3H, H] with D in (1, 2), "
+                             f"got W {W.shape} and R {R.shape}")
+        D, H3, I = W.shape
+        H = H3 // 3
+        if R.shape != (D, 3 * H, H):
+            raise ValueError(f"ONNX R must have shape {(D, 3 * H, H)} to match W {W.shape}, "
+                             f"got {R.shape}")
+        B = np.zeros((D, 6 * H), W.dtype) if B is None else np.asarray(B)
+        if B.shape != (D, 6 * H):
+            raise ValueError(f"ONNX B must have shape {(D, 6 * H)}, got {B.shape}")
+        if linear_before_reset not in (0, 1):
+            raise ValueError(f"linear_before_reset must be 0 or 1, got {linear_before_reset!r}")
+        spec = GRUSpec(I, H, 1, D == 2, bool(linear_before_reset))
+        cells = [[CellParams(
+            W_x=np.ascontiguousarray(W[d].reshape(3, H, I).transpose(0, 2, 1)),
+            W_h=np.ascontiguousarray(R[d].reshape(3, H, H).transpose(0, 2, 1)),
+            b_x=B[d, :3 * H].reshape(3, H).copy(),
+            b_h=B[d, 3 * H:].reshape(3, H).copy()) for d in range(D)]]
+        return cls(spec, cells)
+
+    def to_onnx(self, layer: int = 0) -> dict:
+        """ONNX GRU inputs and attribute for one layer:
+        ``{"W", "R", "B", "linear_before_reset", "hidden_size", "direction"}``."""
+        spec = self.spec
+        if not 0 <= layer < spec.num_layers:
+            raise ValueError(f"layer must be in [0, {spec.num_layers}), got {layer}")
+        H = spec.hidden_size
+        row = self.cells[layer]
+        return {
+            "W": np.stack([c.W_x.transpose(0, 2, 1).reshape(3 * H, -1) for c in row]),
+            "R": np.stack([c.W_h.transpose(0, 2, 1).reshape(3 * H, H) for c in row]),
+            "B": np.stack([np.concatenate([c.b_x.reshape(-1), c.b_h.reshape(-1)]) for c in row]),
+            "linear_before_reset": int(spec.reset_after),
+            "hidden_size": H,
+            "direction": "bidirectional" if spec.bidirectional else "forward",
+        }
+
+    # -- files --------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write an ``.npz`` (atomically: temp file then rename) that carries the spec."""
+        return save_npz(path, FORMAT_GRU, {"spec": self.spec.to_dict()}, self.to_arrays())
+
+    @classmethod
+    def load(cls, path, *, spec: GRUSpec | None = None) -> "GRUParams":
+        """Read a file written by :meth:`save`; with ``spec``, also check it matches."""
+        meta, arrays = load_npz(path, FORMAT_GRU)
+        params = _params_from_file(path, meta, arrays, "")
+        if spec is not None and params.spec != spec:
+            raise ParamsFileError(f"{path} holds a {params.spec.describe()}, "
+                                  f"expected a {spec.describe()}")
+        return params
+
+
+def _params_from_file(path, meta, arrays, prefix) -> GRUParams:
+    try:
+        spec = GRUSpec.from_dict(meta["spec"])
+        return GRUParams.from_arrays(spec, {k[len(prefix):]: v for k, v in arrays.items()
+                                            if k.startswith(prefix)})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParamsFileError(f"{path} is not a valid d2lgru parameter file ({exc})") from None
+
+
+def init_params(spec: GRUSpec, seed: int = 0, *, dtype=np.float32, sigma: float = 0.01) -> GRUParams:
+    """The book's initialisation: every weight from N(0, sigma=0.01), every bias zero,
+    drawn from ``numpy.random.default_rng(seed)`` (float64 draws, then cast)."""
+    rng = np.random.default_rng(seed)
+    cells = []
+    for l in range(spec.num_layers):
+        row = []
+        for _ in range(spec.num_directions):
+            shapes = spec.cell_shapes(l)
+            row.append(CellParams(
+                W_x=(rng.standard_normal(shapes["W_x"]) * sigma).astype(dtype),
+                W_h=(rng.standard_normal(shapes["W_h"]) * sigma).astype(dtype),
+                b_x=np.zeros(shapes["b_x"], dtype),
+                b_h=np.zeros(shapes["b_h"], dtype)))
+        cells.append(row)
+    return GRUParams(spec, cells)
+
+
+# -- the .npz container shared by every saved parameter set --------------------------------
+def save_npz(path, fmt: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"format": fmt, **meta}, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, __meta__=np.array(header), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_npz(path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsFileError(f"no parameter file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ParamsFileError(f"{path} is not a readable .npz file (truncated or foreign: "
+                              f"{exc})") from None
+    try:
+        meta = json.loads(str(arrays.pop("__meta__")[()]))
+    except (KeyError, ValueError, TypeError):
+        raise ParamsFileError(f"{path} is not a d2lgru parameter file (no d2lgru header)") from None
+    if meta.get("format") != fmt:
+        raise ParamsFileError(f"{path} holds {meta.get('format')!r}, expected {fmt!r}")
+    return meta, arrays
+

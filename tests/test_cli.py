@@ -1,0 +1,134 @@
+"""The `d2lgru` command as a user runs it: real subprocesses, one-line errors, exit codes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--hidden", "16", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "400"]
+
+
+def run(*args, data_dir=None, check=False, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "d2lgru.cli", *args]
+    full_env = {**os.environ, **(env or {})}
+    if data_dir is not None:
+        full_env["D2LGRU_DATA_DIR"] = str(data_dir)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_backends_lists_every_known_backend():
+    proc = run("backends", "--json", check=True)
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == ["numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore"]
+    numpy_row = rows[0]
+    assert numpy_row["installed"] and numpy_row["impls"]["scratch"]["reset_before"]
+    table = run("backends", check=True).stdout
+    assert "numpy" in table and "scratch" in table
+
+
+def test_train_short_run_prints_the_books_closing_lines(tmp_path, data_dir):
+    proc = run("train", "--backend", "numpy", "--epochs", "3", *SMALL, "--out", str(tmp_path / "run"),
+               data_dir=data_dir, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("perplexity ") and "tokens/sec on cpu" in lines[0]
+    assert lines[1].startswith("time traveller") and lines[2].startswith("traveller")
+    assert len(lines[1]) == len("time traveller") + 50
+    assert (tmp_path / "run" / "perplexity.png").stat().st_size > 1000
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    pred = run("predict", "--checkpoint", str(tmp_path / "run"), "--prefix", "the time", check=True)
+    assert pred.stdout.startswith("the time") and len(pred.stdout.rstrip("\n")) == len("the time") + 50
+
+
+def test_backend_from_environment_variable(tmp_path, data_dir):
+    proc = run("train", "--epochs", "1", *SMALL, data_dir=data_dir, env={"D2LGRU_BACKEND": "numpy"},
+               check=True)
+    assert "(numpy scratch)" in proc.stdout
+    bad = run("train", "--epochs", "1", *SMALL, data_dir=data_dir, env={"D2LGRU_BACKEND": "jaxx"})
+    assert_one_line_error(bad, "unknown backend 'jaxx'", "D2LGRU_BACKEND", "numpy, torch")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["train", "--backend", "caffe"], ["unknown backend 'caffe'", "valid backends"]),
+    (["train", "--impl", "native", "--epochs", "1"], ["has no impl 'native'", "valid: scratch"]),
+    (["train", "--data", "/nonexistent/tm.txt"], ["/nonexistent/tm.txt"]),
+    (["train", "--batch-size", "100000", "--epochs", "1"], ["too short for one batch"]),
+    (["train", "--max-tokens", "20", "--epochs", "1"], ["too short for one batch"]),
+])
+def test_train_bad_input_is_one_clear_line(args, fragments, data_dir):
+    assert_one_line_error(run(*args, data_dir=data_dir), *fragments)
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--hidden", "--batch-size", "--num-steps"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_non_positive_sizes_are_refused(flag, value):
+    proc = run("train", flag, value)
+    assert proc.returncode == 2 and "must be a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_offline_says_where_to_put_the_file(tmp_path):
+    env = {"D2LGRU_DATA_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "D2LGRU_DATA_URL": "http://127.0.0.1:9/timemachine.txt"}
+    proc = run("train", "--epochs", "1", env=env)
+    assert_one_line_error(proc, "timemachine.txt")
+
+
+def test_predict_errors(tmp_path, data_dir):
+    ckpt = tmp_path / "run"
+    run("train", "--epochs", "1", *SMALL, "--out", str(ckpt), data_dir=data_dir, check=True)
+    assert_one_line_error(run("predict", "--checkpoint", str(ckpt), "--prefix", "Time Traveller!"),
+                          "never saw", "'!'", "'T'")
+    assert_one_line_error(run("predict", "--checkpoint", str(tmp_path / "nope")), "not a d2lgru checkpoint")
+    state = json.loads((ckpt / "state.json").read_text())
+    model = ckpt / state["model"]
+    model.write_bytes(model.read_bytes()[:100])
+    assert_one_line_error(run("predict", "--checkpoint", str(ckpt)), "corrupt or incomplete")
+    (ckpt / "state.json").write_text("{not json")
+    assert_one_line_error(run("predict", "--checkpoint", str(ckpt)), "corrupt or incomplete")
+    assert_one_line_error(run("train", "--resume", str(ckpt), "--epochs", "2"), "corrupt or incomplete")
+
+
+def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "D2LGRU_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "d2lgru.cli", "train", "--epochs", "400",
+                             "--hidden", "32", "--out", str(out), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads((out / "state.json").read_text())["epoch"] >= 3:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    done = json.loads((out / "state.json").read_text())["epoch"]
+    assert 3 <= done < 400
+    target = done + 2
+    resumed = run("train", "--resume", str(out), "--epochs", str(target), data_dir=data_dir, check=True)
+    assert resumed.stdout.startswith("perplexity")
+    state = json.loads((out / "state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == list(range(1, target + 1))
+    assert len(list(out.glob("model-e*.npz"))) == 1

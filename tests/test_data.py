@@ -1,0 +1,509 @@
+"""Tests of d2lgru.data against the book's facts and a literal transcription of its code.
+
+No test touches the network: The Time Machine comes from ``../shared/data``, and download
+failures are simulated (a refused connection on 127.0.0.1 or a patched ``urlopen``).
+"""
+
+import collections
+import hashlib
+import io
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from d2lgru import data
+from d2lgru.data import (DataError, SeqDataLoader, Vocab, find_time_machine, load_corpus,
+                         load_corpus_time_machine, load_data_time_machine, read_time_machine,
+                         seq_data_iter_random, seq_data_iter_sequential, tokenize)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TIME_MACHINE = SHARED_DATA / "timemachine.txt"
+BOOK_CHAR_ORDER = ['<unk>', ' ', 'e', 't', 'a', 'i', 'n', 'o', 's', 'h', 'r', 'd', 'l', 'm',
+                   'u', 'c', 'f', 'w', 'g', 'y', 'p', 'b', 'v', 'k', 'x', 'z', 'j', 'q']
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """Isolate every test from the user's cache, data variable and the network."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(data, "TIME_MACHINE_URL", "http://127.0.0.1:9/timemachine.txt")
+
+
+# --------------------------------------------------------------------------- the book, literally
+
+
+def book_read_time_machine(path):
+    with open(path, 'r', encoding='utf-8') as f:  # the book relies on a UTF-8 locale
+        lines = f.readlines()
+    return [re.sub('[^A-Za-z]+', ' ', line).strip().lower() for line in lines]
+
+
+def book_tokenize(lines, token='word'):
+    if token == 'word':
+        return [line.split() for line in lines]
+    elif token == 'char':
+        return [list(line) for line in lines]
+
+
+class BookVocab:
+    def __init__(self, tokens=None, min_freq=0, reserved_tokens=None):
+        if tokens is None:
+            tokens = []
+        if reserved_tokens is None:
+            reserved_tokens = []
+        counter = book_count_corpus(tokens)
+        self._token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
+        self.idx_to_token = ['<unk>'] + reserved_tokens
+        self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
+        for token, freq in self._token_freqs:
+            if freq < min_freq:
+                break
+            if token not in self.token_to_idx:
+                self.idx_to_token.append(token)
+                self.token_to_idx[token] = len(self.idx_to_token) - 1
+
+    def __getitem__(self, tokens):
+        if not isinstance(tokens, (list, tuple)):
+            return self.token_to_idx.get(tokens, 0)
+        return [self.__getitem__(token) for token in tokens]
+
+
+def book_count_corpus(tokens):
+    if len(tokens) == 0 or isinstance(tokens[0], list):
+        tokens = [token for line in tokens for token in line]
+    return collections.Counter(tokens)
+
+
+def book_load_corpus(path, token, max_tokens=-1):
+    lines = book_read_time_machine(path)
+    tokens = book_tokenize(lines, token)
+    vocab = BookVocab(tokens)
+    corpus = [vocab[token] for line in tokens for token in line]
+    if max_tokens > 0:
+        corpus = corpus[:max_tokens]
+    return corpus, vocab
+
+
+def book_seq_data_iter_random(corpus, batch_size, num_steps, rng):
+    """The book's code; random.randint/shuffle replaced by the same rng draws d2lgru makes."""
+    corpus = corpus[int(rng.integers(0, num_steps)):]
+    num_subseqs = (len(corpus) - 1) // num_steps
+    initial_indices = list(range(0, num_subseqs * num_steps, num_steps))
+    initial_indices = [initial_indices[k] for k in rng.permutation(num_subseqs)]
+
+    def data(pos):
+        return corpus[pos: pos + num_steps]
+
+    num_batches = num_subseqs // batch_size
+    for i in range(0, batch_size * num_batches, batch_size):
+        initial_indices_per_batch = initial_indices[i: i + batch_size]
+        X = [data(j) for j in initial_indices_per_batch]
+        Y = [data(j + 1) for j in initial_indices_per_batch]
+        yield np.array(X), np.array(Y)
+
+
+def book_seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
+    offset = int(rng.integers(0, num_steps + 1))
+    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
+    Xs = np.array(corpus[offset: offset + num_tokens])
+    Ys = np.array(corpus[offset + 1: offset + 1 + num_tokens])
+    Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
+    num_batches = Xs.shape[1] // num_steps
+    for i in range(0, num_steps * num_batches, num_steps):
+        X = Xs[:, i: i + num_steps]
+        Y = Ys[:, i: i + num_steps]
+        yield X, Y
+
+
+@pytest.fixture(scope="module")
+def char_corpus():
+    return load_corpus_time_machine(path=SHARED_DATA)
+
+
+# --------------------------------------------------------------------------- facts of the book
+
+
+def test_shared_copy_is_the_books_file():
+    assert hashlib.sha1(TIME_MACHINE.read_bytes()).hexdigest() == data.TIME_MACHINE_SHA1
+
+
+def test_read_time_machine_matches_book():
+    lines = read_time_machine(SHARED_DATA)
+    assert lines == book_read_time_machine(TIME_MACHINE)
+    assert len(lines) == 3221
+    assert lines[0] == 'the time machine by h g wells'
+    assert '' in lines  # empty lines are kept
+
+
+def test_char_facts(char_corpus):
+    corpus, vocab = char_corpus
+    assert corpus.dtype == np.int64 and corpus.ndim == 1
+    assert len(corpus) == 170580
+    assert len(vocab) == 28
+    assert vocab.idx_to_token == BOOK_CHAR_ORDER
+    assert vocab[' '] == 1 and vocab['e'] == 2 and vocab['t'] == 3 and vocab['q'] == 27
+    assert corpus.min() >= 0 and corpus.max() < len(vocab)
+
+
+def test_word_facts():
+    corpus, vocab = load_corpus_time_machine(token='word', path=SHARED_DATA)
+    assert len(corpus) == 32775
+    assert len(vocab) == 4580 and len(vocab.token_freqs) == 4579
+    assert vocab.idx_to_token[:6] == ['<unk>', 'the', 'i', 'and', 'of', 'a']
+    assert corpus.max() < len(vocab)
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_corpus_equals_book_reference(token):
+    ref_corpus, ref_vocab = book_load_corpus(TIME_MACHINE, token)
+    corpus, vocab = load_corpus_time_machine(token=token, path=SHARED_DATA)
+    assert vocab.idx_to_token == ref_vocab.idx_to_token
+    assert vocab.token_freqs == ref_vocab._token_freqs
+    np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
+    truncated, _ = load_corpus_time_machine(1000, token=token, path=SHARED_DATA)
+    np.testing.assert_array_equal(truncated, np.array(ref_corpus[:1000]))
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_vectorised_cleaning_on_awkward_text(tmp_path, token):
+    text = ("  Hello,  World!!\r\nIt's 42 -- élan\rvital\n\n\tend--of--line  \n"
+            "x\n--lead\ntrail--\nA\u2028B\fC\x85D\n")
+    path = tmp_path / "awkward.txt"
+    path.write_bytes(text.encode("utf-8"))
+    ref_corpus, ref_vocab = book_load_corpus(path, token)
+    corpus, vocab = load_corpus(path, token=token)
+    assert vocab.idx_to_token == ref_vocab.idx_to_token
+    np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
+    assert read_time_machine(path) == book_read_time_machine(path)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_cleaning_on_random_text(tmp_path, seed):
+    alphabet = list("aBz ,.!-\t\n\r\fé\u2028") + ["\r\n", "  ", "Qq"]
+    rng = np.random.default_rng(seed)
+    text = "".join(rng.choice(alphabet, size=3000))
+    path = tmp_path / "random.txt"
+    path.write_bytes(text.encode("utf-8"))
+    for token in ("char", "word"):
+        ref_corpus, ref_vocab = book_load_corpus(path, token)
+        corpus, vocab = load_corpus(path, token=token)
+        assert vocab.idx_to_token == ref_vocab.idx_to_token
+        np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
+
+
+def test_tokenize():
+    assert tokenize(['ab c']) == [['ab', 'c']]  # the book's default is 'word'
+    assert tokenize(['ab c'], 'char') == [['a', 'b', ' ', 'c']]
+    with pytest.raises(ValueError, match=r"token must be one of \('char', 'word'\), got 'byte'"):
+        tokenize(['ab'], 'byte')
+    with pytest.raises(ValueError, match="'byte'"):
+        load_corpus_time_machine(token='byte', path=SHARED_DATA)
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+def test_vocab_matches_book_with_min_freq_and_reserved():
+    tokens = [['b', 'a', 'c'], ['a', 'b', 'd', 'a', 'e', 'e']]
+    for kwargs in ({}, {'min_freq': 2}, {'reserved_tokens': ['<pad>', 'b']}):
+        ref = BookVocab(tokens, **kwargs)
+        vocab = Vocab(tokens, **kwargs)
+        assert vocab.idx_to_token == ref.idx_to_token
+        assert vocab.token_freqs == ref._token_freqs
+    vocab = Vocab(['x', 'y', 'y'])  # 1-D tokens
+    assert vocab.idx_to_token == ['<unk>', 'y', 'x']
+    assert vocab['zzz'] == vocab.unk == 0
+    assert vocab[['y', ('x',)]] == [1, [2]]
+    assert vocab.to_tokens([1, 2]) == ['y', 'x']
+    assert vocab.to_tokens(np.array([2, 1])) == ['x', 'y']
+    assert vocab.to_tokens(1) == 'y'
+    assert len(Vocab()) == 1
+
+
+def test_vocab_json_roundtrip(tmp_path, char_corpus):
+    _, vocab = char_corpus
+    path = tmp_path / "vocab.json"
+    vocab.to_json(path)
+    loaded = Vocab.from_json(path)
+    assert loaded == vocab
+    assert loaded.idx_to_token == BOOK_CHAR_ORDER
+    assert loaded['q'] == 27
+    assert loaded.token_freqs[0] == (' ', vocab.token_freqs[0][1])
+    assert Vocab.from_dict(vocab.to_dict()) == vocab
+    assert [p.name for p in tmp_path.iterdir()] == ["vocab.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("content", [
+    "{not json",
+    "[1, 2]",
+    '{"idx_to_token": ["a", "b"]}',
+    '{"idx_to_token": ["<unk>", "a", "a"]}',
+    '{"idx_to_token": ["<unk>", "a"], "token_freqs": [["a", -1]]}',
+])
+def test_vocab_malformed_json(tmp_path, content):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=r"is not a valid d2lgru vocabulary JSON file") as info:
+        Vocab.from_json(path)
+    assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------- iterators
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("batch_size,num_steps", [(32, 35), (2, 5), (3, 1)])
+def test_iterators_equal_book(char_corpus, seed, batch_size, num_steps):
+    corpus = char_corpus[0][:10000]
+    pairs = [(seq_data_iter_random, book_seq_data_iter_random),
+             (seq_data_iter_sequential, book_seq_data_iter_sequential)]
+    for ours, book in pairs:
+        got = list(ours(corpus, batch_size, num_steps, np.random.default_rng(seed)))
+        want = list(book(corpus.tolist(), batch_size, num_steps, np.random.default_rng(seed)))
+        assert len(got) == len(want) > 0
+        for (x, y), (rx, ry) in zip(got, want):
+            assert x.dtype == np.int64 and y.dtype == np.int64
+            assert x.shape == y.shape == (batch_size, num_steps)
+            np.testing.assert_array_equal(x, rx)
+            np.testing.assert_array_equal(y, ry)
+
+
+@pytest.mark.parametrize("use_random_iter", [False, True])
+def test_book_config_has_8_batches_every_epoch(use_random_iter):
+    loader, vocab = load_data_time_machine(32, 35, use_random_iter, path=SHARED_DATA)
+    assert len(loader.corpus) == 10000 and len(vocab) == 28
+    assert len(loader) == 8
+    assert all(loader.num_batches(epoch) == 8 for epoch in range(200))
+    for epoch in range(12):
+        assert loader.num_batches(epoch) == 8
+        batches = list(loader)
+        assert len(batches) == 8
+        for x, y in batches:
+            assert x.shape == y.shape == (32, 35)
+            assert x.min() >= 0 and max(x.max(), y.max()) < len(vocab)
+            np.testing.assert_array_equal(x[:, 1:], y[:, :-1])  # Y is X shifted by one
+    assert loader.epoch == 12
+
+
+def first_x(loader):
+    return next(iter(loader))[0]
+
+
+@pytest.mark.parametrize("use_random_iter", [False, True])
+def test_epochs_reproducible_and_distinct(char_corpus, use_random_iter):
+    corpus, vocab = char_corpus
+    corpus = corpus[:10000]
+    a = SeqDataLoader(corpus, vocab, 32, 35, use_random_iter, seed=3)
+    b = SeqDataLoader(corpus, vocab, 32, 35, use_random_iter, seed=3)
+    other = SeqDataLoader(corpus, vocab, 32, 35, use_random_iter, seed=4)
+    epochs_a = [first_x(a) for _ in range(6)]
+    epochs_b = [first_x(b) for _ in range(6)]
+    epochs_other = [first_x(other) for _ in range(6)]
+    for xa, xb in zip(epochs_a, epochs_b):
+        np.testing.assert_array_equal(xa, xb)
+    assert any(not np.array_equal(xa, xo) for xa, xo in zip(epochs_a, epochs_other))
+    if use_random_iter:  # a new permutation every epoch
+        for prev, cur in zip(epochs_a, epochs_a[1:]):
+            assert not np.array_equal(prev, cur)
+    else:
+        # a fresh offset in [0, 35] each epoch; independent draws, so two consecutive
+        # epochs may share one (probability 1/36), as with the book's random.randint
+        offsets = [int(a.rng(e).integers(0, 36)) for e in range(6)]
+        assert len(set(offsets)) >= 3
+        for offset, x in zip(offsets, epochs_a):
+            np.testing.assert_array_equal(x[0], corpus[offset:offset + 35])
+
+
+@pytest.mark.parametrize("use_random_iter", [False, True])
+def test_set_epoch_replays(char_corpus, use_random_iter):
+    corpus, vocab = char_corpus
+    loader = SeqDataLoader(corpus[:10000], vocab, 32, 35, use_random_iter, seed=5)
+    epochs = [[x for x, _ in loader] for _ in range(4)]
+    loader.set_epoch(2)
+    replay = [x for x, _ in loader]
+    assert loader.epoch == 3
+    assert len(replay) == len(epochs[2])
+    for x, r in zip(epochs[2], replay):
+        np.testing.assert_array_equal(x, r)
+    resumed = SeqDataLoader(corpus[:10000], vocab, 32, 35, use_random_iter, seed=5)
+    resumed.epoch = 3
+    np.testing.assert_array_equal(first_x(resumed), epochs[3][0])
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer, got -1"):
+        loader.set_epoch(-1)
+
+
+def test_len_is_a_lower_bound_and_num_batches_exact():
+    corpus = np.arange(1000)
+    vocab = Vocab()
+    for use_random_iter in (False, True):
+        loader = SeqDataLoader(corpus, vocab, 4, 10, use_random_iter, seed=0)
+        for epoch in range(20):
+            n = loader.num_batches(epoch)
+            assert n >= len(loader)
+            assert len(list(loader)) == n
+
+
+def test_non_positive_sizes_rejected(char_corpus):
+    corpus, vocab = char_corpus
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        SeqDataLoader(corpus, vocab, 0, 35)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer, got -3"):
+        SeqDataLoader(corpus, vocab, 32, -3, True)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer, got 0"):
+        seq_data_iter_random(corpus, 2, 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
+        load_data_time_machine(-1, 35, path=SHARED_DATA)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -2"):
+        SeqDataLoader(corpus, vocab, 2, 3, seed=-2)
+
+
+def test_too_short_corpus_rejected():
+    vocab = Vocab()
+    with pytest.raises(ValueError, match=re.escape(
+            "corpus has 50 tokens, too short for one batch of batch_size=32 x num_steps=35 "
+            "(needs at least 1156 tokens)")):
+        SeqDataLoader(np.zeros(50, dtype=np.int64), vocab, 32, 35)
+    with pytest.raises(ValueError, match=r"needs at least 1155 tokens"):
+        SeqDataLoader(np.zeros(50, dtype=np.int64), vocab, 32, 35, use_random_iter=True)
+    # the bound is exact: at the limit every offset yields one batch
+    for use_random_iter, needed in ((False, 1156), (True, 1155)):
+        loader = SeqDataLoader(np.arange(needed), vocab, 32, 35, use_random_iter)
+        assert len(loader) == 1
+        assert all(len(list(loader)) >= 1 for _ in range(20))
+        with pytest.raises(ValueError, match="too short"):
+            SeqDataLoader(np.arange(needed - 1), vocab, 32, 35, use_random_iter)
+
+
+def test_corpus_must_be_1d_integers():
+    with pytest.raises(ValueError, match="1-D sequence of token indices"):
+        SeqDataLoader(np.zeros((40, 40), dtype=np.int64), Vocab(), 2, 3)
+    with pytest.raises(ValueError, match="1-D sequence of token indices"):
+        SeqDataLoader(np.zeros(400), Vocab(), 2, 3)
+
+
+# --------------------------------------------------------------------------- finding the file
+
+
+def test_explicit_path_file_or_directory():
+    assert find_time_machine(SHARED_DATA) == TIME_MACHINE
+    assert find_time_machine(str(TIME_MACHINE)) == TIME_MACHINE
+
+
+def test_missing_explicit_path(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(DataError, match="does not exist") as info:
+        load_data_time_machine(32, 35, path=missing)
+    assert str(missing) in str(info.value)
+    with pytest.raises(DataError, match="without timemachine.txt"):
+        find_time_machine(tmp_path)
+
+
+def test_data_dir_env_is_honoured(monkeypatch, tmp_path):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(SHARED_DATA))
+    assert find_time_machine() == TIME_MACHINE
+    corpus, vocab = load_corpus_time_machine()
+    assert len(corpus) == 170580 and len(vocab) == 28
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(TIME_MACHINE))  # a file works too
+    assert find_time_machine() == TIME_MACHINE
+    own = tmp_path / "own.txt"
+    own.write_text("abc abc\n")
+    assert find_time_machine(own) == own  # the explicit argument wins over the variable
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "absent"))
+    with pytest.raises(DataError, match=r"D2LGRU_DATA_DIR .*absent.* does not exist"):
+        find_time_machine()
+
+
+def test_download_failure_gives_guidance(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_data_time_machine(32, 35)
+    message = str(info.value)
+    assert message.startswith(
+        "could not download The Time Machine from http://127.0.0.1:9/timemachine.txt (")
+    assert data.TIME_MACHINE_SHA1 in message
+    assert str(tmp_path / "xdg-cache" / "d2lgru") in message
+    assert "D2LGRU_DATA_DIR" in message and "--data" in message
+    assert isinstance(info.value, RuntimeError)
+    assert not (tmp_path / "xdg-cache" / "d2lgru" / "timemachine.txt").exists()
+
+
+class FakeResponse(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_download_is_verified_and_cached(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_urlopen(url, timeout):
+        calls.append(url)
+        return FakeResponse(TIME_MACHINE.read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    cached = tmp_path / "xdg-cache" / "d2lgru" / "timemachine.txt"
+    assert find_time_machine() == cached
+    assert find_time_machine() == cached
+    assert len(calls) == 1  # the second call used the verified cache
+    assert cached.read_bytes() == TIME_MACHINE.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["timemachine.txt"]
+
+
+def test_sha1_mismatch(monkeypatch, tmp_path):
+    cache = tmp_path / "xdg-cache" / "d2lgru"
+    cache.mkdir(parents=True)
+    (cache / "timemachine.txt").write_text("not the time machine\n")
+    bad_sha = hashlib.sha1(b"not the time machine\n").hexdigest()
+    # the cached copy is wrong and the download fails: both facts are named
+    with pytest.raises(DataError) as info:
+        find_time_machine()
+    message = str(info.value)
+    assert "could not download" in message
+    assert bad_sha in message and data.TIME_MACHINE_SHA1 in message
+    # the download itself serves wrong bytes: refused, the cache is left as it was
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout: FakeResponse(b"tampered"))
+    with pytest.raises(DataError, match=hashlib.sha1(b"tampered").hexdigest()) as info:
+        find_time_machine()
+    assert f"expected {data.TIME_MACHINE_SHA1}" in str(info.value)
+    assert (cache / "timemachine.txt").read_text() == "not the time machine\n"
+    assert sorted(p.name for p in cache.iterdir()) == ["timemachine.txt"]
+    # a good download replaces the bad copy
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout: FakeResponse(TIME_MACHINE.read_bytes()))
+    assert find_time_machine() == cache / "timemachine.txt"
+    assert (cache / "timemachine.txt").read_bytes() == TIME_MACHINE.read_bytes()
+
+
+def test_user_corpus_file(tmp_path):
+    path = tmp_path / "my corpus.md"
+    path.write_text("The quick brown fox.\nJumps over the lazy dog!\n" * 200)
+    loader, vocab = load_data_time_machine(4, 5, True, max_tokens=-1, path=path)
+    assert len(loader.corpus) == 200 * len("the quick brown foxjumps over the lazy dog")
+    assert vocab.idx_to_token[1] == ' '
+    assert vocab.to_tokens(loader.corpus[:19].tolist()) == list("the quick brown fox")
+    words, word_vocab = load_corpus(path, token='word')
+    assert len(words) == 200 * 9 and len(word_vocab) == 9  # 8 distinct words + <unk>
+    assert read_time_machine(path)[:2] == ['the quick brown fox', 'jumps over the lazy dog']
+
+
+def test_non_text_file_rejected(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"abc\xff\xfe\x00def")
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 0xff at offset 3\)"):
+        load_corpus(path)
+    with pytest.raises(DataError, match="could not read corpus file"):
+        load_corpus(tmp_path)
+
+
+def test_data_module_imports_no_framework():
+    source = Path(data.__file__).read_text()
+    imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
+    assert imported <= {"__future__", "collections", "hashlib", "json", "operator", "os", "re",
+                        "tempfile", "urllib.request", "pathlib", "typing", "numpy"}

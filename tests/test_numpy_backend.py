@@ -1,0 +1,121 @@
+"""The NumPy oracle: hand-written BPTT against central finite differences in float64."""
+
+import numpy as np
+import pytest
+
+import d2lgru
+from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
+from d2lgru.backends import numpy_backend
+
+MAX_REL_ERR = 1e-6
+EPS = 1e-5
+
+
+def rel_err(num, ana):
+    # the floor keeps gradients near zero (where the finite difference is all rounding) honest
+    return np.abs(num - ana) / np.maximum(np.maximum(np.abs(num), np.abs(ana)), 1e-4)
+
+
+def numeric_grad(f, arrays):
+    grads = []
+    for a in arrays:
+        g = np.empty_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + EPS
+            fp = f()
+            a[idx] = old - EPS
+            fm = f()
+            a[idx] = old
+            g[idx] = (fp - fm) / (2 * EPS)
+        grads.append(g)
+    return grads
+
+
+def randomize(p, rng, scale=0.5):
+    return p.map(lambda a: rng.standard_normal(a.shape) * scale)
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["reset-before", "reset-after"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["1x-uni", "2x-bi"])
+def test_gru_backward_matches_finite_differences(reset_after, layers, bidirectional):
+    rng = np.random.default_rng(7)
+    spec = GRUSpec(3, 4, layers, bidirectional, reset_after)
+    params = randomize(init_params(spec, dtype=np.float64), rng)
+    D = spec.num_directions
+    X = rng.standard_normal((5, 2, 3))
+    h0 = rng.standard_normal((layers * D, 2, 4))
+    be = d2lgru.get_backend("numpy")
+    Y, h_n = be.gru(params, X, h0)
+    dY, dh_n = rng.standard_normal(Y.shape), rng.standard_normal(h_n.shape)
+    dparams, dX, dh0 = be.gru_backward(params, X, h0, dY, dh_n)
+
+    def f():
+        Y, h_n = be.gru(params, X, h0)
+        return float(np.sum(Y * dY) + np.sum(h_n * dh_n))
+
+    inputs = params.flat() + [X, h0]
+    for name, num, ana in zip(list(params.to_arrays()) + ["X", "h0"], numeric_grad(f, inputs),
+                              dparams.flat() + [dX, dh0]):
+        assert rel_err(num, ana).max() <= MAX_REL_ERR, name
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["reset-before", "reset-after"])
+def test_language_model_gradients_match_finite_differences(reset_after):
+    rng = np.random.default_rng(3)
+    model = init_lm(6, 4, num_layers=2, bidirectional=True, reset_after=reset_after,
+                    dtype=np.float64).map(lambda a: rng.standard_normal(a.shape) * 0.5)
+    X, Y = rng.integers(0, 6, (3, 5)), rng.integers(0, 6, (3, 5))
+    state = rng.standard_normal((4, 3, 4))
+    be = d2lgru.get_backend("numpy")
+    res = be.lm_loss_and_grads(model, X, Y, state)
+    assert res.logits.shape == (15, 6) and res.state.shape == (4, 3, 4)
+
+    def f():
+        return numpy_backend.lm_step(model, X, Y, state, need_grads=False).loss
+
+    for name, num, ana in zip(model.to_arrays(), numeric_grad(f, model.flat()), res.grads.flat()):
+        assert rel_err(num, ana).max() <= MAX_REL_ERR, name
+
+
+def test_float32_follows_float64():
+    rng = np.random.default_rng(0)
+    spec = GRUSpec(5, 8, 2, True, False)
+    p64 = randomize(init_params(spec, dtype=np.float64), rng)
+    X = rng.standard_normal((7, 4, 5))
+    be = d2lgru.get_backend("numpy")
+    Y64, h64 = be.gru(p64, X)
+    Y32, h32 = be.gru(p64.astype(np.float32), X.astype(np.float32))
+    assert Y32.dtype == np.float32
+    np.testing.assert_allclose(Y32, Y64, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_h0_is_the_default():
+    spec = GRUSpec(3, 2)
+    params = init_params(spec, 1)
+    X = np.ones((2, 3, 3), np.float32)
+    be = d2lgru.get_backend("numpy")
+    np.testing.assert_array_equal(be.gru(params, X)[0], be.gru(params, X, np.zeros((1, 3, 2), np.float32))[0])
+
+
+def test_bad_arguments_give_one_clear_error():
+    be = d2lgru.get_backend("numpy")
+    params = init_params(GRUSpec(3, 2), 0)
+    with pytest.raises(TypeError, match="X is float64 but the parameters are float32"):
+        be.gru(params, np.zeros((2, 1, 3)))
+    with pytest.raises(ValueError, match=r"X must have shape \(2, 1, 3\)"):
+        be.gru(params, np.zeros((2, 1, 4), np.float32))
+    with pytest.raises(ValueError, match=r"time-major NumPy array \[T, N, 3\]"):
+        be.gru(params, np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 1, 2\)"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), np.zeros((1, 2, 2), np.float32))
+    with pytest.raises(UnsupportedError, match="has no impl 'native'; valid: scratch"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
+    with pytest.raises(TypeError, match="must hold integer token ids"):
+        be.lm_loss_and_grads(init_lm(5, 3), np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"ids outside \[0, 5\)"):
+        be.lm_loss_and_grads(init_lm(5, 3), np.full((2, 3), 5), np.zeros((2, 3), int))
+    with pytest.raises(UnsupportedError, match="has no mode 'graph'"):
+        be.make_trainer(init_lm(5, 3), mode="graph")
+    with pytest.raises(UnsupportedError, match="has no device 'cuda'"):
+        be.make_trainer(init_lm(5, 3), device="cuda")

@@ -1,0 +1,72 @@
+"""The backend registry: names, aliases, selection order, errors, and no framework at import."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+import d2lgru
+from d2lgru.backends import ENV_VAR, canonical_name, install_hint
+
+FRAMEWORKS = ("torch", "tensorflow", "mxnet", "paddle", "mindspore")
+
+
+def test_import_d2lgru_imports_no_framework():
+    code = ("import sys, json, d2lgru, d2lgru.data, d2lgru.train, d2lgru.cli, d2lgru.backends;"
+            "d2lgru.available_backends();"
+            f"print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_known_names_and_aliases():
+    assert d2lgru.BACKENDS == ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
+    for alias, name in {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow",
+                        "mx": "mxnet", "paddlepaddle": "paddle", "ms": "mindspore",
+                        "NumPy": "numpy"}.items():
+        assert canonical_name(alias) == name
+    assert "numpy" in d2lgru.available_backends()
+
+
+def test_selection_order(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert d2lgru.get_backend().name == "numpy"
+    monkeypatch.setenv(ENV_VAR, "numpy")
+    assert d2lgru.get_backend().name == "numpy"
+    monkeypatch.setenv(ENV_VAR, "nonsense")
+    assert d2lgru.get_backend("numpy").name == "numpy"  # the argument wins over the variable
+
+
+def test_unknown_name_from_argument():
+    with pytest.raises(ValueError) as err:
+        d2lgru.get_backend("jax")
+    msg = str(err.value)
+    assert "'jax'" in msg and "from argument" in msg
+    assert "numpy, torch, tensorflow, mxnet, paddle, mindspore" in msg
+
+
+def test_unknown_name_from_environment(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "theano")
+    with pytest.raises(ValueError, match=r"unknown backend 'theano' \(from \$D2LGRU_BACKEND\)"):
+        d2lgru.get_backend()
+
+
+def test_missing_framework_names_the_extra(monkeypatch):
+    missing = [f for f in FRAMEWORKS if importlib.util.find_spec(f) is None]
+    if not missing:
+        pytest.fail("every framework is installed here; this test needs an environment without one")
+    name = missing[0]
+    with pytest.raises(ImportError, match=rf'pip install "d2lgru\[{name}\]"'):
+        d2lgru.get_backend(name)
+    assert name not in d2lgru.available_backends()
+    assert install_hint(name) == f'pip install "d2lgru[{name}]"'
+
+
+def test_backend_context(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "torch")
+    with d2lgru.backend_context("numpy") as be:
+        assert be.name == "numpy" and d2lgru.get_backend().name == "numpy"
+    import os
+    assert os.environ[ENV_VAR] == "torch"

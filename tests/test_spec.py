@@ -1,0 +1,145 @@
+"""The spec: parameter shapes, ONNX layout (checked against ONNX's own equations), .npz files."""
+
+import numpy as np
+import pytest
+
+import d2lgru
+from d2lgru import GRUParams, GRUSpec, ParamsFileError, init_params
+from d2lgru.backends import numpy_backend
+
+
+def random_params(spec, seed=0, dtype=np.float64, scale=0.5):
+    rng = np.random.default_rng(seed)
+    return init_params(spec, 0, dtype=dtype).map(
+        lambda a: (rng.standard_normal(a.shape) * scale).astype(dtype))
+
+
+def onnx_gru_reference(X, W, R, B, h0, linear_before_reset):
+    """ONNX GRU (operators.md), forward direction, written from its equations:
+    zt = f(Xt*(Wz^T) + Ht-1*(Rz^T) + Wbz + Rbz); rt likewise;
+    ht = g(Xt*(Wh^T) + (rt (.) Ht-1)*(Rh^T) + Rbh + Wbh)       # linear_before_reset = 0
+    ht = g(Xt*(Wh^T) + (rt (.) (Ht-1*(Rh^T) + Rbh)) + Wbh)     # linear_before_reset != 0
+    Ht = (1 - zt) (.) ht + zt (.) Ht-1"""
+    sig = lambda x: 1 / (1 + np.exp(-x))
+    H = R.shape[-1]
+    Wz, Wr, Wh = W[:H], W[H:2 * H], W[2 * H:]
+    Rz, Rr, Rh = R[:H], R[H:2 * H], R[2 * H:]
+    Wbz, Wbr, Wbh, Rbz, Rbr, Rbh = np.split(B, 6)
+    h, Y = h0, []
+    for x in X:
+        z = sig(x @ Wz.T + h @ Rz.T + Wbz + Rbz)
+        r = sig(x @ Wr.T + h @ Rr.T + Wbr + Rbr)
+        if linear_before_reset:
+            c = np.tanh(x @ Wh.T + r * (h @ Rh.T + Rbh) + Wbh)
+        else:
+            c = np.tanh(x @ Wh.T + (r * h) @ Rh.T + Rbh + Wbh)
+        h = (1 - z) * c + z * h
+        Y.append(h)
+    return np.stack(Y)
+
+
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_onnx_layout_matches_onnx_equations(reset_after):
+    spec = GRUSpec(5, 3, reset_after=reset_after)
+    params = random_params(spec)
+    onnx = params.to_onnx()
+    assert onnx["W"].shape == (1, 9, 5) and onnx["R"].shape == (1, 9, 3) and onnx["B"].shape == (1, 18)
+    assert onnx["linear_before_reset"] == int(reset_after)
+    rng = np.random.default_rng(1)
+    X, h0 = rng.standard_normal((6, 2, 5)), rng.standard_normal((1, 2, 3))
+    expected = onnx_gru_reference(X, onnx["W"][0], onnx["R"][0], onnx["B"][0], h0[0], reset_after)
+    Y, h_n = d2lgru.get_backend("numpy").gru(params, X, h0)
+    np.testing.assert_allclose(Y, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n[0], expected[-1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_onnx_round_trip_is_bit_exact(bidirectional):
+    spec = GRUSpec(4, 3, bidirectional=bidirectional, reset_after=True)
+    params = random_params(spec, dtype=np.float32)
+    onnx = params.to_onnx()
+    back = GRUParams.from_onnx(onnx["W"], onnx["R"], onnx["B"],
+                               linear_before_reset=onnx["linear_before_reset"])
+    assert back == params and back.spec == spec
+
+
+def test_from_onnx_without_bias_and_bad_shapes():
+    W, R = np.ones((1, 6, 3), np.float32), np.ones((1, 6, 2), np.float32)
+    params = GRUParams.from_onnx(W, R)
+    assert not params.spec.reset_after and np.all(params.cell(0).b_x == 0)
+    with pytest.raises(ValueError, match=r"R must have shape \(1, 6, 2\)"):
+        GRUParams.from_onnx(W, np.ones((1, 6, 3), np.float32))
+    with pytest.raises(ValueError, match="linear_before_reset must be 0 or 1"):
+        GRUParams.from_onnx(W, R, linear_before_reset=2)
+
+
+def test_gate_order_lives_in_one_place():
+    assert d2lgru.GATES == ("z", "r", "h")
+    params = random_params(GRUSpec(2, 3))
+    np.testing.assert_array_equal(params.cell(0).gate("W_h", "r"), params.cell(0).W_h[1])
+
+
+def test_spec_validation_messages():
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer, got 0"):
+        GRUSpec(3, 0)
+    with pytest.raises(ValueError, match="bidirectional must be True or False"):
+        GRUSpec(3, 2, bidirectional="yes")
+    spec = GRUSpec(3, 2, num_layers=2, bidirectional=True)
+    assert spec.layer_input_size(1) == 4 and spec.output_size == 4
+    assert list(spec.cells()) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_init_params_is_the_books_init_and_reproducible():
+    spec = GRUSpec(28, 256)
+    a, b, c = init_params(spec, 3), init_params(spec, 3), init_params(spec, 4)
+    assert a == b and not a == c
+    cell = a.cell(0)
+    assert cell.W_x.dtype == np.float32
+    assert abs(cell.W_h.std() - 0.01) < 2e-4 and abs(cell.W_h.mean()) < 1e-4
+    assert not cell.b_x.any() and not cell.b_h.any()
+
+
+def test_params_reject_wrong_shapes_and_dtypes():
+    params = random_params(GRUSpec(3, 2))
+    arrays = params.to_arrays()
+    arrays["l0.d0.W_h"] = np.zeros((3, 2, 3))
+    with pytest.raises(ValueError, match=r"W_h must have shape \(3, 2, 2\)"):
+        GRUParams.from_arrays(params.spec, arrays)
+    with pytest.raises(ValueError, match="all be float32 or all float64"):
+        params.map(lambda a: a.astype(np.float16))
+
+
+def test_save_load_round_trip(tmp_path):
+    params = random_params(GRUSpec(3, 2, 2, True, True), dtype=np.float32)
+    path = params.save(tmp_path / "p.npz")
+    assert GRUParams.load(path) == params
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ParamsFileError, match="expected a 1-layer"):
+        GRUParams.load(path, spec=GRUSpec(3, 2))
+
+
+def test_load_rejects_truncated_foreign_and_missing_files(tmp_path):
+    path = random_params(GRUSpec(3, 2)).save(tmp_path / "p.npz")
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ParamsFileError, match="not a readable .npz file"):
+        GRUParams.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "foreign.npz", a=np.zeros(3))
+    with pytest.raises(ParamsFileError, match="not a d2lgru parameter file"):
+        GRUParams.load(tmp_path / "foreign.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ParamsFileError, match="not a readable .npz"):
+        GRUParams.load(tmp_path / "text.npz")
+    with pytest.raises(ParamsFileError, match="no parameter file at"):
+        GRUParams.load(tmp_path / "missing.npz")
+    model = d2lgru.init_lm(5, 4)
+    model.save(tmp_path / "lm.npz")
+    with pytest.raises(ParamsFileError, match="holds 'd2lgru.LMParams/1', expected 'd2lgru.GRUParams/1'"):
+        GRUParams.load(tmp_path / "lm.npz")
+
+
+def test_lm_params_round_trip(tmp_path):
+    model = d2lgru.init_lm(28, 16, num_layers=2, bidirectional=True, seed=1)
+    assert model.W_hq.shape == (32, 28)
+    model.save(tmp_path / "m.npz")
+    assert d2lgru.LMParams.load(tmp_path / "m.npz") == model

@@ -1,0 +1,53 @@
+"""The training driver: the book's loop, checkpoints that resume exactly, predictions."""
+
+import numpy as np
+import pytest
+
+from d2lgru.train import CheckpointError, TrainConfig, load_checkpoint, predict, train
+
+SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
+
+
+def test_resume_continues_exactly(tmp_path, data_dir):
+    straight = train(TrainConfig(epochs=4, data=str(data_dir), **SMALL), backend="numpy")
+    train(TrainConfig(epochs=2, data=str(data_dir), **SMALL), backend="numpy", out=tmp_path / "r")
+    resumed = train(TrainConfig(epochs=4), backend="numpy", resume=tmp_path / "r")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert [h["perplexity"] for h in resumed.history] == [h["perplexity"] for h in straight.history]
+    assert resumed.model == straight.model
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 4
+
+
+def test_training_lowers_perplexity(data_dir):
+    result = train(TrainConfig(epochs=10, hidden_size=32, data=str(data_dir)), backend="numpy")
+    first, last = result.history[0]["perplexity"], result.history[-1]["perplexity"]
+    assert first > 20 and last < first * 0.75
+    assert result.tokens_per_sec > 0 and result.device == "cpu"
+
+
+def test_random_iterator_and_word_tokens(data_dir):
+    result = train(TrainConfig(epochs=2, use_random_iter=True, token="word", data=str(data_dir),
+                               **SMALL), backend="numpy")
+    assert result.model.vocab_size == len(result.vocab) == 4580
+    text = predict("the time", 3, result.model, result.vocab, backend="numpy", token="word")
+    assert text.startswith("the time ") and len(text.split()) == 5
+
+
+def test_predict_matches_a_step_by_step_run(data_dir):
+    result = train(TrainConfig(epochs=2, data=str(data_dir), **SMALL), backend="numpy")
+    text = predict("time", 5, result.model, result.vocab, backend="numpy")
+    assert text.startswith("time") and len(text) == 9
+    with pytest.raises(ValueError, match="never saw: 'T'"):
+        predict("Time", 5, result.model, result.vocab)
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not a d2lgru checkpoint"):
+        train(TrainConfig(epochs=1), resume=tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="batch-size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        TrainConfig(lr=0)
