@@ -168,7 +168,39 @@ class Backend:
         return self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
                                   device=device)
 
+    # -- the native layer's layout (backends with impl "native") ------------------------
+    def to_native(self, params: GRUParams) -> dict:
+        """Canonical -> the framework layer's own parameter names and layout (NumPy arrays)."""
+        self._require_native(params.spec, params.dtype)
+        return self._to_native(params)
+
+    def from_native(self, native: dict, spec: GRUSpec) -> GRUParams:
+        """The framework layer's parameters (as :meth:`to_native` names them) -> canonical."""
+        self._require_native(spec)
+        return self._from_native(native, spec)
+
+    def native_reference(self, spec: GRUSpec, X, h0=None, *, seed: int = 0):
+        """Build the native layer with the framework's own initialiser (seeded), run it on ``X``
+        and return ``(canonical params read back from the layer, Y, h_n)`` -- the check that
+        reading a framework's weights gives the framework's own outputs on the oracle."""
+        self._require_native(spec, X.dtype)
+        X, h0 = check_gru_inputs(spec, np.dtype(X.dtype), X, h0)
+        self._ensure_ready()
+        return self._native_reference(spec, X, h0, seed)
+
+    def _require_native(self, spec, dtype=np.float32):
+        self.check_impl("native", spec, dtype)
+
     # -- hooks for the adapter ----------------------------------------------------------
+    def _to_native(self, params):
+        raise NotImplementedError
+
+    def _from_native(self, native, spec):
+        raise NotImplementedError
+
+    def _native_reference(self, spec, X, h0, seed):
+        raise NotImplementedError
+
     def _gru(self, impl, params, X, h0):
         raise NotImplementedError
 
@@ -203,6 +235,7 @@ class Trainer:
 
 
 # -- shared checks ------------------------------------------------------------------------
+
 def check_array(name: str, a, shape, dtype) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
@@ -217,17 +250,19 @@ def check_array(name: str, a, shape, dtype) -> np.ndarray:
 def check_gru_args(params: GRUParams, X, h0):
     if not isinstance(params, GRUParams):
         raise TypeError(f"params must be d2lgru.GRUParams, got {type(params).__name__}")
-    spec = params.spec
+    return check_gru_inputs(params.spec, params.dtype, X, h0)
+
+
+def check_gru_inputs(spec: GRUSpec, dtype, X, h0):
     if not isinstance(X, np.ndarray) or X.ndim != 3:
         got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
         raise ValueError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], got {got}")
     T, N, _ = X.shape
     if T < 1 or N < 1:
         raise ValueError(f"X must have at least one step and one sequence, got shape {X.shape}")
-    check_array("X", X, (T, N, spec.input_size), params.dtype)
+    check_array("X", X, (T, N, spec.input_size), dtype)
     state_shape = (spec.num_layers * spec.num_directions, N, spec.hidden_size)
-    h0 = np.zeros(state_shape, params.dtype) if h0 is None else check_array(
-        "h0", h0, state_shape, params.dtype)
+    h0 = np.zeros(state_shape, dtype) if h0 is None else check_array("h0", h0, state_shape, dtype)
     return np.ascontiguousarray(X), np.ascontiguousarray(h0)
 
 
