@@ -164,7 +164,8 @@ def _progress_bar(quiet):
 
 def cmd_train(args) -> int:
     from .backends import get_backend
-    from .train import TrainConfig, TrainingInterrupted, choose_reset_after, plot_history, predict, train
+    from .train import (TrainConfig, TrainingInterrupted, choose_reset_after, plot_history, predict,
+                        train, write_result)
     backend = get_backend(args.backend)
     reset_after = args.reset_after
     if reset_after is None:
@@ -186,17 +187,21 @@ def cmd_train(args) -> int:
         if bar is not None:
             bar.close()
     out = args.out or args.resume
-    if result.epoch == 0 or not result.history:
-        print("nothing to do: the checkpoint already holds the requested epochs", file=sys.stderr)
+    if result.epochs_run == 0:
+        print(f"nothing to train: the checkpoint already holds {result.epoch} epoch(s)",
+              file=sys.stderr)
     print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
           f"{result.device} ({backend.name} {args.impl})")
+    predictions = {}
     for prefix in ("time traveller", "traveller"):
-        print(predict(prefix, 50, result.model, result.vocab, backend=backend, impl=args.impl,
-                      token=result.config.token))
+        predictions[prefix] = predict(prefix, 50, result.model, result.vocab, backend=backend,
+                                      impl=args.impl, token=result.config.token)
+        print(predictions[prefix])
     if out is not None:
         plot = plot_history(result.history, Path(out) / "perplexity.png",
                             f"{backend.name} {args.impl}")
-        print(f"checkpoint and plot in {out} ({plot.name})")
+        write_result(out, result, backend, args.impl, predictions)
+        print(f"checkpoint, result.json and plot in {out} ({plot.name})")
     return 0
 
 

@@ -73,8 +73,10 @@ class TrainResult:
     config: TrainConfig
     history: list          # one dict per epoch: epoch, perplexity, tokens_per_sec, backend, impl
     epoch: int             # completed epochs
+    epochs_run: int        # epochs run by this call (0 when the checkpoint already had them)
     tokens_per_sec: float  # over the epochs run in this call
     device: str
+    mode: str
 
     @property
     def perplexity(self) -> float:
@@ -132,8 +134,8 @@ def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, devic
                 progress(epoch, config.epochs, history[-1])
     except KeyboardInterrupt:
         raise TrainingInterrupted(epoch - 1, out) from None
-    return TrainResult(trainer.params(), vocab, config, history, epoch,
-                       tokens / run_time if run_time else float("nan"), trainer.device)
+    return TrainResult(trainer.params(), vocab, config, history, epoch, epoch - start,
+                       tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode)
 
 
 class TrainingInterrupted(Exception):
@@ -193,6 +195,22 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path}: vocab.json has {len(vocab)} tokens but the model "
                               f"was trained on {model.vocab_size}")
     return {"model": model, "vocab": vocab, "config": config, "history": history, "epoch": epoch}
+
+
+RESULT_FILE = "result.json"
+
+
+def write_result(out, result: TrainResult, backend, impl: str, predictions: dict) -> Path:
+    """``result.json`` beside the checkpoint: what the run ended with, for reports."""
+    from . import __version__
+    path = Path(out) / RESULT_FILE
+    _write_atomic(path, json.dumps({
+        "backend": backend.name, "framework_version": backend.version(), "impl": impl,
+        "mode": result.mode, "device": result.device, "epochs": result.epoch,
+        "perplexity": result.perplexity, "tokens_per_sec": result.tokens_per_sec,
+        "predictions": predictions, "config": dataclasses.asdict(result.config),
+        "d2lgru_version": __version__}, indent=1))
+    return path
 
 
 # -- prediction ---------------------------------------------------------------------------

@@ -51,6 +51,9 @@ def test_train_short_run_prints_the_books_closing_lines(tmp_path, data_dir):
     assert lines[1].startswith("time traveller") and lines[2].startswith("traveller")
     assert len(lines[1]) == len("time traveller") + 50
     assert (tmp_path / "run" / "perplexity.png").stat().st_size > 1000
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["backend"] == "numpy" and result["epochs"] == 3 and result["device"] == "cpu"
+    assert result["predictions"]["traveller"] == lines[2]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
     pred = run("predict", "--checkpoint", str(tmp_path / "run"), "--prefix", "the time", check=True)
