@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the cuDNN cell (default only where the impl lacks reset-before)")
     variant.add_argument("--reset-before", dest="reset_after", action="store_const", const=False,
                          help="the book's cell (the default where the impl has it)")
+    p.add_argument("--cell", choices=("gru", "rnn"), default="gru",
+                   help="rnn: the plain RNN for comparison (the book's exercise 3)")
+    p.add_argument("--gates", choices=("both", "reset-only", "update-only"), default="both",
+                   help="gate ablation (the book's exercise 4): keep only the reset or update gate")
     p.add_argument("--data", help="The Time Machine (file or directory), or any text file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="checkpoint directory, written every epoch (and the plot)")
@@ -170,7 +174,11 @@ def cmd_train(args) -> int:
     reset_after = args.reset_after
     if reset_after is None:
         reset_after = choose_reset_after(backend, args.impl)
+    if args.cell == "rnn" and args.gates != "both":
+        raise ValueError("--gates applies to --cell gru only; the plain RNN has no gates")
+    gates = "none" if args.cell == "rnn" else args.gates
     config = TrainConfig(hidden_size=args.hidden, num_layers=args.layers, reset_after=reset_after,
+                         gates=gates,
                          batch_size=args.batch_size, num_steps=args.num_steps,
                          max_tokens=args.max_tokens, token=args.token,
                          use_random_iter=args.random_iter, lr=args.lr, clip=args.clip,

@@ -76,11 +76,11 @@ class LMParams:
 
 
 def init_lm(vocab_size: int, hidden_size: int = 256, *, num_layers: int = 1,
-            bidirectional: bool = False, reset_after: bool = False, seed: int = 0,
-            dtype=np.float32) -> LMParams:
+            bidirectional: bool = False, reset_after: bool = False, gates: str = "both",
+            seed: int = 0, dtype=np.float32) -> LMParams:
     """The book's init for the whole model: GRU as :func:`init_params`, then ``W_hq`` from
     N(0, 0.01) and a zero ``b_q``, all from one seeded generator stream."""
-    spec = GRUSpec(vocab_size, hidden_size, num_layers, bidirectional, reset_after)
+    spec = GRUSpec(vocab_size, hidden_size, num_layers, bidirectional, reset_after, gates)
     gru = init_params(spec, seed, dtype=dtype)
     rng = np.random.default_rng([seed, 1])
     W_hq = (rng.standard_normal((spec.output_size, vocab_size)) * 0.01).astype(dtype)

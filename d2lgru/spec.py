@@ -46,6 +46,12 @@ CELL_ARRAYS = ("W_x", "W_h", "b_x", "b_h")
 
 FORMAT_GRU = "d2lgru.GRUParams/1"
 
+#: Gate ablations (the book's exercise 4) and the plain RNN (exercise 3): which gates are live.
+#: An ablated update gate is fixed at Z = 0 (H_t = H~), an ablated reset gate at R = 1; with both
+#: ablated the cell is the plain RNN ``H_t = tanh(X W_xh + b_xh + H W_hh + b_hh)``. The ablated
+#: gate's parameters stay in the canonical set and get zero gradients.
+GATE_SETS = ("both", "reset-only", "update-only", "none")
+
 
 class ParamsFileError(ValueError):
     """A parameter file is missing, truncated, foreign or does not match what was asked for."""
@@ -60,6 +66,7 @@ class GRUSpec:
     num_layers: int = 1
     bidirectional: bool = False
     reset_after: bool = False
+    gates: str = "both"
 
     def __post_init__(self):
         for field in ("input_size", "hidden_size", "num_layers"):
@@ -72,6 +79,16 @@ class GRUSpec:
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"GRUSpec.{field} must be True or False, got {value!r}")
             object.__setattr__(self, field, bool(value))
+        if self.gates not in GATE_SETS:
+            raise ValueError(f"GRUSpec.gates must be one of {', '.join(GATE_SETS)}, got {self.gates!r}")
+
+    @property
+    def has_update_gate(self) -> bool:
+        return self.gates in ("both", "update-only")
+
+    @property
+    def has_reset_gate(self) -> bool:
+        return self.gates in ("both", "reset-only")
 
     @property
     def num_directions(self) -> int:
@@ -97,6 +114,10 @@ class GRUSpec:
 
     def describe(self) -> str:
         cell = "reset-after" if self.reset_after else "reset-before"
+        if self.gates == "none":
+            cell = "plain-RNN (no gates)"
+        elif self.gates != "both":
+            cell += f" {self.gates}"
         dirs = "bidirectional" if self.bidirectional else "unidirectional"
         return (f"{self.num_layers}-layer {dirs} {cell} GRU "
                 f"({self.input_size} -> {self.hidden_size})")
@@ -106,7 +127,8 @@ class GRUSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "GRUSpec":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)
+                      if f.name in d or f.default is dataclasses.MISSING})
 
 
 @dataclasses.dataclass
@@ -228,6 +250,8 @@ class GRUParams:
         spec = self.spec
         if not 0 <= layer < spec.num_layers:
             raise ValueError(f"layer must be in [0, {spec.num_layers}), got {layer}")
+        if spec.gates != "both":
+            raise ValueError(f"ONNX's GRU has every gate; a {spec.describe()} has no ONNX form")
         H = spec.hidden_size
         row = self.cells[layer]
         return {

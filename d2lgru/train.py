@@ -45,6 +45,7 @@ class TrainConfig:
     hidden_size: int = 256
     num_layers: int = 1
     reset_after: bool = False
+    gates: str = "both"  # "none" is the plain RNN (exercise 3); ablations are exercise 4
     batch_size: int = 32
     num_steps: int = 35
     max_tokens: int = 10000
@@ -110,7 +111,7 @@ def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, devic
             config.batch_size, config.num_steps, config.use_random_iter, config.max_tokens,
             token=config.token, seed=config.seed, path=config.data)
         model = init_lm(len(vocab), config.hidden_size, num_layers=config.num_layers,
-                        reset_after=config.reset_after, seed=config.seed)
+                        reset_after=config.reset_after, gates=config.gates, seed=config.seed)
         history, start = [], 0
     trainer = backend.make_trainer(model, impl=impl, lr=config.lr, clip=config.clip, mode=mode,
                                    device=device)

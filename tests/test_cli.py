@@ -135,3 +135,13 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
     state = json.loads((out / "state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == list(range(1, target + 1))
     assert len(list(out.glob("model-e*.npz"))) == 1
+
+
+@pytest.mark.parametrize("args,spec_gates", [(["--cell", "rnn"], "none"),
+                                             (["--gates", "reset-only"], "reset-only")])
+def test_exercise_options(tmp_path, data_dir, args, spec_gates):
+    out = tmp_path / "run"
+    run("train", "--epochs", "1", *SMALL, *args, "--out", str(out), data_dir=data_dir, check=True)
+    state = json.loads((out / "state.json").read_text())
+    assert state["config"]["gates"] == spec_gates
+    assert_one_line_error(run("train", "--cell", "rnn", "--gates", "update-only"), "--gates applies")

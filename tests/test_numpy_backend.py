@@ -119,3 +119,50 @@ def test_bad_arguments_give_one_clear_error():
         be.make_trainer(init_lm(5, 3), mode="graph")
     with pytest.raises(UnsupportedError, match="has no device 'cuda'"):
         be.make_trainer(init_lm(5, 3), device="cuda")
+
+
+@pytest.mark.parametrize("gates", ["reset-only", "update-only", "none"])
+def test_gate_ablations_match_finite_differences(gates):
+    rng = np.random.default_rng(11)
+    spec = GRUSpec(3, 4, 1, False, False, gates)
+    params = randomize(init_params(spec, dtype=np.float64), rng)
+    X, h0 = rng.standard_normal((4, 2, 3)), rng.standard_normal((1, 2, 4))
+    be = d2lgru.get_backend("numpy")
+    Y, h_n = be.gru(params, X, h0)
+    dY, dh_n = rng.standard_normal(Y.shape), rng.standard_normal(h_n.shape)
+    dparams, dX, dh0 = be.gru_backward(params, X, h0, dY, dh_n)
+
+    def f():
+        Y, h_n = be.gru(params, X, h0)
+        return float(np.sum(Y * dY) + np.sum(h_n * dh_n))
+
+    for name, num, ana in zip(list(params.to_arrays()) + ["X", "h0"],
+                              numeric_grad(f, params.flat() + [X, h0]), dparams.flat() + [dX, dh0]):
+        assert rel_err(num, ana).max() <= MAX_REL_ERR, name
+    ablated = {"reset-only": [0], "update-only": [1], "none": [0, 1]}[gates]
+    for g in ablated:  # the pinned gate's parameters get no gradient
+        assert not dparams.cell(0).W_h[g].any() and not dparams.cell(0).b_x[g].any()
+
+
+def test_no_gates_is_the_books_plain_rnn():
+    rng = np.random.default_rng(5)
+    params = randomize(init_params(GRUSpec(3, 4, gates="none"), dtype=np.float64), rng)
+    c = params.cell(0)
+    X = rng.standard_normal((6, 2, 3))
+    h, expected = np.zeros((2, 4)), []
+    for x in X:  # the book's rnn(): H = tanh(X W_xh + H W_hh + b_h)
+        h = np.tanh(x @ c.W_x[2] + h @ c.W_h[2] + c.b_x[2] + c.b_h[2])
+        expected.append(h)
+    np.testing.assert_allclose(d2lgru.get_backend("numpy").gru(params, X)[0], np.stack(expected),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_ablations_are_declared_not_discovered():
+    from d2lgru.backends import ImplInfo
+    spec = GRUSpec(3, 4, gates="update-only")
+    assert d2lgru.get_backend("numpy").check_impl("scratch", spec) is not None
+    assert "only the full GRU" in ImplInfo("x").refusal(spec, np.float32)
+    with pytest.raises(ValueError, match="has no ONNX form"):
+        init_params(spec).to_onnx()
+    with pytest.raises(ValueError, match="gates must be one of both, reset-only"):
+        GRUSpec(3, 4, gates="forget-only")

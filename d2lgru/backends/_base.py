@@ -31,6 +31,8 @@ class ImplInfo:
     max_layers: int | None = None
     bidirectional: bool = True
     dtypes: tuple[str, ...] = ("float32", "float64")
+    #: gate sets (GRUSpec.gates) it computes; ablations and the plain RNN are opt-in
+    gates: tuple[str, ...] = ("both",)
     #: execution modes, the default (fastest correct) first
     modes: tuple[str, ...] = ("eager",)
     #: one sentence for each thing it lacks, keyed by "reset_before", "reset_after", ...
@@ -46,6 +48,8 @@ class ImplInfo:
             return f"it supports at most {self.max_layers} layer(s)"
         if spec.bidirectional and not self.bidirectional:
             return self.why_not.get("bidirectional", "it is unidirectional only")
+        if spec.gates not in self.gates:
+            return self.why_not.get("gates", f"it computes only the full GRU, not gates={spec.gates!r}")
         if np.dtype(dtype).name not in self.dtypes:
             return self.why_not.get("dtype", f"it runs {'/'.join(self.dtypes)} only, "
                                              f"not {np.dtype(dtype).name}")
@@ -55,7 +59,7 @@ class ImplInfo:
         return {"description": self.description, "reset_before": self.reset_before,
                 "reset_after": self.reset_after, "max_layers": self.max_layers,
                 "bidirectional": self.bidirectional, "dtypes": list(self.dtypes),
-                "modes": list(self.modes), "why_not": dict(self.why_not)}
+                "modes": list(self.modes), "gates": list(self.gates), "why_not": dict(self.why_not)}
 
 
 class LMResult(NamedTuple):

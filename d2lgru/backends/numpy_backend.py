@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import LMParams
-from ..spec import CellParams, GRUParams
+from ..spec import GATE_SETS, CellParams, GRUParams
 from ._base import Backend, ImplInfo, LMResult, Trainer
 
 
@@ -29,9 +29,13 @@ def _uncat(w, gates=3):
     return np.ascontiguousarray(w.reshape(w.shape[0], gates, -1).transpose(1, 0, 2))
 
 
-def cell_forward(XP, cell: CellParams, h0, reset_after: bool):
+def cell_forward(XP, cell: CellParams, h0, spec):
     """One direction over time. ``XP [T, N, 3H]`` is the input projection ``X W_x + b_x``.
-    Returns ``Y [T, N, H]`` and what the backward pass needs."""
+    Returns ``Y [T, N, H]`` and what the backward pass needs. An ablated gate is pinned
+    (Z = 0 or R = 1); the backward pass needs no special case, as sigmoid's derivative
+    ``s (1 - s)`` is zero there."""
+    reset_after = spec.reset_after
+    pin_z, pin_r = not spec.has_update_gate, not spec.has_reset_gate
     T, N, H3 = XP.shape
     H = H3 // 3
     Wh = _cat(cell.W_h)
@@ -43,6 +47,7 @@ def cell_forward(XP, cell: CellParams, h0, reset_after: bool):
         for t in range(T):
             hp = h @ Wh + bh
             zr = sigmoid(XP[t, :, :2 * H] + hp[:, :2 * H])
+            _pin(zr, H, pin_z, pin_r)
             z, r = zr[:, :H], zr[:, H:]
             hh = hp[:, 2 * H:]
             n = np.tanh(XP[t, :, 2 * H:] + r * hh)
@@ -52,6 +57,7 @@ def cell_forward(XP, cell: CellParams, h0, reset_after: bool):
         Wzr, Whh = Wh[:, :2 * H], cell.W_h[2]
         for t in range(T):
             zr = sigmoid(XP[t, :, :2 * H] + h @ Wzr + bh[:2 * H])
+            _pin(zr, H, pin_z, pin_r)
             z, r = zr[:, :H], zr[:, H:]
             rh = r * h
             n = np.tanh(XP[t, :, 2 * H:] + rh @ Whh + bh[2 * H:])
@@ -59,6 +65,13 @@ def cell_forward(XP, cell: CellParams, h0, reset_after: bool):
             Z[t], R[t], Nc[t], HH[t], Y[t] = z, r, n, rh, h
     # HH holds H W_hh + b_hh (reset-after) or R * H (reset-before)
     return Y, (h0, Z, R, Nc, HH, Y)
+
+
+def _pin(zr, H, pin_z, pin_r):
+    if pin_z:
+        zr[:, :H] = 0.0
+    if pin_r:
+        zr[:, H:] = 1.0
 
 
 def cell_backward(dY, dh_last, cell: CellParams, cache, reset_after: bool):
@@ -128,7 +141,7 @@ def forward(params: GRUParams, X=None, h0=None, *, first_xp=None):
         for d in range(D):
             cell = params.cell(l, d)
             xp = proj[d] if d == 0 else proj[d][::-1]
-            Y, cache = cell_forward(xp, cell, h0[l * D + d], spec.reset_after)
+            Y, cache = cell_forward(xp, cell, h0[l * D + d], spec)
             h_n[l * D + d] = Y[-1]
             outs.append(Y if d == 0 else Y[::-1])
             layer_caches.append(cache)
@@ -250,7 +263,7 @@ class NumpyBackend(Backend):
     framework = "numpy"
     impls = {"scratch": ImplInfo(
         "the book's loop with hand-written BPTT in NumPy (the oracle)",
-        why_not={"native": "NumPy has no fused GRU layer"})}
+        gates=GATE_SETS, why_not={"native": "NumPy has no fused GRU layer"})}
 
     def _gru(self, impl, params, X, h0):
         Y, h_n, _ = forward(params, X, h0)
