@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", action="append", help="text to continue (repeatable); "
                                                      "default: 'time traveller' and 'traveller'")
     p.add_argument("--num-preds", type=_positive_int, default=50)
+
+    p = sub.add_parser("conformance", help="hold a backend to the NumPy oracle and write a report, "
+                                           "or build the cross-framework matrix")
+    p.add_argument("--backend", help="the backend to check (default: $D2LGRU_BACKEND, else numpy)")
+    p.add_argument("--out", help="reports go to OUT/<backend>/ (default: $D2LGRU_CONFORMANCE_DIR, "
+                                 "else ./conformance)")
+    p.add_argument("--data", help="The Time Machine (file or directory; default: $D2LGRU_DATA_DIR, "
+                                  "else ../shared/data)")
+    p.add_argument("--cases", metavar="GLOB", action="append",
+                   help="only the checks whose id matches (repeatable), e.g. "
+                        "'native:gru/*/reset_after/float32'")
+    p.add_argument("--matrix", metavar="DIR", help="instead of checking: build DIR/matrix.md and "
+                                                   "DIR/matrix.png from DIR/*/report.json")
     return parser
 
 
@@ -222,7 +235,20 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict}
+def cmd_conformance(args) -> int:
+    from .conformance import build_matrix, run_command
+    if args.matrix is not None:
+        if args.backend or args.cases:
+            raise ValueError("--matrix builds the matrix from existing reports; it takes no "
+                             "--backend or --cases")
+        md, png = build_matrix(args.matrix)
+        print(f"matrix written: {md} and {png}")
+        return 0
+    return run_command(args.backend, args.out, args.data, args.cases)
+
+
+COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict,
+            "conformance": cmd_conformance}
 
 
 if __name__ == "__main__":
