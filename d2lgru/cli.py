@@ -1,4 +1,4 @@
-"""The ``d2lgru`` command: ``backends``, ``train``, ``predict``.
+"""The ``d2lgru`` command: ``backends``, ``train``, ``predict``, ``conformance``, ``reproduce``.
 
 Every expected failure (bad input, missing data or framework, corrupt checkpoint) ends in one
 line on stderr and exit status 2, never a traceback.
@@ -44,15 +44,7 @@ def _add_backend_args(p):
                                                      "(the framework's fused GRU layer)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d2lgru", description="The D2L GRU on five frameworks.")
-    parser.add_argument("--version", action="version", version=f"d2lgru {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("backends", help="list known backends, installed or not, with capabilities")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    p = sub.add_parser("train", help="train the book's GRU language model on The Time Machine")
+def _add_train_args(p):
     _add_backend_args(p)
     p.add_argument("--mode", help="execution mode (default: the backend's fastest, see `backends`)")
     p.add_argument("--device", help="cpu (default) or the framework's gpu")
@@ -77,9 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gate ablation (the book's exercise 4): keep only the reset or update gate")
     p.add_argument("--data", help="The Time Machine (file or directory), or any text file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="d2lgru", description="The D2L GRU on five frameworks.")
+    parser.add_argument("--version", action="version", version=f"d2lgru {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list known backends, installed or not, with capabilities")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("train", help="train the book's GRU language model on The Time Machine")
+    _add_train_args(p)
     p.add_argument("--out", help="checkpoint directory, written every epoch (and the plot)")
     p.add_argument("--resume", help="continue the checkpoint in this directory up to --epochs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("reproduce", help="the chapter's experiment into OUT/<backend>-<impl>/, "
+                                         "or --collect every run under a directory into one table")
+    _add_train_args(p)
+    p.add_argument("--out", help="runs go to OUT/<backend>-<impl>[-<cell>]/")
+    p.add_argument("--collect", metavar="DIR", help="instead of training: write DIR/results.md "
+                                                    "and DIR/perplexity.png from DIR/*/result.json")
 
     p = sub.add_parser("predict", help="continue a prefix with a trained checkpoint")
     _add_backend_args(p)
@@ -247,8 +258,25 @@ def cmd_conformance(args) -> int:
     return run_command(args.backend, args.out, args.data, args.cases)
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import run_name, write_report
+    if args.collect is not None:
+        table, plot = write_report(args.collect)
+        print(table.read_text())
+        print(f"table and figure written: {table} and {plot}")
+        return 0
+    if args.out is None:
+        raise ValueError("reproduce needs --out DIR (where the run goes) or --collect DIR")
+    from .backends import get_backend
+    suffix = "" if args.cell == "gru" and args.gates == "both" else \
+        f"-{'rnn' if args.cell == 'rnn' else args.gates}"
+    args.out = str(Path(args.out) / (run_name(get_backend(args.backend).name, args.impl) + suffix))
+    args.resume = None
+    return cmd_train(args)
+
+
 COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict,
-            "conformance": cmd_conformance}
+            "conformance": cmd_conformance, "reproduce": cmd_reproduce}
 
 
 if __name__ == "__main__":

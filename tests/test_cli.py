@@ -145,3 +145,18 @@ def test_exercise_options(tmp_path, data_dir, args, spec_gates):
     state = json.loads((out / "state.json").read_text())
     assert state["config"]["gates"] == spec_gates
     assert_one_line_error(run("train", "--cell", "rnn", "--gates", "update-only"), "--gates applies")
+
+
+def test_reproduce_runs_and_collects(tmp_path, data_dir):
+    out = tmp_path / "repro"
+    run("reproduce", "--backend", "numpy", "--epochs", "2", *SMALL, "--out", str(out),
+        data_dir=data_dir, check=True)
+    run("reproduce", "--backend", "numpy", "--cell", "rnn", "--epochs", "2", *SMALL, "--out", str(out),
+        data_dir=data_dir, check=True)
+    assert sorted(p.name for p in out.iterdir()) == ["numpy-scratch", "numpy-scratch-rnn"]
+    proc = run("reproduce", "--collect", str(out), check=True)
+    table = (out / "results.md").read_text()
+    assert "| numpy | scratch | reset-before |" in table and "| numpy | scratch | plain RNN |" in table
+    assert "perplexity" in proc.stdout and (out / "perplexity.png").stat().st_size > 1000
+    assert_one_line_error(run("reproduce", "--collect", str(tmp_path / "empty")), "no finished runs")
+    assert_one_line_error(run("reproduce", "--backend", "numpy"), "needs --out")
