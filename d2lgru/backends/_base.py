@@ -183,6 +183,14 @@ class Backend:
         self._require_native(spec)
         return self._from_native(native, spec)
 
+    def native_normal_form(self, params: GRUParams) -> GRUParams:
+        """What ``from_native(to_native(params))`` returns bit for bit: ``params`` itself wherever
+        the layout keeps ``b_x`` and ``b_h`` apart; a layout with one bias per gate (Keras'
+        reset-before GRU, where only ``b_x + b_h`` reaches any gate) reads it back as
+        ``(b_x + b_h, 0)`` -- the same GRU."""
+        self._require_native(params.spec, params.dtype)
+        return self._native_normal_form(params)
+
     def native_reference(self, spec: GRUSpec, X, h0=None, *, seed: int = 0):
         """Build the native layer with the framework's own initialiser (seeded), run it on ``X``
         and return ``(canonical params read back from the layer, Y, h_n)`` -- the check that
@@ -204,6 +212,9 @@ class Backend:
 
     def _native_reference(self, spec, X, h0, seed):
         raise NotImplementedError
+
+    def _native_normal_form(self, params):
+        return params
 
     def _gru(self, impl, params, X, h0):
         raise NotImplementedError

@@ -304,7 +304,20 @@ class Suite:
                 problem=f"to_native must return a dict of NumPy arrays, got {what}"))
             return
         back = self.backend.from_native(native, params.spec)
-        self._compare_params(result, back, params, "roundtrip", "roundtrip")
+        normal = self.backend.native_normal_form(params)
+        self._compare_params(result, back, normal, "roundtrip", "roundtrip")
+        again = self.backend.to_native(back)  # native -> canonical -> native: exact for every layout
+        for key, value in native.items():
+            self._compare(result, again.get(key), value, f"roundtrip.native.{key}", "roundtrip",
+                          group="roundtrip")
+        if normal is not params:  # the normal form must be the same GRU
+            X, h0 = C.reference_inputs(check.case)
+            oracle = C.oracle()
+            ref = oracle.gru(params.astype(np.float64), X.astype(np.float64), h0.astype(np.float64))
+            got = oracle.gru(normal.astype(np.float64), X.astype(np.float64), h0.astype(np.float64))
+            for name, a, b in zip(("Y", "h_n"), got, ref):
+                self._compare(result, a, b, f"roundtrip.normal_form.{name}", "output",
+                              group="roundtrip", dtype=False)
 
     def _run_native_reference(self, check, result):
         spec = check.case.spec(check.variant)

@@ -1,0 +1,538 @@
+"""TensorFlow / Keras 3 backend: the book's loop in TensorFlow ops, and ``keras.layers.GRU``.
+
+* ``scratch`` -- the book's GRU written with TensorFlow ops (both cells, stacked, bidirectional),
+  gradients from ``tf.GradientTape``. Exact rewrites on the hot path: every time step's input
+  projection in one matmul, the gates' recurrent matmuls in one, a row lookup (``tf.gather``)
+  instead of multiplying by a one-hot matrix, and the biases that only ever add to the input
+  projection folded into it.
+* ``native`` -- ``keras.layers.GRU`` (``reset_after`` True or False, stacked, wrapped in
+  ``keras.layers.Bidirectional``), loaded from canonical parameters by :func:`to_keras` and read
+  back by :func:`from_keras`. Keras 3 has no ``time_major``: inputs are transposed explicitly.
+
+Keras' layout (read in ``keras/src/layers/rnn/gru.py``, ``GRUCell.build`` and ``GRUCell.call``):
+``kernel [I, 3H]`` and ``recurrent_kernel [H, 3H]`` with columns in the gate order z | r | h
+(the canonical order), ``h = z * h_prev + (1 - z) * hh`` (the canonical update gate). With
+``reset_after=True`` the ``bias`` is ``[2, 3H]``: row 0 the input biases, row 1 the recurrent
+ones -- exactly ``b_x`` and ``b_h``. With ``reset_after=False`` the layer has ONE bias ``[3H]``
+that adds to the input projection only (``hh = tanh(x W_xh + b_h + (r * h) W_hh)``): the
+canonical ``b_x + b_h``. Nothing can tell ``(b_x, b_h)`` from ``(b_x + b_h, 0)`` in the
+reset-before cell, so that layout keeps their sum; see :func:`native_normal_form`.
+``keras.layers.Bidirectional`` runs its ``backward_layer`` with ``go_backwards=True``, flips that
+layer's outputs back into time order and concatenates ``[forward, backward]``; its states come
+out forward first, so ``h_n[l * D + d]`` is direction ``d`` of layer ``l`` as in the spec.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+# TensorFlow reads its C++ log level when it is imported (not later), so it is set here, before
+# the import; setdefault leaves a user's own choice alone. Keras 3 picks its backend at import
+# too: this adapter needs Keras on TensorFlow, whatever $KERAS_BACKEND says elsewhere.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+
+# TensorFlow 2.19+ prints "oneDNN custom operations are on" (and absl's "All log messages
+# before absl::InitializeLog()") from C++ while it is imported, whatever TF_CPP_MIN_LOG_LEVEL
+# says (tensorflow/tensorflow#100442); turning oneDNN off would silence it but costs a quarter of
+# the speed here. So the import runs with file descriptor 2 captured, and only those lines are
+# dropped: anything else (a real error) is written back to stderr.
+_IMPORT_NOISE = ("oneDNN custom operations are on",
+                 "All log messages before absl::InitializeLog() is called")
+
+
+def _import_quietly():
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to keep clean
+        import tensorflow  # noqa: F401
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+    kept = [line for line in text.splitlines() if not any(n in line for n in _IMPORT_NOISE)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
+_import_quietly()
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from ..model import LMParams  # noqa: E402
+from ..spec import CellParams, GRUParams, GRUSpec  # noqa: E402
+from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(f"the tensorflow backend needs Keras on TensorFlow, but Keras was already "
+                      f"imported with the {keras.backend.backend()!r} backend; start a fresh "
+                      f"process with KERAS_BACKEND=tensorflow")
+
+_TF_DEVICES = {"cpu": "/CPU:0", "gpu": "/GPU:0"}
+
+
+# -- canonical <-> Keras layout (the only code that knows Keras' layout) -----------------------
+def _cat(w):
+    """``[3, A, H]`` gate-stacked -> ``[A, 3H]`` with columns z | r | h (Keras' kernels)."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
+
+
+def _uncat(w):
+    """``[A, 3H]`` -> ``[3, A, H]``."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
+
+
+def keras_layer_names(spec: GRUSpec) -> list[list[str]]:
+    """The variable-path prefix of every (layer, direction) cell in the stack this backend
+    builds: ``gru_{l}/gru_cell`` or ``bidirectional_{l}/{forward|backward}_gru_{l}/gru_cell``."""
+    if not spec.bidirectional:
+        return [[f"gru_{l}/gru_cell"] for l in range(spec.num_layers)]
+    return [[f"bidirectional_{l}/{side}_gru_{l}/gru_cell" for side in ("forward", "backward")]
+            for l in range(spec.num_layers)]
+
+
+def keras_shapes(spec: GRUSpec) -> dict[str, tuple[int, ...]]:
+    """Every native parameter's name (the Keras variable path) and shape, in layer order."""
+    H = spec.hidden_size
+    bias = (2, 3 * H) if spec.reset_after else (3 * H,)
+    return {f"{prefix}/{name}": shape
+            for l, row in enumerate(keras_layer_names(spec)) for prefix in row
+            for name, shape in (("kernel", (spec.layer_input_size(l), 3 * H)),
+                                ("recurrent_kernel", (H, 3 * H)), ("bias", bias))}
+
+
+def to_keras(params: GRUParams) -> dict[str, np.ndarray]:
+    """Canonical -> Keras' variables (names are the variable paths of the layers built here).
+    Reset-before: Keras' single bias is ``b_x + b_h`` (the one quantity the cell depends on)."""
+    spec, native = params.spec, {}
+    for l, row in enumerate(keras_layer_names(spec)):
+        for d, prefix in enumerate(row):
+            c = params.cell(l, d)
+            native[f"{prefix}/kernel"] = _cat(c.W_x)
+            native[f"{prefix}/recurrent_kernel"] = _cat(c.W_h)
+            native[f"{prefix}/bias"] = (np.stack([c.b_x.reshape(-1), c.b_h.reshape(-1)])
+                                        if spec.reset_after else (c.b_x + c.b_h).reshape(-1))
+    return native
+
+
+def _check_keras_dict(native, spec: GRUSpec):
+    shapes = keras_shapes(spec)
+    if not isinstance(native, dict) or set(native) != set(shapes):
+        got = sorted(native) if isinstance(native, dict) else type(native).__name__
+        raise ValueError(f"Keras parameters of a {spec.describe()} are {sorted(shapes)}, got {got}")
+    dtypes = set()
+    for name, shape in shapes.items():
+        a = native[name]
+        if not isinstance(a, np.ndarray) or a.shape != shape:
+            raise ValueError(f"Keras parameter {name} must be a NumPy array of shape {shape}, got "
+                             f"{getattr(a, 'shape', type(a).__name__)}")
+        dtypes.add(a.dtype)
+    if len(dtypes) != 1:
+        raise ValueError(f"Keras parameters must share one dtype, got {sorted(map(str, dtypes))}")
+
+
+def _from_keras(native, spec: GRUSpec, *, gradients: bool) -> GRUParams:
+    _check_keras_dict(native, spec)
+    H, cells = spec.hidden_size, []
+    for l, row in enumerate(keras_layer_names(spec)):
+        cells.append([])
+        for prefix in row:
+            bias = native[f"{prefix}/bias"]
+            if spec.reset_after:
+                b_x, b_h = bias[0].reshape(3, H).copy(), bias[1].reshape(3, H).copy()
+            else:
+                b_x = bias.reshape(3, H).copy()
+                # weights: the sum lives in b_x; gradients: d(b_x + b_h) reaches both terms
+                b_h = b_x.copy() if gradients else np.zeros_like(b_x)
+            cells[-1].append(CellParams(_uncat(native[f"{prefix}/kernel"]),
+                                        _uncat(native[f"{prefix}/recurrent_kernel"]), b_x, b_h))
+    return GRUParams(spec, cells)
+
+
+def from_keras(native: dict, spec: GRUSpec) -> GRUParams:
+    """Keras' variables -> canonical (inverse of :func:`to_keras`). Reset-before: the folded
+    bias comes back as ``b_x`` with ``b_h = 0``."""
+    return _from_keras(native, spec, gradients=False)
+
+
+def grads_from_keras(native_grads: dict, spec: GRUSpec) -> GRUParams:
+    """Gradients with respect to Keras' variables -> canonical gradients: the transpose of
+    :func:`to_keras` (for the reset-before bias ``b_x + b_h`` both terms get its gradient)."""
+    return _from_keras(native_grads, spec, gradients=True)
+
+
+def native_normal_form(params: GRUParams) -> GRUParams:
+    """The canonical parameters Keras' layout holds exactly: ``from_keras(to_keras(p))``. Equal to
+    ``p`` except in the reset-before cell, where ``(b_x, b_h)`` becomes ``(b_x + b_h, 0)`` -- the
+    same function, since that cell only ever adds the two."""
+    return from_keras(to_keras(params), params.spec)
+
+
+# -- scratch: the book's loop in TensorFlow ops ------------------------------------------------
+def _scratch_cells(params: GRUParams):
+    """Canonical -> per cell ``[kernel [I,3H], recurrent_kernel [H,3H], b_x [3H], b_h [3H]]``."""
+    return [[[_cat(c.W_x), _cat(c.W_h), c.b_x.reshape(-1), c.b_h.reshape(-1)] for c in row]
+            for row in params.cells]
+
+
+def _scratch_to_canonical(spec, cells) -> GRUParams:
+    H = spec.hidden_size
+    return GRUParams(spec, [[CellParams(_uncat(np.asarray(k)), _uncat(np.asarray(rk)),
+                                        np.asarray(bx).reshape(3, H), np.asarray(bh).reshape(3, H))
+                             for k, rk, bx, bh in row] for row in cells])
+
+
+def _direction(xp, h, rk, b_h, reset_after, reverse, loop):
+    """One direction over time; ``xp [T, N, 3H]`` already holds ``X W_x + b_x``. Returns the
+    outputs in time order and the last state. ``loop``: "unroll" (a Python loop: eager, and
+    the fastest plain graph) or "while" (``tf.while_loop``: what XLA compiles best)."""
+    H = rk.shape[0]
+    # the recurrent biases that only add to the input projection are folded into it
+    if reset_after:
+        xp = xp + tf.concat([b_h[:2 * H], tf.zeros_like(b_h[2 * H:])], 0)
+        b_hh = b_h[2 * H:]
+    else:
+        xp = xp + b_h
+        rk_zr, rk_h = rk[:, :2 * H], rk[:, 2 * H:]
+    x_zr, x_h = xp[..., :2 * H], xp[..., 2 * H:]
+
+    def step(h, x_zr, x_h):
+        if reset_after:
+            hp = tf.matmul(h, rk)
+            z, r = tf.split(tf.sigmoid(x_zr + hp[:, :2 * H]), 2, axis=1)
+            n = tf.tanh(x_h + r * (hp[:, 2 * H:] + b_hh))
+        else:
+            z, r = tf.split(tf.sigmoid(x_zr + tf.matmul(h, rk_zr)), 2, axis=1)
+            n = tf.tanh(x_h + tf.matmul(r * h, rk_h))
+        return n + z * (h - n)
+
+    if loop == "while":
+        T = tf.shape(xp)[0]
+        ta = tf.TensorArray(xp.dtype, size=T)
+
+        def body(t, h, ta):
+            i = T - 1 - t if reverse else t
+            h = step(h, x_zr[i], x_h[i])
+            return t + 1, h, ta.write(i, h)
+
+        _, last, ta = tf.while_loop(lambda t, *_: t < T, body, (tf.constant(0), h, ta),
+                                    maximum_iterations=xp.shape[0])
+        return ta.stack(), last
+    order = range(xp.shape[0] - 1, -1, -1) if reverse else range(xp.shape[0])
+    zrs, hs = tf.unstack(x_zr), tf.unstack(x_h)
+    outs = [None] * xp.shape[0]
+    for t in order:
+        h = outs[t] = step(h, zrs[t], hs[t])
+    return tf.stack(outs), h
+
+
+def scratch_forward(spec: GRUSpec, cells, X=None, h0=None, *, ids=None, loop="unroll"):
+    """Stacked, optionally bidirectional GRU on time-major ``X [T, N, I]`` -- or, for the language
+    model, on token ids ``ids [T, N]`` (layer 0's projection becomes a row lookup, which is what
+    multiplying by a one-hot matrix computes). Returns ``Y [T, N, D*H]`` and ``h_n``."""
+    D = spec.num_directions
+    states, inp = [], X
+    for l, row in enumerate(cells):
+        outs = []
+        for d, (k, rk, b_x, b_h) in enumerate(row):
+            if l == 0 and ids is not None:
+                xp = tf.gather(k, ids) + b_x
+            else:
+                T, N = tf.shape(inp)[0], tf.shape(inp)[1]
+                xp = tf.reshape(tf.matmul(tf.reshape(inp, [T * N, -1]), k) + b_x, [T, N, -1])
+            Y, last = _direction(xp, h0[l * D + d], rk, b_h, spec.reset_after,
+                                 reverse=d == 1, loop=loop)
+            outs.append(Y)
+            states.append(last)
+        inp = outs[0] if D == 1 else tf.concat(outs, -1)
+    return inp, tf.stack(states)
+
+
+# -- native: keras.layers.GRU stacked (and wrapped in Bidirectional) ---------------------------
+class KerasStack:
+    """The Keras layers of one spec and dtype, built once and run stateless (weights passed in
+    as tensors, so one stack serves every parameter set)."""
+
+    def __init__(self, spec: GRUSpec, dtype, *, seed: int | None = None):
+        self.spec, self.layers = spec, []
+        dtype = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
+
+        def gru(l, d, name):
+            init = {}
+            if seed is not None:  # Keras' own initialisers (its defaults, seeded per cell;
+                # biases random instead of zeros so that reading them back is tested too)
+                s = seed * 1000 + 10 * l + 3 * d
+                init = {"kernel_initializer": keras.initializers.GlorotUniform(s),
+                        "recurrent_initializer": keras.initializers.Orthogonal(seed=s + 1),
+                        "bias_initializer": keras.initializers.RandomNormal(stddev=0.5, seed=s + 2)}
+            return keras.layers.GRU(spec.hidden_size, activation="tanh",
+                                    recurrent_activation="sigmoid", reset_after=spec.reset_after,
+                                    return_sequences=True, return_state=True, go_backwards=d == 1,
+                                    dtype=dtype, name=name, **init)
+
+        for l in range(spec.num_layers):
+            # Bidirectional renames its forward layer forward_gru_{l}; the backward one is built
+            # here (not copied from the forward one) so that seeded weights differ
+            layer = (keras.layers.Bidirectional(gru(l, 0, f"gru_{l}"), dtype=dtype,
+                                                backward_layer=gru(l, 1, f"backward_gru_{l}"),
+                                                name=f"bidirectional_{l}")
+                     if spec.bidirectional else gru(l, 0, f"gru_{l}"))
+            layer.build((None, None, spec.layer_input_size(l)))
+            self.layers.append(layer)
+        paths = [v.path for v in self.variables()]
+        if paths != list(keras_shapes(spec)):  # the converters' names are Keras' own
+            raise RuntimeError(f"Keras named the GRU variables {paths}, expected "
+                               f"{list(keras_shapes(spec))}")
+
+    def variables(self):
+        return [v for layer in self.layers for v in layer.trainable_variables]
+
+    def __call__(self, values, X, h0):
+        """``values``: one tensor per Keras variable (in :func:`keras_shapes` order). Batch-major
+        ``X [N, T, I]``, ``h0 [L*D, N, H]`` -> batch-major ``Y [N, T, D*H]`` and ``h_n``."""
+        D, i, states, inp = self.spec.num_directions, 0, [], X
+        for l, layer in enumerate(self.layers):
+            n = len(layer.trainable_variables)
+            (inp, *last), _ = layer.stateless_call(
+                list(values[i:i + n]), layer.non_trainable_variables, inp,
+                initial_state=[h0[l * D + d] for d in range(D)])
+            i += n
+            states.extend(last)
+        return inp, tf.stack(states)
+
+
+def _native_values(spec, variables):
+    """The trainer's native parameters -> one tensor per Keras variable. Reset-before keeps
+    ``b_x`` and ``b_h`` as separate variables (so SGD updates them as the canonical model does)
+    and hands Keras their sum."""
+    if spec.reset_after:
+        return variables
+    return [v for k, rk, b_x, b_h in _groups(variables, 4) for v in (k, rk, b_x + b_h)]
+
+
+def _groups(seq, n):
+    return [seq[i:i + n] for i in range(0, len(seq), n)]
+
+
+# -- the language model ------------------------------------------------------------------------
+def _lm_forward(stack, spec, gru_vars, W_hq, b_q, ids, state, loop="unroll"):
+    """Time-major token ids ``[T, N]`` -> logits ``[T*N, V]`` (time-major rows) and ``h_n``."""
+    if stack is None:
+        Y, h_n = scratch_forward(spec, _groups(_groups(gru_vars, 4), spec.num_directions),
+                                 h0=state, ids=ids, loop=loop)
+    else:
+        onehot = tf.transpose(tf.one_hot(ids, spec.input_size, dtype=W_hq.dtype), [1, 0, 2])
+        Y, h_n = stack(_native_values(spec, gru_vars), onehot, state)
+        Y = tf.transpose(Y, [1, 0, 2])
+    return tf.matmul(tf.reshape(Y, [-1, spec.output_size]), W_hq) + b_q, h_n
+
+
+def _lm_loss(logits, labels):
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+
+def _batch_tensors(X, Y):
+    """A batch ``X, Y [N, T]`` -> time-major ids ``[T, N]`` and labels ``Y.T.reshape(-1)`` (the
+    book's order), transposed on the host: TensorFlow's int32 transpose logs a oneDNN error
+    line on CPUs without AVX-512."""
+    return (tf.constant(np.ascontiguousarray(X.T), tf.int32),
+            tf.constant(np.ascontiguousarray(Y.T).reshape(-1), tf.int32))
+
+
+def _gru_arrays(impl, params: GRUParams):
+    """Canonical -> the flat list of GRU arrays an impl trains: Keras' variables for the native
+    reset-after layer; otherwise per cell ``kernel, recurrent_kernel, b_x, b_h`` (Keras'
+    concatenated weights with the two biases apart, so that the native reset-before layer,
+    which gets their sum, is trained exactly as the canonical model is)."""
+    if impl == "native" and params.spec.reset_after:
+        return list(to_keras(params).values())
+    return [a for row in _scratch_cells(params) for cell in row for a in cell]
+
+
+def _gru_params_from_arrays(impl, spec, arrays) -> GRUParams:
+    """Inverse of :func:`_gru_arrays` (also for gradients: each array's gradient has its
+    shape and meaning)."""
+    arrays = [np.asarray(a) for a in arrays]
+    if impl == "native" and spec.reset_after:
+        return from_keras(dict(zip(keras_shapes(spec), arrays)), spec)
+    return _scratch_to_canonical(spec, _groups(_groups(arrays, 4), spec.num_directions))
+
+
+class TensorFlowTrainer(Trainer):
+    def __init__(self, backend, model: LMParams, *, impl, lr, clip, mode, device):
+        self.backend, self.impl, self.mode, self.device = "tensorflow", impl, mode, device
+        self.spec, self.dtype = model.spec, model.dtype
+        self._tf_device = _TF_DEVICES[device]
+        with tf.device(self._tf_device):
+            self.stack = backend._stack(model.spec, model.dtype) if impl == "native" else None
+            self.gru_vars = [tf.Variable(a) for a in _gru_arrays(impl, model.gru)]
+            self.W_hq, self.b_q = tf.Variable(model.W_hq), tf.Variable(model.b_q)
+        self.variables = self.gru_vars + [self.W_hq, self.b_q]
+        lr, clip = tf.constant(lr, self.dtype), tf.constant(clip, self.dtype)
+        # XLA compiles a tf.while_loop better than 35 unrolled steps; plain graphs the reverse
+        loop = "while" if mode == "xla" else "unroll"
+
+        def step(ids, labels, state):
+            with tf.GradientTape() as tape:
+                logits, state = _lm_forward(self.stack, self.spec, self.gru_vars, self.W_hq,
+                                            self.b_q, ids, state, loop)
+                loss = _lm_loss(logits, labels)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
+            norm = tf.linalg.global_norm(grads)
+            # the book's grad_clipping: scale by clip / norm when the norm exceeds clip
+            scale = lr * tf.minimum(tf.ones_like(norm), clip / norm)
+            for v, g in zip(self.variables, grads):
+                v.assign_sub(scale * g)
+            return loss, state
+
+        self._step = step if mode == "eager" else tf.function(step, jit_compile=mode == "xla")
+
+    def train_epoch(self, batches, *, random_iter=False):
+        losses, state = [], None
+        with tf.device(self._tf_device):
+            for X, Y in batches:
+                if state is None or random_iter:
+                    state = tf.zeros((self.spec.num_layers * self.spec.num_directions,
+                                      X.shape[0], self.spec.hidden_size), self.dtype)
+                loss, state = self._step(*_batch_tensors(X, Y), state)
+                losses.append(loss)
+            # the losses stay on the device until the epoch ends
+            return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def params(self) -> LMParams:
+        gru = _gru_params_from_arrays(self.impl, self.spec, [v.numpy() for v in self.gru_vars])
+        return LMParams(gru, self.W_hq.numpy(), self.b_q.numpy())
+
+
+class TensorFlowBackend(Backend):
+    name = "tensorflow"
+    framework = "tensorflow"
+    devices = ("cpu", "gpu")
+    impls = {
+        "scratch": ImplInfo(
+            "the book's loop in TensorFlow ops, gradients by tf.GradientTape",
+            # measured at the book's config: a plain graph of the unrolled loop is the fastest
+            # here (XLA is close on one thread, slower on two); eager is ~4x slower
+            modes=("graph", "xla", "eager")),
+        "native": ImplInfo(
+            "keras.layers.GRU (reset_after True or False) stacked, in keras.layers.Bidirectional",
+            # measured: Keras' tf.while_loop compiled by XLA runs ~2.5x faster than as a graph
+            modes=("xla", "graph", "eager"),
+            why_not={"reset_before_bias":
+                     "keras' reset-before GRU holds one bias per gate (the canonical b_x + b_h, "
+                     "all the cell depends on), so parameters read back from it have b_h = 0"}),
+    }
+
+    def __init__(self):
+        super().__init__()
+        self._stacks = {}
+
+    def version(self) -> str:
+        return tf.__version__
+
+    def _setup(self):
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            try:  # possible only before TensorFlow's runtime starts
+                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            except RuntimeError:
+                pass
+
+    def _stack(self, spec, dtype) -> KerasStack:
+        key = (spec, np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name)
+        if key not in self._stacks:
+            self._stacks[key] = KerasStack(spec, dtype)
+        return self._stacks[key]
+
+    # -- native layout ----------------------------------------------------------------------
+    def _to_native(self, params):
+        return to_keras(params)
+
+    def _from_native(self, native, spec):
+        return from_keras(native, spec)
+
+    def _native_normal_form(self, params):
+        return native_normal_form(params)
+
+    def _native_reference(self, spec, X, h0, seed):
+        stack = KerasStack(spec, X.dtype, seed=seed)
+        Y, h_n = stack(stack.variables(), tf.transpose(X, [1, 0, 2]), tf.constant(h0))
+        native = {v.path: np.asarray(v.numpy()) for v in stack.variables()}
+        return from_keras(native, spec), tf.transpose(Y, [1, 0, 2]).numpy(), h_n.numpy()
+
+    # -- the GRU ----------------------------------------------------------------------------
+    def _tensors(self, impl, params):
+        arrays = ([a for row in _scratch_cells(params) for c in row for a in c]
+                  if impl == "scratch" else list(to_keras(params).values()))
+        return [tf.constant(a) for a in arrays]
+
+    def _gru(self, impl, params, X, h0):
+        values = self._tensors(impl, params)
+        run = self._run_scratch if impl == "scratch" else self._run_native
+        Y, h_n = run(params.spec, values, tf.constant(X), tf.constant(h0))
+        return Y.numpy(), h_n.numpy()
+
+    def _run_scratch(self, spec, values, X, h0):
+        return scratch_forward(spec, _groups(_groups(values, 4), spec.num_directions), X, h0)
+
+    def _run_native(self, spec, values, X, h0):
+        Y, h_n = self._stack(spec, X.dtype)(values, tf.transpose(X, [1, 0, 2]), h0)
+        return tf.transpose(Y, [1, 0, 2]), h_n
+
+    def _gru_backward(self, impl, params, X, h0, dY, dh_n):
+        spec = params.spec
+        values = self._tensors(impl, params)
+        X, h0 = tf.constant(X), tf.constant(h0)
+        run = self._run_scratch if impl == "scratch" else self._run_native
+        with tf.GradientTape() as tape:
+            tape.watch(values + [X, h0])
+            Y, h_n = run(spec, values, X, h0)
+            scalar = tf.reduce_sum(Y * dY) + tf.reduce_sum(h_n * dh_n)
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(scalar, values + [X, h0])]
+        *gp, dX, dh0 = grads
+        if impl == "scratch":
+            dparams = _scratch_to_canonical(spec, _groups(_groups(gp, 4), spec.num_directions))
+        else:
+            dparams = grads_from_keras(dict(zip(keras_shapes(spec), gp)), spec)
+        return dparams, dX, dh0
+
+    # -- the language model ------------------------------------------------------------------
+    def _lm_loss_and_grads(self, impl, model, X, Y, state):
+        spec = model.spec
+        stack = self._stack(spec, model.dtype) if impl == "native" else None
+        gru_vars = [tf.constant(a) for a in _gru_arrays(impl, model.gru)]
+        W_hq, b_q = tf.constant(model.W_hq), tf.constant(model.b_q)
+        with tf.GradientTape() as tape:
+            tape.watch(gru_vars + [W_hq, b_q])
+            ids, labels = _batch_tensors(X, Y)
+            logits, h_n = _lm_forward(stack, spec, gru_vars, W_hq, b_q, ids, tf.constant(state))
+            loss = _lm_loss(logits, labels)
+        *g_gru, dW_hq, db_q = [tf.convert_to_tensor(g).numpy()
+                               for g in tape.gradient(loss, gru_vars + [W_hq, b_q])]
+        grads = LMParams(_gru_params_from_arrays(impl, spec, g_gru), dW_hq, db_q)
+        return LMResult(float(loss.numpy()), grads, logits.numpy(), h_n.numpy())
+
+    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+            raise UnsupportedError("backend 'tensorflow' found no GPU (tf.config."
+                                   "list_physical_devices('GPU') is empty; the tensorflow-cpu "
+                                   "wheel has no GPU support), so use device 'cpu'")
+        return TensorFlowTrainer(self, model, impl=impl, lr=lr, clip=clip, mode=mode,
+                                 device=device)
+
+
+backend = TensorFlowBackend()

@@ -1,0 +1,287 @@
+"""TensorFlow / Keras 3 backend: checkpoints shared with NumPy, error messages, Keras' GRU layout
+(both cells), the reset-before layer's single bias, execution modes, a quiet import."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import d2lgru
+from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
+from d2lgru.cli import main
+from d2lgru.data import load_data_time_machine
+from d2lgru.train import TrainConfig, train
+
+SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
+VARIANTS = pytest.mark.parametrize("reset_after", [False, True],
+                                   ids=["reset-before", "reset-after"])
+
+
+@pytest.fixture(scope="module")
+def be():
+    return d2lgru.get_backend("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return d2lgru.get_backend("numpy")
+
+
+def random_params(spec, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    return init_params(spec, dtype=dtype).map(
+        lambda a: (rng.standard_normal(a.shape) * 0.5).astype(dtype))
+
+
+# -- checkpoints cross the NumPy/TensorFlow boundary both ways -----------------------------
+@pytest.mark.parametrize("impl,reset_after", [("scratch", False), ("native", False),
+                                              ("native", True)])
+@pytest.mark.parametrize("first,second", [("tensorflow", "numpy"), ("numpy", "tensorflow")])
+def test_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, reset_after,
+                                                      first, second):
+    config = dict(data=str(data_dir), reset_after=reset_after, **SMALL)
+    impl_of = {"tensorflow": impl, "numpy": "scratch"}
+    straight = train(TrainConfig(epochs=4, **config), backend=first, impl=impl_of[first])
+    train(TrainConfig(epochs=2, **config), backend=first, impl=impl_of[first], out=tmp_path)
+    resumed = train(TrainConfig(epochs=4), backend=second, impl=impl_of[second], resume=tmp_path)
+    assert [h["backend"] for h in resumed.history] == [first, first, second, second]
+    np.testing.assert_allclose([h["perplexity"] for h in resumed.history],
+                               [h["perplexity"] for h in straight.history], rtol=1e-4)
+    for a, b in zip(resumed.model.flat(), straight.model.flat()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_native_reset_before_checkpoint_keeps_both_biases(tmp_path, data_dir, oracle):
+    """The native reset-before trainer updates b_x and b_h as the canonical model does (Keras
+    gets their sum), so its checkpoint holds both, as NumPy's does."""
+    config = TrainConfig(epochs=2, data=str(data_dir), **SMALL)
+    ours = train(config, backend="tensorflow", impl="native").model
+    ref = train(config, backend="numpy").model
+    for a, b in zip(ours.gru.flat(), ref.gru.flat()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert np.abs(ours.gru.cell(0).b_h).max() > 1e-3
+
+
+# -- one clear error per mistake -----------------------------------------------------------
+def test_unknown_impl_dtype_and_mode(be):
+    model = init_lm(5, 4)
+    with pytest.raises(UnsupportedError, match="no impl 'cudnn'; valid: scratch, native"):
+        be.make_trainer(model, impl="cudnn")
+    with pytest.raises(UnsupportedError, match="no mode 'jit'; valid: graph, xla, eager"):
+        be.make_trainer(model, mode="jit")
+    with pytest.raises(UnsupportedError, match="impl 'native' has no mode 'compile'; "
+                                               "valid: xla, graph, eager"):
+        be.make_trainer(model, impl="native", mode="compile")
+    with pytest.raises(UnsupportedError, match="no device 'tpu'; valid: cpu, gpu"):
+        be.make_trainer(model, device="tpu")
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is present")
+def test_absent_gpu_is_one_clear_error(be):
+    with pytest.raises(UnsupportedError, match="found no GPU .* use device 'cpu'"):
+        be.make_trainer(init_lm(5, 4), device="gpu")
+
+
+def test_wrong_dtypes_and_shapes(be):
+    params = init_params(GRUSpec(3, 4))  # float32
+    with pytest.raises(TypeError, match="X is float64 but the parameters are float32"):
+        be.gru(params, np.zeros((2, 1, 3)), impl="native")
+    with pytest.raises(ValueError, match=r"X must have shape \(2, 1, 3\), got \(2, 1, 5\)"):
+        be.gru(params, np.zeros((2, 1, 5), np.float32))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 1, 4\)"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="X and Y must be"):
+        be.lm_loss_and_grads(init_lm(5, 4), np.zeros((2, 3), int), np.zeros((3, 2), int))
+    with pytest.raises(UnsupportedError, match="no impl 'keras'; valid: scratch, native"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="keras")
+    with pytest.raises(TypeError, match="state is float64 but the parameters are float32"):
+        be.lm_loss_and_grads(init_lm(5, 4), np.zeros((1, 3), int), np.zeros((1, 3), int),
+                             np.zeros((1, 1, 4)), impl="native")
+    native = be.to_native(params)
+    with pytest.raises(ValueError, match="Keras parameters of a .* are .*got"):
+        be.from_native({k: v for k, v in native.items() if not k.endswith("bias")}, params.spec)
+    with pytest.raises(ValueError, match=r"gru_0/gru_cell/kernel must be a NumPy array of "
+                                         r"shape \(3, 12\)"):
+        be.from_native({**native, "gru_0/gru_cell/kernel": np.zeros((12, 3))}, params.spec)
+
+
+def test_cli_trains_both_impls_and_both_cells(tmp_path, data_dir, capsys):
+    small = ["--epochs", "2", "--hidden", "8", "--batch-size", "4", "--num-steps", "5",
+             "--max-tokens", "300", "--data", str(data_dir), "--quiet"]
+    for impl, cell in (("scratch", "--reset-before"), ("native", "--reset-before"),
+                       ("native", "--reset-after")):
+        assert main(["train", "--backend", "tensorflow", "--impl", impl, cell, *small]) == 0
+        assert f"tokens/sec on cpu (tensorflow {impl})" in capsys.readouterr().out
+
+
+def test_the_backend_prints_nothing_on_stderr():
+    """TensorFlow's import-time C++ log lines are dropped, and nothing the adapter runs (the
+    GRU, the language model, training in every mode) makes TensorFlow log anything."""
+    code = ("import numpy as np, d2lgru\n"
+            "be = d2lgru.get_backend('tensorflow')\n"
+            "p = d2lgru.init_params(d2lgru.GRUSpec(3, 4, reset_after=True))\n"
+            "be.gru(p, np.ones((2, 1, 3), np.float32), impl='native')\n"
+            "m = d2lgru.init_lm(5, 4)\n"
+            "X = np.arange(6).reshape(2, 3) % 5\n"
+            "for impl in be.impls:\n"
+            "    be.lm_loss_and_grads(m, X, X, impl=impl)\n"
+            "    for mode in be.impls[impl].modes:\n"
+            "        be.make_trainer(m, impl=impl, mode=mode).train_epoch([(X, X)])\n"
+            "print(be.version())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == tf.__version__
+    assert done.stderr == ""
+
+
+# -- Keras' GRU layout ---------------------------------------------------------------------
+@VARIANTS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_converters(be, reset_after, dtype):
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=reset_after)
+    params = random_params(spec, dtype)
+    native = be.to_native(params)
+    assert all(a.dtype == dtype for a in native.values())
+    # native -> canonical -> native is bit-exact for both cells
+    again = be.to_native(be.from_native(native, spec))
+    assert list(again) == list(native)
+    assert all(np.array_equal(again[k], native[k]) for k in native)
+    # canonical -> native -> canonical: exact for reset-after; reset-before gives the normal
+    # form (b_x + b_h, 0), which is params itself whenever b_h == 0
+    back = be.from_native(native, spec)
+    assert back == be.native_normal_form(params)
+    assert (back == params) == reset_after
+    if not reset_after:
+        no_bh = params.map(np.copy)
+        for row in no_bh.cells:
+            for c in row:
+                c.b_h[...] = 0
+        assert be.from_native(be.to_native(no_bh), spec) == no_bh
+        for c, n in zip(params.cells[1], back.cells[1]):
+            assert np.array_equal(n.b_x, c.b_x + c.b_h) and not n.b_h.any()
+
+
+@VARIANTS
+def test_native_normal_form_is_the_same_gru(be, oracle, reset_after):
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=reset_after)
+    params = random_params(spec)
+    rng = np.random.default_rng(1)
+    X, h0 = rng.standard_normal((6, 2, 3)), rng.standard_normal((4, 2, 5))
+    for a, b in zip(oracle.gru(params, X, h0), oracle.gru(be.native_normal_form(params), X, h0)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+@VARIANTS
+def test_native_gate_order_is_z_r_h(be, reset_after):
+    spec = GRUSpec(2, 3, reset_after=reset_after)
+    gate_value = {"z": 1.0, "r": 2.0, "h": 3.0}
+    params = init_params(spec).map(np.copy)
+    cell = params.cell(0)
+    for g, v in gate_value.items():
+        i = d2lgru.GATES.index(g)
+        cell.W_x[i], cell.W_h[i], cell.b_x[i], cell.b_h[i] = v, v + 10, v + 20, v + 30
+    native = be.to_native(params)
+    assert list(native) == ["gru_0/gru_cell/kernel", "gru_0/gru_cell/recurrent_kernel",
+                            "gru_0/gru_cell/bias"]
+    kernel, recurrent, bias = native.values()
+    for k, native_gate in enumerate("zrh"):  # Keras' own order: z, r, h
+        v = gate_value[native_gate]
+        cols = slice(3 * k, 3 * k + 3)
+        assert np.all(kernel[:, cols] == v) and np.all(recurrent[:, cols] == v + 10)
+        if reset_after:  # bias [2, 3H]: input biases, then recurrent ones
+            assert np.all(bias[0, cols] == v + 20) and np.all(bias[1, cols] == v + 30)
+        else:  # one bias [3H]: their sum
+            assert bias.shape == (9,) and np.all(bias[cols] == 2 * v + 50)
+
+
+@VARIANTS
+def test_keras_gru_matches_the_oracle_through_the_converters(be, oracle, reset_after):
+    """Plain keras.layers.GRU / Bidirectional layers (not this backend's stack), loaded with
+    set_weights from to_native, compute the canonical cells: random asymmetric weights and biases
+    would expose a swapped gate, a flipped update gate or a misplaced reset gate, and the
+    backward layer's outputs must come back in time order."""
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=reset_after)
+    params = random_params(spec, seed=1)
+    rng = np.random.default_rng(2)
+    X, h0 = rng.standard_normal((6, 2, 3)), rng.standard_normal((4, 2, 5))
+    native = be.to_native(params)
+    inp, states, names = tf.constant(X.transpose(1, 0, 2)), [], list(native)
+    for l in range(2):
+        layer = keras.layers.Bidirectional(
+            keras.layers.GRU(5, return_sequences=True, return_state=True, reset_after=reset_after,
+                             recurrent_activation="sigmoid", dtype="float64"), dtype="float64")
+        layer.build((None, None, spec.layer_input_size(l)))
+        layer.set_weights([native[k] for k in names[6 * l:6 * l + 6]])
+        inp, *last = layer(inp, initial_state=[tf.constant(h0[2 * l]), tf.constant(h0[2 * l + 1])])
+        states += last
+    Y_ref, h_ref = oracle.gru(params, X, h0)
+    np.testing.assert_allclose(inp.numpy().transpose(1, 0, 2), Y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.stack(states), h_ref, rtol=1e-12, atol=1e-12)
+
+
+@VARIANTS
+def test_native_reference_is_seeded_and_named_like_keras(be, oracle, reset_after):
+    spec = GRUSpec(3, 4, num_layers=2, bidirectional=True, reset_after=reset_after)
+    X = np.random.default_rng(0).standard_normal((5, 2, 3))
+    p1, Y1, h1 = be.native_reference(spec, X, seed=3)
+    p2, Y2, _ = be.native_reference(spec, X, seed=3)
+    p3, _, _ = be.native_reference(spec, X, seed=4)
+    assert p1 == p2 and np.array_equal(Y1, Y2) and not p1 == p3
+    assert not np.array_equal(p1.cell(0, 0).W_x, p1.cell(0, 1).W_x)  # directions differ
+    Y_ref, h_ref = oracle.gru(p1, X)
+    np.testing.assert_allclose(Y1, Y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h1, h_ref, rtol=1e-12, atol=1e-12)
+
+
+# -- execution modes -----------------------------------------------------------------------
+def test_capabilities_are_declared(be):
+    caps = be.capabilities()
+    for impl in ("scratch", "native"):
+        assert caps[impl]["reset_before"] and caps[impl]["reset_after"]
+        assert caps[impl]["max_layers"] is None and caps[impl]["bidirectional"]
+        assert caps[impl]["dtypes"] == ["float32", "float64"]
+        assert caps[impl]["modes"][-1] == "eager"
+    assert caps["scratch"]["modes"][0] == "graph" and caps["native"]["modes"][0] == "xla"
+    assert be.devices == ("cpu", "gpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["scratch", "native"])
+def test_every_mode_gives_the_default_modes_losses(be, oracle, data_dir, impl):
+    loader, vocab = load_data_time_machine(4, 5, max_tokens=300, path=data_dir)
+    model = init_lm(len(vocab), 8, reset_after=impl == "native")
+    loader.set_epoch(0)
+    batches = list(loader)[:4]
+    modes = be.impls[impl].modes
+    losses = {}
+    for mode in modes:
+        trainer = be.make_trainer(model, impl=impl, mode=mode)
+        assert trainer.mode == mode and trainer.backend == "tensorflow" and trainer.device == "cpu"
+        losses[mode] = trainer.train_epoch(batches)
+    assert be.make_trainer(model, impl=impl).mode == modes[0]
+    for mode in modes[1:]:
+        np.testing.assert_allclose(losses[mode], losses[modes[0]], rtol=1e-5)
+    np.testing.assert_allclose(losses[modes[0]], oracle.make_trainer(model).train_epoch(batches),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["scratch", "native"])
+def test_random_iter_restarts_the_state_and_float64_trains(be, oracle, data_dir, impl):
+    loader, vocab = load_data_time_machine(4, 5, max_tokens=300, path=data_dir)
+    model = init_lm(len(vocab), 8, dtype=np.float64)
+    loader.set_epoch(0)
+    batches = list(loader)[:3]
+    ours = be.make_trainer(model, impl=impl)
+    ref = oracle.make_trainer(model)
+    for random_iter in (True, False):
+        np.testing.assert_allclose(ours.train_epoch(batches, random_iter=random_iter),
+                                   ref.train_epoch(batches, random_iter=random_iter), rtol=1e-9)
+    for a, b in zip(ours.params().flat(), ref.params().flat()):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
