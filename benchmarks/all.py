@@ -1,0 +1,104 @@
+"""Benchmark every installed backend, one after the other, then write the report and charts.
+
+    python benchmarks/all.py [--quick] [--device gpu] [--backends numpy,torch] [--out DIR]
+                             [-- any benchmarks/run.py option, e.g. --threads 2 --skip sweep]
+
+Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
+``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
+missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
+``<machine-label>-quick``), then ``compare.py`` turns every result there into ``results.md``,
+``throughput.png`` and ``sweep.png``. Standard library only: any Python 3.9+ can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks import _machine  # noqa: E402
+from benchmarks.run import BACKENDS, RESULTS  # noqa: E402
+
+REPO = _machine.REPO
+
+
+def interpreter(backend: str) -> Path | None:
+    """The Python of the environment that holds ``backend``'s framework, or None."""
+    if backend == "numpy":
+        candidates = [REPO / ".venv", REPO / ".tox" / "numpy"]
+    else:
+        candidates = [REPO / ".tox" / backend]
+    for env in candidates:
+        for name in ("bin/python", "Scripts/python.exe"):
+            if (env / name).exists():
+                return env / name
+    return None
+
+
+def can_import(python: Path, module: str) -> bool:
+    return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
+                          cwd="/").returncode == 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="python benchmarks/all.py", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run (see run.py --quick)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or gpu")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="comma-separated, in this order (default: all six)")
+    p.add_argument("--out", help="results folder (default benchmarks/results/<machine-label>)")
+    p.add_argument("--label", help="machine label (default: from the CPU model, CPUs and GPU)")
+    p.add_argument("--no-compare", action="store_true", help="only write the JSON files")
+    args = p.parse_args(argv)
+
+    label = args.label or _machine.label(_machine.machine(), args.device)
+    out = Path(args.out) if args.out else RESULTS / (label + ("-quick" if args.quick else ""))
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for backend in backends:
+        if backend not in BACKENDS:
+            p.error(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    ran, skipped = [], []
+    for backend in backends:
+        python = interpreter(backend)
+        if python is None:
+            env = ".venv or .tox/numpy" if backend == "numpy" else f".tox/{backend}"
+            skipped.append(f"{backend}: no environment ({env}); build it with "
+                           f"`tox -e {backend} --notest`")
+            continue
+        if not can_import(python, backend):
+            skipped.append(f"{backend}: {python} cannot import its framework")
+            continue
+        cmd = [str(python), str(REPO / "benchmarks" / "run.py"), "--backend", backend,
+               "--out", str(out), "--label", label, "--device", args.device, *passthrough]
+        if args.quick:
+            cmd.append("--quick")
+        print(f"== {backend}: {' '.join(cmd)}", flush=True)
+        tic = time.perf_counter()
+        status = subprocess.run(cmd, cwd=REPO).returncode
+        print(f"== {backend}: {'done' if status == 0 else f'FAILED (status {status})'} in "
+              f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
+        (ran if status == 0 else skipped).append(backend if status == 0 else
+                                                  f"{backend}: run.py failed (status {status})")
+    for note in skipped:
+        print(f"skipped {note}")
+    if args.no_compare or not ran:
+        return 0 if ran else 1
+    compare_python = sys.executable
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        compare_python = str(interpreter("numpy") or sys.executable)
+    return subprocess.run([compare_python, str(REPO / "benchmarks" / "compare.py"), str(out)],
+                          cwd=REPO).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

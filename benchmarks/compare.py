@@ -1,0 +1,432 @@
+"""Turn benchmark result files into one Markdown report and PNG charts.
+
+    python benchmarks/compare.py benchmarks/results/<label>/*.json [--out DIR]
+    python benchmarks/compare.py benchmarks/results/<label>          # every JSON in the folder
+
+Writes ``results.md``, ``throughput.png`` and ``sweep.png`` into ``--out`` (default: the folder of
+the first file). Needs only the standard library and matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks import _metrics  # noqa: E402
+from benchmarks._metrics import median  # noqa: E402
+
+ORDER = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
+SWEEP_COLUMNS = [("book", None, None), ("H=64", "hidden", 64), ("H=1024", "hidden", 1024),
+                 ("N=1", "batch_size", 1), ("N=256", "batch_size", 256),
+                 ("T=140", "num_steps", 140)]
+TARGET_BARE = 0.95
+TARGET_FLOP = 0.80
+TARGET_NUMPY_VS_TORCH = 0.5
+TARGET_PIPELINE = 100.0
+
+
+def load(paths) -> list[dict]:
+    files = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
+    results = []
+    for f in files:
+        r = json.loads(f.read_text())
+        if r.get("format") != "d2lgru.Benchmark/1":
+            print(f"skipping {f}: not a d2lgru benchmark result", file=sys.stderr)
+            continue
+        r["_file"] = f.name
+        results.append(_metrics.derive(r))
+    order = {name: i for i, name in enumerate(ORDER)}
+    return sorted(results, key=lambda r: (order.get(r["backend"], 99), r["label"]))
+
+
+# -- formatting -----------------------------------------------------------------------------
+def rate(entry) -> str:
+    if not entry:
+        return "—"
+    if "error" in entry:
+        return "error: " + entry["error"].splitlines()[0][:80].replace("|", "/")
+    s = entry["tokens_per_s"]
+    return f"{s['median']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f})"
+
+
+def num(x, fmt="{:,.2f}", none="—") -> str:
+    return none if x is None else fmt.format(x)
+
+
+def pct(x) -> str:
+    return num(None if x is None else 100 * x, "{:.1f}%")
+
+
+def book_entries(result, kind="train"):
+    return [e for e in result.get(kind, []) if _metrics.is_book(e["config"])]
+
+
+def latency_ms(result, impl, batch):
+    for e in result.get("latency", []):
+        if e["impl"] == impl and e["config"]["batch_size"] == batch:
+            return "error" if "error" in e else f"{e['ms']['median']:.2f}"
+    return "—"
+
+
+def _warmup_s(entry):
+    if "build_s" not in entry:
+        return None
+    return entry["build_s"] + entry["first_epoch_s"]
+
+
+def fastest_bare(result):
+    ok = [e for e in book_entries(result, "bare") if median(e)]
+    return max(ok, key=median, default=None)
+
+
+def name(result, multi_label) -> str:
+    return result["backend"] + (f" @ {result['label']}" if multi_label else "")
+
+
+# -- the report -----------------------------------------------------------------------------
+def header(results) -> list[str]:
+    lines = ["# d2lgru benchmark results", ""]
+    unfinished = [r["_file"] for r in results if not r.get("complete", True)]
+    if unfinished:
+        lines += [f"> **Interrupted runs (partial results): {', '.join(unfinished)}.**", ""]
+    if any(r["quick"] for r in results):
+        lines += ["> **Quick smoke run (`--quick`): tiny repeats, small GEMM and corpus. These "
+                  "figures are not measurements.**", ""]
+    seen = {}
+    for r in results:
+        seen.setdefault(r["label"], r)
+    for label, r in seen.items():
+        m = r["machine"]
+        gpu = f"; GPU {', '.join(m['gpus'])}" if m.get("gpus") else ""
+        lines.append(f"Machine `{label}`: {m['cpu_model']}, {m['physical_cores']} cores / "
+                     f"{m['cpus_usable']} CPUs usable, {m['memory_gb']} GB{gpu}; {m['os']}.")
+    lines += ["", "| result file | backend version | device | threads | commit | created | "
+                  "load at start | run time |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        sw = r.get("software", {})
+        version = sw.get("framework_version") or sw.get("version") or "—"
+        threads = r.get("threads_requested") or "default"
+        co = r.get("checkout", {})
+        commit = (co.get("commit") or "?")[:10] + (" (dirty)" if co.get("dirty") else "")
+        load = r["machine"].get("load_average_at_start")
+        busy = ""
+        if load and r["machine"].get("cpus_usable") and load[0] > 0.5 * r["machine"]["cpus_usable"]:
+            busy = " ⚠ busy"
+        lines.append(f"| `{r['_file']}` | {r['backend']} {version} | {r['device']} | {threads} | "
+                     f"`{commit}` | {r['created']} | {num(load[0] if load else None, '{:.2f}')}"
+                     f"{busy} | {r.get('wall_s', 0) / 60:.1f} min |")
+    lines += ["", f"FLOPs: {results[0]['flops_formula']}. The FLOP bound is the run's best "
+                  "large float32 GEMM rate (NumPy's or the framework's) divided by the FLOPs per "
+                  "token.", ""]
+    return lines
+
+
+def main_table(results, multi) -> list[str]:
+    lines = ["## Training throughput at the book's configuration", "",
+             "Vocab 28, hidden 256, batch 32, 35 steps; tokens/s of whole training steps "
+             "(forward, loss, backward, clipping, SGD), median (min–max) over repeats. `*` marks "
+             "the impl's default mode; `bare` rows are the book's concise model written straight "
+             "against the framework (`benchmarks/bare/`). *× bare*: median over the fastest bare "
+             "mode's median in the same run.", "",
+             "*warm-up s*: building the trainer and its first 2-batch epoch (tracing, "
+             "compiling).", "",
+             "| backend | impl | mode | tokens/s | × bare | % FLOP bound | `gru` fwd b1 ms | "
+             "`gru` fwd b32 ms | peak RSS MB | warm-up s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        fb = fastest_bare(r)
+        for e in book_entries(r) + book_entries(r, "bare"):
+            is_bare = e in r.get("bare", [])
+            ratio = (median(e) / median(fb)) if (fb and median(e)) else None
+            impl = "bare" if is_bare else e["impl"]
+            mode = e["mode"] + ("" if is_bare or not e.get("default_mode") else " *")
+            lat1 = "" if is_bare else latency_ms(r, e["impl"], 1)
+            lat32 = "" if is_bare else latency_ms(r, e["impl"], 32)
+            lines.append(f"| {name(r, multi)} | {impl} | {mode} | {rate(e)} | "
+                         f"{num(ratio)} | {pct(e.get('fraction_of_flop_bound'))} | {lat1} | "
+                         f"{lat32} | {num(e.get('peak_rss_mb'), '{:,.0f}')} | "
+                         f"{num(_warmup_s(e), '{:,.1f}')} |")
+        if r.get("software", {}).get("device_refused"):
+            lines.append(f"| {name(r, multi)} | — | — | {r['software']['device_refused']} "
+                         "| | | | | | |")
+        if "error" in r.get("software", {}):
+            lines.append(f"| {name(r, multi)} | — | — | d2lgru backend unavailable: "
+                         f"{r['software']['error'].splitlines()[0][:100]} | | | | | | |")
+    return lines + [""]
+
+
+def gemm_table(results, multi) -> list[str]:
+    lines = ["## The machine's limit: float32 GEMM", "",
+             "| run | n | NumPy GFLOP/s | framework GFLOP/s | bound used | FLOP-bound tokens/s "
+             "(book config) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        g = r.get("gemm")
+        if not g or "error" in g:
+            lines.append(f"| {name(r, multi)} | | {'error' if g else 'not measured'} | | | |")
+            continue
+        fw = g.get(r["backend"]) if r["backend"] != "numpy" else None
+        bound = g["peak_gflops"] * 1e9 / _metrics.flops_per_token(28, 256)
+
+        def gf(x):
+            return f"{x['gflops']['median']:,.1f} ({x['gflops']['min']:,.1f}–{x['gflops']['max']:,.1f})"
+        lines.append(f"| {name(r, multi)} | {g['n']} | {gf(g['numpy'])} | {gf(fw) if fw else '—'} "
+                     f"| {g['peak_source']} | {bound:,.0f} |")
+    return lines + [""]
+
+
+def sweep_table(results, multi) -> list[str]:
+    lines = ["## Sweep: one axis at a time around the book's configuration", "",
+             "Median tokens/s (% of the FLOP bound). H: hidden units, N: batch size, T: steps.",
+             "", "| backend | impl | mode | " + " | ".join(c[0] for c in SWEEP_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
+    for r in results:
+        rows = {}
+        for kind in ("train", "bare"):
+            for e in r.get(kind, []):
+                key = ("bare" if kind == "bare" else e["impl"], e["mode"])
+                rows.setdefault(key, {})[_column(e["config"])] = e
+        for (impl, mode), cells in rows.items():
+            if impl == "bare" and len(cells) == 1:
+                continue  # bare at the book config only: already in the main table
+            out = []
+            for col, _, _ in SWEEP_COLUMNS:
+                e = cells.get(col)
+                if not e:
+                    out.append("—")
+                elif "error" in e:
+                    out.append("error")
+                else:
+                    out.append(f"{median(e):,.0f} ({pct(e.get('fraction_of_flop_bound'))})")
+            lines.append(f"| {name(r, multi)} | {impl} | {mode} | " + " | ".join(out) + " |")
+    return lines + [""]
+
+
+def _column(cfg) -> str | None:
+    for col, axis, value in SWEEP_COLUMNS:
+        if axis is None and _metrics.is_book(cfg):
+            return col
+        if axis and cfg[axis] == value and all(cfg[k] == v for k, v in _metrics.BOOK.items()
+                                               if k != axis):
+            return col
+    return None
+
+
+def pipeline_section(results) -> tuple[list[str], dict | None]:
+    pipe = next((r["pipeline"] for r in results if r.get("pipeline")), None)
+    if not pipe:
+        return [], None
+    lines = ["## Data pipeline", "",
+             f"Tokenise (read, clean, split into characters, vocabulary, corpus of ids) and batch "
+             f"one epoch (sequential partitioning, batch {pipe['batch_size']}, "
+             f"{pipe['num_steps']} steps) of a generated corpus (`{Path(pipe['source']).name}` "
+             "repeated). `book`: the book's per-character Python code "
+             "(`benchmarks/_book_pipeline.py`). Each run in its own process; peak RSS includes "
+             "the interpreter; bytes/token = (peak RSS − RSS at start) / tokens.", "",
+             "| implementation | corpus MB | tokens | tokenise s | batch s | total s | MB/s | "
+             "peak RSS MB | bytes/token |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in pipe["runs"]:
+        if "error" in run:
+            lines.append(f"| {run['impl']} | {run['corpus_mb']} | error: "
+                         f"{run['error'].splitlines()[0][:80]} | | | | | | |")
+            continue
+        lines.append(f"| {run['impl']} | {run['corpus_mb']:,.1f} | {run['tokens']:,} | "
+                     f"{run['tokenise_s']:.2f} | {run['batch_s']:.2f} | {run['total_s']:.2f} | "
+                     f"{run['mb_per_s']:,.1f} | {run['peak_rss_mb']:,.0f} | "
+                     f"{num(run['bytes_per_token'], '{:.1f}')} |")
+    if "same_output" in pipe:
+        lines += ["", f"Same vocabulary, corpus and batches: **{'yes' if pipe['same_output'] else 'NO'}**"
+                      f" (SHA-256 of the corpus and of every batch). d2lgru is "
+                      f"**{pipe['speedup']:,.1f}×** faster and uses "
+                      f"{1 / pipe['memory_ratio']:.2f}× the book's peak memory."]
+    return lines + [""], pipe
+
+
+def targets(results, pipe) -> list[str]:
+    lines = ["## Targets", ""]
+    by_backend = {r["backend"]: r for r in results}
+
+    def status(ok):
+        return "**met**" if ok else "**missed**"
+
+    lines.append(f"1. Each backend's default mode ≥ {TARGET_BARE}× the fastest bare mode:")
+    for r in results:
+        fb = fastest_bare(r)
+        rows = [e for e in book_entries(r) if e.get("default_mode") and median(e)]
+        if not fb or not rows:
+            why = "NumPy has no GRU layer to use bare" if r["backend"] == "numpy" else \
+                "not measured" if not rows else "bare model failed"
+            lines.append(f"   - {r['backend']}: n/a ({why})")
+            continue
+        parts = [f"{e['impl']} {e['mode']} {median(e) / median(fb):.2f}×" for e in rows]
+        best = max(median(e) for e in rows) / median(fb)
+        lines.append(f"   - {r['backend']}: {', '.join(parts)} (bare {fb['mode']} "
+                     f"{median(fb):,.0f} tokens/s) — {status(best >= TARGET_BARE)}")
+    fractions = [(e.get("fraction_of_flop_bound"), r["backend"], e["impl"], e["mode"])
+                 for r in results for e in book_entries(r) if e.get("fraction_of_flop_bound")]
+    if fractions:
+        f, b, i, m = max(fractions)
+        lines.append(f"2. Fastest backend ≥ {TARGET_FLOP:.0%} of the FLOP bound: {b} {i} {m} at "
+                     f"{f:.1%} — {status(f >= TARGET_FLOP)}")
+    else:
+        lines.append("2. Fastest backend ≥ 80% of the FLOP bound: not measured")
+    pairs = [f"{r['backend']} {x}" for r in results if (x := _scratch_vs_native(r))]
+    lines.append("   Scratch fast path (all-step input projection, fused gates, row lookup): scratch "
+                 "/ native throughput at the book config, default modes: "
+                 + (", ".join(pairs) if pairs else "no backend with both measured")
+                 + " (identical results are the conformance suite's to check)")
+    numpy_r, torch_r = by_backend.get("numpy"), by_backend.get("torch")
+    np_rate = _default_rate(numpy_r, "scratch") if numpy_r else None
+    t_rate = _default_rate(torch_r, "native") if torch_r else None
+    if np_rate and t_rate:
+        lines.append(f"3. NumPy ≥ {TARGET_NUMPY_VS_TORCH}× torch native: {np_rate / t_rate:.2f}× "
+                     f"({np_rate:,.0f} vs {t_rate:,.0f} tokens/s) — "
+                     f"{status(np_rate / t_rate >= TARGET_NUMPY_VS_TORCH)}")
+    else:
+        lines.append("3. NumPy ≥ 0.5× torch native: not measured (needs numpy.json and torch.json)")
+    if pipe and "speedup" in pipe:
+        lines.append(f"4. Data pipeline ≥ {TARGET_PIPELINE:.0f}× the per-character Python: "
+                     f"{pipe['speedup']:,.1f}× — {status(pipe['speedup'] >= TARGET_PIPELINE)}"
+                     f"{'' if pipe['same_output'] else ' (OUTPUTS DIFFER)'}")
+        small, large = pipe.get("bytes_per_token_small_vs_large") or (None, None)
+        marginal = pipe.get("marginal_bytes_per_token")
+        if small and large and marginal:
+            ok = 0.75 <= marginal / large <= 1.25
+            lines.append(f"   Memory proportional to the token count: {small:.1f} bytes/token at "
+                         f"a quarter of the corpus, {large:.1f} at the whole, {marginal:.1f} per "
+                         f"added token (slope between the two) — {status(ok)} (slope within ±25% "
+                         "of the whole corpus' bytes/token, i.e. little fixed overhead)")
+    else:
+        lines.append("4. Data pipeline ≥ 100×: not measured (the numpy run measures it)")
+    return lines + [""]
+
+
+def _default_rate(result, impl):
+    for e in book_entries(result):
+        if e["impl"] == impl and e.get("default_mode") and median(e):
+            return median(e)
+    return None
+
+
+def _scratch_vs_native(result):
+    s, n = _default_rate(result, "scratch"), _default_rate(result, "native")
+    return f"{s / n:.2f}×" if s and n else None
+
+
+# -- charts ---------------------------------------------------------------------------------
+def charts(results, out: Path, multi) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {b: plt.get_cmap("tab10")(i) for i, b in enumerate(ORDER)}
+    written = []
+    bars = []
+    for r in results:
+        for kind in ("train", "bare"):
+            for e in book_entries(r, kind):
+                if median(e):
+                    label = (f"{name(r, multi)} bare {e['mode']}" if kind == "bare" else
+                             f"{name(r, multi)} {e['impl']} {e['mode']}"
+                             f"{' *' if e.get('default_mode') else ''}")
+                    bars.append((label, e["tokens_per_s"], r["backend"], kind == "bare"))
+    if bars:
+        # points, not bars: the scale is logarithmic (the backends span three decades)
+        fig, ax = plt.subplots(figsize=(8, 0.3 * len(bars) + 1.4), dpi=110)
+        for yi, (label, s, backend, is_bare) in zip(range(len(bars))[::-1], bars):
+            color = colors.get(backend, "grey")
+            ax.errorbar([s["median"]], [yi], xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
+                        fmt="s" if is_bare else "o", color=color, capsize=3, markersize=6,
+                        markerfacecolor="white" if is_bare else color)
+        ax.set_yticks(list(range(len(bars))[::-1]), [b[0] for b in bars], fontsize=7)
+        ax.set_ylim(-0.7, len(bars) - 0.3)
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens/s, log scale (median, whiskers min–max; hollow squares: bare "
+                      "framework; *: default mode)", fontsize=8)
+        ax.set_title("Training throughput, book config (V 28, H 256, N 32, T 35)", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png")
+        plt.close(fig)
+        written.append("throughput.png")
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), dpi=110, sharey=True)
+    any_line = False
+    for ax, (axis, values) in zip(axes, _metrics.SWEEP.items()):
+        for r in results:
+            for kind in ("train", "bare"):
+                series = {}
+                for e in r.get(kind, []):
+                    cfg = e["config"]
+                    if not median(e) or not all(cfg[k] == v for k, v in _metrics.BOOK.items()
+                                                if k != axis):
+                        continue
+                    if kind == "train" and not e.get("default_mode"):
+                        continue
+                    key = "bare " + e["mode"] if kind == "bare" else e["impl"]
+                    series.setdefault(key, []).append((cfg[axis], median(e)))
+                for key, pts in series.items():
+                    if len(pts) < 2:
+                        continue
+                    pts.sort()
+                    style = {"scratch": "-", "native": "--"}.get(key, ":")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o",
+                            markersize=3, color=colors.get(r["backend"], "grey"),
+                            label=f"{name(r, multi)} {key}")
+                    any_line = True
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.set_xlabel({"hidden": "hidden units H", "batch_size": "batch size N",
+                       "num_steps": "steps T"}[axis])
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("tokens/s (default mode; log scale)")
+    if any_line:
+        handles, labels = axes[0].get_legend_handles_labels()
+        for ax in axes[1:]:
+            for h, l in zip(*ax.get_legend_handles_labels()):
+                if l not in labels:
+                    handles.append(h)
+                    labels.append(l)
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+        fig.suptitle("Sweep around the book config (solid: scratch, dashed: native, dotted: bare)",
+                     fontsize=9)
+        fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(labels) // 4), 1, 1))
+        fig.savefig(out / "sweep.png")
+        written.append("sweep.png")
+    plt.close(fig)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/compare.py", description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="+", help="result JSON files or folders holding them")
+    p.add_argument("--out", help="folder for results.md and the charts (default: the first "
+                                 "file's folder)")
+    p.add_argument("--no-charts", action="store_true")
+    args = p.parse_args(argv)
+    results = load(args.results)
+    if not results:
+        p.error("no d2lgru benchmark results found in " + ", ".join(args.results))
+    first = Path(args.results[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    multi = len({r["label"] for r in results}) > 1
+    pipe_lines, pipe = pipeline_section(results)
+    lines = (header(results) + main_table(results, multi) + gemm_table(results, multi)
+             + sweep_table(results, multi) + pipe_lines + targets(results, pipe))
+    written = [] if args.no_charts else charts(results, out, multi)
+    if written:
+        lines += ["## Charts", ""] + [f"![{w[:-4]}]({w})" for w in written] + [""]
+    (out / "results.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'results.md'}" + "".join(f", {w}" for w in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

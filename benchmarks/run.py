@@ -1,0 +1,376 @@
+"""Benchmark one d2lgru backend in the environment that holds its framework; write one JSON file.
+
+    python benchmarks/run.py --backend torch [--quick] [--out DIR] [--device cpu|gpu]
+
+Run it with the environment's interpreter (``.venv/bin/python`` for numpy, ``.tox/<name>/bin/python``
+for the others); ``benchmarks/all.py`` does that for every backend. The checkout's d2lgru is
+benchmarked (its commit is recorded), not a copy installed in the environment.
+
+Every case runs in its own worker process (fresh interpreter: its own peak RSS, no framework state
+shared between cases), sequentially, and every figure is min / median / max over repeats after
+warm-up. What is measured, for every impl x execution mode the backend declares:
+
+* training throughput (tokens/s of whole steps: forward, loss, backward, clipping, SGD) through
+  ``backend.make_trainer(...).train_epoch(batches)``, at the book's configuration (vocab 28,
+  hidden 256, batch 32, 35 steps) and one axis at a time around it (hidden 64/1024, batch 1/256,
+  140 steps), on sequentially partitioned batches of The Time Machine;
+* forward latency of ``backend.gru`` (T=35, input 28, hidden 256) at batch 1 and 32;
+* the same training step written bare against the framework (``benchmarks/bare/<name>.py``), in
+  every mode it has, at the book's configuration (``--bare-sweep``: the sweep too);
+* a large float32 GEMM with NumPy and with the framework (the machine's FLOP limit);
+* the data pipeline (numpy run only, or ``--pipeline``): d2lgru.data against the book's
+  per-character Python on a generated corpus of ``--pipeline-mb`` MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: import the checkout's benchmarks and d2lgru
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks import _machine, _metrics  # noqa: E402  (standard library only)
+
+FORMAT = "d2lgru.Benchmark/1"
+BACKENDS = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
+RESULTS = _machine.REPO / "benchmarks" / "results"
+LATENCY = ({"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 1},
+           {"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 32})
+PARTS = ("train", "sweep", "latency", "bare", "gemm", "pipeline")
+
+FULL = {"repeats": 5, "target_s": 1.0, "warmup_batches": 2, "max_batches": 1000, "gemm_n": 4096,
+        "latency_s": 1.0, "latency_min_calls": 10, "latency_max_calls": 5000, "timeout_s": 1800}
+QUICK = {"repeats": 2, "target_s": 0.0, "warmup_batches": 2, "max_batches": 2, "gemm_n": 512,
+         "latency_s": 0.0, "latency_min_calls": 3, "latency_max_calls": 3, "timeout_s": 900}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n")[0])
+    p.add_argument("--backend", required=True, choices=BACKENDS)
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 2 repeats of 2 batches, small GEMM and corpus (figures "
+                        "are not measurements); default --out benchmarks/results/<label>-quick")
+    p.add_argument("--out", help="directory for <backend>.json (default benchmarks/results/<label>)")
+    p.add_argument("--label", help="machine label (default: from the CPU model, CPUs and GPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or gpu / cuda")
+    p.add_argument("--threads", type=int,
+                   help="threads for NumPy's BLAS and the framework (default: their own default)")
+    p.add_argument("--impl", action="append", help="only this impl (repeatable)")
+    p.add_argument("--mode", action="append",
+                   help="only this d2lgru execution mode (repeatable; bare runs all its modes "
+                        "unless --skip bare)")
+    p.add_argument("--skip", action="append", default=[], choices=PARTS,
+                   help="leave out a part (repeatable)")
+    p.add_argument("--bare-sweep", action="store_true", help="time the bare model on the sweep too")
+    p.add_argument("--pipeline", dest="pipeline", action="store_true", default=None,
+                   help="measure the data pipeline (default: in the numpy run only)")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false")
+    p.add_argument("--pipeline-mb", type=float, help="corpus size in MB (100; quick: 2)")
+    p.add_argument("--data", help="The Time Machine (file or directory; default $D2LGRU_DATA_DIR, "
+                                  "then ../shared/data, then d2lgru's cache)")
+    p.add_argument("--repeats", type=int, help="timed repeats per figure (5; quick: 2)")
+    p.add_argument("--target-s", type=float, help="seconds per timed repeat (1.0; quick: one "
+                                                  "2-batch epoch)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- the corpus ----------------------------------------------------------------------------
+def find_text(data: str | None) -> Path | None:
+    """The Time Machine, or None (then a generated text stands in)."""
+    from d2lgru import data as d2data
+    candidates = [data, os.environ.get(d2data.DATA_DIR_ENV),
+                  str(_machine.REPO.parent / "shared" / "data")]
+    for candidate in [c for c in candidates if c]:
+        try:
+            return d2data.find_time_machine(candidate)
+        except d2data.DataError:
+            continue
+    try:
+        return d2data.find_time_machine(None)  # d2lgru's cache, else a download
+    except d2data.DataError:
+        return None
+
+
+def generated_text(size: int, seed: int = 0) -> bytes:
+    """Random lower-case words, lines of about 60 characters: a stand-in for The Time Machine."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    letters = np.frombuffer(b"etaoinshrdlucmfwypvbgkqjxz", np.uint8)
+    p = 1.0 / np.arange(1, 27)
+    chars = letters[rng.choice(26, size=size, p=p / p.sum())]
+    chars[rng.random(size) < 0.18] = ord(" ")
+    chars[59::60] = ord("\n")
+    return chars.tobytes()
+
+
+def corpus_text(source: Path | None, size: int) -> bytes:
+    """At least ``size`` bytes: The Time Machine repeated, or generated words."""
+    if source is None:
+        return generated_text(size)
+    text = source.read_bytes()
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    return text * max(1, -(-size // len(text)))
+
+
+# -- workers ---------------------------------------------------------------------------------
+def worker_env(args) -> dict:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("GLOG_v", "3")
+    env.setdefault("GLOG_minloglevel", "2")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_machine.REPO),
+                                                      env.get("PYTHONPATH")]))
+    if args.threads:
+        from benchmarks._cases import THREAD_ENV
+        for var in THREAD_ENV:
+            env[var] = str(args.threads)
+    return env
+
+
+def run_case(task: dict, args, workdir: Path, timeout: float) -> dict:
+    import subprocess
+    task = {**task, "backend": args.backend, "device": args.device, "threads": args.threads}
+    name = "-".join(str(task.get(k)) for k in ("case", "impl", "mode") if task.get(k))
+    result = workdir / f"{name}-{time.monotonic_ns()}.json"
+    log = result.with_suffix(".log")
+    with open(log, "w") as out:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--backend",
+                                   args.backend, "--worker", json.dumps(task), "--result",
+                                   str(result)], stdout=out, stderr=subprocess.STDOUT,
+                                  env=worker_env(args), cwd=_machine.REPO, timeout=timeout)
+            status = proc.returncode
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout:.0f} s"
+    if result.is_file():
+        return json.loads(result.read_text())
+    tail = log.read_text(errors="replace")[-1500:]
+    return {"error": f"worker exited with status {status}", "log_tail": tail}
+
+
+def fmt_rate(entry: dict) -> str:
+    if "error" in entry:
+        return "ERROR " + entry["error"].splitlines()[0][:160]
+    s = entry["tokens_per_s"]
+    return f"{s['median']:>10,.0f} tokens/s ({s['min']:,.0f}-{s['max']:,.0f})"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        from benchmarks._cases import run_worker
+        run_worker(args.worker, args.result)
+        return 0
+    preset = dict(QUICK if args.quick else FULL)
+    if args.repeats:
+        preset["repeats"] = args.repeats
+    if args.target_s is not None:
+        preset.update(target_s=args.target_s, max_batches=FULL["max_batches"])
+    if args.device.lower() in ("gpu", "cuda"):
+        preset["gemm_n"] *= 2  # a GPU finishes a 4096^3 product in milliseconds
+    skip = set(args.skip)
+    want_pipeline = args.pipeline if args.pipeline is not None else args.backend == "numpy"
+    if not want_pipeline:
+        skip.add("pipeline")
+
+    machine = _machine.machine()
+    label = args.label or _machine.label(machine, args.device)
+    out_dir = Path(args.out) if args.out else RESULTS / (label + ("-quick" if args.quick else ""))
+    started = time.perf_counter()
+    result = {"format": FORMAT, "backend": args.backend, "label": label, "quick": args.quick,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(sys.executable).name, "benchmarks/run.py",
+                                   *(argv if argv is not None else sys.argv[1:])]),
+              "machine": machine, "python": _machine.python(),
+              "checkout": _machine.checkout(), "device": args.device,
+              "threads_requested": args.threads, "settings": preset,
+              "flops_formula": _metrics.FLOPS_FORMULA,
+              "train": [], "bare": [], "latency": []}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{args.backend}.json"
+
+    def save(complete=False):
+        """Written after every case (``complete`` false until the end): an interrupted run
+        keeps what it measured."""
+        result["complete"] = complete
+        result["wall_s"] = time.perf_counter() - started
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_metrics.derive(result), indent=1) + "\n")
+        os.replace(tmp, path)
+
+    def say(*a):
+        print(*a, flush=True)
+        save()
+    say(f"d2lgru benchmark: backend {args.backend} on {label} "
+        f"({machine['cpu_model']}, {machine['cpus_usable']} CPUs), device {args.device}"
+        f"{', QUICK (smoke run, not measurements)' if args.quick else ''}")
+
+    with tempfile.TemporaryDirectory(prefix="d2lgru-bench-") as tmp:
+        workdir = Path(tmp)
+        timeout = preset["timeout_s"]
+        import numpy as np
+        from d2lgru import data as d2data
+        text_path = find_text(args.data)
+        if text_path is not None:
+            ids, vocab = d2data.load_corpus(text_path, "char")
+        else:
+            gen = workdir / "generated.txt"
+            gen.write_bytes(generated_text(1 << 20))
+            ids, vocab = d2data.load_corpus(gen, "char")
+        np.save(workdir / "ids.npy", ids)
+        V = len(vocab)
+        result["corpus"] = {"source": str(text_path) if text_path else "generated words",
+                            "tokens": int(ids.size), "vocab": V}
+        timing = {k: preset[k] for k in ("repeats", "target_s", "warmup_batches", "max_batches")}
+        base = {"corpus_ids": str(workdir / "ids.npy"), "timing": timing}
+
+        probe = run_case({"case": "probe"}, args, workdir, timeout)
+        result["software"] = probe
+        impls = {} if "error" in probe else probe["impls"]
+        if "error" in probe:
+            say(f"  d2lgru backend unavailable: {probe['error'].splitlines()[0]}")
+        elif not _has_device(probe["devices"], args.device):
+            result["software"]["device_refused"] = (
+                f"backend {args.backend!r} has no device {args.device!r} (it has "
+                f"{', '.join(probe['devices'])}): its d2lgru cases are left out")
+            say("  " + result["software"]["device_refused"])
+            impls = {}
+        if "gemm" not in skip:
+            g = run_case({"case": "gemm", "gemm_n": preset["gemm_n"],
+                          "repeats": preset["repeats"]}, args, workdir, timeout)
+            if "error" not in g:
+                sources = {k: v["gflops"]["median"] for k, v in g.items()
+                           if isinstance(v, dict) and "gflops" in v}
+                g["peak_source"] = max(sources, key=sources.get)
+                g["peak_gflops"] = sources[g["peak_source"]]
+                say("  GEMM %d: " % g["n"] + ", ".join(f"{k} {v:,.1f} GFLOP/s"
+                                                      for k, v in sources.items()))
+            else:
+                say(f"  GEMM: ERROR {g['error']}")
+            result["gemm"] = g
+
+        combos = [(impl, mode, i == 0) for impl, info in impls.items()
+                  for i, mode in enumerate(info["modes"])
+                  if (not args.impl or impl in args.impl) and (not args.mode or mode in args.mode)]
+        configs = [(axis, {**cfg, "vocab": V}) for axis, cfg in _metrics.sweep_configs()
+                   if axis is None or "sweep" not in skip]
+
+        if "latency" not in skip:
+            for impl in dict.fromkeys(c[0] for c in combos):
+                for cfg in LATENCY:
+                    lat = run_case({"case": "latency", "impl": impl, "config": cfg,
+                                    "timing": {"target_s": preset["latency_s"],
+                                               "min_calls": preset["latency_min_calls"],
+                                               "max_calls": preset["latency_max_calls"]}},
+                                   args, workdir, timeout)
+                    lat.update(impl=impl, config=cfg)
+                    result["latency"].append(lat)
+                    say(f"  gru forward {impl:>7} batch {cfg['batch_size']:>3}: " +
+                        (f"{lat['ms']['median']:8.2f} ms" if "error" not in lat
+                         else "ERROR " + lat["error"].splitlines()[0]))
+
+        bare_modes = bare_modes_of(args.backend)
+        for axis, cfg in configs:
+            for impl, mode, default in ([] if "train" in skip else combos):
+                entry = run_case({"case": "train", "impl": impl, "mode": mode, "config": cfg,
+                                  **base}, args, workdir, timeout)
+                entry.update(impl=impl, mode=mode, default_mode=default, config=cfg,
+                             sweep_axis=axis)
+                result["train"].append(entry)
+                say(f"  {_cfg_name(axis, cfg):<12} {impl:>7} {mode:>10}{'*' if default else ' '}"
+                    f" {fmt_rate(entry)}")
+            if "bare" in skip or (axis is not None and not args.bare_sweep):
+                continue
+            for mode in bare_modes:
+                entry = run_case({"case": "bare", "mode": mode, "config": cfg, **base},
+                                 args, workdir, timeout)
+                entry.update(mode=mode, config=cfg, sweep_axis=axis)
+                result["bare"].append(entry)
+                say(f"  {_cfg_name(axis, cfg):<12} {'bare':>7} {mode:>10}  {fmt_rate(entry)}")
+
+        if "pipeline" not in skip:
+            result["pipeline"] = {}
+            run_pipeline(args, workdir, text_path, timeout, say, result["pipeline"])
+
+    save(complete=True)
+    print(f"wrote {path} ({result['wall_s'] / 60:.1f} min)")
+    return 0
+
+
+def _has_device(devices, asked: str) -> bool:
+    asked = asked.lower()
+    return asked in devices or (asked in ("gpu", "cuda") and bool({"gpu", "cuda"} & set(devices)))
+
+
+def _cfg_name(axis, cfg) -> str:
+    short = {"hidden": "H", "batch_size": "N", "num_steps": "T"}
+    return "book" if axis is None else f"{short[axis]}={cfg[axis]}"
+
+
+def bare_modes_of(backend: str) -> tuple:
+    """``MODES`` of ``benchmarks/bare/<backend>.py``, read without importing the framework."""
+    import ast
+    path = _machine.REPO / "benchmarks" / "bare" / f"{backend}.py"
+    if not path.is_file():
+        return ()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODES"
+                                                for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+def run_pipeline(args, workdir: Path, text_path, timeout, say, out: dict) -> dict:
+    """d2lgru.data at two corpus sizes (memory per token) and the book's code at the larger;
+    filled into ``out`` as the runs finish."""
+    mb = args.pipeline_mb or (2.0 if args.quick else 100.0)
+    N, T = 32, 35
+    out.update({"batch_size": N, "num_steps": T, "source": str(text_path) if text_path else
+                "generated words", "runs": []})
+    sizes = [("d2lgru", mb / 4), ("d2lgru", mb), ("book", mb)]
+    offset = None
+    for impl, size_mb in sizes:
+        path = workdir / f"corpus-{size_mb:g}MB.txt"
+        if not path.exists():
+            path.write_bytes(corpus_text(text_path, int(size_mb * 2 ** 20)))
+        task = {"case": "pipeline", "impl": impl, "path": str(path), "bytes": path.stat().st_size,
+                "batch_size": N, "num_steps": T, "offset": offset}
+        run = run_case(task, args, workdir, timeout)
+        run.update(impl=impl, corpus_mb=round(path.stat().st_size / 2 ** 20, 2))
+        if impl == "d2lgru" and "error" not in run:
+            offset = run["offset"]
+        out["runs"].append(run)
+        say(f"  pipeline {impl:>6} {run['corpus_mb']:7.1f} MB: " +
+            (f"{run['total_s']:8.2f} s, peak RSS {run['peak_rss_mb']:,.0f} MB"
+             if "error" not in run else "ERROR " + run["error"].splitlines()[0]))
+    ours = [r for r in out["runs"] if r["impl"] == "d2lgru" and "error" not in r]
+    book = [r for r in out["runs"] if r["impl"] == "book" and "error" not in r]
+    if ours and book:
+        a, b = ours[-1], book[-1]
+        out["same_output"] = all(a[k] == b[k] for k in ("vocab", "corpus_sha256",
+                                                         "batches_sha256", "batches"))
+        out["speedup"] = b["total_s"] / a["total_s"]
+        out["memory_ratio"] = b["peak_rss_mb"] / a["peak_rss_mb"]
+        say(f"  pipeline: same output {out['same_output']}, d2lgru {out['speedup']:.0f}x faster")
+    if len(ours) == 2:
+        small, large = ours
+        out["bytes_per_token_small_vs_large"] = (small["bytes_per_token"],
+                                                 large["bytes_per_token"])
+        # what one more token costs: the slope of peak RSS between the two sizes
+        out["marginal_bytes_per_token"] = ((large["peak_rss_mb"] - small["peak_rss_mb"]) * 2 ** 20
+                                           / (large["tokens"] - small["tokens"]))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
