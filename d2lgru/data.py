@@ -56,6 +56,10 @@ _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _CLEAN_TABLE = bytes(
     b if b in _LOWER else (b + 32 if b in _UPPER else 32) for b in range(256)
 )
+# The same, but line breaks ('\n', and '\r' as universal newlines read it) stay breaks.
+_SPACE, _BREAK = ord(" "), ord("\n")
+_CLEAN_BREAK_TABLE = bytes(_BREAK if b in b"\r\n" else c for b, c in enumerate(_CLEAN_TABLE))
+_CHUNK = 1 << 22
 
 
 class DataError(RuntimeError):
@@ -371,24 +375,26 @@ def _clean_char_codes(data: bytes) -> np.ndarray:
     Equivalent to ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``:
     letters are kept (lowercased); a run of non-letters between two letters becomes one
     space, unless it holds a line break (then the lines' stripped ends meet directly).
+    Two vectorised passes: keep a space only right after a letter (this collapses runs and
+    strips line starts), then drop a space right before a line break or the end, and the breaks.
     """
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size == 0:
-        return raw.copy()
-    codes = np.frombuffer(data.translate(_CLEAN_TABLE), dtype=np.uint8)  # faster than a LUT
-    is_letter = codes != ord(" ")
-    # Gaps between letters: start = first non-letter after a letter, end = next letter.
-    gap_starts = np.flatnonzero(is_letter[:-1] & ~is_letter[1:]) + 1
-    gap_ends = np.flatnonzero(~is_letter[:-1] & is_letter[1:]) + 1
-    if not is_letter[0]:
-        gap_ends = gap_ends[1:]  # leading gap: stripped
-    if not is_letter[-1]:
-        gap_starts = gap_starts[:-1]  # trailing gap: stripped
-    breaks = np.flatnonzero((raw == ord("\n")) | (raw == ord("\r")))
-    within_line = np.searchsorted(breaks, gap_starts) == np.searchsorted(breaks, gap_ends)
-    keep = is_letter  # a fresh array, safe to modify
-    keep[gap_starts[within_line]] = True  # the gap's first byte is already a space in `codes`
-    return codes[keep]
+    codes = np.frombuffer(data.translate(_CLEAN_BREAK_TABLE), dtype=np.uint8)
+    if codes.size == 0:
+        return codes.copy()
+    after_letter = np.zeros(codes.size, dtype=bool)
+    np.greater(codes[:-1], _SPACE, out=after_letter[1:])  # letters are the only codes above ' '
+    codes = codes[(codes != _SPACE) | after_letter]
+    before_break = np.ones(codes.size, dtype=bool)
+    np.equal(codes[1:], _BREAK, out=before_break[:-1])
+    return codes[(codes > _SPACE) | ((codes == _SPACE) & ~before_break)]
+
+
+def _count_bytes(codes: np.ndarray) -> np.ndarray:
+    """``np.bincount(codes, minlength=256)`` in cache-sized chunks (bincount widens to intp)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, codes.size, _CHUNK):
+        counts += np.bincount(codes[start:start + _CHUNK], minlength=256)
+    return counts
 
 
 def _first_seen(codes: np.ndarray, present: np.ndarray) -> list[int]:
@@ -427,7 +433,7 @@ def load_corpus(
     data = _read_bytes(path)
     if token == "char":
         codes = _clean_char_codes(data)
-        counts = np.bincount(codes, minlength=256)
+        counts = _count_bytes(codes)
         present = np.flatnonzero(counts)
         vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(codes, present))
         lut = np.zeros(256, dtype=np.int64)  # bytes not in the vocab map to <unk> = 0
