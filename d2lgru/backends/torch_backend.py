@@ -1,0 +1,419 @@
+"""PyTorch backend: the book's loop in torch operations (``scratch``) and ``torch.nn.GRU``
+(``native``), both differentiated by torch's autograd and trained as torch tensors.
+
+``torch.nn.GRU`` stacks its gates in the order r, z, n (``weight_ih_l{k}[_reverse]`` ``[3H, I]``,
+``weight_hh`` ``[3H, H]``, ``bias_ih``, ``bias_hh`` ``[3H]``; column vectors, ``x W^T``) and
+computes only the reset-after cell ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` with
+``h' = (h - n) * z + n`` -- the canonical update gate, not a flipped one (read in
+``torch/_decomp/decompositions.py::gru_cell``, the Python twin of ATen's ``GRUCell``).
+:func:`to_native` and :func:`from_native` are the only code that knows this layout.
+
+The scratch hot path uses exact rewrites of the book's loop: one matmul projects every time
+step's input, the gates share one matmul, a row lookup replaces the one-hot matmul, and
+``torch.lerp(n, h, z)`` is ``n + z * (h - n)``. Eager is the only execution mode: it is the
+fastest at the book's config (see ``_WHY_EAGER``).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import LMParams
+from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
+from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
+
+#: torch.nn.GRU's gate k holds canonical gate _NATIVE_GATES[k] (r, z, n <- z, r, h); the
+#: permutation is its own inverse, so the same list converts both ways.
+_NATIVE_GATES = [1, 0, 2]
+_NATIVE_ARRAYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+# -- the native layout ---------------------------------------------------------------------
+def _native_suffix(layer: int, direction: int) -> str:
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def to_native(params: GRUParams) -> dict[str, np.ndarray]:
+    """Canonical -> ``torch.nn.GRU``'s ``named_parameters()`` names and layout."""
+    spec = params.spec
+    H = spec.hidden_size
+    native = {}
+    for l, d in spec.cells():
+        c, sfx = params.cell(l, d), _native_suffix(l, d)
+        native["weight_ih" + sfx] = np.ascontiguousarray(
+            c.W_x[_NATIVE_GATES].transpose(0, 2, 1).reshape(3 * H, -1))
+        native["weight_hh" + sfx] = np.ascontiguousarray(
+            c.W_h[_NATIVE_GATES].transpose(0, 2, 1).reshape(3 * H, H))
+        native["bias_ih" + sfx] = c.b_x[_NATIVE_GATES].reshape(3 * H)
+        native["bias_hh" + sfx] = c.b_h[_NATIVE_GATES].reshape(3 * H)
+    return native
+
+
+def from_native(native: dict, spec: GRUSpec) -> GRUParams:
+    """``torch.nn.GRU``'s parameters (or their gradients), keyed as :func:`to_native` keys
+    them -> canonical :class:`GRUParams`."""
+    H = spec.hidden_size
+    cells = [[None] * spec.num_directions for _ in range(spec.num_layers)]
+    for l, d in spec.cells():
+        sfx, I = _native_suffix(l, d), spec.layer_input_size(l)
+        arrays = {}
+        for name, shape in zip(_NATIVE_ARRAYS, ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))):
+            if name + sfx not in native:
+                raise ValueError(f"torch.nn.GRU parameters for a {spec.describe()} lack "
+                                 f"{name + sfx!r}")
+            a = native[name + sfx]
+            a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+            if a.shape != shape:
+                raise ValueError(f"{name + sfx} must have shape {shape} for a "
+                                 f"{spec.describe()}, got {a.shape}")
+            arrays[name] = a.reshape(3, H, -1)[_NATIVE_GATES]
+        cells[l][d] = CellParams(
+            W_x=np.ascontiguousarray(arrays["weight_ih"].transpose(0, 2, 1)),
+            W_h=np.ascontiguousarray(arrays["weight_hh"].transpose(0, 2, 1)),
+            b_x=np.ascontiguousarray(arrays["bias_ih"][..., 0]),
+            b_h=np.ascontiguousarray(arrays["bias_hh"][..., 0]))
+    return GRUParams(spec, cells)
+
+
+def _native_gru(spec: GRUSpec, native: dict, dtype, device) -> torch.nn.GRU:
+    """A ``torch.nn.GRU`` holding ``native``'s weights (built on the meta device first, so
+    the default initialiser neither runs nor draws from torch's global generator)."""
+    gru = torch.nn.GRU(spec.input_size, spec.hidden_size, spec.num_layers,
+                       bidirectional=spec.bidirectional, dtype=dtype, device="meta")
+    gru = gru.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in gru.named_parameters():
+            p.copy_(torch.from_numpy(native[name]))
+    gru.flatten_parameters()
+    return gru
+
+
+# -- the scratch loop ----------------------------------------------------------------------
+def _cat(w: np.ndarray) -> np.ndarray:
+    """``[3, A, H]`` gate-stacked -> ``[A, 3H]`` with columns z | r | h."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
+
+
+def _uncat(w: np.ndarray) -> np.ndarray:
+    """``[A, 3H]`` -> ``[3, A, H]``."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
+
+
+def _reset_before_loop(XP: torch.Tensor, h: torch.Tensor, Wh: torch.Tensor,
+                       pin: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+    """One direction of the book's cell. ``XP [T, N, 3H]`` already holds ``x W_x + b_x + b_h``."""
+    H = h.shape[1]
+    Wzr, Whh = Wh[:, :2 * H], Wh[:, 2 * H:]
+    xzr, xn = XP[:, :, :2 * H].unbind(0), XP[:, :, 2 * H:].unbind(0)
+    outs: List[torch.Tensor] = []
+    for t in range(len(xzr)):
+        zr = torch.sigmoid(torch.addmm(xzr[t], h, Wzr))
+        if pin is not None:
+            zr = torch.addcmul(pin[1], zr, pin[0])
+        z, r = zr[:, :H], zr[:, H:]
+        n = torch.tanh(torch.addmm(xn[t], r * h, Whh))
+        h = torch.lerp(n, h, z)
+        outs.append(h)
+    return torch.stack(outs), h
+
+
+def _reset_after_loop(XP: torch.Tensor, h: torch.Tensor, Wh: torch.Tensor, bh: torch.Tensor,
+                      pin: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+    """One direction of the cuDNN cell. ``XP [T, N, 3H]`` holds ``x W_x + b_x``."""
+    H = h.shape[1]
+    xzr, xn = XP[:, :, :2 * H].unbind(0), XP[:, :, 2 * H:].unbind(0)
+    outs: List[torch.Tensor] = []
+    for t in range(len(xzr)):
+        hp = torch.addmm(bh, h, Wh)
+        zr = torch.sigmoid(xzr[t] + hp[:, :2 * H])
+        if pin is not None:
+            zr = torch.addcmul(pin[1], zr, pin[0])
+        z, r = zr[:, :H], zr[:, H:]
+        n = torch.tanh(torch.addcmul(xn[t], r, hp[:, 2 * H:]))
+        h = torch.lerp(n, h, z)
+        outs.append(h)
+    return torch.stack(outs), h
+
+
+def _gate_pin(spec: GRUSpec, like: torch.Tensor):
+    """For an ablated gate, ``(keep, value)`` with ``zr -> value + zr * keep`` pinning Z to 0 or
+    R to 1 exactly (and giving its parameters zero gradients); None for the full GRU."""
+    if spec.gates == "both":
+        return None
+    H = spec.hidden_size
+    keep = torch.ones(2 * H, dtype=like.dtype, device=like.device)
+    value = torch.zeros(2 * H, dtype=like.dtype, device=like.device)
+    if not spec.has_update_gate:
+        keep[:H] = 0.0
+    if not spec.has_reset_gate:
+        keep[H:], value[H:] = 0.0, 1.0
+    return keep, value
+
+
+class _ScratchGRU:
+    """The stacked, optionally bidirectional scratch GRU over per-cell tensors
+    ``(W_x [I, 3H], W_h [H, 3H], b_x [3H], b_h [3H])``, columns in the canonical gate order."""
+
+    def __init__(self, spec: GRUSpec):
+        self.spec, self.reset_after = spec, spec.reset_after
+
+    def input_bias(self, cell):
+        # reset-before adds every b_h outside the recurrent matmul, so it joins the projection
+        return cell[2] if self.reset_after else cell[2] + cell[3]
+
+    def run_direction(self, XP, h0, cell):
+        pin = _gate_pin(self.spec, XP)
+        if self.reset_after:
+            return _reset_after_loop(XP, h0, cell[1], cell[3], pin)
+        return _reset_before_loop(XP, h0, cell[1], pin)
+
+    def __call__(self, layers, X, h0, first_xp=None):
+        D = len(layers[0])
+        inp, h_n = X, []
+        for l, cells in enumerate(layers):
+            if l == 0 and first_xp is not None:
+                xps = first_xp
+            else:
+                T, N = inp.shape[:2]
+                flat = inp.reshape(T * N, -1)
+                xps = [torch.addmm(self.input_bias(c), flat, c[0]).view(T, N, -1) for c in cells]
+            outs = []
+            for d, cell in enumerate(cells):
+                Y, h = self.run_direction(xps[d] if d == 0 else xps[d].flip(0),
+                                          h0[l * D + d], cell)
+                h_n.append(h)
+                outs.append(Y if d == 0 else Y.flip(0))
+            inp = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        return inp, torch.stack(h_n)
+
+    def lm_first_xp(self, layers, ids_T):
+        """Layer 0's projection of one-hot tokens, as a row lookup: ``[T, N, 3H]``."""
+        return [F.embedding(ids_T, c[0]) + self.input_bias(c) for c in layers[0]]
+
+
+def _scratch_tensors(params: GRUParams, device="cpu", requires_grad=False):
+    def leaf(a):
+        return torch.tensor(a, device=device).requires_grad_(requires_grad)
+    return [[(leaf(_cat(c.W_x)), leaf(_cat(c.W_h)), leaf(c.b_x.reshape(-1)),
+              leaf(c.b_h.reshape(-1))) for c in row] for row in params.cells]
+
+
+def _scratch_params(spec: GRUSpec, layers) -> GRUParams:
+    """Scratch tensors (or their gradients, same nesting) -> canonical GRUParams."""
+    def np_(t):  # a copy: never a view of a tensor that training goes on updating
+        return t.detach().cpu().numpy().copy()
+    H = spec.hidden_size
+    return GRUParams(spec, [[CellParams(_uncat(np_(Wx)), _uncat(np_(Wh)),
+                                        np_(bx).reshape(3, H), np_(bh).reshape(3, H))
+                             for Wx, Wh, bx, bh in row] for row in layers])
+
+
+def _nest(flat, spec: GRUSpec):
+    it = iter(flat)
+    return [[tuple(next(it) for _ in range(4)) for _ in range(spec.num_directions)]
+            for _ in range(spec.num_layers)]
+
+
+# -- the language model --------------------------------------------------------------------
+class _LanguageModel:
+    """The book's model as a function of a flat tensor list ``gru tensors + [W_hq, b_q]``:
+    ``loss(flat, ids_T [T, N], labels [T*N], state) -> (loss, logits, h_n)``. The GRU tensors
+    are the scratch cells' four tensors each, or ``torch.nn.GRU``'s parameters in its order."""
+
+    def __init__(self, impl: str, spec: GRUSpec, vocab_size: int, gru=None):
+        self.impl, self.spec, self.V = impl, spec, vocab_size
+        self.scratch = _ScratchGRU(spec) if impl == "scratch" else None
+        self.gru = gru  # the torch.nn.GRU whose parameters are the flat list's head (native)
+
+    def __call__(self, flat: List[torch.Tensor], ids_T, labels, state):
+        W_hq, b_q = flat[-2], flat[-1]
+        if self.scratch is not None:
+            layers = _nest(flat[:-2], self.spec)
+            Y, h_n = self.scratch(layers, None, state,
+                                  first_xp=self.scratch.lm_first_xp(layers, ids_T))
+        else:
+            X = F.one_hot(ids_T, self.V).to(W_hq.dtype)
+            Y, h_n = self.gru(X, state)
+        T, N = ids_T.shape
+        logits = torch.addmm(b_q, Y.reshape(T * N, -1), W_hq)
+        return F.cross_entropy(logits, labels), logits, h_n
+
+
+def _clip_and_sgd(params: List[torch.Tensor], grads: List[torch.Tensor], lr: float, clip: float):
+    """The book's global-norm clipping, then ``p -= lr * g`` in place, all on the device."""
+    norm = torch.nn.utils.get_total_norm(grads)
+    scale = lr * torch.clamp(clip / norm, max=1.0)  # clip/norm when norm > clip, else 1
+    for p, g in zip(params, grads):
+        p.sub_(g * scale)
+
+
+class TorchTrainer(Trainer):
+    def __init__(self, model: LMParams, *, impl, lr, clip, mode, device):
+        self.backend, self.impl, self.mode, self.device = "torch", impl, mode, device
+        self.spec, self.lr, self.clip = model.spec, lr, clip
+        self.dev = torch.device("cuda" if device in ("cuda", "gpu") else "cpu")
+        head = [torch.tensor(model.W_hq, device=self.dev), torch.tensor(model.b_q, device=self.dev)]
+        if impl == "scratch":
+            self.gru = None
+            gru_flat = [t for row in _scratch_tensors(model.gru, self.dev) for c in row for t in c]
+        else:
+            self.gru = _native_gru(model.spec, to_native(model.gru), head[0].dtype, self.dev)
+            gru_flat = list(self.gru.parameters())
+        self.flat = [t.requires_grad_(True) for t in gru_flat + head]
+        self.loss_fn = _LanguageModel(impl, model.spec, model.vocab_size, gru=self.gru)
+
+    def train_epoch(self, batches, *, random_iter=False):
+        batches = list(batches)
+        if not batches:
+            return np.zeros(0)
+        spec = self.spec
+        # one host->device copy of the epoch's ids when every batch has the same shape
+        shapes = {X.shape for X, _ in batches}
+        if len(shapes) == 1:
+            ids = torch.from_numpy(np.stack([X.T for X, _ in batches]).astype(np.int64))
+            labels = torch.from_numpy(np.stack([Y.T.reshape(-1) for _, Y in batches])
+                                      .astype(np.int64))
+            ids, labels = ids.to(self.dev), labels.to(self.dev)
+        else:
+            ids = [torch.from_numpy(np.ascontiguousarray(X.T, np.int64)).to(self.dev)
+                   for X, _ in batches]
+            labels = [torch.from_numpy(np.ascontiguousarray(Y.T.reshape(-1), np.int64))
+                      .to(self.dev) for _, Y in batches]
+        losses, state = [], None
+        for i in range(len(batches)):
+            N = batches[i][0].shape[0]
+            if state is None or random_iter or state.shape[1] != N:
+                state = torch.zeros(spec.num_layers * spec.num_directions, N, spec.hidden_size,
+                                    dtype=self.flat[0].dtype, device=self.dev)
+            loss, _, h_n = self.loss_fn(self.flat, ids[i], labels[i], state)
+            grads = torch.autograd.grad(loss, self.flat)
+            with torch.no_grad():
+                _clip_and_sgd(self.flat, list(grads), self.lr, self.clip)
+            state = h_n.detach()
+            losses.append(loss.detach())
+        return torch.stack(losses).cpu().numpy().astype(np.float64)
+
+    def params(self) -> LMParams:
+        gru_flat, (W_hq, b_q) = self.flat[:-2], self.flat[-2:]
+        if self.impl == "scratch":
+            gru = _scratch_params(self.spec, _nest(gru_flat, self.spec))
+        else:
+            gru = from_native(dict(self.gru.named_parameters()), self.spec)
+        return LMParams(gru, W_hq.detach().cpu().numpy().copy(), b_q.detach().cpu().numpy().copy())
+
+
+#: measured through d2lgru at the book's config on two idle cores (median epoch, tokens/s)
+_WHY_EAGER = ("eager is the only mode: torch.compile trained at 52k tokens/s against eager's "
+              "38-49k but spent 92 s compiling the 35-step loop, about as long as the whole "
+              "500-epoch eager run, and torch.jit.script (deprecated) was slower than eager "
+              "(40k vs 49k)")
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    framework = "torch"
+    devices = ("cpu", "cuda", "gpu")  # "gpu" is an alias of "cuda"
+    impls = {
+        "scratch": ImplInfo(
+            "the book's loop in torch operations (input projection in one matmul, fused gate "
+            "matmuls, row lookup for the one-hot input), differentiated by autograd",
+            gates=GATE_SETS,
+            why_not={"compile": _WHY_EAGER}),
+        "native": ImplInfo(
+            "torch.nn.GRU (gates r, z, n; two bias vectors) loaded from canonical parameters, "
+            "differentiated by autograd",
+            reset_before=False,
+            why_not={"reset_before": "torch.nn.GRU computes only the reset-after (cuDNN) cell "
+                                     "n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), so the "
+                                     "book's reset-before cell has no native layer",
+                     "gates": "torch.nn.GRU always computes both gates; the ablations and the "
+                              "plain RNN run in the scratch impl",
+                     "compile": "torch.compile refuses torch.nn.GRU (Dynamo: 'does not support "
+                                "RNN, GRU, or LSTM'), so the native layer runs eagerly"}),
+    }
+
+    def _setup(self):
+        # Threads: torch's default (one per core, or $OMP_NUM_THREADS) is kept. On two idle
+        # cores two threads train the book's model at 61k tokens/s against 44k for one; on cores
+        # shared with other busy processes two threads collapse to 2-4k (each op's OpenMP barrier
+        # waits for a descheduled thread) while one keeps ~20k, so there set OMP_NUM_THREADS=1.
+        # Full-precision float32 on GPUs (cuDNN's GRU would otherwise run in TF32):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    # -- forward and VJP on NumPy arrays ------------------------------------------------
+    def _run(self, impl, params, X, h0, requires_grad):
+        if impl == "scratch":
+            layers = _scratch_tensors(params, requires_grad=requires_grad)
+            leaves = [t for row in layers for c in row for t in c]
+            Y, h_n = _ScratchGRU(params.spec)(layers, X, h0)
+        else:
+            gru = _native_gru(params.spec, to_native(params), X.dtype, "cpu")
+            gru.requires_grad_(requires_grad)
+            leaves = list(gru.parameters())
+            Y, h_n = gru(X, h0)
+        return Y, h_n, leaves, gru if impl == "native" else layers
+
+    def _gru(self, impl, params, X, h0):
+        with torch.no_grad():
+            Y, h_n, _, _ = self._run(impl, params, torch.from_numpy(X), torch.from_numpy(h0),
+                                     False)
+        return Y.numpy(), h_n.numpy()
+
+    def _gru_backward(self, impl, params, X, h0, dY, dh_n):
+        Xt = torch.tensor(X, requires_grad=True)
+        h0t = torch.tensor(h0, requires_grad=True)
+        Y, h_n, leaves, holder = self._run(impl, params, Xt, h0t, True)
+        grads = torch.autograd.grad([Y, h_n], leaves + [Xt, h0t],
+                                    [torch.from_numpy(dY), torch.from_numpy(dh_n)],
+                                    materialize_grads=True)
+        dparams = self._gru_grads(impl, params.spec, holder, grads[:-2])
+        return dparams, grads[-2].numpy(), grads[-1].numpy()
+
+    @staticmethod
+    def _gru_grads(impl, spec, holder, grads) -> GRUParams:
+        if impl == "scratch":
+            return _scratch_params(spec, _nest(grads, spec))
+        names = [name for name, _ in holder.named_parameters()]
+        return from_native(dict(zip(names, grads)), spec)
+
+    def _lm_loss_and_grads(self, impl, model, X, Y, state):
+        trainer = TorchTrainer(model, impl=impl, lr=1.0, clip=1.0, mode="eager", device="cpu")
+        loss, logits, h_n = trainer.loss_fn(trainer.flat, torch.from_numpy(X.T.copy()),
+                                            torch.from_numpy(Y.T.reshape(-1).copy()),
+                                            torch.from_numpy(state))
+        grads = torch.autograd.grad(loss, trainer.flat)
+        gru = self._gru_grads(impl, model.spec, trainer.gru, grads[:-2])
+        dmodel = LMParams(gru, grads[-2].numpy(), grads[-1].numpy())
+        return LMResult(float(loss.detach()), dmodel, logits.detach().numpy(), h_n.detach().numpy())
+
+    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+        if device in ("cuda", "gpu") and not torch.cuda.is_available():
+            raise UnsupportedError(f"backend 'torch' cannot use device {device!r}: "
+                                   f"torch {torch.__version__} sees no CUDA GPU "
+                                   f"(torch.cuda.is_available() is False)")
+        return TorchTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)
+
+    # -- the native layer's layout -------------------------------------------------------
+    def _to_native(self, params):
+        return to_native(params)
+
+    def _from_native(self, native, spec):
+        return from_native(native, spec)
+
+    def _native_reference(self, spec, X, h0, seed):
+        dtype = torch.float64 if X.dtype == np.float64 else torch.float32
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gru = torch.nn.GRU(spec.input_size, spec.hidden_size, spec.num_layers,
+                               bidirectional=spec.bidirectional, dtype=dtype)
+        with torch.no_grad():
+            Y, h_n = gru(torch.from_numpy(X), torch.from_numpy(h0))
+        return from_native(dict(gru.named_parameters()), spec), Y.numpy(), h_n.numpy()
+
+
+backend = TorchBackend()

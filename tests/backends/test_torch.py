@@ -1,0 +1,205 @@
+"""PyTorch backend: checkpoints shared with NumPy, error messages, torch.nn.GRU's layout, modes."""
+
+import numpy as np
+import pytest
+import torch
+
+import d2lgru
+from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
+from d2lgru.cli import main
+from d2lgru.data import load_data_time_machine
+from d2lgru.train import TrainConfig, train
+
+SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
+
+
+@pytest.fixture(scope="module")
+def be():
+    return d2lgru.get_backend("torch")
+
+
+def random_params(spec, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    return init_params(spec, dtype=dtype).map(
+        lambda a: (rng.standard_normal(a.shape) * 0.5).astype(dtype))
+
+
+# -- checkpoints cross the NumPy/torch boundary both ways ----------------------------------
+@pytest.mark.parametrize("impl", ["scratch", "native"])
+@pytest.mark.parametrize("first,second", [("torch", "numpy"), ("numpy", "torch")])
+def test_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, first, second):
+    config = dict(data=str(data_dir), reset_after=impl == "native", **SMALL)
+    impl_of = {"torch": impl, "numpy": "scratch"}
+    straight = train(TrainConfig(epochs=4, **config), backend=first, impl=impl_of[first])
+    train(TrainConfig(epochs=2, **config), backend=first, impl=impl_of[first], out=tmp_path)
+    resumed = train(TrainConfig(epochs=4), backend=second, impl=impl_of[second], resume=tmp_path)
+    assert [h["backend"] for h in resumed.history] == [first, first, second, second]
+    np.testing.assert_allclose([h["perplexity"] for h in resumed.history],
+                               [h["perplexity"] for h in straight.history], rtol=1e-4)
+    for a, b in zip(resumed.model.flat(), straight.model.flat()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+# -- one clear error per mistake -----------------------------------------------------------
+def test_native_has_no_reset_before_cell(be):
+    params = init_params(GRUSpec(3, 4, reset_after=False))
+    with pytest.raises(UnsupportedError, match="impl 'native' cannot run .* reset-after"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
+    with pytest.raises(UnsupportedError, match="reset-after"):
+        be.to_native(params)
+    with pytest.raises(UnsupportedError, match="reset-after"):
+        be.make_trainer(init_lm(5, 4), impl="native")
+
+
+def test_unknown_impl_mode_and_device(be):
+    model = init_lm(5, 4)
+    with pytest.raises(UnsupportedError, match="no impl 'cudnn'; valid: scratch, native"):
+        be.make_trainer(model, impl="cudnn")
+    with pytest.raises(UnsupportedError, match="'scratch' has no mode 'compile'; valid: eager"):
+        be.make_trainer(model, mode="compile")
+    with pytest.raises(UnsupportedError, match="no device 'tpu'; valid: cpu, cuda, gpu"):
+        be.make_trainer(model, device="tpu")
+
+
+def test_native_has_no_gate_ablations(be):
+    params = init_params(GRUSpec(3, 4, reset_after=True, gates="update-only"))
+    with pytest.raises(UnsupportedError, match="always computes both gates"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
+    Y, _ = be.gru(params, np.ones((2, 1, 3), np.float32))  # scratch runs the ablation
+    Y_ref, _ = d2lgru.get_backend("numpy").gru(params, np.ones((2, 1, 3), np.float32))
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+@pytest.mark.parametrize("device", ["cuda", "gpu"])
+def test_absent_gpu_is_one_clear_error(be, device):
+    with pytest.raises(UnsupportedError, match=f"cannot use device '{device}'.* sees no CUDA GPU"):
+        be.make_trainer(init_lm(5, 4), device=device)
+
+
+def test_wrong_dtypes_and_shapes(be):
+    params = init_params(GRUSpec(3, 4, reset_after=True))  # float32
+    with pytest.raises(TypeError, match="X is float64 but the parameters are float32"):
+        be.gru(params, np.zeros((2, 1, 3)), impl="native")
+    with pytest.raises(ValueError, match=r"X must have shape \(2, 1, 3\), got \(2, 1, 5\)"):
+        be.gru(params, np.zeros((2, 1, 5), np.float32))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 1, 4\)"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="X and Y must be"):
+        be.lm_loss_and_grads(init_lm(5, 4), np.zeros((2, 3), int), np.zeros((3, 2), int))
+    with pytest.raises(ValueError, match="lack 'bias_hh_l0'"):
+        native = be.to_native(params)
+        del native["bias_hh_l0"]
+        be.from_native(native, params.spec)
+    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(12, 3\)"):
+        be.from_native({**be.to_native(params), "weight_ih_l0": np.zeros((3, 12))}, params.spec)
+
+
+def test_cli_trains_both_impls(tmp_path, data_dir, capsys):
+    for impl in ("scratch", "native"):
+        assert main(["train", "--backend", "torch", "--impl", impl, "--epochs", "2", "--hidden",
+                     "8", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "300",
+                     "--data", str(data_dir), "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert f"tokens/sec on cpu (torch {impl})" in out
+    assert main(["train", "--backend", "torch", "--impl", "native", "--reset-before",
+                 "--epochs", "1", "--data", str(data_dir), "--quiet"]) == 2
+    assert "torch.nn.GRU computes only the reset-after" in capsys.readouterr().err
+
+
+# -- torch.nn.GRU's layout -----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_converters_round_trip_bit_exactly(be, dtype):
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
+    params = random_params(spec, dtype)
+    native = be.to_native(params)
+    gru = torch.nn.GRU(3, 5, 2, bidirectional=True,
+                       dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    assert {k: tuple(v.shape) for k, v in native.items()} == \
+        {k: tuple(p.shape) for k, p in gru.named_parameters()}
+    assert be.from_native(native, spec) == params
+    back = be.to_native(be.from_native(native, spec))
+    assert all(np.array_equal(back[k], native[k]) and back[k].dtype == dtype for k in native)
+
+
+def test_native_gate_order_is_r_z_n(be):
+    spec = GRUSpec(2, 3, reset_after=True)
+    gate_value = {"z": 1.0, "r": 2.0, "h": 3.0}
+    params = init_params(spec).map(lambda a: a.copy())
+    cell = params.cell(0)
+    for g, v in gate_value.items():
+        i = d2lgru.GATES.index(g)
+        cell.W_x[i], cell.W_h[i], cell.b_x[i], cell.b_h[i] = v, v + 10, v + 20, v + 30
+    native = be.to_native(params)
+    for k, native_gate in enumerate("rzh"):  # torch's r, z, n
+        v = gate_value[native_gate]
+        rows = slice(3 * k, 3 * k + 3)
+        assert np.all(native["weight_ih_l0"][rows] == v)
+        assert np.all(native["weight_hh_l0"][rows] == v + 10)
+        assert np.all(native["bias_ih_l0"][rows] == v + 20)
+        assert np.all(native["bias_hh_l0"][rows] == v + 30)
+
+
+def test_torch_gru_matches_the_oracle_through_the_converters(be):
+    """torch.nn.GRU itself, loaded from to_native, computes the canonical reset-after cell
+    (asymmetric random weights and biases would expose a swapped gate or a flipped update)."""
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
+    params = random_params(spec, seed=1)
+    rng = np.random.default_rng(2)
+    X, h0 = rng.standard_normal((6, 2, 3)), rng.standard_normal((4, 2, 5))
+    gru = torch.nn.GRU(3, 5, 2, bidirectional=True, dtype=torch.float64)
+    gru.load_state_dict({k: torch.from_numpy(v) for k, v in be.to_native(params).items()})
+    with torch.no_grad():
+        Y, h_n = gru(torch.from_numpy(X), torch.from_numpy(h0))
+    Y_ref, h_ref = d2lgru.get_backend("numpy").gru(params, X, h0)
+    np.testing.assert_allclose(Y.numpy(), Y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n.numpy(), h_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_native_reference_is_seeded_and_leaves_the_global_generator_alone(be):
+    spec = GRUSpec(3, 4, reset_after=True)
+    X = np.random.default_rng(0).standard_normal((5, 2, 3))
+    state = torch.random.get_rng_state()
+    p1, Y1, _ = be.native_reference(spec, X, seed=3)
+    p2, Y2, _ = be.native_reference(spec, X, seed=3)
+    assert p1 == p2 and np.array_equal(Y1, Y2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    Y_ref, _ = d2lgru.get_backend("numpy").gru(p1, X)
+    np.testing.assert_allclose(Y1, Y_ref, rtol=1e-12, atol=1e-12)
+
+
+# -- execution modes -----------------------------------------------------------------------
+def test_capabilities_are_declared(be):
+    caps = be.capabilities()
+    assert caps["scratch"]["reset_before"] and caps["scratch"]["reset_after"]
+    assert not caps["native"]["reset_before"] and caps["native"]["reset_after"]
+    assert caps["native"]["dtypes"] == ["float32", "float64"]
+    assert caps["scratch"]["gates"] == ["both", "reset-only", "update-only", "none"]
+    assert caps["native"]["gates"] == ["both"]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "native"])
+def test_the_default_mode_is_eager_and_matches_the_oracle(be, data_dir, impl):
+    loader, vocab = load_data_time_machine(4, 5, max_tokens=300, path=data_dir)
+    model = init_lm(len(vocab), 8, reset_after=impl == "native")
+    loader.set_epoch(0)
+    batches = list(loader)[:4]
+    default, eager = be.make_trainer(model, impl=impl), be.make_trainer(model, impl=impl,
+                                                                        mode="eager")
+    assert default.mode == eager.mode == "eager" and be.impls[impl].modes == ("eager",)
+    assert default.backend == "torch" and default.device == "cpu" and default.impl == impl
+    losses = default.train_epoch(batches)
+    np.testing.assert_array_equal(losses, eager.train_epoch(batches))
+    ref = d2lgru.get_backend("numpy").make_trainer(model).train_epoch(batches)
+    np.testing.assert_allclose(losses, ref, rtol=1e-5)
+    assert default.params() == eager.params()
+
+
+def test_random_iter_restarts_the_state(be, data_dir):
+    loader, vocab = load_data_time_machine(4, 5, max_tokens=300, path=data_dir)
+    model = init_lm(len(vocab), 8)
+    loader.set_epoch(0)
+    batches = list(loader)[:3]
+    losses = be.make_trainer(model).train_epoch(batches, random_iter=True)
+    ref = d2lgru.get_backend("numpy").make_trainer(model).train_epoch(batches, random_iter=True)
+    np.testing.assert_allclose(losses, ref, rtol=1e-5)
