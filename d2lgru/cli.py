@@ -162,7 +162,8 @@ def cmd_backends(args) -> int:
                                      ("reset-after", info["reset_after"])) if ok]
             print(f"  {impl:<8} {', '.join(cells)}; layers: {info['max_layers'] or 'any'}; "
                   f"bidirectional: {'yes' if info['bidirectional'] else 'no'}; "
-                  f"dtypes: {', '.join(info['dtypes'])}; modes: {', '.join(info['modes'])}")
+                  f"dtypes: {', '.join(info['dtypes'])}; modes: {', '.join(info['modes'])}"
+                  + (f"; gates: {', '.join(info['gates'])}" if info["gates"] != ["both"] else ""))
             for why in info["why_not"].values():
                 print(f"           {why}")
     return 0
