@@ -7,7 +7,6 @@ failures are simulated (a refused connection on 127.0.0.1 or a patched ``urlopen
 import collections
 import hashlib
 import io
-import json
 import re
 import urllib.request
 from pathlib import Path

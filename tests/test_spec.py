@@ -5,7 +5,6 @@ import pytest
 
 import d2lgru
 from d2lgru import GRUParams, GRUSpec, ParamsFileError, init_params
-from d2lgru.backends import numpy_backend
 
 
 def random_params(spec, seed=0, dtype=np.float64, scale=0.5):

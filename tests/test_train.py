@@ -1,6 +1,5 @@
 """The training driver: the book's loop, checkpoints that resume exactly, predictions."""
 
-import numpy as np
 import pytest
 
 from d2lgru.train import CheckpointError, TrainConfig, load_checkpoint, predict, train

@@ -15,7 +15,6 @@ if not __package__:  # run as a file: this folder would shadow the framework of 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 NAME = "tensorflow"

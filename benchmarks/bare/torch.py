@@ -11,7 +11,6 @@ import sys
 if not __package__:  # run as a file: this folder would shadow the framework of the same name
     sys.path[0] = str(pathlib.Path(__file__).resolve().parents[2])
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -269,9 +269,12 @@ def check_gru_args(params: GRUParams, X, h0):
 
 
 def check_gru_inputs(spec: GRUSpec, dtype, X, h0):
-    if not isinstance(X, np.ndarray) or X.ndim != 3:
-        got = X.shape if isinstance(X, np.ndarray) else type(X).__name__
-        raise ValueError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], got {got}")
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
+                        f"got {type(X).__name__}")
+    if X.ndim != 3:
+        raise ValueError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
+                         f"got shape {X.shape}")
     T, N, _ = X.shape
     if T < 1 or N < 1:
         raise ValueError(f"X must have at least one step and one sequence, got shape {X.shape}")

@@ -1,5 +1,6 @@
-"""Backend-specific tests: only the selected backend's file is collected, so each tox
-environment runs its own (the numpy environment runs test_numpy.py)."""
+"""Backend tests: test_surface.py (what every backend does alike) runs against the selected
+backend, and of the backend-specific files only the selected backend's is collected, so each tox
+environment runs its own."""
 
 import os
 

@@ -17,7 +17,6 @@ from d2lgru.backends import mxnet_backend as mxb
 from d2lgru.data import load_data_time_machine
 from d2lgru.model import init_lm
 from d2lgru.spec import CellParams, GRUParams, GRUSpec, init_params
-from d2lgru.train import TrainConfig, train
 
 mx = pytest.importorskip("mxnet")
 
@@ -40,43 +39,7 @@ def batches(data_dir):
 
 # -- checkpoints cross backends ---------------------------------------------------------------
 
-def _config(data_dir, epochs, reset_after):
-    return TrainConfig(hidden_size=32, batch_size=8, num_steps=10, max_tokens=2000, epochs=epochs,
-                       reset_after=reset_after, data=str(data_dir))
-
-
-def _perplexities(result):
-    return np.array([h["perplexity"] for h in result.history])
-
-
-@pytest.mark.parametrize("impl,reset_after", [("scratch", False), ("native", True)])
-@pytest.mark.parametrize("first,then", [("mxnet", "numpy"), ("numpy", "mxnet")])
-def test_a_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, reset_after,
-                                                         first, then):
-    impl_of = {"mxnet": impl, "numpy": "scratch"}
-    straight = train(_config(data_dir, 4, reset_after), backend=first, impl=impl_of[first])
-    out = tmp_path / "run"
-    half = train(_config(data_dir, 2, reset_after), backend=first, impl=impl_of[first], out=out)
-    resumed = train(_config(data_dir, 4, reset_after), backend=then, impl=impl_of[then],
-                    resume=out)
-    assert resumed.epoch == 4
-    assert [h["backend"] for h in resumed.history] == [first, first, then, then]
-    np.testing.assert_array_equal(_perplexities(resumed)[:2], _perplexities(half))
-    # float32 rounding only: the same weights continue on the same batches
-    np.testing.assert_allclose(_perplexities(resumed), _perplexities(straight), rtol=1e-4)
-    for a, b in zip(resumed.model.flat(), straight.model.flat()):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-
-
 # -- one clear error each -------------------------------------------------------------------
-
-def test_the_native_layer_refuses_the_reset_before_cell():
-    spec = GRUSpec(5, 8, reset_after=False)
-    with pytest.raises(UnsupportedError, match="only the cuDNN reset-after cell"):
-        BACKEND.gru(init_params(spec), np.zeros((3, 2, 5), np.float32), impl="native")
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        BACKEND.make_trainer(init_lm(28, 8, reset_after=False), impl="native")
-
 
 def test_the_native_layer_refuses_gate_ablations_and_scratch_runs_them():
     spec = GRUSpec(5, 8, reset_after=True, gates="update-only")
@@ -86,17 +49,6 @@ def test_the_native_layer_refuses_gate_ablations_and_scratch_runs_them():
     params = _random_params(spec, np.float32)
     Y, _ = BACKEND.gru(params, X, impl="scratch")
     np.testing.assert_allclose(Y, ORACLE.gru(params, X)[0], rtol=1e-4, atol=1e-5)
-
-
-def test_unknown_impl_mode_and_device():
-    model = init_lm(28, 8)
-    with pytest.raises(UnsupportedError, match="no impl 'fused'; valid: scratch, native"):
-        BACKEND.make_trainer(model, impl="fused")
-    with pytest.raises(UnsupportedError,
-                       match="no mode 'jit'; valid: hybrid, hybrid-dynamic, eager"):
-        BACKEND.make_trainer(model, mode="jit")
-    with pytest.raises(UnsupportedError, match="no device 'tpu'"):
-        BACKEND.make_trainer(model, device="tpu")
 
 
 @pytest.mark.skipif(mx.context.num_gpus() > 0, reason="this machine has a GPU")

@@ -6,14 +6,11 @@ import pytest
 
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
-from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
-from d2lgru.train import TrainConfig, train
 
 d2lgru.get_backend("paddle")  # the adapter imports paddle first, with its import-time noise off
 import paddle  # noqa: E402
 
-SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 
 
 @pytest.fixture(scope="module")
@@ -32,32 +29,7 @@ def has_gpu():
 
 
 # -- checkpoints cross the NumPy/Paddle boundary both ways ---------------------------------
-@pytest.mark.parametrize("impl", ["scratch", "native"])
-@pytest.mark.parametrize("first,second", [("paddle", "numpy"), ("numpy", "paddle")])
-def test_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, first, second):
-    config = dict(data=str(data_dir), reset_after=impl == "native", **SMALL)
-    impl_of = {"paddle": impl, "numpy": "scratch"}
-    straight = train(TrainConfig(epochs=4, **config), backend=first, impl=impl_of[first])
-    train(TrainConfig(epochs=2, **config), backend=first, impl=impl_of[first], out=tmp_path)
-    resumed = train(TrainConfig(epochs=4), backend=second, impl=impl_of[second], resume=tmp_path)
-    assert [h["backend"] for h in resumed.history] == [first, first, second, second]
-    np.testing.assert_allclose([h["perplexity"] for h in resumed.history],
-                               [h["perplexity"] for h in straight.history], rtol=1e-4)
-    for a, b in zip(resumed.model.flat(), straight.model.flat()):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-
-
 # -- one clear error per mistake -----------------------------------------------------------
-def test_native_has_no_reset_before_cell(be):
-    params = init_params(GRUSpec(3, 4, reset_after=False))
-    with pytest.raises(UnsupportedError, match="impl 'native' cannot run .* reset-after"):
-        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        be.to_native(params)
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        be.make_trainer(init_lm(5, 4), impl="native")
-
-
 def test_native_has_no_gate_ablations_but_scratch_does(be):
     spec = GRUSpec(3, 4, reset_after=True, gates="none")
     with pytest.raises(UnsupportedError, match="always computes both gates"):
@@ -67,16 +39,6 @@ def test_native_has_no_gate_ablations_but_scratch_does(be):
     Y, h_n = be.gru(params, X)
     Y_ref, h_ref = d2lgru.get_backend("numpy").gru(params, X)
     np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
-
-
-def test_unknown_impl_mode_and_device(be):
-    model = init_lm(5, 4)
-    with pytest.raises(UnsupportedError, match="no impl 'cudnn'; valid: scratch, native"):
-        be.make_trainer(model, impl="cudnn")
-    with pytest.raises(UnsupportedError, match="no mode 'graph'; valid: "):
-        be.make_trainer(model, mode="graph")
-    with pytest.raises(UnsupportedError, match="no device 'tpu'; valid: cpu, gpu, cuda"):
-        be.make_trainer(model, device="tpu")
 
 
 @pytest.mark.skipif(has_gpu(), reason="a CUDA GPU is present")
@@ -106,18 +68,6 @@ def test_wrong_dtypes_and_shapes(be):
         be.from_native(native, params.spec)
     with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(12, 3\)"):
         be.from_native({**be.to_native(params), "weight_ih_l0": np.zeros((3, 12))}, params.spec)
-
-
-def test_cli_trains_both_impls(tmp_path, data_dir, capsys):
-    for impl in ("scratch", "native"):
-        assert main(["train", "--backend", "paddle", "--impl", impl, "--epochs", "2", "--hidden",
-                     "8", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "300",
-                     "--data", str(data_dir), "--quiet"]) == 0
-        out = capsys.readouterr().out
-        assert f"tokens/sec on cpu (paddle {impl})" in out
-    assert main(["train", "--backend", "paddle", "--impl", "native", "--reset-before",
-                 "--epochs", "1", "--data", str(data_dir), "--quiet"]) == 2
-    assert "paddle.nn.GRU computes only the reset-after" in capsys.readouterr().err
 
 
 # -- paddle.nn.GRU's layout ----------------------------------------------------------------

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
-from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
 from d2lgru.train import TrainConfig, train
 
@@ -38,23 +37,6 @@ def random_params(spec, dtype=np.float64, seed=0):
 
 
 # -- checkpoints cross the NumPy/TensorFlow boundary both ways -----------------------------
-@pytest.mark.parametrize("impl,reset_after", [("scratch", False), ("native", False),
-                                              ("native", True)])
-@pytest.mark.parametrize("first,second", [("tensorflow", "numpy"), ("numpy", "tensorflow")])
-def test_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, reset_after,
-                                                      first, second):
-    config = dict(data=str(data_dir), reset_after=reset_after, **SMALL)
-    impl_of = {"tensorflow": impl, "numpy": "scratch"}
-    straight = train(TrainConfig(epochs=4, **config), backend=first, impl=impl_of[first])
-    train(TrainConfig(epochs=2, **config), backend=first, impl=impl_of[first], out=tmp_path)
-    resumed = train(TrainConfig(epochs=4), backend=second, impl=impl_of[second], resume=tmp_path)
-    assert [h["backend"] for h in resumed.history] == [first, first, second, second]
-    np.testing.assert_allclose([h["perplexity"] for h in resumed.history],
-                               [h["perplexity"] for h in straight.history], rtol=1e-4)
-    for a, b in zip(resumed.model.flat(), straight.model.flat()):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-
-
 def test_native_reset_before_checkpoint_keeps_both_biases(tmp_path, data_dir, oracle):
     """The native reset-before trainer updates b_x and b_h as the canonical model does (Keras
     gets their sum), so its checkpoint holds both, as NumPy's does."""
@@ -67,19 +49,6 @@ def test_native_reset_before_checkpoint_keeps_both_biases(tmp_path, data_dir, or
 
 
 # -- one clear error per mistake -----------------------------------------------------------
-def test_unknown_impl_dtype_and_mode(be):
-    model = init_lm(5, 4)
-    with pytest.raises(UnsupportedError, match="no impl 'cudnn'; valid: scratch, native"):
-        be.make_trainer(model, impl="cudnn")
-    with pytest.raises(UnsupportedError, match="no mode 'jit'; valid: graph, xla, eager"):
-        be.make_trainer(model, mode="jit")
-    with pytest.raises(UnsupportedError, match="impl 'native' has no mode 'compile'; "
-                                               "valid: xla, graph, eager"):
-        be.make_trainer(model, impl="native", mode="compile")
-    with pytest.raises(UnsupportedError, match="no device 'tpu'; valid: cpu, gpu"):
-        be.make_trainer(model, device="tpu")
-
-
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is present")
 def test_absent_gpu_is_one_clear_error(be):
     with pytest.raises(UnsupportedError, match="found no GPU .* use device 'cpu'"):
@@ -107,15 +76,6 @@ def test_wrong_dtypes_and_shapes(be):
     with pytest.raises(ValueError, match=r"gru_0/gru_cell/kernel must be a NumPy array of "
                                          r"shape \(3, 12\)"):
         be.from_native({**native, "gru_0/gru_cell/kernel": np.zeros((12, 3))}, params.spec)
-
-
-def test_cli_trains_both_impls_and_both_cells(tmp_path, data_dir, capsys):
-    small = ["--epochs", "2", "--hidden", "8", "--batch-size", "4", "--num-steps", "5",
-             "--max-tokens", "300", "--data", str(data_dir), "--quiet"]
-    for impl, cell in (("scratch", "--reset-before"), ("native", "--reset-before"),
-                       ("native", "--reset-after")):
-        assert main(["train", "--backend", "tensorflow", "--impl", impl, cell, *small]) == 0
-        assert f"tokens/sec on cpu (tensorflow {impl})" in capsys.readouterr().out
 
 
 def test_the_backend_prints_nothing_on_stderr():

@@ -6,11 +6,8 @@ import torch
 
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
-from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
-from d2lgru.train import TrainConfig, train
 
-SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 
 
 @pytest.fixture(scope="module")
@@ -25,42 +22,7 @@ def random_params(spec, dtype=np.float64, seed=0):
 
 
 # -- checkpoints cross the NumPy/torch boundary both ways ----------------------------------
-@pytest.mark.parametrize("impl", ["scratch", "native"])
-@pytest.mark.parametrize("first,second", [("torch", "numpy"), ("numpy", "torch")])
-def test_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, first, second):
-    config = dict(data=str(data_dir), reset_after=impl == "native", **SMALL)
-    impl_of = {"torch": impl, "numpy": "scratch"}
-    straight = train(TrainConfig(epochs=4, **config), backend=first, impl=impl_of[first])
-    train(TrainConfig(epochs=2, **config), backend=first, impl=impl_of[first], out=tmp_path)
-    resumed = train(TrainConfig(epochs=4), backend=second, impl=impl_of[second], resume=tmp_path)
-    assert [h["backend"] for h in resumed.history] == [first, first, second, second]
-    np.testing.assert_allclose([h["perplexity"] for h in resumed.history],
-                               [h["perplexity"] for h in straight.history], rtol=1e-4)
-    for a, b in zip(resumed.model.flat(), straight.model.flat()):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-
-
 # -- one clear error per mistake -----------------------------------------------------------
-def test_native_has_no_reset_before_cell(be):
-    params = init_params(GRUSpec(3, 4, reset_after=False))
-    with pytest.raises(UnsupportedError, match="impl 'native' cannot run .* reset-after"):
-        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        be.to_native(params)
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        be.make_trainer(init_lm(5, 4), impl="native")
-
-
-def test_unknown_impl_mode_and_device(be):
-    model = init_lm(5, 4)
-    with pytest.raises(UnsupportedError, match="no impl 'cudnn'; valid: scratch, native"):
-        be.make_trainer(model, impl="cudnn")
-    with pytest.raises(UnsupportedError, match="'scratch' has no mode 'compile'; valid: eager"):
-        be.make_trainer(model, mode="compile")
-    with pytest.raises(UnsupportedError, match="no device 'tpu'; valid: cpu, cuda, gpu"):
-        be.make_trainer(model, device="tpu")
-
-
 def test_native_has_no_gate_ablations(be):
     params = init_params(GRUSpec(3, 4, reset_after=True, gates="update-only"))
     with pytest.raises(UnsupportedError, match="always computes both gates"):
@@ -93,18 +55,6 @@ def test_wrong_dtypes_and_shapes(be):
         be.from_native(native, params.spec)
     with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(12, 3\)"):
         be.from_native({**be.to_native(params), "weight_ih_l0": np.zeros((3, 12))}, params.spec)
-
-
-def test_cli_trains_both_impls(tmp_path, data_dir, capsys):
-    for impl in ("scratch", "native"):
-        assert main(["train", "--backend", "torch", "--impl", impl, "--epochs", "2", "--hidden",
-                     "8", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "300",
-                     "--data", str(data_dir), "--quiet"]) == 0
-        out = capsys.readouterr().out
-        assert f"tokens/sec on cpu (torch {impl})" in out
-    assert main(["train", "--backend", "torch", "--impl", "native", "--reset-before",
-                 "--epochs", "1", "--data", str(data_dir), "--quiet"]) == 2
-    assert "torch.nn.GRU computes only the reset-after" in capsys.readouterr().err
 
 
 # -- torch.nn.GRU's layout -----------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""What every backend must do the same way, run against the backend of ``$D2LGRU_BACKEND``:
+checkpoints that the NumPy backend continues (and the other way round), capabilities that are
+declared rather than discovered, and one clear error per mistake. Each backend's own file
+(test_<name>.py) adds what only its framework has."""
+
+import os
+
+import numpy as np
+import pytest
+
+import d2lgru
+from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
+from d2lgru.backends import resolve_name
+from d2lgru.cli import main
+from d2lgru.spec import GATE_SETS
+from d2lgru.train import TrainConfig, train
+
+NAME = resolve_name(os.environ.get("D2LGRU_BACKEND") or None)
+SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
+
+
+@pytest.fixture(scope="module")
+def be():
+    return d2lgru.get_backend(NAME)
+
+
+def _declared():
+    """(impl, reset_after) pairs the backend declares, for the full GRU in float32."""
+    be = d2lgru.get_backend(NAME)
+    return [(impl, ra) for impl in be.impls for ra in (False, True)
+            if be.impls[impl].refusal(GRUSpec(3, 4, reset_after=ra), np.float32) is None]
+
+
+@pytest.mark.parametrize("impl,reset_after", _declared())
+@pytest.mark.parametrize("direction", ["to-numpy", "from-numpy"])
+def test_checkpoint_is_continued_by_the_other_backend(tmp_path, data_dir, impl, reset_after,
+                                                      direction):
+    first, second = (NAME, "numpy") if direction == "to-numpy" else ("numpy", NAME)
+    impl_of = {NAME: impl, "numpy": "scratch"}
+    config = dict(data=str(data_dir), reset_after=reset_after, **SMALL)
+    straight = train(TrainConfig(epochs=4, **config), backend=first, impl=impl_of[first])
+    half = train(TrainConfig(epochs=2, **config), backend=first, impl=impl_of[first], out=tmp_path)
+    resumed = train(TrainConfig(epochs=4), backend=second, impl=impl_of[second], resume=tmp_path)
+    assert [h["backend"] for h in resumed.history] == [first, first, second, second]
+    assert [h["perplexity"] for h in resumed.history[:2]] == [h["perplexity"] for h in half.history]
+    # the resumed run continues the straight one: the same weights on the same batches, so
+    # float32 rounding is the only difference
+    np.testing.assert_allclose([h["perplexity"] for h in resumed.history],
+                               [h["perplexity"] for h in straight.history], rtol=1e-4)
+    for a, b in zip(resumed.model.flat(), straight.model.flat()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_capabilities_are_declared_and_what_is_not_declared_is_refused_in_one_sentence(be):
+    for impl, info in be.impls.items():
+        for reset_after in (False, True):
+            for gates in GATE_SETS:
+                spec = GRUSpec(3, 4, reset_after=reset_after, gates=gates)
+                why = info.refusal(spec, np.float32)
+                if why is None:
+                    assert be.check_impl(impl, spec, np.float32) is info
+                    continue
+                params, X = init_params(spec), np.zeros((2, 1, 3), np.float32)
+                dY, dh_n = np.zeros((2, 1, 4), np.float32), np.zeros((1, 1, 4), np.float32)
+                model = init_lm(5, 4, reset_after=reset_after, gates=gates)
+                calls = [lambda: be.gru(params, X, impl=impl),
+                         lambda: be.gru_backward(params, X, None, dY, dh_n, impl=impl),
+                         lambda: be.make_trainer(model, impl=impl)]
+                if impl == "native":
+                    calls.append(lambda: be.to_native(params))
+                for call in calls:
+                    with pytest.raises(UnsupportedError) as err:
+                        call()
+                    assert why in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_impl_mode_and_device(be):
+    model = init_lm(5, 4)
+    impls = ", ".join(be.impls)
+    with pytest.raises(UnsupportedError, match=f"no impl 'cudnn'; valid: {impls}"):
+        be.make_trainer(model, impl="cudnn")
+    for impl, reset_after in _declared():
+        modes = ", ".join(be.impls[impl].modes)
+        with pytest.raises(UnsupportedError,
+                           match=f"impl '{impl}' has no mode 'turbo'; valid: {modes}"):
+            be.make_trainer(init_lm(5, 4, reset_after=reset_after), impl=impl, mode="turbo")
+    with pytest.raises(UnsupportedError, match=f"no device 'tpu'; valid: {', '.join(be.devices)}"):
+        be.make_trainer(model, device="tpu")
+
+
+def test_wrong_dtypes_and_shapes(be):
+    params = init_params(GRUSpec(3, 4))  # float32
+    X = np.zeros((2, 1, 3), np.float32)
+    with pytest.raises(TypeError, match="X is float64 but the parameters are float32"):
+        be.gru(params, np.zeros((2, 1, 3)))
+    with pytest.raises(TypeError, match="X must be a time-major NumPy array|must be a NumPy array"):
+        be.gru(params, X.tolist())
+    with pytest.raises(ValueError, match=r"X must have shape \(2, 1, 3\), got \(2, 1, 5\)"):
+        be.gru(params, np.zeros((2, 1, 5), np.float32))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 1, 4\)"):
+        be.gru(params, X, np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(TypeError, match="dY is float64"):
+        be.gru_backward(params, X, None, np.zeros((2, 1, 4)), np.zeros((1, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="X and Y must be"):
+        be.lm_loss_and_grads(init_lm(5, 4), np.zeros((2, 3), int), np.zeros((3, 2), int))
+    with pytest.raises(TypeError, match="state is float64 but the parameters are float32"):
+        be.lm_loss_and_grads(init_lm(5, 4), np.zeros((1, 3), int), np.zeros((1, 3), int),
+                             np.zeros((1, 1, 4)))
+
+
+@pytest.mark.parametrize("impl,reset_after", _declared())
+def test_cli_trains_every_declared_impl(data_dir, capsys, impl, reset_after):
+    cell = "--reset-after" if reset_after else "--reset-before"
+    assert main(["train", "--backend", NAME, "--impl", impl, cell, "--epochs", "2", "--hidden",
+                 "8", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "300",
+                 "--data", str(data_dir), "--quiet"]) == 0
+    assert f"tokens/sec on cpu ({NAME} {impl})" in capsys.readouterr().out
