@@ -68,7 +68,17 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 #: check ids such as ``gru/T7-N4-I5-H8-L2-bi-h0-x8/reset_before/float32``. Strict: a listed check
 #: that passes fails the suite ("unexpected pass"), and so does an entry that matches no check the
 #: backend runs. The goal is an empty table.
-KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
+_MS_TANH = ("MindSpore 2.10's CPU float32 Tanh kernel, which nn.GRU's cell (_gru_cell in "
+            "mindspore/nn/layer/rnn_cells.py) calls in PyNative and graph mode alike, is a clamped "
+            "rational approximation off by up to 1e-4 for 4 < |x| < 6; these cases drive candidate "
+            "pre-activations there. The scratch impl (tanh as 2*sigmoid(2x)-1) passes them, and so "
+            "does nn.GRU with only its Tanh replaced that way")
+KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
+    ("mindspore", "native", "gru/*-x8/reset_after/float32"): _MS_TANH,
+    ("mindspore", "native", "gru/T35-N32-I5-H32-L1-uni-h0-x1/reset_after/float32"): _MS_TANH,
+    ("mindspore", "native", "gru/T35-N1-I5-H8-L1-bi-h0-x1/reset_after/float32"): _MS_TANH,
+    ("mindspore", "native", "lm/L2-bi-carried/reset_after/float32"): _MS_TANH,
+}
 
 
 def tolerance(dtype: str, kind: str) -> Tolerance:

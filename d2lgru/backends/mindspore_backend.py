@@ -1,0 +1,449 @@
+"""MindSpore backend: the book's loop in MindSpore ops (``scratch``) and ``mindspore.nn.GRU``
+(``native``), gradients from MindSpore's autodiff, training as one compiled graph per step.
+
+What the installed release (2.10.0) computes, read from ``mindspore/nn/layer/rnn_cells.py``
+(``_gru_cell``) and ``mindspore/nn/layer/rnns.py`` (``_RNNBase``, ``_DynamicGRUCPUGPU``): on CPU
+``nn.GRU`` is a Python loop over time steps of a reset-after cell whose weight rows are stacked
+in the gate order r, z, n (``weight_ih_l{k}[_reverse] [3H, I]``, ``weight_hh_l{k}[_reverse]
+[3H, H]``, ``bias_ih``/``bias_hh [3H]``), with ``h' = n + z * (h - n)`` (the canonical update
+gate, not a flipped one). Its initialiser draws from NumPy's global generator, and its
+``construct`` accepts float32/float16 inputs only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# MindSpore reads its log level when it is imported; keep its INFO/WARNING lines quiet unless
+# the user asked for them.
+os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
+
+from ..model import LMParams  # noqa: E402
+from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec  # noqa: E402
+from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
+
+#: canonical gate index for each row block of MindSpore's weights (r, z, n); its own inverse
+NATIVE_GATE_ORDER = (1, 0, 2)
+MODES = ("graph", "pynative")
+_MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
+# MindSpore's default of 25 kernel threads makes every op cost milliseconds on a small machine;
+# the book's ops are small, so a few threads suffice (one beside the dispatcher on 2 cores)
+_KERNEL_THREADS = max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def _tensor(a) -> Tensor:
+    return Tensor(np.ascontiguousarray(a))
+
+
+# -- the native layout: the only place that knows it ---------------------------------------
+def _native_suffix(layer: int, direction: int) -> str:
+    return f"l{layer}{'_reverse' if direction else ''}"
+
+
+def _to_native(params: GRUParams) -> dict[str, np.ndarray]:
+    """Canonical -> ``nn.GRU``'s parameters by name: ``[3H, in]`` weights, rows r | z | n."""
+    spec, out = params.spec, {}
+    H = spec.hidden_size
+    order = list(NATIVE_GATE_ORDER)
+    for l, d in spec.cells():
+        c, sfx = params.cell(l, d), _native_suffix(l, d)
+        out[f"weight_ih_{sfx}"] = np.ascontiguousarray(
+            c.W_x[order].transpose(0, 2, 1).reshape(3 * H, -1))
+        out[f"weight_hh_{sfx}"] = np.ascontiguousarray(
+            c.W_h[order].transpose(0, 2, 1).reshape(3 * H, H))
+        out[f"bias_ih_{sfx}"] = c.b_x[order].reshape(3 * H).copy()
+        out[f"bias_hh_{sfx}"] = c.b_h[order].reshape(3 * H).copy()
+    return out
+
+
+def _native_shapes(spec: GRUSpec) -> dict[str, tuple[int, ...]]:
+    H3, out = 3 * spec.hidden_size, {}
+    for l, d in spec.cells():
+        sfx = _native_suffix(l, d)
+        out.update({f"weight_ih_{sfx}": (H3, spec.layer_input_size(l)),
+                    f"weight_hh_{sfx}": (H3, spec.hidden_size),
+                    f"bias_ih_{sfx}": (H3,), f"bias_hh_{sfx}": (H3,)})
+    return out
+
+
+def _from_native(native, spec: GRUSpec) -> GRUParams:
+    """``nn.GRU``'s parameters (or their gradients) by name -> canonical."""
+    shapes = _native_shapes(spec)
+    missing = [k for k in shapes if k not in native]
+    if missing:
+        raise ValueError(f"native parameters for a {spec.describe()} lack "
+                         f"{', '.join(map(repr, missing))}")
+    for k, shape in shapes.items():
+        if np.shape(native[k]) != shape:
+            raise ValueError(f"{k} must have shape {shape} for a {spec.describe()}, "
+                             f"got {np.shape(native[k])}")
+    H, order = spec.hidden_size, list(NATIVE_GATE_ORDER)
+
+    def weight(k):  # [3H, in], rows r | z | n -> [3, in, H], gates z, r, h
+        w = np.asarray(native[k]).reshape(3, H, -1)[order]
+        return np.ascontiguousarray(w.transpose(0, 2, 1))
+
+    def bias(k):
+        return np.ascontiguousarray(np.asarray(native[k]).reshape(3, H)[order])
+
+    cells = [[CellParams(weight(f"weight_ih_{_native_suffix(l, d)}"),
+                         weight(f"weight_hh_{_native_suffix(l, d)}"),
+                         bias(f"bias_ih_{_native_suffix(l, d)}"),
+                         bias(f"bias_hh_{_native_suffix(l, d)}"))
+              for d in range(spec.num_directions)] for l in range(spec.num_layers)]
+    return GRUParams(spec, cells)
+
+
+def _new_native_layer(spec: GRUSpec, seed: int | None = None) -> nn.GRU:
+    """``nn.GRU`` for ``spec``. Its initialiser draws from NumPy's global generator: seed it when
+    asked and restore the caller's stream either way."""
+    saved = np.random.get_state()
+    try:
+        if seed is not None:
+            np.random.seed(seed)
+        return nn.GRU(spec.input_size, spec.hidden_size, spec.num_layers, has_bias=True,
+                      batch_first=False, bidirectional=spec.bidirectional)
+    finally:
+        np.random.set_state(saved)
+
+
+def _short(name: str) -> str:
+    """A parameter's own name: a Cell that holds the layer prefixes it (``gru.weight_ih_l0``)."""
+    return name.rsplit(".", 1)[-1]
+
+
+def _load_native(layer: nn.GRU, params: GRUParams):
+    native = _to_native(params)
+    for p in layer.get_parameters():
+        p.set_data(_tensor(native[_short(p.name)]))
+
+
+def _read_native(layer: nn.GRU, spec: GRUSpec) -> GRUParams:
+    return _from_native({_short(p.name): p.asnumpy() for p in layer.get_parameters()}, spec)
+
+
+# -- the book's loop in MindSpore ops ------------------------------------------------------
+# Weights are fused per cell: Wx [I, 3H] and Wh [H, 3H] with columns z | r | h, and biases
+# [3H] -- a pure relayout of the canonical [3, I, H], so gradients convert back exactly.
+def _fuse(w):
+    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
+
+
+def _unfuse(w):
+    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
+
+
+def _fused_arrays(params: GRUParams) -> list[np.ndarray]:
+    """Per cell, in ``spec.cells()`` order: Wx, Wh, bx, bh."""
+    out = []
+    for l, d in params.spec.cells():
+        c = params.cell(l, d)
+        out += [_fuse(c.W_x), _fuse(c.W_h), c.b_x.reshape(-1).copy(), c.b_h.reshape(-1).copy()]
+    return out
+
+
+def _unfused(spec: GRUSpec, arrays) -> GRUParams:
+    H, cells, it = spec.hidden_size, [], iter(arrays)
+    for _ in range(spec.num_layers):
+        cells.append([CellParams(_unfuse(next(it)), _unfuse(next(it)), next(it).reshape(3, H),
+                                 next(it).reshape(3, H)) for _ in range(spec.num_directions)])
+    return GRUParams(spec, cells)
+
+
+# MindSpore's CPU float32 tanh (PyNative and graph alike) is a clamped rational approximation,
+# off by up to 1e-4 for 4 < |x| < 6; its sigmoid is good to 1e-6. The loop therefore computes
+# the candidate as tanh(a) = 2 sigmoid(2a) - 1, with the factor 2 folded into the candidate's
+# weights and biases before the loop (scaling by 2 is exact in binary floating point).
+def _direction(xp, Wh, bh, h, reverse: bool, reset_after: bool, has_z: bool, has_r: bool):
+    """One direction over time; ``xp [T, N, 3H] = x Wx + bx``, columns z | r | h. Returns
+    ``Y [T, N, H]`` (in input order also when ``reverse``) and the last state. An ablated
+    gate is pinned (Z = 0, R = 1), so its parameters get zero gradients."""
+    H = Wh.shape[0]
+    T = xp.shape[0]
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    xzr = ops.unstack(xp[:, :, :2 * H] + bh[:2 * H], 0)
+    Wzr = Wh[:, :2 * H]
+    ys = []
+    if reset_after:
+        xh2 = ops.unstack(2 * xp[:, :, 2 * H:], 0)
+        Wcat = ops.concat((Wzr, 2 * Wh[:, 2 * H:]), 1)
+        bhh2 = 2 * bh[2 * H:]
+        for t in steps:
+            hzr, hh2 = ops.split(ops.matmul(h, Wcat), (2 * H, H), 1)
+            z, r = ops.split(ops.sigmoid(xzr[t] + hzr), H, 1)
+            hh2 = hh2 + bhh2
+            n = 2 * ops.sigmoid(xh2[t] + (r * hh2 if has_r else hh2)) - 1
+            h = n + z * (h - n) if has_z else n
+            ys.append(h)
+    else:
+        xh2 = ops.unstack(2 * (xp[:, :, 2 * H:] + bh[2 * H:]), 0)
+        Whh2 = 2 * Wh[:, 2 * H:]
+        for t in steps:
+            z, r = ops.split(ops.sigmoid(xzr[t] + ops.matmul(h, Wzr)), H, 1)
+            n = 2 * ops.sigmoid(xh2[t] + ops.matmul(r * h if has_r else h, Whh2)) - 1
+            h = n + z * (h - n) if has_z else n
+            ys.append(h)
+    if reverse:
+        ys = ys[::-1]
+    return ops.stack(ys), h
+
+
+def _scratch_forward(weights, h0, cell, num_layers: int, num_dirs: int, X=None, ids=None):
+    """The stacked (bi)directional GRU on ``X [T, N, I]``, or, for the language model, on the
+    one-hot of ``ids [T, N]`` (layer 0's projection is then a row lookup, exactly).
+    ``cell`` is ``(reset_after, has_update_gate, has_reset_gate)``."""
+    inp, hs = X, []
+    for l in range(num_layers):
+        outs = []
+        for d in range(num_dirs):
+            k = 4 * (l * num_dirs + d)
+            Wx, Wh, bx, bh = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
+            if l == 0 and ids is not None:
+                xp = ops.gather(Wx, ids, 0) + bx
+            else:
+                T, N = inp.shape[0], inp.shape[1]
+                xp = (ops.matmul(inp.reshape(T * N, -1), Wx) + bx).reshape(T, N, -1)
+            Y, h = _direction(xp, Wh, bh, h0[l * num_dirs + d], d == 1, *cell)
+            outs.append(Y)
+            hs.append(h)
+        inp = outs[0] if num_dirs == 1 else ops.concat(outs, -1)
+    return inp, ops.stack(hs)
+
+
+def _cell(spec: GRUSpec):
+    return spec.reset_after, spec.has_update_gate, spec.has_reset_gate
+
+
+def _cross_entropy(logits, labels):
+    """Mean cross-entropy of ``logits [M, V]`` against ``labels [M]``."""
+    picked = ops.gather_elements(logits, 1, labels.reshape(-1, 1)).reshape(-1)
+    return (ops.logsumexp(logits, 1) - picked).mean()
+
+
+# -- the language model as a Cell (both impls) ---------------------------------------------
+class _LM(nn.Cell):
+    """one-hot(ids) -> GRU -> dense head; ``construct(X_ids [N, T], Y_ids [N, T], state)``
+    returns ``(loss, logits [T*N, V], h_n)``."""
+
+    def __init__(self, impl: str, model: LMParams):
+        super().__init__()
+        spec = model.spec
+        self.impl, self.spec = impl, spec
+        self.cell = _cell(spec)
+        self.num_layers, self.num_dirs = spec.num_layers, spec.num_directions
+        if impl == "native":
+            self.gru = _new_native_layer(spec)
+            _load_native(self.gru, model.gru)
+            self.eye = _tensor(np.eye(model.vocab_size, dtype=model.dtype))
+        else:
+            self.gru_weights = ms.ParameterTuple([
+                ms.Parameter(_tensor(a), name=f"gru_{i}")
+                for i, a in enumerate(_fused_arrays(model.gru))])
+        self.W_hq = ms.Parameter(_tensor(model.W_hq), name="W_hq")
+        self.b_q = ms.Parameter(_tensor(model.b_q), name="b_q")
+
+    def construct(self, X, Y, state):
+        ids = X.T
+        if self.impl == "native":
+            out, h_n = self.gru(ops.gather(self.eye, ids, 0), state)
+        else:
+            out, h_n = _scratch_forward(self.gru_weights, state, self.cell, self.num_layers,
+                                        self.num_dirs, ids=ids)
+        T, N = ids.shape[0], ids.shape[1]
+        logits = ops.matmul(out.reshape(T * N, -1), self.W_hq) + self.b_q
+        return _cross_entropy(logits, Y.T.reshape(-1)), logits, h_n
+
+    def read(self) -> LMParams:
+        return self.to_lm([p.asnumpy() for p in self.trainable_params()])
+
+    def to_lm(self, arrays) -> LMParams:
+        """Arrays (weights or gradients) in ``trainable_params()`` order -> canonical."""
+        names = [_short(p.name) for p in self.trainable_params()]
+        by_name = dict(zip(names, arrays))
+        if self.impl == "native":
+            gru = _from_native({k: v for k, v in by_name.items()
+                                if k not in ("W_hq", "b_q")}, self.spec)
+        else:
+            cells = self.num_layers * self.num_dirs
+            gru = _unfused(self.spec, [by_name[f"gru_{i}"] for i in range(4 * cells)])
+        return LMParams(gru, by_name["W_hq"], by_name["b_q"])
+
+
+class _TrainStep(nn.Cell):
+    """loss -> grads -> global-norm clip -> SGD, in place on the LM's parameters."""
+
+    def __init__(self, lm: _LM, lr: float, clip: float, dtype):
+        super().__init__()
+        self.lm = lm
+        self.weights = ms.ParameterTuple(lm.trainable_params())
+        self.grad_fn = ms.value_and_grad(lm, None, self.weights, has_aux=True)
+        self.lr = Tensor(lr, dtype)
+        self.clip = Tensor(clip, dtype)
+        self.one = Tensor(1.0, dtype)
+
+    def construct(self, X, Y, state):
+        (loss, _, h_n), grads = self.grad_fn(X, Y, state)
+        norm = ops.sqrt(ops.addn([(g * g).sum() for g in grads]))
+        scale = self.lr * ops.minimum(self.one, self.clip / norm)
+        for p, g in zip(self.weights, grads):
+            ops.assign_sub(p, scale * g)
+        return loss, ops.stop_gradient(h_n)
+
+
+class MindSporeTrainer(Trainer):
+    def __init__(self, model: LMParams, *, impl, lr, clip, mode, device):
+        self.backend, self.impl, self.mode, self.device = "mindspore", impl, mode, device
+        self.spec, self.dtype = model.spec, model.dtype
+        self.lm = _LM(impl, model)
+        step = _TrainStep(self.lm, lr, clip, _MS_DTYPES[model.dtype])
+        # graph: the whole step compiled once per batch shape (ms.jit caches by input shape)
+        self.step = ms.jit(step.construct) if mode == "graph" else step
+
+    def train_epoch(self, batches, *, random_iter=False):
+        losses, state = [], None
+        for X, Y in batches:
+            X, Y = np.asarray(X, np.int64), np.asarray(Y, np.int64)
+            if state is None or random_iter or state.shape[1] != X.shape[0]:
+                shape = (self.spec.num_layers * self.spec.num_directions, X.shape[0],
+                         self.spec.hidden_size)
+                state = _tensor(np.zeros(shape, self.dtype))
+            loss, state = self.step(Tensor(X), Tensor(Y), state)
+            losses.append(loss)
+        if not losses:
+            return np.zeros(0)
+        return ops.stack(losses).asnumpy().astype(np.float64)
+
+    def params(self) -> LMParams:
+        return self.lm.read()
+
+
+# -- the backend ---------------------------------------------------------------------------
+class MindSporeBackend(Backend):
+    name = "mindspore"
+    framework = "mindspore"
+    # CPU only, declared: MindSpore's device target is process-wide, this release's GPU plugin
+    # is built for CUDA 11.1/11.6, and no machine here can run it (the 2.5 GB wheel cannot
+    # travel to the GPU machines), so a GPU path would be untested; "gpu" gets one sentence.
+    devices = ("cpu",)
+    impls = {
+        "scratch": ImplInfo(
+            "the book's loop in MindSpore ops (input projection in one matmul, fused gate "
+            "matmuls, row lookup for the one-hot input, tanh as 2 sigmoid(2x) - 1 since "
+            "MindSpore's CPU float32 tanh is off by 1e-4), MindSpore autodiff; training step "
+            "compiled with mindspore.jit",
+            gates=GATE_SETS, modes=MODES),
+        "native": ImplInfo(
+            "mindspore.nn.GRU (on CPU a loop of its reset-after cell, gates r, z, n) loaded from "
+            "canonical weights; training compiled with mindspore.jit",
+            reset_before=False, dtypes=("float32",), modes=MODES,
+            why_not={
+                "reset_before": "mindspore.nn.GRU computes only the reset-after cell "
+                                "(r * (h W_hn + b_hn), see _gru_cell in "
+                                "mindspore/nn/layer/rnn_cells.py)",
+                "dtype": "mindspore.nn.GRU accepts float32/float16 inputs only (its construct "
+                         "rejects float64)"}),
+    }
+
+    def __init__(self):
+        super().__init__()
+        self._layers = {}
+
+    def _setup(self):
+        """CPU, few kernel threads, synchronous launches. Measured here: by default MindSpore
+        starts 25 kernel threads and dispatches asynchronously, and its workers spin while
+        they wait, so every small op costs milliseconds on a 2-core machine; with
+        ``launch_blocking`` PyNative burns a seventh of the CPU and the compiled step is no
+        slower. Settings the user made before first use are left alone."""
+        from mindspore._c_expression import RuntimeConf
+
+        ms.set_device("CPU")
+        conf = RuntimeConf.get_instance()
+        if not conf.is_op_threads_num_configured():
+            ms.device_context.cpu.op_tuning.threads_num(_KERNEL_THREADS)
+        if not conf.is_dispatch_threads_num_configured():
+            ms.runtime.dispatch_threads_num(1)
+        if not conf.is_launch_blocking():
+            ms.runtime.launch_blocking()
+
+    def check_device(self, device):
+        try:
+            return super().check_device(device)
+        except UnsupportedError as exc:
+            if str(device).lower() not in ("gpu", "cuda", "ascend", "npu"):
+                raise
+            raise UnsupportedError(
+                f"{exc} (this adapter runs MindSpore on CPU only: its device target is "
+                f"process-wide and the 2.10 GPU plugin needs CUDA 11.1/11.6)") from None
+
+    # -- plain GRU calls: PyNative (one-off shapes; nothing to compile) --------------------
+    def _gru_fn(self, impl, spec, params):
+        """``(fn(X, h0, *weights) -> (Y, h_n), weight tensors, layer or None)``."""
+        if impl == "native":
+            layer = self._layers.get(spec)
+            if layer is None:  # one nn.GRU per spec (prediction calls this once per character)
+                layer = self._layers[spec] = _new_native_layer(spec)
+            _load_native(layer, params)
+            return (lambda X, h0, *w: layer(X, h0)), list(layer.trainable_params()), layer
+
+        def fn(X, h0, *weights):
+            return _scratch_forward(weights, h0, _cell(spec), spec.num_layers,
+                                    spec.num_directions, X=X)
+        return fn, [_tensor(a) for a in _fused_arrays(params)], None
+
+    def _gru(self, impl, params, X, h0):
+        fn, weights, _ = self._gru_fn(impl, params.spec, params)
+        Y, h_n = fn(_tensor(X), _tensor(h0), *weights)
+        return Y.asnumpy(), h_n.asnumpy()
+
+    def _gru_backward(self, impl, params, X, h0, dY, dh_n):
+        spec = params.spec
+        fn, weights, layer = self._gru_fn(impl, spec, params)
+        dY_t, dh_t = _tensor(dY), _tensor(dh_n)
+
+        def scalar(X, h0, *w):
+            Y, h_n = fn(X, h0, *w)
+            return (Y * dY_t).sum() + (h_n * dh_t).sum()
+
+        if layer is not None:
+            grads = ms.grad(scalar, grad_position=(0, 1), weights=weights)(_tensor(X), _tensor(h0))
+            (dX, dh0), dw = grads
+            dparams = _from_native({_short(p.name): g.asnumpy() for p, g in zip(weights, dw)},
+                                   spec)
+        else:
+            n = len(weights)
+            grads = ms.grad(scalar, grad_position=tuple(range(2 + n)))(
+                _tensor(X), _tensor(h0), *weights)
+            dX, dh0 = grads[0], grads[1]
+            dparams = _unfused(spec, [g.asnumpy() for g in grads[2:]])
+        return dparams, dX.asnumpy(), dh0.asnumpy()
+
+    def _lm_loss_and_grads(self, impl, model, X, Y, state):
+        lm = _LM(impl, model)
+        weights = lm.trainable_params()
+        (loss, logits, h_n), grads = ms.value_and_grad(lm, None, weights, has_aux=True)(
+            Tensor(X), Tensor(Y), _tensor(state))
+        return LMResult(float(loss.asnumpy()), lm.to_lm([g.asnumpy() for g in grads]),
+                        logits.asnumpy(), h_n.asnumpy())
+
+    def _make_trainer(self, model, **kw):
+        return MindSporeTrainer(model, **kw)
+
+    # -- the native layout hooks -----------------------------------------------------------
+    def _to_native(self, params):
+        return _to_native(params)
+
+    def _from_native(self, native, spec):
+        return _from_native(native, spec)
+
+    def _native_reference(self, spec, X, h0, seed):
+        layer = _new_native_layer(spec, seed)
+        Y, h_n = layer(_tensor(X), _tensor(h0))
+        return _read_native(layer, spec), Y.asnumpy(), h_n.asnumpy()
+
+
+backend = MindSporeBackend()
