@@ -51,15 +51,15 @@ def _cell(run) -> str:
 
 def markdown_table(runs: list[dict]) -> str:
     lines = [
-        "| backend | impl | cell | framework | epochs | perplexity | tokens/s | device | "
+        "| backend | impl | mode | cell | framework | epochs | perplexity | tokens/s | device | "
         "`time traveller` … | `traveller` … |",
-        "|---|---|---|---|--:|--:|--:|---|---|---|",
+        "|---|---|---|---|---|--:|--:|--:|---|---|---|",
     ]
     for r in runs:
         preds = [r["predictions"].get(p, "") for p in PREFIXES]
         preds = [p.replace("|", "\\|") for p in preds]
         lines.append(
-            f"| {r['backend']} | {r['impl']} | {_cell(r)} | {r['framework_version']} | "
+            f"| {r['backend']} | {r['impl']} | {r.get('mode', '')} | {_cell(r)} | {r['framework_version']} | "
             f"{r['epochs']} | {r['perplexity']:.2f} | {r['tokens_per_sec']:,.0f} | {r['device']} | "
             f"{preds[0]} | {preds[1]} |")
     book_lines = [f"- **{r['backend']} {r['impl']}**: perplexity {r['perplexity']:.1f}, "

@@ -155,7 +155,8 @@ def test_reproduce_runs_and_collects(tmp_path, data_dir):
     assert sorted(p.name for p in out.iterdir()) == ["numpy-scratch", "numpy-scratch-rnn"]
     proc = run("reproduce", "--collect", str(out), check=True)
     table = (out / "results.md").read_text()
-    assert "| numpy | scratch | reset-before |" in table and "| numpy | scratch | plain RNN |" in table
+    assert "| numpy | scratch | eager | reset-before |" in table
+    assert "| numpy | scratch | eager | plain RNN |" in table
     assert "perplexity" in proc.stdout and (out / "perplexity.png").stat().st_size > 1000
     assert_one_line_error(run("reproduce", "--collect", str(tmp_path / "empty")), "no finished runs")
     assert_one_line_error(run("reproduce", "--backend", "numpy"), "needs --out")
