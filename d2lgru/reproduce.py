@@ -76,7 +76,7 @@ def plot_runs(runs: list[dict], path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for r in runs:
         ax.plot(range(1, len(r["history"]) + 1), r["history"], lw=1.2,
-                label=f"{r['backend']} {r['impl']} {_cell(r)} ({r['perplexity']:.2f})")
+                label=f"{r['backend']} {r['impl']} {r.get('mode', '')} {_cell(r)} ({r['perplexity']:.2f})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
