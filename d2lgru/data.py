@@ -59,7 +59,6 @@ _CLEAN_TABLE = bytes(
 # The same, but line breaks ('\n', and '\r' as universal newlines read it) stay breaks.
 _SPACE, _BREAK = ord(" "), ord("\n")
 _CLEAN_BREAK_TABLE = bytes(_BREAK if b in b"\r\n" else c for b, c in enumerate(_CLEAN_TABLE))
-_CHUNK = 1 << 22
 
 
 class DataError(RuntimeError):
@@ -183,6 +182,8 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         raise DataError(
             f"could not read corpus file {str(path)!r} ({exc.strerror or exc})"
         ) from exc
+    if data.isascii():  # ASCII is UTF-8; the check is 10x cheaper than decoding
+        return data
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -375,26 +376,36 @@ def _clean_char_codes(data: bytes) -> np.ndarray:
     Equivalent to ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``:
     letters are kept (lowercased); a run of non-letters between two letters becomes one
     space, unless it holds a line break (then the lines' stripped ends meet directly).
-    Two vectorised passes: keep a space only right after a letter (this collapses runs and
-    strips line starts), then drop a space right before a line break or the end, and the breaks.
+    Two compactions: keep a space only right after a letter (this collapses runs and strips
+    line starts); then drop the line breaks, and a space right before one or at the end
+    (found from the breaks' positions, which are few).
     """
     codes = np.frombuffer(data.translate(_CLEAN_BREAK_TABLE), dtype=np.uint8)
     if codes.size == 0:
         return codes.copy()
-    after_letter = np.zeros(codes.size, dtype=bool)
-    np.greater(codes[:-1], _SPACE, out=after_letter[1:])  # letters are the only codes above ' '
-    codes = codes[(codes != _SPACE) | after_letter]
-    before_break = np.ones(codes.size, dtype=bool)
-    np.equal(codes[1:], _BREAK, out=before_break[:-1])
-    return codes[(codes > _SPACE) | ((codes == _SPACE) & ~before_break)]
+    keep = codes != _SPACE
+    # letters are the only codes above ' '
+    np.logical_or(keep[1:], codes[:-1] > _SPACE, out=keep[1:])
+    codes = codes[keep]
+    keep = codes != _BREAK
+    breaks = np.flatnonzero(~keep)
+    before = breaks[breaks > 0] - 1
+    keep[before[codes[before] == _SPACE]] = False
+    if codes[-1] == _SPACE:
+        keep[-1] = False
+    return codes[keep]
 
 
 def _count_bytes(codes: np.ndarray) -> np.ndarray:
-    """``np.bincount(codes, minlength=256)`` in cache-sized chunks (bincount widens to intp)."""
-    counts = np.zeros(256, dtype=np.int64)
-    for start in range(0, codes.size, _CHUNK):
-        counts += np.bincount(codes[start:start + _CHUNK], minlength=256)
-    return counts
+    """``np.bincount(codes, minlength=256)`` for uint8 ``codes``, counted in byte pairs (a
+    65536-bin count of half as many uint16 values, then summed over each byte of the pair):
+    twice as fast as counting the bytes, and no intp copy of the input."""
+    n = codes.size - codes.size % 2
+    pairs = np.bincount(codes[:n].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    counts = pairs.sum(axis=0) + pairs.sum(axis=1)  # each pair holds one byte of each kind
+    if codes.size % 2:
+        counts[codes[-1]] += 1
+    return counts.astype(np.int64)
 
 
 def _first_seen(codes: np.ndarray, present: np.ndarray) -> list[int]:
@@ -436,11 +447,15 @@ def load_corpus(
         counts = _count_bytes(codes)
         present = np.flatnonzero(counts)
         vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(codes, present))
-        lut = np.zeros(256, dtype=np.int64)  # bytes not in the vocab map to <unk> = 0
-        lut[present] = [vocab[chr(c)] for c in present.tolist()]
+        lut = bytearray(256)  # bytes not in the vocab map to <unk> = 0
+        for c in present.tolist():
+            lut[c] = vocab[chr(c)]
         if max_tokens > 0:
             codes = codes[:max_tokens]
-        return lut[codes], vocab
+        # cleaned text holds at most 27 symbols, so every index fits the byte table, which
+        # maps the codes at C speed (an int64 fancy-index gather is ~10x slower)
+        ids = np.frombuffer(codes.tobytes().translate(lut), dtype=np.uint8)
+        return ids.astype(np.int64), vocab
     words = data.translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
     vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())
@@ -537,7 +552,8 @@ def seq_data_iter_sequential(
     """Sequential partitioning: consecutive batches continue each row's text.
 
     Draws ``rng.integers(0, num_steps + 1)`` (offset).  Yields int64 ``(X, Y)`` of shape
-    ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one.
+    ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one: read-only views of the corpus
+    (strided, not contiguous; copy one to keep or modify it).
     """
     corpus = _as_corpus(corpus)
     batch_size, num_steps = _check_shape(len(corpus), batch_size, num_steps, False)
@@ -547,12 +563,13 @@ def seq_data_iter_sequential(
     ys = corpus[offset + 1:offset + 1 + num_tokens].reshape(batch_size, -1)
     num_batches = xs.shape[1] // num_steps
 
-    def batches():
-        for i in range(0, num_steps * num_batches, num_steps):
-            window = slice(i, i + num_steps)
-            yield np.ascontiguousarray(xs[:, window]), np.ascontiguousarray(ys[:, window])
+    def windows(rows):  # [num_batches, batch_size, num_steps] views of the corpus, no copy
+        cols = rows[:, :num_batches * num_steps].reshape(batch_size, num_batches, num_steps)
+        cols = cols.transpose(1, 0, 2)
+        cols.flags.writeable = False  # a consumer must not edit the corpus through a batch
+        return cols
 
-    return batches()
+    return zip(windows(xs), windows(ys))
 
 
 class SeqDataLoader:
