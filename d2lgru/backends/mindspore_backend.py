@@ -29,7 +29,10 @@ from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noq
 
 #: canonical gate index for each row block of MindSpore's weights (r, z, n); its own inverse
 NATIVE_GATE_ORDER = (1, 0, 2)
-MODES = ("graph", "pynative")
+# PyNative (with launch_blocking, see _setup) first: on the reference machine it trained faster
+# and steadier than GRAPH_MODE on both impls (scratch 7.6k vs 4.4k, native 11.1k vs 5.9k tokens/s,
+# benchmarks/run.py --backend mindspore --skip sweep ...); graph mode's runtime threads contend
+MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
 # MindSpore's default of 25 kernel threads makes every op cost milliseconds on a small machine;
 # the book's ops are small, so a few threads suffice (one beside the dispatcher on 2 cores)
@@ -307,7 +310,7 @@ class MindSporeTrainer(Trainer):
     def train_epoch(self, batches, *, random_iter=False):
         losses, state = [], None
         for X, Y in batches:
-            X, Y = np.asarray(X, np.int64), np.asarray(Y, np.int64)
+            X, Y = np.ascontiguousarray(X, np.int64), np.ascontiguousarray(Y, np.int64)
             if state is None or random_iter or state.shape[1] != X.shape[0]:
                 shape = (self.spec.num_layers * self.spec.num_directions, X.shape[0],
                          self.spec.hidden_size)
@@ -335,11 +338,12 @@ class MindSporeBackend(Backend):
             "the book's loop in MindSpore ops (input projection in one matmul, fused gate "
             "matmuls, row lookup for the one-hot input, tanh as 2 sigmoid(2x) - 1 since "
             "MindSpore's CPU float32 tanh is off by 1e-4), MindSpore autodiff; training step "
-            "compiled with mindspore.jit",
+            "in PyNative (mode graph: compiled with mindspore.jit)",
             gates=GATE_SETS, modes=MODES),
         "native": ImplInfo(
             "mindspore.nn.GRU (on CPU a loop of its reset-after cell, gates r, z, n) loaded from "
-            "canonical weights; training compiled with mindspore.jit",
+            "canonical weights; training step in PyNative (mode graph: compiled with "
+            "mindspore.jit)",
             reset_before=False, dtypes=("float32",), modes=MODES,
             why_not={
                 "reset_before": "mindspore.nn.GRU computes only the reset-after cell "

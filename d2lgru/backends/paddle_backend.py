@@ -394,14 +394,14 @@ class PaddleTrainer(Trainer):
 
 
 # -- the backend -----------------------------------------------------------------------------
-#: Execution modes, measured through d2lgru at the book's config on the shared 2-core machine.
-#: scratch: eager (dygraph) first; it wins on wall clock (17k against 14k tokens/s) and on work
-#: (43k against 23k tokens per CPU-second: the paddle.jit.to_static program's matmul gradients
-#: cost several times dygraph's). native: the to_static program first; it wins on wall clock
-#: (47k against 23k tokens/s), its multi-threaded executor getting more of the busy machine,
-#: for about the same work (54k against 58k tokens per CPU-second).
+#: Execution modes, measured through d2lgru at the book's config. Eager (dygraph) first for
+#: both impls. scratch: 37k against 22k tokens/s on a quiet 2-core machine (the
+#: paddle.jit.to_static program's matmul gradients cost several times dygraph's). native: 61k
+#: against 52k tokens/s on a quiet machine, measured twice (benchmarks/run.py --backend paddle
+#: --impl native --skip sweep ...); the static program only won while other jobs shared the
+#: cores, its multi-threaded executor getting more of a busy machine.
 _SCRATCH_MODES = ("eager", "static")
-_NATIVE_MODES = ("static", "eager")
+_NATIVE_MODES = ("eager", "static")
 
 
 class PaddleBackend(Backend):

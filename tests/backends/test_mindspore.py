@@ -53,9 +53,9 @@ def test_native_runs_float32_only(be):
     assert Y.dtype == np.float64
 
 
-def test_modes_are_graph_then_pynative(be):
+def test_modes_are_pynative_then_graph(be):
     with pytest.raises(UnsupportedError,
-                       match="impl 'scratch' has no mode 'eager'; valid: graph, pynative"):
+                       match="impl 'scratch' has no mode 'eager'; valid: pynative, graph"):
         be.make_trainer(init_lm(5, 4), mode="eager")
 
 
@@ -182,9 +182,9 @@ def batches(data_dir):
 def test_graph_and_pynative_train_alike(be, batches, impl):
     data, V = batches
     model = init_lm(V, 16, reset_after=impl == "native")
-    assert be.impls[impl].modes[0] == "graph"
+    assert be.impls[impl].modes[0] == "pynative"
     trainers = {m: be.make_trainer(model, impl=impl, mode=m) for m in ("graph", "pynative")}
-    assert be.make_trainer(model, impl=impl).mode == "graph"
+    assert be.make_trainer(model, impl=impl).mode == "pynative"
     losses = {m: np.concatenate([t.train_epoch(data), t.train_epoch(data, random_iter=True)])
               for m, t in trainers.items()}
     np.testing.assert_allclose(losses["graph"], losses["pynative"], rtol=1e-6)

@@ -207,7 +207,7 @@ def test_capabilities_are_declared(be):
         assert caps[impl]["max_layers"] is None and caps[impl]["bidirectional"]
         assert caps[impl]["dtypes"] == ["float32", "float64"]
         assert caps[impl]["modes"][-1] == "eager"
-    assert caps["scratch"]["modes"][0] == "graph" and caps["native"]["modes"][0] == "xla"
+    assert caps["scratch"]["modes"][0] == "xla" and caps["native"]["modes"][0] == "xla"
     assert be.devices == ("cpu", "gpu")
 
 
