@@ -25,10 +25,9 @@ from mindspore import Tensor, nn, ops  # noqa: E402
 
 from ..model import LMParams  # noqa: E402
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec  # noqa: E402
+from . import _cudnn_layout  # noqa: E402
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
 
-#: canonical gate index for each row block of MindSpore's weights (r, z, n); its own inverse
-NATIVE_GATE_ORDER = (1, 0, 2)
 # PyNative (with launch_blocking, see _setup) first: on the reference machine it trained faster
 # and steadier than GRAPH_MODE on both impls (scratch 7.6k vs 4.4k, native 11.1k vs 5.9k tokens/s,
 # benchmarks/run.py --backend mindspore --skip sweep ...); graph mode's runtime threads contend
@@ -43,63 +42,15 @@ def _tensor(a) -> Tensor:
     return Tensor(np.ascontiguousarray(a))
 
 
-# -- the native layout: the only place that knows it ---------------------------------------
-def _native_suffix(layer: int, direction: int) -> str:
-    return f"l{layer}{'_reverse' if direction else ''}"
-
-
+# -- the native layout: cuDNN's (see _cudnn_layout), rows r | z | n ------------------------
 def _to_native(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> ``nn.GRU``'s parameters by name: ``[3H, in]`` weights, rows r | z | n."""
-    spec, out = params.spec, {}
-    H = spec.hidden_size
-    order = list(NATIVE_GATE_ORDER)
-    for l, d in spec.cells():
-        c, sfx = params.cell(l, d), _native_suffix(l, d)
-        out[f"weight_ih_{sfx}"] = np.ascontiguousarray(
-            c.W_x[order].transpose(0, 2, 1).reshape(3 * H, -1))
-        out[f"weight_hh_{sfx}"] = np.ascontiguousarray(
-            c.W_h[order].transpose(0, 2, 1).reshape(3 * H, H))
-        out[f"bias_ih_{sfx}"] = c.b_x[order].reshape(3 * H).copy()
-        out[f"bias_hh_{sfx}"] = c.b_h[order].reshape(3 * H).copy()
-    return out
-
-
-def _native_shapes(spec: GRUSpec) -> dict[str, tuple[int, ...]]:
-    H3, out = 3 * spec.hidden_size, {}
-    for l, d in spec.cells():
-        sfx = _native_suffix(l, d)
-        out.update({f"weight_ih_{sfx}": (H3, spec.layer_input_size(l)),
-                    f"weight_hh_{sfx}": (H3, spec.hidden_size),
-                    f"bias_ih_{sfx}": (H3,), f"bias_hh_{sfx}": (H3,)})
-    return out
+    return _cudnn_layout.to_native(params)
 
 
 def _from_native(native, spec: GRUSpec) -> GRUParams:
     """``nn.GRU``'s parameters (or their gradients) by name -> canonical."""
-    shapes = _native_shapes(spec)
-    missing = [k for k in shapes if k not in native]
-    if missing:
-        raise ValueError(f"native parameters for a {spec.describe()} lack "
-                         f"{', '.join(map(repr, missing))}")
-    for k, shape in shapes.items():
-        if np.shape(native[k]) != shape:
-            raise ValueError(f"{k} must have shape {shape} for a {spec.describe()}, "
-                             f"got {np.shape(native[k])}")
-    H, order = spec.hidden_size, list(NATIVE_GATE_ORDER)
-
-    def weight(k):  # [3H, in], rows r | z | n -> [3, in, H], gates z, r, h
-        w = np.asarray(native[k]).reshape(3, H, -1)[order]
-        return np.ascontiguousarray(w.transpose(0, 2, 1))
-
-    def bias(k):
-        return np.ascontiguousarray(np.asarray(native[k]).reshape(3, H)[order])
-
-    cells = [[CellParams(weight(f"weight_ih_{_native_suffix(l, d)}"),
-                         weight(f"weight_hh_{_native_suffix(l, d)}"),
-                         bias(f"bias_ih_{_native_suffix(l, d)}"),
-                         bias(f"bias_hh_{_native_suffix(l, d)}"))
-              for d in range(spec.num_directions)] for l in range(spec.num_layers)]
-    return GRUParams(spec, cells)
+    return _cudnn_layout.from_native(native, spec, "mindspore.nn.GRU")
 
 
 def _new_native_layer(spec: GRUSpec, seed: int | None = None) -> nn.GRU:

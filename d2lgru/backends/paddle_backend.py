@@ -49,67 +49,26 @@ with warnings.catch_warnings():
     import paddle.nn.functional as F
 
 from ..model import LMParams
-from ..spec import GATE_INDEX, GATE_SETS, CellParams, GRUParams, GRUSpec
+from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
+from . import _cudnn_layout
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
 
-#: the gate order of paddle.nn.GRU's stacked rows (GRUCell.forward: ``x_r, x_z, x_c = split``)
-PADDLE_GATES = ("r", "z", "h")
-_TO_PADDLE = [GATE_INDEX[g] for g in PADDLE_GATES]    # paddle row block k holds canonical gate
-_FROM_PADDLE = list(np.argsort(_TO_PADDLE))           # canonical gate g sits in paddle block
+#: the gate order of paddle.nn.GRU's stacked rows (GRUCell.forward: ``x_r, x_z, x_c = split``),
+#: cuDNN's layout (see _cudnn_layout)
+PADDLE_GATES = _cudnn_layout.NATIVE_GATES
 
 
-# -- the native layout: the only code that knows paddle.nn.GRU's parameters -------------------
-def _native_names(layer: int, direction: int) -> dict[str, str]:
-    suffix = "_reverse" if direction == 1 else ""
-    return {"W_x": f"weight_ih_l{layer}{suffix}", "W_h": f"weight_hh_l{layer}{suffix}",
-            "b_x": f"bias_ih_l{layer}{suffix}", "b_h": f"bias_hh_l{layer}{suffix}"}
-
-
+# -- the native layout: cuDNN's, named as paddle.nn.GRU's named_parameters() names it ---------
 def to_paddle_gru(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> ``paddle.nn.GRU`` parameters: ``W [3, A, H]`` in gates z, r, h becomes
     ``[3H, A]`` with row blocks r, z, h; biases ``[3, H]`` become ``[3H]`` the same way."""
-    H = params.spec.hidden_size
-    native = {}
-    for l, d in params.spec.cells():
-        cell, names = params.cell(l, d), _native_names(l, d)
-        for name in ("W_x", "W_h"):
-            w = getattr(cell, name)[_TO_PADDLE]                       # [3, A, H]
-            native[names[name]] = np.ascontiguousarray(w.transpose(0, 2, 1).reshape(3 * H, -1))
-        for name in ("b_x", "b_h"):
-            native[names[name]] = np.ascontiguousarray(getattr(cell, name)[_TO_PADDLE].reshape(-1))
-    return native
+    return _cudnn_layout.to_native(params)
 
 
 def from_paddle_gru(native: dict, spec: GRUSpec) -> GRUParams:
     """``paddle.nn.GRU`` parameters (or their gradients), as :func:`to_paddle_gru` names them,
     -> canonical :class:`GRUParams`."""
-    H = spec.hidden_size
-    expected = [name for l, d in spec.cells() for name in _native_names(l, d).values()]
-    missing = [k for k in expected if k not in native]
-    extra = sorted(set(native) - set(expected))
-    if missing or extra:
-        raise ValueError(f"paddle.nn.GRU parameters for a {spec.describe()} "
-                         + (f"lack {', '.join(map(repr, missing))}" if missing else "")
-                         + ("; " if missing and extra else "")
-                         + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
-    cells = []
-    for l in range(spec.num_layers):
-        row = []
-        for d in range(spec.num_directions):
-            names, arrays = _native_names(l, d), {}
-            shapes = {"W_x": (3 * H, spec.layer_input_size(l)), "W_h": (3 * H, H),
-                      "b_x": (3 * H,), "b_h": (3 * H,)}
-            for name, shape in shapes.items():
-                a = np.asarray(native[names[name]])
-                if a.shape != shape:
-                    raise ValueError(f"{names[name]} must have shape {shape} for a "
-                                     f"{spec.describe()}, got {a.shape}")
-                a = a.reshape(3, H, -1)[_FROM_PADDLE]                # canonical gate order
-                arrays[name] = (np.ascontiguousarray(a.transpose(0, 2, 1)) if name[0] == "W"
-                                else np.ascontiguousarray(a.reshape(3, H)))
-            row.append(CellParams(**arrays))
-        cells.append(row)
-    return GRUParams(spec, cells)
+    return _cudnn_layout.from_native(native, spec, "paddle.nn.GRU")
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -24,59 +24,22 @@ import torch.nn.functional as F
 
 from ..model import LMParams
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
+from . import _cudnn_layout
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
 
-#: torch.nn.GRU's gate k holds canonical gate _NATIVE_GATES[k] (r, z, n <- z, r, h); the
-#: permutation is its own inverse, so the same list converts both ways.
-_NATIVE_GATES = [1, 0, 2]
-_NATIVE_ARRAYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
-
-# -- the native layout ---------------------------------------------------------------------
-def _native_suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
-
-
+# -- the native layout: cuDNN's (see _cudnn_layout), named as named_parameters() names it --
 def to_native(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> ``torch.nn.GRU``'s ``named_parameters()`` names and layout."""
-    spec = params.spec
-    H = spec.hidden_size
-    native = {}
-    for l, d in spec.cells():
-        c, sfx = params.cell(l, d), _native_suffix(l, d)
-        native["weight_ih" + sfx] = np.ascontiguousarray(
-            c.W_x[_NATIVE_GATES].transpose(0, 2, 1).reshape(3 * H, -1))
-        native["weight_hh" + sfx] = np.ascontiguousarray(
-            c.W_h[_NATIVE_GATES].transpose(0, 2, 1).reshape(3 * H, H))
-        native["bias_ih" + sfx] = c.b_x[_NATIVE_GATES].reshape(3 * H)
-        native["bias_hh" + sfx] = c.b_h[_NATIVE_GATES].reshape(3 * H)
-    return native
+    return _cudnn_layout.to_native(params)
 
 
 def from_native(native: dict, spec: GRUSpec) -> GRUParams:
-    """``torch.nn.GRU``'s parameters (or their gradients), keyed as :func:`to_native` keys
-    them -> canonical :class:`GRUParams`."""
-    H = spec.hidden_size
-    cells = [[None] * spec.num_directions for _ in range(spec.num_layers)]
-    for l, d in spec.cells():
-        sfx, I = _native_suffix(l, d), spec.layer_input_size(l)
-        arrays = {}
-        for name, shape in zip(_NATIVE_ARRAYS, ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))):
-            if name + sfx not in native:
-                raise ValueError(f"torch.nn.GRU parameters for a {spec.describe()} lack "
-                                 f"{name + sfx!r}")
-            a = native[name + sfx]
-            a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-            if a.shape != shape:
-                raise ValueError(f"{name + sfx} must have shape {shape} for a "
-                                 f"{spec.describe()}, got {a.shape}")
-            arrays[name] = a.reshape(3, H, -1)[_NATIVE_GATES]
-        cells[l][d] = CellParams(
-            W_x=np.ascontiguousarray(arrays["weight_ih"].transpose(0, 2, 1)),
-            W_h=np.ascontiguousarray(arrays["weight_hh"].transpose(0, 2, 1)),
-            b_x=np.ascontiguousarray(arrays["bias_ih"][..., 0]),
-            b_h=np.ascontiguousarray(arrays["bias_hh"][..., 0]))
-    return GRUParams(spec, cells)
+    """``torch.nn.GRU``'s parameters (or their gradients; tensors or arrays), keyed as
+    :func:`to_native` keys them -> canonical :class:`GRUParams`."""
+    arrays = {k: a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+              for k, a in native.items()}
+    return _cudnn_layout.from_native(arrays, spec, "torch.nn.GRU")
 
 
 def _native_gru(spec: GRUSpec, native: dict, dtype, device) -> torch.nn.GRU:
