@@ -5,12 +5,8 @@ import pytest
 
 import d2lgru
 from d2lgru import GRUParams, GRUSpec, ParamsFileError, init_params
+from helpers import random_params
 
-
-def random_params(spec, seed=0, dtype=np.float64, scale=0.5):
-    rng = np.random.default_rng(seed)
-    return init_params(spec, 0, dtype=dtype).map(
-        lambda a: (rng.standard_normal(a.shape) * scale).astype(dtype))
 
 
 def onnx_gru_reference(X, W, R, B, h0, linear_before_reset):

@@ -131,9 +131,16 @@ def to_keras(params: GRUParams) -> dict[str, np.ndarray]:
 
 def _check_keras_dict(native, spec: GRUSpec):
     shapes = keras_shapes(spec)
-    if not isinstance(native, dict) or set(native) != set(shapes):
-        got = sorted(native) if isinstance(native, dict) else type(native).__name__
-        raise ValueError(f"Keras parameters of a {spec.describe()} are {sorted(shapes)}, got {got}")
+    if not isinstance(native, dict):
+        raise ValueError(f"Keras parameters must be a dict of arrays by variable path, got "
+                         f"{type(native).__name__}")
+    missing = [k for k in shapes if k not in native]
+    extra = sorted(set(native) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"Keras parameters for a {spec.describe()} "
+                         + (f"lack {', '.join(map(repr, missing))}" if missing else "")
+                         + ("; " if missing and extra else "")
+                         + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
     dtypes = set()
     for name, shape in shapes.items():
         a = native[name]

@@ -15,6 +15,7 @@ import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
+from helpers import random_params
 
 @pytest.fixture(scope="module")
 def be():
@@ -25,11 +26,6 @@ def be():
 def oracle():
     return d2lgru.get_backend("numpy")
 
-
-def random_params(spec, dtype=np.float64, seed=0, sigma=0.5):
-    rng = np.random.default_rng(seed)
-    return init_params(spec, dtype=dtype).map(
-        lambda a: (rng.standard_normal(a.shape) * sigma).astype(dtype))
 
 
 # -- one clear error per mistake -----------------------------------------------------------
@@ -77,15 +73,10 @@ def test_native_has_no_gate_ablations(be, oracle):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
-def test_wrong_native_dtypes_and_shapes(be):
+def test_wrong_native_dtypes(be):
     params = init_params(GRUSpec(3, 4, reset_after=True))  # float32
     with pytest.raises(TypeError, match="X is float64 but the parameters are float32"):
         be.gru(params, np.zeros((2, 1, 3)), impl="native")
-    native = be.to_native(params)
-    with pytest.raises(ValueError, match="lack 'bias_hh_l0'"):
-        be.from_native({k: v for k, v in native.items() if k != "bias_hh_l0"}, params.spec)
-    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(12, 3\)"):
-        be.from_native({**native, "weight_ih_l0": np.zeros((3, 12), np.float32)}, params.spec)
 
 
 def test_cli_refuses_the_native_reset_before_cell(data_dir, capsys):
@@ -130,7 +121,7 @@ def test_nn_gru_matches_the_oracle_through_the_converters(be, oracle):
     (asymmetric random weights and biases would expose a swapped gate or a flipped update).
     Small inputs keep its candidate pre-activations where MindSpore's tanh is accurate."""
     spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
-    params = random_params(spec, np.float32, seed=1, sigma=0.3)
+    params = random_params(spec, np.float32, seed=1, scale=0.3)
     rng = np.random.default_rng(2)
     X = rng.standard_normal((6, 2, 3)).astype(np.float32)
     h0 = rng.uniform(-1, 1, (4, 2, 5)).astype(np.float32)

@@ -17,6 +17,7 @@ from d2lgru.backends import mxnet_backend as mxb
 from d2lgru.data import load_data_time_machine
 from d2lgru.model import init_lm
 from d2lgru.spec import CellParams, GRUParams, GRUSpec, init_params
+from helpers import random_params
 
 mx = pytest.importorskip("mxnet")
 
@@ -24,11 +25,6 @@ BACKEND = get_backend("mxnet")
 ORACLE = get_backend("numpy")
 IMPL_CELLS = [("scratch", False), ("scratch", True), ("native", True)]
 
-
-def _random_params(spec, dtype=np.float64, seed=0, sigma=0.5):
-    rng = np.random.default_rng(seed)
-    return init_params(spec, dtype=dtype).map(
-        lambda a: (rng.standard_normal(a.shape) * sigma).astype(dtype))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,7 @@ def test_the_native_layer_refuses_gate_ablations_and_scratch_runs_them():
     X = np.ones((3, 2, 5), np.float32)
     with pytest.raises(UnsupportedError, match="full GRU only"):
         BACKEND.gru(init_params(spec), X, impl="native")
-    params = _random_params(spec, np.float32)
+    params = random_params(spec, np.float32)
     Y, _ = BACKEND.gru(params, X, impl="scratch")
     np.testing.assert_allclose(Y, ORACLE.gru(params, X)[0], rtol=1e-4, atol=1e-5)
 
@@ -72,11 +68,11 @@ def test_wrong_dtypes_and_shapes():
 
 def test_from_native_names_what_is_missing_or_misshapen():
     spec = GRUSpec(5, 8, 2, True, True)
-    native = BACKEND.to_native(_random_params(spec, np.float32))
+    native = BACKEND.to_native(random_params(spec, np.float32))
     del native["r1_h2h_bias"]
     with pytest.raises(ValueError, match=r"missing \['r1_h2h_bias'\]"):
         BACKEND.from_native(native, spec)
-    native = BACKEND.to_native(_random_params(spec, np.float32))
+    native = BACKEND.to_native(random_params(spec, np.float32))
     native["l0_i2h_weight"] = native["l0_i2h_weight"].T
     with pytest.raises(ValueError, match=r"l0_i2h_weight must have shape \(24, 5\)"):
         BACKEND.from_native(native, spec)
@@ -87,7 +83,7 @@ def test_from_native_names_what_is_missing_or_misshapen():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_native_round_trip_is_bit_exact(dtype):
     spec = GRUSpec(5, 8, 2, True, True)
-    params = _random_params(spec, dtype)
+    params = random_params(spec, dtype)
     native = BACKEND.to_native(params)
     assert sorted(native) == sorted(f"{d}{l}_{k}" for d in "lr" for l in (0, 1) for k in (
         "i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias"))
@@ -116,7 +112,7 @@ def test_the_native_update_gate_keeps_the_state_as_ours_does():
     """An update-gate bias of +30 (Z = 1) must keep h0: a layer that read our z as its r (or
     flipped ``z``) would not."""
     spec = GRUSpec(3, 4, reset_after=True)
-    params = _random_params(spec, np.float64, sigma=0.3)
+    params = random_params(spec, np.float64, scale=0.3)
     params.cell(0).b_x[0] = 30.0
     rng = np.random.default_rng(1)
     X, h0 = rng.standard_normal((5, 2, 3)), rng.uniform(-1, 1, (1, 2, 4))
@@ -142,7 +138,7 @@ def test_multilayer_native_gradients_without_an_input_gradient():
     no gradient (the language model's one-hot input); float64 takes that CPU path."""
     spec = GRUSpec(6, 8, 2, True, True)
     rng = np.random.default_rng(4)
-    gru = _random_params(spec)
+    gru = random_params(spec)
     model = d2lgru.LMParams(gru, rng.standard_normal((16, 6)) * 0.3, rng.standard_normal(6) * 0.3)
     X, Y = rng.integers(0, 6, (4, 7)), rng.integers(0, 6, (4, 7))
     ours = BACKEND.lm_loss_and_grads(model, X, Y, impl="native")

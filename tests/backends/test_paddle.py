@@ -7,6 +7,7 @@ import pytest
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.data import load_data_time_machine
+from helpers import random_params
 
 d2lgru.get_backend("paddle")  # the adapter imports paddle first, with its import-time noise off
 import paddle  # noqa: E402
@@ -17,11 +18,6 @@ import paddle  # noqa: E402
 def be():
     return d2lgru.get_backend("paddle")
 
-
-def random_params(spec, dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    return init_params(spec, dtype=dtype).map(
-        lambda a: (rng.standard_normal(a.shape) * 0.5).astype(dtype))
 
 
 def has_gpu():
@@ -47,15 +43,6 @@ def test_absent_gpu_is_one_clear_error(be, device):
     with pytest.raises(UnsupportedError,
                        match=f"cannot use device '{device}': .*(CPU-only|no CUDA)"):
         be.make_trainer(init_lm(5, 4), device=device)
-
-
-def test_from_native_names_what_is_missing_or_misshapen(be):
-    params = init_params(GRUSpec(3, 4, reset_after=True))  # float32
-    native = be.to_native(params)
-    with pytest.raises(ValueError, match="lack 'bias_hh_l0'"):
-        be.from_native({k: v for k, v in native.items() if k != "bias_hh_l0"}, params.spec)
-    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(12, 3\)"):
-        be.from_native({**native, "weight_ih_l0": np.zeros((3, 12))}, params.spec)
 
 
 # -- paddle.nn.GRU's layout ----------------------------------------------------------------

@@ -4,6 +4,7 @@ declared rather than discovered, and one clear error per mistake. Each backend's
 (test_<name>.py) adds what only its framework has."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,20 @@ def test_wrong_dtypes_and_shapes(be):
     with pytest.raises(TypeError, match="state is float64 but the parameters are float32"):
         be.lm_loss_and_grads(init_lm(5, 4), np.zeros((1, 3), int), np.zeros((1, 3), int),
                              np.zeros((1, 1, 4)))
+
+
+def test_from_native_names_what_is_missing_or_misshapen(be):
+    params = init_params(GRUSpec(3, 4, reset_after=True))  # float32
+    if "native" not in be.impls:
+        with pytest.raises(UnsupportedError, match="no impl 'native'|has no native"):
+            be.to_native(params)
+        return
+    native = be.to_native(params)
+    first, last = (re.escape(k) for k in (list(native)[0], list(native)[-1]))
+    with pytest.raises(ValueError, match=f"(lack|missing).*{last}"):
+        be.from_native({k: v for k, v in native.items() if k != list(native)[-1]}, params.spec)
+    with pytest.raises(ValueError, match=f"{first}.*shape"):
+        be.from_native({**native, list(native)[0]: np.zeros((1, 1), np.float32)}, params.spec)
 
 
 @pytest.mark.parametrize("impl,reset_after", _declared())

@@ -14,6 +14,7 @@ import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.data import load_data_time_machine
 from d2lgru.train import TrainConfig, train
+from helpers import random_params
 
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 VARIANTS = pytest.mark.parametrize("reset_after", [False, True],
@@ -29,11 +30,6 @@ def be():
 def oracle():
     return d2lgru.get_backend("numpy")
 
-
-def random_params(spec, dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    return init_params(spec, dtype=dtype).map(
-        lambda a: (rng.standard_normal(a.shape) * 0.5).astype(dtype))
 
 
 # -- checkpoints cross the NumPy/TensorFlow boundary both ways -----------------------------
@@ -70,12 +66,6 @@ def test_wrong_dtypes_and_shapes(be):
     with pytest.raises(TypeError, match="state is float64 but the parameters are float32"):
         be.lm_loss_and_grads(init_lm(5, 4), np.zeros((1, 3), int), np.zeros((1, 3), int),
                              np.zeros((1, 1, 4)), impl="native")
-    native = be.to_native(params)
-    with pytest.raises(ValueError, match="Keras parameters of a .* are .*got"):
-        be.from_native({k: v for k, v in native.items() if not k.endswith("bias")}, params.spec)
-    with pytest.raises(ValueError, match=r"gru_0/gru_cell/kernel must be a NumPy array of "
-                                         r"shape \(3, 12\)"):
-        be.from_native({**native, "gru_0/gru_cell/kernel": np.zeros((12, 3))}, params.spec)
 
 
 def test_the_backend_prints_nothing_on_stderr():

@@ -7,6 +7,7 @@ import torch
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.data import load_data_time_machine
+from helpers import random_params
 
 
 
@@ -14,11 +15,6 @@ from d2lgru.data import load_data_time_machine
 def be():
     return d2lgru.get_backend("torch")
 
-
-def random_params(spec, dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    return init_params(spec, dtype=dtype).map(
-        lambda a: (rng.standard_normal(a.shape) * 0.5).astype(dtype))
 
 
 # -- checkpoints cross the NumPy/torch boundary both ways ----------------------------------
@@ -37,15 +33,6 @@ def test_native_has_no_gate_ablations(be):
 def test_absent_gpu_is_one_clear_error(be, device):
     with pytest.raises(UnsupportedError, match=f"cannot use device '{device}'.* sees no CUDA GPU"):
         be.make_trainer(init_lm(5, 4), device=device)
-
-
-def test_from_native_names_what_is_missing_or_misshapen(be):
-    params = init_params(GRUSpec(3, 4, reset_after=True))  # float32
-    native = be.to_native(params)
-    with pytest.raises(ValueError, match="lack 'bias_hh_l0'"):
-        be.from_native({k: v for k, v in native.items() if k != "bias_hh_l0"}, params.spec)
-    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(12, 3\)"):
-        be.from_native({**native, "weight_ih_l0": np.zeros((3, 12))}, params.spec)
 
 
 # -- torch.nn.GRU's layout -----------------------------------------------------------------

@@ -1,0 +1,13 @@
+"""Helpers shared by the test files (importable as ``helpers``: pytest puts tests/ on the path)."""
+
+import numpy as np
+
+from d2lgru.spec import init_params
+
+
+def random_params(spec, dtype=np.float64, seed=0, scale=0.5):
+    """Every weight and bias drawn from N(0, scale²): unlike the book's init (small weights,
+    zero biases), this exercises every parameter's role, biases included."""
+    rng = np.random.default_rng(seed)
+    return init_params(spec, dtype=dtype).map(
+        lambda a: (rng.standard_normal(a.shape) * scale).astype(dtype))
