@@ -19,6 +19,18 @@ def random_batches(vocab: int, batch_size: int, num_steps: int, count: int, seed
             for i in range(count)]
 
 
+def trainer_factory(trainer_cls, modes):
+    """The module's ``make_trainer(vocab, hidden, batch_size, num_steps, *, mode=modes[0],
+    device, lr, clip, seed)``: checks the mode and builds ``trainer_cls`` with the rest."""
+    def make_trainer(vocab, hidden, batch_size, num_steps, *, mode=modes[0], device="cpu",
+                     lr=1.0, clip=1.0, seed=0):
+        if mode not in modes:
+            raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+        return trainer_cls(vocab, hidden, batch_size, num_steps, mode=mode, device=device, lr=lr,
+                           clip=clip, seed=seed)
+    return make_trainer
+
+
 def standalone(module, argv=None):
     """``python -m benchmarks.bare.<name>``: tokens/s of every mode at one configuration."""
     p = argparse.ArgumentParser(prog=f"python -m benchmarks.bare.{module.NAME}",

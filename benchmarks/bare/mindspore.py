@@ -17,6 +17,8 @@ os.environ.setdefault("GLOG_v", "3")  # errors only
 import mindspore as ms
 from mindspore import nn, ops
 
+from benchmarks.bare._common import trainer_factory  # noqa: E402
+
 NAME = "mindspore"
 MODES = ("graph", "jit", "pynative")
 
@@ -83,12 +85,7 @@ class Trainer:
         return ops.stack(losses).asnumpy()
 
 
-def make_trainer(vocab, hidden, batch_size, num_steps, *, mode="graph", device="cpu", lr=1.0,
-                 clip=1.0, seed=0):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return Trainer(vocab, hidden, batch_size, num_steps, mode=mode, device=device, lr=lr,
-                   clip=clip, seed=seed)
+make_trainer = trainer_factory(Trainer, MODES)
 
 
 def gemm(n, device="cpu"):

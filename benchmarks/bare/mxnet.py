@@ -20,6 +20,8 @@ from mxnet.gluon import nn, rnn
 
 npx.set_np()
 
+from benchmarks.bare._common import trainer_factory  # noqa: E402
+
 NAME = "mxnet"
 MODES = ("hybridize", "imperative")
 
@@ -96,12 +98,7 @@ class Trainer:
         return np.stack(losses).asnumpy()
 
 
-def make_trainer(vocab, hidden, batch_size, num_steps, *, mode="hybridize", device="cpu", lr=1.0,
-                 clip=1.0, seed=0):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return Trainer(vocab, hidden, batch_size, num_steps, mode=mode, device=device, lr=lr,
-                   clip=clip, seed=seed)
+make_trainer = trainer_factory(Trainer, MODES)
 
 
 def gemm(n, device="cpu"):

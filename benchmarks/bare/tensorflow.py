@@ -17,6 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from benchmarks.bare._common import trainer_factory  # noqa: E402
+
 NAME = "tensorflow"
 MODES = ("function", "xla", "eager")
 
@@ -77,12 +79,7 @@ class Trainer:
             return tf.stack(losses).numpy()
 
 
-def make_trainer(vocab, hidden, batch_size, num_steps, *, mode="function", device="cpu", lr=1.0,
-                 clip=1.0, seed=0):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return Trainer(vocab, hidden, batch_size, num_steps, mode=mode, device=device, lr=lr,
-                   clip=clip, seed=seed)
+make_trainer = trainer_factory(Trainer, MODES)
 
 
 def gemm(n, device="cpu"):

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmarks.bare._common import trainer_factory  # noqa: E402
+
 NAME = "torch"
 MODES = ("eager", "compile")
 
@@ -82,12 +84,7 @@ class Trainer:
         return torch.stack(losses).cpu().numpy()
 
 
-def make_trainer(vocab, hidden, batch_size, num_steps, *, mode="eager", device="cpu", lr=1.0,
-                 clip=1.0, seed=0):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return Trainer(vocab, hidden, batch_size, num_steps, mode=mode, device=device, lr=lr,
-                   clip=clip, seed=seed)
+make_trainer = trainer_factory(Trainer, MODES)
 
 
 def gemm(n, device="cpu"):
