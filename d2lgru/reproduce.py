@@ -62,7 +62,11 @@ def markdown_table(runs: list[dict]) -> str:
             f"| {r['backend']} | {r['impl']} | {r.get('mode', '')} | {_cell(r)} | {r['framework_version']} | "
             f"{r['epochs']} | {r['perplexity']:.2f} | {r['tokens_per_sec']:,.0f} | {r['device']} | "
             f"{preds[0]} | {preds[1]} |")
-    book_lines = [f"- **{r['backend']} {r['impl']}**: perplexity {r['perplexity']:.1f}, "
+    def who(r):
+        exercise = r["config"].get("gates", "both") != "both"
+        return f"{r['backend']} {r['impl']}" + (f" ({_cell(r)})" if exercise else "")
+
+    book_lines = [f"- **{who(r)}**: perplexity {r['perplexity']:.1f}, "
                   f"{r['tokens_per_sec']:.1f} tokens/sec on {r['device']}" for r in runs]
     return "\n".join(lines) + "\n\nIn the book's words:\n\n" + "\n".join(book_lines) + "\n"
 
@@ -73,15 +77,18 @@ def plot_runs(runs: list[dict], path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    rows = (len(runs) + 1) // 2
+    fig, ax = plt.subplots(figsize=(8, 4.4 + 0.17 * rows), dpi=120)
     for r in runs:
-        ax.plot(range(1, len(r["history"]) + 1), r["history"], lw=1.2,
+        exercise = r["config"].get("gates", "both") != "both"  # the book's exercises: dashed
+        ax.plot(range(1, len(r["history"]) + 1), r["history"], lw=1.0,
+                ls="--" if exercise else "-",
                 label=f"{r['backend']} {r['impl']} {r.get('mode', '')} {_cell(r)} ({r['perplexity']:.2f})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.set_title("GRU on The Time Machine, the book's config, every backend")
     fig.tight_layout()
     path = Path(path)
