@@ -6,7 +6,8 @@
 Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
-``<machine-label>-quick``), then ``compare.py`` turns every result there into ``results.md``,
+``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs that are not
+quick), then ``compare.py`` turns every result there into ``results.md``,
 ``throughput.png`` and ``sweep.png``. Standard library only: any Python 3.9+ can run it.
 """
 
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
         print(f"== {backend}: {' '.join(cmd)}", flush=True)
         tic = time.perf_counter()
         status = subprocess.run(cmd, cwd=REPO).returncode
+        if status == 0 and not args.quick and args.device == "cpu":  # what bounds the speed
+            status = subprocess.run([str(python), str(REPO / "benchmarks" / "limits.py"),
+                                     "--backend", backend, "--out", str(out)], cwd=REPO).returncode
         print(f"== {backend}: {'done' if status == 0 else f'FAILED (status {status})'} in "
               f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
         (ran if status == 0 else skipped).append(backend if status == 0 else

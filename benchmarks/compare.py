@@ -30,13 +30,20 @@ TARGET_NUMPY_VS_TORCH = 0.5
 TARGET_PIPELINE = 100.0
 
 
-def load(paths) -> list[dict]:
+LIMITS_FORMAT = "d2lgru.Limits/1"  # benchmarks/limits.py
+
+
+def load(paths, limits=None) -> list[dict]:
+    """Benchmark results, ordered by backend; ``limits.py`` files go to the ``limits`` list."""
     files = []
     for p in map(Path, paths):
         files += sorted(p.glob("*.json")) if p.is_dir() else [p]
     results = []
     for f in files:
         r = json.loads(f.read_text())
+        if r.get("format") == LIMITS_FORMAT and limits is not None:
+            limits.append(r)
+            continue
         if r.get("format") != "d2lgru.Benchmark/1":
             print(f"skipping {f}: not a d2lgru benchmark result", file=sys.stderr)
             continue
@@ -263,10 +270,13 @@ def targets(results, pipe) -> list[str]:
                 "not measured" if not rows else "bare model failed"
             lines.append(f"   - {r['backend']}: n/a ({why})")
             continue
-        parts = [f"{e['impl']} {e['mode']} {median(e) / median(fb):.2f}×" for e in rows]
-        best = max(median(e) for e in rows) / median(fb)
+        ratios = {e["impl"]: median(e) / median(fb) for e in rows}
+        parts = [f"{e['impl']} {e['mode']} {ratios[e['impl']]:.2f}×" for e in rows]
+        missed = [impl for impl, x in ratios.items() if x < TARGET_BARE]
+        verdict = status(not missed) + (f" for {', '.join(missed)}" if missed and
+                                        len(missed) < len(ratios) else "")
         lines.append(f"   - {r['backend']}: {', '.join(parts)} (bare {fb['mode']} "
-                     f"{median(fb):,.0f} tokens/s) — {status(best >= TARGET_BARE)}")
+                     f"{median(fb):,.0f} tokens/s) — {verdict}")
     fractions = [(e.get("fraction_of_flop_bound"), r["backend"], e["impl"], e["mode"])
                  for r in results for e in book_entries(r) if e.get("fraction_of_flop_bound")]
     if fractions:
@@ -303,6 +313,37 @@ def targets(results, pipe) -> list[str]:
                          "of the whole corpus' bytes/token, i.e. little fixed overhead)")
     else:
         lines.append("4. Data pipeline ≥ 100×: not measured (the numpy run measures it)")
+    return lines + [""]
+
+
+def limits_section(limits) -> list[str]:
+    """What bounds the speed (``benchmarks/limits.py`` files): each library's GEMM rate at the
+    shapes of one time step, against its large GEMM, and the cost of one small op."""
+    if not limits:
+        return []
+    lines = ["## What bounds the speed", "",
+             "`benchmarks/limits.py` in each environment: GFLOP/s of the three products one "
+             "time step runs at the book's config, as a share of the same library's 4096 GEMM; "
+             "*recurrent-only tokens/s*: the rate if a step did nothing but 35 × those three "
+             "products; *add µs*: one `[32,256]` element-wise add, the floor of every op a "
+             "step launches.", "",
+             "| library | 4096 GEMM GFLOP/s | `[32,256]@[256,768]` | `[32,768]@[768,256]` | "
+             "`[256,32]@[32,768]` | recurrent-only tokens/s | add µs |",
+             "|---|---|---|---|---|---|---|"]
+    seen = set()
+    for lim in limits:
+        for lib in ("numpy", lim["backend"]):
+            m = lim.get(lib)
+            if not m or lib in seen:
+                continue
+            seen.add(lib)
+            gemms = list(m["gemm"].values())
+            large = next(g for g in gemms if g["shape"][0] == 4096)
+            small = [g for g in gemms if g["shape"][0] != 4096]
+            cells = [f"{g['gflops']:,.0f} ({g['share_of_large']:.0%})" for g in small]
+            lines.append(f"| {lib} | {large['gflops']:,.0f} | " + " | ".join(cells) +
+                         f" | {m['tokens_per_s_if_only_recurrent_products']:,.0f} | "
+                         f"{m['add_us']:.1f} |")
     return lines + [""]
 
 
@@ -410,7 +451,8 @@ def main(argv=None) -> int:
                                  "file's folder)")
     p.add_argument("--no-charts", action="store_true")
     args = p.parse_args(argv)
-    results = load(args.results)
+    limits = []
+    results = load(args.results, limits)
     if not results:
         p.error("no d2lgru benchmark results found in " + ", ".join(args.results))
     first = Path(args.results[0])
@@ -419,7 +461,8 @@ def main(argv=None) -> int:
     multi = len({r["label"] for r in results}) > 1
     pipe_lines, pipe = pipeline_section(results)
     lines = (header(results) + main_table(results, multi) + gemm_table(results, multi)
-             + sweep_table(results, multi) + pipe_lines + targets(results, pipe))
+             + sweep_table(results, multi) + pipe_lines + targets(results, pipe)
+             + limits_section(limits))
     written = [] if args.no_charts else charts(results, out, multi)
     if written:
         lines += ["## Charts", ""] + [f"![{w[:-4]}]({w})" for w in written] + [""]
