@@ -370,36 +370,50 @@ class Vocab:
 # --------------------------------------------------------------------------- corpus
 
 
-def _clean_char_codes(data: bytes) -> np.ndarray:
-    """The book's per-line cleaning, joined with no separator, as uint8 codes.
+_PIECE = 1 << 20  # bytes per piece of a large text: its temporaries stay in cache
+
+
+def _clean_char_codes(data: bytes) -> list[np.ndarray]:
+    """The book's per-line cleaning, joined with no separator, as uint8 codes, in pieces.
 
     Equivalent to ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``:
     letters are kept (lowercased); a run of non-letters between two letters becomes one
-    space, unless it holds a line break (then the lines' stripped ends meet directly).
-    Two compactions: keep a space only right after a letter (this collapses runs and strips
-    line starts); then drop the line breaks, and a space right before one or at the end
-    (found from the breaks' positions, which are few).
+    space, unless it holds a line break (then the lines' stripped ends meet directly). Lines
+    are cleaned independently and simply concatenated, so the text is cut after line breaks
+    into pieces of about ``_PIECE`` bytes, each cleaned on its own: the result is the list of
+    the pieces' codes, whose concatenation is the cleaned text.
     """
-    codes = np.frombuffer(data.translate(_CLEAN_BREAK_TABLE), dtype=np.uint8)
-    if codes.size == 0:
-        return codes.copy()
+    pieces, start, n = [], 0, len(data)
+    while start < n:
+        end = n if start + _PIECE >= n else data.find(b"\n", start + _PIECE - 1) + 1 or n
+        pieces.append(_clean_piece(np.frombuffer(
+            data[start:end].translate(_CLEAN_BREAK_TABLE), dtype=np.uint8)))
+        start = end
+    return pieces
+
+
+def _clean_piece(codes: np.ndarray) -> np.ndarray:
+    """Two compactions of translated codes (letters, spaces, breaks): keep a space only right
+    after a letter (this collapses runs and strips line starts); then drop the line breaks,
+    and a space right before one or at the end (found from the breaks' positions)."""
     keep = codes != _SPACE
     # letters are the only codes above ' '
     np.logical_or(keep[1:], codes[:-1] > _SPACE, out=keep[1:])
-    codes = codes[keep]
+    codes = np.compress(keep, codes)
+    if codes.size == 0:  # nothing but spaces
+        return codes
     keep = codes != _BREAK
     breaks = np.flatnonzero(~keep)
     before = breaks[breaks > 0] - 1
     keep[before[codes[before] == _SPACE]] = False
     if codes[-1] == _SPACE:
         keep[-1] = False
-    return codes[keep]
+    return np.compress(keep, codes)
 
 
 def _count_bytes(codes: np.ndarray) -> np.ndarray:
     """``np.bincount(codes, minlength=256)`` for uint8 ``codes``, counted in byte pairs (a
-    65536-bin count of half as many uint16 values, then summed over each byte of the pair):
-    twice as fast as counting the bytes, and no intp copy of the input."""
+    65536-bin count of half as many uint16 values, then summed over each byte of the pair)."""
     n = codes.size - codes.size % 2
     pairs = np.bincount(codes[:n].view(np.uint16), minlength=1 << 16).reshape(256, 256)
     counts = pairs.sum(axis=0) + pairs.sum(axis=1)  # each pair holds one byte of each kind
@@ -408,17 +422,17 @@ def _count_bytes(codes: np.ndarray) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def _first_seen(codes: np.ndarray, present: np.ndarray) -> list[int]:
-    """Values of ``present`` in order of first occurrence in ``codes`` (scans a prefix only)."""
+def _first_seen(pieces: list[np.ndarray], present: np.ndarray) -> list[int]:
+    """Values of ``present`` in order of first occurrence (usually in the first piece)."""
     remaining = set(present.tolist())
     order: list[int] = []
-    start, chunk = 0, 1 << 16
-    while remaining:
-        values, first = np.unique(codes[start:start + chunk], return_index=True)
+    for codes in pieces:
+        if not remaining:
+            break
+        values, first = np.unique(codes, return_index=True)
         found = sorted((f, v) for v, f in zip(values.tolist(), first.tolist()) if v in remaining)
         order.extend(v for _, v in found)
         remaining.difference_update(v for _, v in found)
-        start, chunk = start + chunk, chunk * 2
     return order
 
 
@@ -443,19 +457,24 @@ def load_corpus(
     max_tokens = _check_max_tokens(max_tokens)
     data = _read_bytes(path)
     if token == "char":
-        codes = _clean_char_codes(data)
-        counts = _count_bytes(codes)
+        pieces = _clean_char_codes(data)
+        counts = sum((_count_bytes(codes) for codes in pieces), np.zeros(256, dtype=np.int64))
         present = np.flatnonzero(counts)
-        vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(codes, present))
+        vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(pieces, present))
+        # cleaned text holds at most 27 symbols, so every index fits a byte table, which maps
+        # the codes at C speed; each piece is then widened into its slice of the corpus
         lut = bytearray(256)  # bytes not in the vocab map to <unk> = 0
         for c in present.tolist():
             lut[c] = vocab[chr(c)]
-        if max_tokens > 0:
-            codes = codes[:max_tokens]
-        # cleaned text holds at most 27 symbols, so every index fits the byte table, which
-        # maps the codes at C speed (an int64 fancy-index gather is ~10x slower)
-        ids = np.frombuffer(codes.tobytes().translate(lut), dtype=np.uint8)
-        return ids.astype(np.int64), vocab
+        total = int(counts.sum())
+        corpus = np.empty(total if max_tokens <= 0 else min(total, max_tokens), dtype=np.int64)
+        filled = 0
+        for codes in pieces:
+            codes = codes[:corpus.size - filled]
+            corpus[filled:filled + codes.size] = np.frombuffer(
+                codes.tobytes().translate(lut), dtype=np.uint8)
+            filled += codes.size
+        return corpus, vocab
     words = data.translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
     vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())

@@ -181,8 +181,11 @@ def test_vectorised_cleaning_on_awkward_text(tmp_path, token):
     assert read_time_machine(path) == book_read_time_machine(path)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_vectorised_cleaning_on_random_text(tmp_path, seed):
+@pytest.mark.parametrize("seed,piece", [(0, 1), (1, 7), (2, 64), (3, 1 << 20), (4, 1 << 20)])
+def test_vectorised_cleaning_on_random_text(tmp_path, monkeypatch, seed, piece):
+    """Large texts are cleaned in pieces cut after line breaks; any piece size gives the
+    book's result."""
+    monkeypatch.setattr(data, "_PIECE", piece)
     alphabet = list("aBz ,.!-\t\n\r\fé\u2028") + ["\r\n", "  ", "Qq"]
     rng = np.random.default_rng(seed)
     text = "".join(rng.choice(alphabet, size=3000))
@@ -193,6 +196,16 @@ def test_vectorised_cleaning_on_random_text(tmp_path, seed):
         corpus, vocab = load_corpus(path, token=token)
         assert vocab.idx_to_token == ref_vocab.idx_to_token
         np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
+
+
+@pytest.mark.parametrize("text", ["", " ", "  ,, \n -- \n", "\n\n", "a", " a ", "a\n", "\nb"])
+def test_cleaning_of_texts_with_few_or_no_letters(tmp_path, text):
+    path = tmp_path / "few.txt"
+    path.write_bytes(text.encode())
+    ref_corpus, ref_vocab = book_load_corpus(path, "char")
+    corpus, vocab = load_corpus(path, token="char")
+    assert vocab.idx_to_token == ref_vocab.idx_to_token
+    np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
 
 
 def test_tokenize():
