@@ -345,8 +345,15 @@ def run_pipeline(args, workdir: Path, text_path, timeout, say, out: dict) -> dic
             path.write_bytes(corpus_text(text_path, int(size_mb * 2 ** 20)))
         task = {"case": "pipeline", "impl": impl, "path": str(path), "bytes": path.stat().st_size,
                 "batch_size": N, "num_steps": T, "offset": offset}
-        run = run_case(task, args, workdir, timeout)
-        run.update(impl=impl, corpus_mb=round(path.stat().st_size / 2 ** 20, 2))
+        # d2lgru's cases take a second, and one run of a 100 MB case varies 2-4x with the
+        # kernel's memory state (huge-page compaction for the int64 corpus): the run with the
+        # median total of 3 (quick: 1) stands for the case. The book's takes half a minute: 1.
+        repeats = 1 if impl == "book" or args.quick else 3
+        runs = [run_case(task, args, workdir, timeout) for _ in range(repeats)]
+        good = sorted((r for r in runs if "error" not in r), key=lambda r: r["total_s"])
+        run = good[len(good) // 2] if good else runs[0]
+        run.update(impl=impl, corpus_mb=round(path.stat().st_size / 2 ** 20, 2),
+                   total_s_each=[r["total_s"] for r in good])
         if impl == "d2lgru" and "error" not in run:
             offset = run["offset"]
         out["runs"].append(run)
