@@ -251,6 +251,18 @@ class Trainer:
 
 # -- shared checks ------------------------------------------------------------------------
 
+def check_native_names(native: dict, expected, layer: str, spec: GRUSpec) -> None:
+    """A native parameter dict must hold exactly the ``expected`` names; else one
+    ``ValueError`` naming ``layer``, the spec, and what is missing or unknown."""
+    missing = [k for k in expected if k not in native]
+    extra = sorted(set(native) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{layer} parameters for a {spec.describe()} "
+                         + (f"lack {', '.join(map(repr, missing))}" if missing else "")
+                         + ("; " if missing and extra else "")
+                         + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
+
+
 def check_array(name: str, a, shape, dtype) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")

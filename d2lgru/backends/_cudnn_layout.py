@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import GATES, CellParams, GRUParams, GRUSpec
+from ._base import check_native_names
 
 #: row block k holds canonical gate GATE_ORDER[k] (r, z, n <- z, r, h): a swap of the first two,
 #: so the same index list converts both ways
@@ -54,13 +55,7 @@ def from_native(native: dict, spec: GRUSpec, layer: str) -> GRUParams:
     :class:`GRUParams`. ``layer`` names the framework's layer in the errors: a missing,
     unknown or misshapen array is a ``ValueError`` that names it."""
     expected = shapes(spec)
-    missing = [k for k in expected if k not in native]
-    extra = sorted(set(native) - set(expected))
-    if missing or extra:
-        raise ValueError(f"{layer} parameters for a {spec.describe()} "
-                         + (f"lack {', '.join(map(repr, missing))}" if missing else "")
-                         + ("; " if missing and extra else "")
-                         + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
+    check_native_names(native, expected, layer, spec)
     arrays = {}
     for k, shape in expected.items():
         a = np.asarray(native[k])

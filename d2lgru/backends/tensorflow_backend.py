@@ -75,7 +75,8 @@ import keras  # noqa: E402
 
 from ..model import LMParams  # noqa: E402
 from ..spec import CellParams, GRUParams, GRUSpec  # noqa: E402
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
+from ._base import (Backend, ImplInfo, LMResult, Trainer, UnsupportedError,  # noqa: E402
+                    check_native_names)
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(f"the tensorflow backend needs Keras on TensorFlow, but Keras was already "
@@ -134,13 +135,7 @@ def _check_keras_dict(native, spec: GRUSpec):
     if not isinstance(native, dict):
         raise ValueError(f"Keras parameters must be a dict of arrays by variable path, got "
                          f"{type(native).__name__}")
-    missing = [k for k in shapes if k not in native]
-    extra = sorted(set(native) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"Keras parameters for a {spec.describe()} "
-                         + (f"lack {', '.join(map(repr, missing))}" if missing else "")
-                         + ("; " if missing and extra else "")
-                         + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
+    check_native_names(native, shapes, "Keras", spec)
     dtypes = set()
     for name, shape in shapes.items():
         a = native[name]
