@@ -110,7 +110,10 @@ def test_predict_errors(tmp_path, data_dir):
 
 def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_dir):
     out = tmp_path / "run"
-    env = {**os.environ, "D2LGRU_DATA_DIR": str(data_dir)}
+    # one BLAS thread: this is about signals, and spinning BLAS threads on a loaded machine
+    # slowed each epoch 10x (the run then outlived the timeouts below)
+    env = {**os.environ, "D2LGRU_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "d2lgru.cli", "train", "--epochs", "400",
                              "--hidden", "32", "--out", str(out), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,7 +126,7 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
             pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     done = json.loads((out / "state.json").read_text())["epoch"]
