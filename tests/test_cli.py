@@ -117,7 +117,10 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
     # far more epochs than the test waits for: it must still be training when SIGINT comes
     proc = subprocess.Popen([sys.executable, "-m", "d2lgru.cli", "train", "--epochs", "100000",
                              "--hidden", "32", "--out", str(out), "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell starts background jobs with SIGINT ignored, and Python
+                            # keeps an inherited ignore: give the run the default a terminal has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
