@@ -141,11 +141,15 @@ def main_table(results, multi) -> list[str]:
              "(forward, loss, backward, clipping, SGD), median (min–max) over repeats. `*` marks "
              "the impl's default mode; `bare` rows are the book's concise model written straight "
              "against the framework (`benchmarks/bare/`). *× bare*: median over the fastest bare "
-             "mode's median in the same run.", "",
+             "mode's median in the same run. *cell*: each impl trains the CLI's cell (the "
+             "book's reset-before where the impl has it); every bare model is its framework's "
+             "default GRU, the reset-after cell, which fuses the three recurrent products into "
+             "one, so a reset-before row against bare compares two cells, not just overhead.", "",
              "*warm-up s*: building the trainer and its first 2-batch epoch (tracing, "
              "compiling).", "",
-             "| backend | impl | mode | tokens/s | × bare | % FLOP bound | `gru` fwd b1 ms | "
-             "`gru` fwd b32 ms | peak RSS MB | warm-up s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| backend | impl | mode | cell | tokens/s | × bare | % FLOP bound | `gru` fwd b1 ms | "
+             "`gru` fwd b32 ms | peak RSS MB | warm-up s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         fb = fastest_bare(r)
         for e in book_entries(r) + book_entries(r, "bare"):
@@ -155,15 +159,16 @@ def main_table(results, multi) -> list[str]:
             mode = e["mode"] + ("" if is_bare or not e.get("default_mode") else " *")
             lat1 = "" if is_bare else latency_ms(r, e["impl"], 1)
             lat32 = "" if is_bare else latency_ms(r, e["impl"], 32)
-            lines.append(f"| {name(r, multi)} | {impl} | {mode} | {rate(e)} | "
+            cell = "reset-after" if is_bare or e.get("reset_after") else "reset-before"
+            lines.append(f"| {name(r, multi)} | {impl} | {mode} | {cell} | {rate(e)} | "
                          f"{num(ratio)} | {pct(e.get('fraction_of_flop_bound'))} | {lat1} | "
                          f"{lat32} | {num(e.get('peak_rss_mb'), '{:,.0f}')} | "
                          f"{num(_warmup_s(e), '{:,.1f}')} |")
         if r.get("software", {}).get("device_refused"):
-            lines.append(f"| {name(r, multi)} | — | — | {r['software']['device_refused']} "
+            lines.append(f"| {name(r, multi)} | — | — | | {r['software']['device_refused']} "
                          "| | | | | | |")
         if "error" in r.get("software", {}):
-            lines.append(f"| {name(r, multi)} | — | — | d2lgru backend unavailable: "
+            lines.append(f"| {name(r, multi)} | — | — | | d2lgru backend unavailable: "
                          f"{r['software']['error'].splitlines()[0][:100]} | | | | | | |")
     return lines + [""]
 
