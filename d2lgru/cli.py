@@ -225,6 +225,9 @@ def cmd_train(args) -> int:
               file=sys.stderr)
     print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
           f"{result.device} ({backend.name} {args.impl})")
+    spike = spike_note(result.history)
+    if spike:
+        print(spike, file=sys.stderr)
     predictions = {}
     for prefix in ("time traveller", "traveller"):
         predictions[prefix] = predict(prefix, 50, result.model, result.vocab, backend=backend,
@@ -236,6 +239,19 @@ def cmd_train(args) -> int:
         write_result(out, result, backend, args.impl, predictions)
         print(f"checkpoint, result.json and plot in {out} ({plot.name})")
     return 0
+
+
+def spike_note(history, ratio: float = 1.1) -> str | None:
+    """One sentence when the last epoch stands ``ratio`` above where the run settled."""
+    from .train import SETTLED_EPOCHS, settled
+    if len(history) < SETTLED_EPOCHS:
+        return None
+    last, median = history[-1]["perplexity"], settled([h["perplexity"] for h in history])
+    if last <= ratio * median:
+        return None
+    return (f"note: the last epoch (perplexity {last:.2f}) fell in a transient loss spike; the "
+            f"last {SETTLED_EPOCHS} epochs' median is {median:.2f} (SGD at lr 1 spikes late in "
+            f"training, the book's own code too; see README.md)")
 
 
 def cmd_predict(args) -> int:

@@ -1,8 +1,12 @@
 """The training driver: the book's loop, checkpoints that resume exactly, predictions."""
 
+import math
+
 import pytest
 
-from d2lgru.train import CheckpointError, TrainConfig, load_checkpoint, predict, train
+from d2lgru.cli import spike_note
+from d2lgru.train import (CheckpointError, TrainConfig, load_checkpoint, predict, settled,
+                           train)
 
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 
@@ -50,3 +54,21 @@ def test_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="lr must be positive"):
         TrainConfig(lr=0)
+
+
+def test_settled_is_the_median_of_the_last_ten_epochs():
+    assert settled([5.0, 4.0]) == 4.5
+    tail = [1.06, 1.05, 1.07, 1.06, 1.05, 1.06, 1.07, 1.26, 1.34, 1.29]  # a 3-epoch spike
+    assert settled([9.0] * 50 + tail) == pytest.approx(1.065)
+    assert math.isnan(settled([]))
+
+
+def test_a_run_ending_in_a_spike_gets_one_sentence_about_it():
+    history = [{"perplexity": p} for p in [1.06] * 12 + [1.26, 1.34, 1.29]]
+    note = spike_note(history)
+    assert note.startswith("note: the last epoch (perplexity 1.29) fell in a transient loss spike")
+    assert "median is 1.06" in note
+    assert spike_note(history[:-3]) is None          # settled
+    assert spike_note(history[-9:]) is None          # too short to tell
+    falling = [{"perplexity": p} for p in range(30, 10, -1)]
+    assert spike_note(falling) is None
