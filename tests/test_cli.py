@@ -165,5 +165,19 @@ def test_reproduce_runs_and_collects(tmp_path, data_dir):
     assert "| numpy | scratch | eager | reset-before |" in table
     assert "| numpy | scratch | eager | plain RNN |" in table
     assert "perplexity" in proc.stdout and (out / "perplexity.png").stat().st_size > 1000
+    assert "## How each run ended" in table and "| numpy scratch | " in table
+    assert "book's own code" not in table
+    # the book's own runs (docs/reproduce/book.py's files) join the second table and the figure
+    book = out / "book"
+    book.mkdir()
+    curve = [20.0] * 380 + [1.1] * 100 + [1.3] * 3 + [1.06] * 17
+    (book / "seed-4.json").write_text(json.dumps(
+        {"format": "d2lgru.BookRun/1", "seed": 4, "epochs": 500, "perplexity": curve}))
+    run("reproduce", "--collect", str(out), check=True)
+    assert "| the book's own code, seed 4 | 1.060 | 1.060 | 381 | 3 | 1.30 |" in \
+        (out / "results.md").read_text()
+    (book / "seed-5.json").write_text("{}")
+    assert_one_line_error(run("reproduce", "--collect", str(out)), "seed-5.json is not a run of",
+                          "book.py")
     assert_one_line_error(run("reproduce", "--collect", str(tmp_path / "empty")), "no finished runs")
     assert_one_line_error(run("reproduce", "--backend", "numpy"), "needs --out")
