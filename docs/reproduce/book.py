@@ -1,0 +1,210 @@
+"""The book's own code for the chapter's experiment, as a reference for d2lgru's runs.
+
+    python docs/reproduce/book.py [--seeds 0-9] [--jobs 2] [--out DIR] [--data PATH]
+
+Runs the classic edition's PyTorch GRU from scratch (chapter 9.1 with ``read_time_machine``,
+``Vocab``, ``seq_data_iter_sequential``, ``train_ch8``, ``grad_clipping``, ``sgd`` and
+``predict_ch8`` of section 8.5 inlined, nothing of d2lgru imported): batch 32, 35 steps, 256
+hidden units, lr 1, clipping at 1, 500 epochs, one run per seed (``random.seed(S)`` and
+``torch.manual_seed(S)``: the book sets none), one torch thread per run. Each run writes
+``DIR/book/seed-S.json`` (the per-epoch perplexity and the two predictions), which ``d2lgru
+reproduce --collect DIR`` summarises beside d2lgru's runs. Needs torch (``.tox/torch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import random
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FORMAT = "d2lgru.BookRun/1"
+
+
+def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+
+    # 8.2: read_time_machine, tokenize('char'), Vocab, load_corpus_time_machine(max_tokens=10000)
+    with open(text_file) as f:
+        lines = f.readlines()
+    lines = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in lines]
+    tokens = [list(line) for line in lines]
+    counter = collections.Counter(token for line in tokens for token in line)
+    token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
+    idx_to_token = ["<unk>"]
+    token_to_idx = {"<unk>": 0}
+    for token, freq in token_freqs:
+        if token not in token_to_idx:
+            idx_to_token.append(token)
+            token_to_idx[token] = len(idx_to_token) - 1
+    corpus = [token_to_idx[token] for line in tokens for token in line][:10000]
+
+    batch_size, num_steps, num_hiddens, lr = 32, 35, 256, 1
+    vocab_size = len(idx_to_token)
+
+    def seq_data_iter_sequential(corpus, batch_size, num_steps):  # 8.3
+        offset = random.randint(0, num_steps)
+        num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
+        Xs = torch.tensor(corpus[offset: offset + num_tokens])
+        Ys = torch.tensor(corpus[offset + 1: offset + 1 + num_tokens])
+        Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
+        num_batches = Xs.shape[1] // num_steps
+        for i in range(0, num_steps * num_batches, num_steps):
+            yield Xs[:, i: i + num_steps], Ys[:, i: i + num_steps]
+
+    def get_params(vocab_size, num_hiddens, device):  # 9.1
+        num_inputs = num_outputs = vocab_size
+
+        def normal(shape):
+            return torch.randn(size=shape, device=device) * 0.01
+
+        def three():
+            return (normal((num_inputs, num_hiddens)), normal((num_hiddens, num_hiddens)),
+                    torch.zeros(num_hiddens, device=device))
+
+        W_xz, W_hz, b_z = three()
+        W_xr, W_hr, b_r = three()
+        W_xh, W_hh, b_h = three()
+        W_hq = normal((num_hiddens, num_outputs))
+        b_q = torch.zeros(num_outputs, device=device)
+        params = [W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q]
+        for param in params:
+            param.requires_grad_(True)
+        return params
+
+    def gru(inputs, state, params):  # 9.1
+        W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q = params
+        H, = state
+        outputs = []
+        for X in inputs:
+            Z = torch.sigmoid((X @ W_xz) + (H @ W_hz) + b_z)
+            R = torch.sigmoid((X @ W_xr) + (H @ W_hr) + b_r)
+            H_tilda = torch.tanh((X @ W_xh) + ((R * H) @ W_hh) + b_h)
+            H = Z * H + (1 - Z) * H_tilda
+            Y = H @ W_hq + b_q
+            outputs.append(Y)
+        return torch.cat(outputs, dim=0), (H,)
+
+    params = get_params(vocab_size, num_hiddens, device)
+
+    def net(X, state):  # 8.5 RNNModelScratch.__call__
+        X = F.one_hot(X.T, vocab_size).type(torch.float32)
+        return gru(X, state, params)
+
+    def begin_state(batch_size):  # 9.1 init_gru_state
+        return (torch.zeros((batch_size, num_hiddens), device=device),)
+
+    def grad_clipping(theta):  # 8.5
+        norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
+        if norm > theta:
+            for param in params:
+                param.grad[:] *= theta / norm
+
+    def sgd(batch_size):  # 3.2
+        with torch.no_grad():
+            for param in params:
+                param -= lr * param.grad / batch_size
+                param.grad.zero_()
+
+    loss = nn.CrossEntropyLoss()
+    history, tokens, seconds = [], 0, 0.0
+    for _ in range(epochs):  # 8.5 train_ch8 / train_epoch_ch8, use_random_iter=False
+        state, total, count = None, 0.0, 0
+        tic = time.perf_counter()
+        for X, Y in seq_data_iter_sequential(corpus, batch_size, num_steps):
+            if state is None:
+                state = begin_state(X.shape[0])
+            else:
+                for s in state:
+                    s.detach_()
+            y = Y.T.reshape(-1)
+            y_hat, state = net(X, state)
+            l = loss(y_hat, y.long()).mean()
+            l.backward()
+            grad_clipping(1)
+            sgd(batch_size=1)
+            total += float(l.detach()) * y.numel()
+            count += y.numel()
+        seconds += time.perf_counter() - tic
+        tokens += count
+        history.append(math.exp(total / count))
+
+    def predict_ch8(prefix, num_preds):  # 8.5
+        state = begin_state(1)
+        outputs = [token_to_idx.get(prefix[0], 0)]
+
+        def get_input():
+            return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
+
+        with torch.no_grad():
+            for y in prefix[1:]:
+                _, state = net(get_input(), state)
+                outputs.append(token_to_idx.get(y, 0))
+            for _ in range(num_preds):
+                y, state = net(get_input(), state)
+                outputs.append(int(y.argmax(dim=1).reshape(1)))
+        return "".join(idx_to_token[i] for i in outputs)
+
+    return {"format": FORMAT, "code": "d2l classic edition, 9.1 GRU from scratch (PyTorch)",
+            "torch": torch.__version__, "seed": seed, "epochs": epochs,
+            "tokens_per_sec": tokens / seconds, "perplexity": history,
+            "predictions": {p: predict_ch8(p, 50) for p in ("time traveller", "traveller")}}
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += list(range(int(lo), int(hi or lo) + 1))
+    return seeds
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python docs/reproduce/book.py",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,3,7 (default 0-9)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (2)")
+    p.add_argument("--epochs", type=int, default=500)
+    p.add_argument("--out", default=str(REPO / "docs" / "reproduce"),
+                   help="runs go to OUT/book/seed-S.json (default: this folder)")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"),
+                   help="timemachine.txt, or the directory that holds it")
+    args = p.parse_args(argv)
+    text_file = Path(args.data)
+    if text_file.is_dir():
+        text_file = text_file / "timemachine.txt"
+    if not text_file.is_file():
+        p.error(f"no Time Machine text at {text_file}; pass --data FILE")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError:
+        p.error(f"--seeds takes numbers and ranges like 0-9 or 0,3,7, got {args.seeds!r}")
+    out = Path(args.out) / "book"
+    out.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {s: pool.submit(run_book, s, str(text_file), args.epochs) for s in seeds}
+        for seed, future in futures.items():
+            result = future.result()
+            (out / f"seed-{seed}.json").write_text(json.dumps(result, indent=1) + "\n")
+            print(f"seed {seed}: perplexity {result['perplexity'][-1]:.3f} at epoch "
+                  f"{result['epochs']}, {result['tokens_per_sec']:.0f} tokens/sec", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
