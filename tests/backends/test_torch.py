@@ -50,24 +50,6 @@ def test_native_converters_round_trip_bit_exactly(be, dtype):
     assert all(np.array_equal(back[k], native[k]) and back[k].dtype == dtype for k in native)
 
 
-def test_native_gate_order_is_r_z_n(be):
-    spec = GRUSpec(2, 3, reset_after=True)
-    gate_value = {"z": 1.0, "r": 2.0, "h": 3.0}
-    params = init_params(spec).map(lambda a: a.copy())
-    cell = params.cell(0)
-    for g, v in gate_value.items():
-        i = d2lgru.GATES.index(g)
-        cell.W_x[i], cell.W_h[i], cell.b_x[i], cell.b_h[i] = v, v + 10, v + 20, v + 30
-    native = be.to_native(params)
-    for k, native_gate in enumerate("rzh"):  # torch's r, z, n
-        v = gate_value[native_gate]
-        rows = slice(3 * k, 3 * k + 3)
-        assert np.all(native["weight_ih_l0"][rows] == v)
-        assert np.all(native["weight_hh_l0"][rows] == v + 10)
-        assert np.all(native["bias_ih_l0"][rows] == v + 20)
-        assert np.all(native["bias_hh_l0"][rows] == v + 30)
-
-
 def test_torch_gru_matches_the_oracle_through_the_converters(be):
     """torch.nn.GRU itself, loaded from to_native, computes the canonical reset-after cell
     (asymmetric random weights and biases would expose a swapped gate or a flipped update)."""
