@@ -1,8 +1,11 @@
 """The book's data pipeline (D2L section 8.2 and 8.3, MXNet/NumPy flavour), per character in pure
-Python, as the baseline d2lgru.data is measured against. Copied from the book with two changes:
-the file is read as UTF-8 (the book relies on the locale), and the sequential iterator takes its
-offset as an argument instead of drawing ``random.randint(0, num_steps)``, so that both
-pipelines can be checked to yield the same batches. The arrays are NumPy's (the book's ``np``)."""
+Python: the baseline d2lgru.data is measured against (benchmarks), checked against (tests/test_data.py)
+and fed to the book's own training code (docs/reproduce/book.py). Copied from the book with three
+changes: the file is read as UTF-8 (the book relies on the locale); ``load_corpus_time_machine``
+takes the path and the token type (the book fixes ``'char'``); and the iterators take their random
+draws as arguments instead of calling ``random`` (the offset, and for random sampling the order of
+the subsequences), so that both pipelines can be checked to yield the same batches. The arrays are
+NumPy's (the book's ``np``)."""
 
 import collections
 import re
@@ -80,10 +83,10 @@ def count_corpus(tokens):
     return collections.Counter(tokens)
 
 
-def load_corpus_time_machine(path, max_tokens=-1):
+def load_corpus_time_machine(path, max_tokens=-1, token='char'):
     """Return token indices and the vocabulary of the time machine dataset."""
     lines = read_time_machine(path)
-    tokens = tokenize(lines, 'char')
+    tokens = tokenize(lines, token)
     vocab = Vocab(tokens)
     # Since each text line in the time machine dataset is not necessarily a
     # sentence or a paragraph, flatten all the text lines into a single list
@@ -91,6 +94,34 @@ def load_corpus_time_machine(path, max_tokens=-1):
     if max_tokens > 0:
         corpus = corpus[:max_tokens]
     return corpus, vocab
+
+
+def seq_data_iter_random(corpus, batch_size, num_steps, offset, order):
+    """Generate a minibatch of subsequences using random sampling."""
+    # Start with a random offset (inclusive of `num_steps - 1`) to partition a
+    # sequence (here: given)
+    corpus = corpus[offset:]
+    # Subtract 1 since we need to account for labels
+    num_subseqs = (len(corpus) - 1) // num_steps
+    # The starting indices for subsequences of length `num_steps`
+    initial_indices = list(range(0, num_subseqs * num_steps, num_steps))
+    # In random sampling, the subsequences from two adjacent random
+    # minibatches during iteration are not necessarily adjacent on the
+    # original sequence (here: `order` is the shuffle, a permutation of the subsequences)
+    initial_indices = [initial_indices[k] for k in order]
+
+    def data(pos):
+        # Return a sequence of length `num_steps` starting from `pos`
+        return corpus[pos: pos + num_steps]
+
+    num_batches = num_subseqs // batch_size
+    for i in range(0, batch_size * num_batches, batch_size):
+        # Here, `initial_indices` contains randomized starting indices for
+        # subsequences
+        initial_indices_per_batch = initial_indices[i: i + batch_size]
+        X = [data(j) for j in initial_indices_per_batch]
+        Y = [data(j + 1) for j in initial_indices_per_batch]
+        yield np.array(X), np.array(Y)
 
 
 def seq_data_iter_sequential(corpus, batch_size, num_steps, offset):

@@ -1,10 +1,10 @@
-"""Tests of d2lgru.data against the book's facts and a literal transcription of its code.
+"""Tests of d2lgru.data against the book's facts and a literal transcription of its code
+(``benchmarks/_book_pipeline.py``).
 
 No test touches the network: The Time Machine comes from ``../shared/data``, and download
 failures are simulated (a refused connection on 127.0.0.1 or a patched ``urlopen``).
 """
 
-import collections
 import hashlib
 import io
 import re
@@ -18,6 +18,7 @@ from d2lgru import data
 from d2lgru.data import (DataError, SeqDataLoader, Vocab, find_time_machine, load_corpus,
                          load_corpus_time_machine, load_data_time_machine, read_time_machine,
                          seq_data_iter_random, seq_data_iter_sequential, tokenize)
+from helpers import book_pipeline
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TIME_MACHINE = SHARED_DATA / "timemachine.txt"
@@ -36,87 +37,19 @@ def offline(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- the book, literally
 
 
-def book_read_time_machine(path):
-    with open(path, 'r', encoding='utf-8') as f:  # the book relies on a UTF-8 locale
-        lines = f.readlines()
-    return [re.sub('[^A-Za-z]+', ' ', line).strip().lower() for line in lines]
-
-
-def book_tokenize(lines, token='word'):
-    if token == 'word':
-        return [line.split() for line in lines]
-    elif token == 'char':
-        return [list(line) for line in lines]
-
-
-class BookVocab:
-    def __init__(self, tokens=None, min_freq=0, reserved_tokens=None):
-        if tokens is None:
-            tokens = []
-        if reserved_tokens is None:
-            reserved_tokens = []
-        counter = book_count_corpus(tokens)
-        self._token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
-        self.idx_to_token = ['<unk>'] + reserved_tokens
-        self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
-        for token, freq in self._token_freqs:
-            if freq < min_freq:
-                break
-            if token not in self.token_to_idx:
-                self.idx_to_token.append(token)
-                self.token_to_idx[token] = len(self.idx_to_token) - 1
-
-    def __getitem__(self, tokens):
-        if not isinstance(tokens, (list, tuple)):
-            return self.token_to_idx.get(tokens, 0)
-        return [self.__getitem__(token) for token in tokens]
-
-
-def book_count_corpus(tokens):
-    if len(tokens) == 0 or isinstance(tokens[0], list):
-        tokens = [token for line in tokens for token in line]
-    return collections.Counter(tokens)
-
-
-def book_load_corpus(path, token, max_tokens=-1):
-    lines = book_read_time_machine(path)
-    tokens = book_tokenize(lines, token)
-    vocab = BookVocab(tokens)
-    corpus = [vocab[token] for line in tokens for token in line]
-    if max_tokens > 0:
-        corpus = corpus[:max_tokens]
-    return corpus, vocab
+book = book_pipeline()
 
 
 def book_seq_data_iter_random(corpus, batch_size, num_steps, rng):
-    """The book's code; random.randint/shuffle replaced by the same rng draws d2lgru makes."""
-    corpus = corpus[int(rng.integers(0, num_steps)):]
-    num_subseqs = (len(corpus) - 1) // num_steps
-    initial_indices = list(range(0, num_subseqs * num_steps, num_steps))
-    initial_indices = [initial_indices[k] for k in rng.permutation(num_subseqs)]
-
-    def data(pos):
-        return corpus[pos: pos + num_steps]
-
-    num_batches = num_subseqs // batch_size
-    for i in range(0, batch_size * num_batches, batch_size):
-        initial_indices_per_batch = initial_indices[i: i + batch_size]
-        X = [data(j) for j in initial_indices_per_batch]
-        Y = [data(j + 1) for j in initial_indices_per_batch]
-        yield np.array(X), np.array(Y)
+    """The book's iterator with the draws d2lgru makes: offset, then the permutation."""
+    offset = int(rng.integers(0, num_steps))
+    order = rng.permutation((len(corpus) - offset - 1) // num_steps)
+    return book.seq_data_iter_random(corpus, batch_size, num_steps, offset, order)
 
 
 def book_seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
     offset = int(rng.integers(0, num_steps + 1))
-    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
-    Xs = np.array(corpus[offset: offset + num_tokens])
-    Ys = np.array(corpus[offset + 1: offset + 1 + num_tokens])
-    Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
-    num_batches = Xs.shape[1] // num_steps
-    for i in range(0, num_steps * num_batches, num_steps):
-        X = Xs[:, i: i + num_steps]
-        Y = Ys[:, i: i + num_steps]
-        yield X, Y
+    return book.seq_data_iter_sequential(corpus, batch_size, num_steps, offset)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +66,7 @@ def test_shared_copy_is_the_books_file():
 
 def test_read_time_machine_matches_book():
     lines = read_time_machine(SHARED_DATA)
-    assert lines == book_read_time_machine(TIME_MACHINE)
+    assert lines == book.read_time_machine(TIME_MACHINE)
     assert len(lines) == 3221
     assert lines[0] == 'the time machine by h g wells'
     assert '' in lines  # empty lines are kept
@@ -159,7 +92,7 @@ def test_word_facts():
 
 @pytest.mark.parametrize("token", ["char", "word"])
 def test_corpus_equals_book_reference(token):
-    ref_corpus, ref_vocab = book_load_corpus(TIME_MACHINE, token)
+    ref_corpus, ref_vocab = book.load_corpus_time_machine(TIME_MACHINE, token=token)
     corpus, vocab = load_corpus_time_machine(token=token, path=SHARED_DATA)
     assert vocab.idx_to_token == ref_vocab.idx_to_token
     assert vocab.token_freqs == ref_vocab._token_freqs
@@ -174,11 +107,11 @@ def test_vectorised_cleaning_on_awkward_text(tmp_path, token):
             "x\n--lead\ntrail--\nA\u2028B\fC\x85D\n")
     path = tmp_path / "awkward.txt"
     path.write_bytes(text.encode("utf-8"))
-    ref_corpus, ref_vocab = book_load_corpus(path, token)
+    ref_corpus, ref_vocab = book.load_corpus_time_machine(path, token=token)
     corpus, vocab = load_corpus(path, token=token)
     assert vocab.idx_to_token == ref_vocab.idx_to_token
     np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
-    assert read_time_machine(path) == book_read_time_machine(path)
+    assert read_time_machine(path) == book.read_time_machine(path)
 
 
 @pytest.mark.parametrize("seed,piece", [(0, 1), (1, 7), (2, 64), (3, 1 << 20), (4, 1 << 20)])
@@ -192,7 +125,7 @@ def test_vectorised_cleaning_on_random_text(tmp_path, monkeypatch, seed, piece):
     path = tmp_path / "random.txt"
     path.write_bytes(text.encode("utf-8"))
     for token in ("char", "word"):
-        ref_corpus, ref_vocab = book_load_corpus(path, token)
+        ref_corpus, ref_vocab = book.load_corpus_time_machine(path, token=token)
         corpus, vocab = load_corpus(path, token=token)
         assert vocab.idx_to_token == ref_vocab.idx_to_token
         np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
@@ -202,7 +135,7 @@ def test_vectorised_cleaning_on_random_text(tmp_path, monkeypatch, seed, piece):
 def test_cleaning_of_texts_with_few_or_no_letters(tmp_path, text):
     path = tmp_path / "few.txt"
     path.write_bytes(text.encode())
-    ref_corpus, ref_vocab = book_load_corpus(path, "char")
+    ref_corpus, ref_vocab = book.load_corpus_time_machine(path, token="char")
     corpus, vocab = load_corpus(path, token="char")
     assert vocab.idx_to_token == ref_vocab.idx_to_token
     np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
@@ -223,7 +156,7 @@ def test_tokenize():
 def test_vocab_matches_book_with_min_freq_and_reserved():
     tokens = [['b', 'a', 'c'], ['a', 'b', 'd', 'a', 'e', 'e']]
     for kwargs in ({}, {'min_freq': 2}, {'reserved_tokens': ['<pad>', 'b']}):
-        ref = BookVocab(tokens, **kwargs)
+        ref = book.Vocab(tokens, **kwargs)
         vocab = Vocab(tokens, **kwargs)
         assert vocab.idx_to_token == ref.idx_to_token
         assert vocab.token_freqs == ref._token_freqs

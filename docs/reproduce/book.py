@@ -2,9 +2,9 @@
 
     python docs/reproduce/book.py [--seeds 0-9] [--jobs 2] [--out DIR] [--data PATH]
 
-Runs the classic edition's PyTorch GRU from scratch (chapter 9.1 with ``read_time_machine``,
-``Vocab``, ``seq_data_iter_sequential``, ``train_ch8``, ``grad_clipping``, ``sgd`` and
-``predict_ch8`` of section 8.5 inlined, nothing of d2lgru imported): batch 32, 35 steps, 256
+Runs the classic edition's PyTorch GRU from scratch (chapter 9.1, with ``train_ch8``,
+``grad_clipping``, ``sgd`` and ``predict_ch8`` of section 8.5 inlined, and the data pipeline of
+8.2-8.3 from ``benchmarks/_book_pipeline.py``; nothing of d2lgru imported): batch 32, 35 steps, 256
 hidden units, lr 1, clipping at 1, 500 epochs, one run per seed (``random.seed(S)`` and
 ``torch.manual_seed(S)``: the book sets none), one torch thread per run. Each run writes
 ``DIR/book/seed-S.json`` (the per-epoch perplexity and the two predictions), which ``d2lgru
@@ -14,11 +14,9 @@ reproduce --collect DIR`` summarises beside d2lgru's runs. Needs torch (``.tox/t
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import random
-import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +24,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import _book_pipeline as book  # noqa: E402
+
 FORMAT = "d2lgru.BookRun/1"
 
 
@@ -39,33 +41,15 @@ def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
     torch.set_num_threads(1)
     device = torch.device("cpu")
 
-    # 8.2: read_time_machine, tokenize('char'), Vocab, load_corpus_time_machine(max_tokens=10000)
-    with open(text_file) as f:
-        lines = f.readlines()
-    lines = [re.sub("[^A-Za-z]+", " ", line).strip().lower() for line in lines]
-    tokens = [list(line) for line in lines]
-    counter = collections.Counter(token for line in tokens for token in line)
-    token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
-    idx_to_token = ["<unk>"]
-    token_to_idx = {"<unk>": 0}
-    for token, freq in token_freqs:
-        if token not in token_to_idx:
-            idx_to_token.append(token)
-            token_to_idx[token] = len(idx_to_token) - 1
-    corpus = [token_to_idx[token] for line in tokens for token in line][:10000]
-
+    # 8.2 and 8.3, transcribed in benchmarks/_book_pipeline.py (the offset is drawn here)
+    corpus, vocab = book.load_corpus_time_machine(text_file, max_tokens=10000)
     batch_size, num_steps, num_hiddens, lr = 32, 35, 256, 1
-    vocab_size = len(idx_to_token)
+    vocab_size = len(vocab)
 
-    def seq_data_iter_sequential(corpus, batch_size, num_steps):  # 8.3
+    def seq_data_iter_sequential(corpus, batch_size, num_steps):  # torch's flavour
         offset = random.randint(0, num_steps)
-        num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
-        Xs = torch.tensor(corpus[offset: offset + num_tokens])
-        Ys = torch.tensor(corpus[offset + 1: offset + 1 + num_tokens])
-        Xs, Ys = Xs.reshape(batch_size, -1), Ys.reshape(batch_size, -1)
-        num_batches = Xs.shape[1] // num_steps
-        for i in range(0, num_steps * num_batches, num_steps):
-            yield Xs[:, i: i + num_steps], Ys[:, i: i + num_steps]
+        for X, Y in book.seq_data_iter_sequential(corpus, batch_size, num_steps, offset):
+            yield torch.as_tensor(X), torch.as_tensor(Y)
 
     def get_params(vocab_size, num_hiddens, device):  # 9.1
         num_inputs = num_outputs = vocab_size
@@ -146,7 +130,7 @@ def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
 
     def predict_ch8(prefix, num_preds):  # 8.5
         state = begin_state(1)
-        outputs = [token_to_idx.get(prefix[0], 0)]
+        outputs = [vocab[prefix[0]]]
 
         def get_input():
             return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
@@ -154,11 +138,11 @@ def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
         with torch.no_grad():
             for y in prefix[1:]:
                 _, state = net(get_input(), state)
-                outputs.append(token_to_idx.get(y, 0))
+                outputs.append(vocab[y])
             for _ in range(num_preds):
                 y, state = net(get_input(), state)
                 outputs.append(int(y.argmax(dim=1).reshape(1)))
-        return "".join(idx_to_token[i] for i in outputs)
+        return "".join(vocab.idx_to_token[i] for i in outputs)
 
     return {"format": FORMAT, "code": "d2l classic edition, 9.1 GRU from scratch (PyTorch)",
             "torch": torch.__version__, "seed": seed, "epochs": epochs,
