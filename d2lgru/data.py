@@ -14,12 +14,13 @@ import json
 import operator
 import os
 import re
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from ._io import write_atomic
 
 __all__ = [
     "TIME_MACHINE_URL",
@@ -111,7 +112,6 @@ def _user_location(location: str | os.PathLike, source: str) -> Path:
 def _download_time_machine(target: Path, stale_note: str) -> None:
     """Download the book's file into ``target`` atomically, checking its SHA-1."""
     url = os.environ.get(DATA_URL_ENV) or TIME_MACHINE_URL
-    tmp_name = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
@@ -122,13 +122,7 @@ def _download_time_machine(target: Path, stale_note: str) -> None:
                 f"the file downloaded from {url} has SHA-1 {actual}, expected "
                 f"{TIME_MACHINE_SHA1}{stale_note}; {_where_to_put_it()}"
             )
-        with tempfile.NamedTemporaryFile(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False
-        ) as tmp:
-            tmp_name = tmp.name
-            tmp.write(data)
-        os.replace(tmp_name, target)
-        tmp_name = None
+        write_atomic(target, lambda f: f.write(data))
     except DataError:
         raise
     except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
@@ -137,9 +131,6 @@ def _download_time_machine(target: Path, stale_note: str) -> None:
             f"could not download The Time Machine from {url} ({reason}){stale_note}; "
             f"{_where_to_put_it()}"
         ) from exc
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
 
 
 def find_time_machine(path: str | os.PathLike | None = None) -> Path:
@@ -344,15 +335,7 @@ class Vocab:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON, atomically (temp file + ``os.replace``)."""
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: json.dump(self.to_dict(), f, ensure_ascii=False), "w")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Vocab":

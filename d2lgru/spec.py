@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+
+from ._io import write_atomic
 
 #: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
 GATES = ("z", "r", "h")
@@ -311,17 +311,7 @@ def save_npz(path, fmt: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"format": fmt, **meta}, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=np.array(header), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: np.savez(f, __meta__=np.array(header), **arrays))
 
 
 def load_npz(path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:

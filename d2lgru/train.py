@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 from . import data as d2data
 from .backends import get_backend
 from .model import LMParams, init_lm, one_hot
+from ._io import write_atomic
 from .spec import ParamsFileError
 
 FORMAT_CHECKPOINT = "d2lgru.Checkpoint/1"
@@ -170,19 +169,6 @@ class TrainingInterrupted(Exception):
 
 
 # -- checkpoints --------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str):
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(out, model: LMParams, vocab, config: TrainConfig, history, epoch: int) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +177,8 @@ def save_checkpoint(out, model: LMParams, vocab, config: TrainConfig, history, e
     vocab.to_json(out / VOCAB_FILE)
     state = {"format": FORMAT_CHECKPOINT, "epoch": epoch, "model": model_name,
              "config": dataclasses.asdict(config), "history": history}
-    _write_atomic(out / STATE_FILE, json.dumps(state, indent=1))
+    text = json.dumps(state, indent=1)
+    write_atomic(out / STATE_FILE, lambda f: f.write(text), "w")
     for stale in out.glob("model-e*.npz"):  # older epochs, or one orphaned by an interrupt
         if stale.name != model_name:
             stale.unlink(missing_ok=True)
@@ -226,15 +213,14 @@ RESULT_FILE = "result.json"
 def write_result(out, result: TrainResult, backend, impl: str, predictions: dict) -> Path:
     """``result.json`` beside the checkpoint: what the run ended with, for reports."""
     from . import __version__
-    path = Path(out) / RESULT_FILE
-    _write_atomic(path, json.dumps({
+    text = json.dumps({
         "backend": backend.name, "framework_version": backend.version(), "impl": impl,
         "mode": result.mode, "device": result.device, "epochs": result.epoch,
         "perplexity": result.perplexity, "settled_perplexity": result.settled_perplexity,
         "tokens_per_sec": result.tokens_per_sec,
         "predictions": predictions, "config": dataclasses.asdict(result.config),
-        "d2lgru_version": __version__}, indent=1))
-    return path
+        "d2lgru_version": __version__}, indent=1)
+    return write_atomic(Path(out) / RESULT_FILE, lambda f: f.write(text), "w")
 
 
 # -- prediction ---------------------------------------------------------------------------

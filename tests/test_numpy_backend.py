@@ -36,15 +36,8 @@ def randomize(p, rng, scale=0.5):
     return p.map(lambda a: rng.standard_normal(a.shape) * scale)
 
 
-@pytest.mark.parametrize("reset_after", [False, True], ids=["reset-before", "reset-after"])
-@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["1x-uni", "2x-bi"])
-def test_gru_backward_matches_finite_differences(reset_after, layers, bidirectional):
-    rng = np.random.default_rng(7)
-    spec = GRUSpec(3, 4, layers, bidirectional, reset_after)
-    params = randomize(init_params(spec, dtype=np.float64), rng)
-    D = spec.num_directions
-    X = rng.standard_normal((5, 2, 3))
-    h0 = rng.standard_normal((layers * D, 2, 4))
+def assert_backward_matches_finite_differences(params, X, h0, rng):
+    """gru_backward's VJP for random cotangents against central differences; returns dparams."""
     be = d2lgru.get_backend("numpy")
     Y, h_n = be.gru(params, X, h0)
     dY, dh_n = rng.standard_normal(Y.shape), rng.standard_normal(h_n.shape)
@@ -54,10 +47,22 @@ def test_gru_backward_matches_finite_differences(reset_after, layers, bidirectio
         Y, h_n = be.gru(params, X, h0)
         return float(np.sum(Y * dY) + np.sum(h_n * dh_n))
 
-    inputs = params.flat() + [X, h0]
-    for name, num, ana in zip(list(params.to_arrays()) + ["X", "h0"], numeric_grad(f, inputs),
-                              dparams.flat() + [dX, dh0]):
+    for name, num, ana in zip(list(params.to_arrays()) + ["X", "h0"],
+                              numeric_grad(f, params.flat() + [X, h0]), dparams.flat() + [dX, dh0]):
         assert rel_err(num, ana).max() <= MAX_REL_ERR, name
+    return dparams
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["reset-before", "reset-after"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["1x-uni", "2x-bi"])
+def test_gru_backward_matches_finite_differences(reset_after, layers, bidirectional):
+    rng = np.random.default_rng(7)
+    spec = GRUSpec(3, 4, layers, bidirectional, reset_after)
+    params = randomize(init_params(spec, dtype=np.float64), rng)
+    D = spec.num_directions
+    X = rng.standard_normal((5, 2, 3))
+    h0 = rng.standard_normal((layers * D, 2, 4))
+    assert_backward_matches_finite_differences(params, X, h0, rng)
 
 
 @pytest.mark.parametrize("reset_after", [False, True], ids=["reset-before", "reset-after"])
@@ -127,18 +132,7 @@ def test_gate_ablations_match_finite_differences(gates):
     spec = GRUSpec(3, 4, 1, False, False, gates)
     params = randomize(init_params(spec, dtype=np.float64), rng)
     X, h0 = rng.standard_normal((4, 2, 3)), rng.standard_normal((1, 2, 4))
-    be = d2lgru.get_backend("numpy")
-    Y, h_n = be.gru(params, X, h0)
-    dY, dh_n = rng.standard_normal(Y.shape), rng.standard_normal(h_n.shape)
-    dparams, dX, dh0 = be.gru_backward(params, X, h0, dY, dh_n)
-
-    def f():
-        Y, h_n = be.gru(params, X, h0)
-        return float(np.sum(Y * dY) + np.sum(h_n * dh_n))
-
-    for name, num, ana in zip(list(params.to_arrays()) + ["X", "h0"],
-                              numeric_grad(f, params.flat() + [X, h0]), dparams.flat() + [dX, dh0]):
-        assert rel_err(num, ana).max() <= MAX_REL_ERR, name
+    dparams = assert_backward_matches_finite_differences(params, X, h0, rng)
     ablated = {"reset-only": [0], "update-only": [1], "none": [0, 1]}[gates]
     for g in ablated:  # the pinned gate's parameters get no gradient
         assert not dparams.cell(0).W_h[g].any() and not dparams.cell(0).b_x[g].any()

@@ -5,6 +5,7 @@ import pytest
 
 import d2lgru
 from d2lgru import GRUParams, GRUSpec, ParamsFileError, init_params
+from d2lgru._io import write_atomic
 from helpers import random_params
 
 
@@ -108,9 +109,22 @@ def test_save_load_round_trip(tmp_path):
     params = random_params(GRUSpec(3, 2, 2, True, True), dtype=np.float32)
     path = params.save(tmp_path / "p.npz")
     assert GRUParams.load(path) == params
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]
     with pytest.raises(ParamsFileError, match="expected a 1-layer"):
         GRUParams.load(path, spec=GRUSpec(3, 2))
+
+
+def test_a_failed_save_leaves_the_previous_file_whole(tmp_path):
+    path = random_params(GRUSpec(3, 2), dtype=np.float32).save(tmp_path / "p.npz")
+    before = path.read_bytes()
+
+    def write_half_then_fail(f):
+        f.write(b"half a file")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomic(path, write_half_then_fail)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
 
 
 def test_load_rejects_truncated_foreign_and_missing_files(tmp_path):

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..backends import Backend, get_backend
+from .._io import write_atomic
 from ..spec import GRUParams, save_npz
 from . import cases as C
 from .compare import Comparison, compare, json_float
@@ -390,9 +391,8 @@ class Suite:
         report = self.report(runner)
         save_npz(out / OUTPUTS_FILE, FORMAT_OUTPUTS, {"backend": self.backend.name},
                  self.outputs())
-        tmp = out / (REPORT_FILE + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))
-        os.replace(tmp, out / REPORT_FILE)
+        text = json.dumps(report, indent=1, allow_nan=False)
+        write_atomic(out / REPORT_FILE, lambda f: f.write(text), "w")
         return out
 
 
