@@ -108,7 +108,24 @@ def ending_table(runs: list[dict], book: list[dict]) -> str:
         first = "never" if e["first_below"] is None else e["first_below"]
         lines.append(f"| {name} | {e['last']:.3f} | {e['settled']:.3f} | {first} | "
                      f"{e['above_last_100']} | {e['peak_last_100']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + spike_windows(runs, book)
+
+
+def spike_windows(runs: list[dict], book: list[dict], windows: int = 10, width: int = 10) -> str:
+    """How often the GRU runs (both gates, the book's included) stand above :data:`BAR` in
+    each of their last ``windows`` stretches of ``width`` epochs: where a last epoch lands."""
+    curves = [r["history"] for r in runs if r["config"].get("gates", "both") == "both"]
+    curves += [r["history"] for r in book]
+    span = windows * width
+    if not curves or len({len(h) for h in curves}) != 1 or len(curves[0]) < span:
+        return ""  # runs of different lengths: no common window
+    above = np.asarray(curves, dtype=float)[:, -span:] > BAR
+    end = len(curves[0])
+    heads = [f"{end - span + k * width + 1}–{end - span + (k + 1) * width}" for k in range(windows)]
+    shares = [f"{above[:, k * width:(k + 1) * width].mean():.0%}" for k in range(windows)]
+    return (f"\nShare of epochs above {BAR}, over all {len(curves)} GRU runs with both gates "
+            f"above, by stretch of {width} epochs:\n\n| " + " | ".join(heads) + " |\n|"
+            + "--:|" * windows + "\n| " + " | ".join(shares) + " |\n")
 
 
 def markdown_table(runs: list[dict], book: list[dict] = ()) -> str:
