@@ -153,6 +153,12 @@ def markdown_table(runs: list[dict], book: list[dict] = ()) -> str:
             f"settled.\n\n" + ending_table(runs, book))
 
 
+def _ended(r) -> str:
+    """The last epoch's perplexity, and where the run settled when a spike holds the last."""
+    last, median = r["history"][-1], settled(r["history"])
+    return f"{last:.2f}" if last <= 1.1 * median else f"{last:.2f}; last {SETTLED_EPOCHS}: {median:.2f}"
+
+
 def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
     import matplotlib
 
@@ -168,7 +174,7 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
         exercise = r["config"].get("gates", "both") != "both"  # the book's exercises: dashed
         ax.plot(range(1, len(r["history"]) + 1), r["history"], lw=1.0,
                 ls="--" if exercise else "-",
-                label=f"{r['backend']} {r['impl']} {r.get('mode', '')} {_cell(r)} ({r['perplexity']:.2f})")
+                label=f"{r['backend']} {r['impl']} {r.get('mode', '')} {_cell(r)} ({_ended(r)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
