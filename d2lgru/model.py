@@ -75,6 +75,20 @@ class LMParams:
             raise ParamsFileError(f"{path} is not a valid d2lgru language-model file ({exc})") from None
 
 
+def trained(spec: GRUSpec) -> list[bool]:
+    """Which arrays of :meth:`LMParams.flat` (per cell ``W_x, W_h, b_x, b_h``, then ``W_hq,
+    b_q``) training updates: all but ``b_h`` of a reset-before cell.
+
+    A reset-before cell only ever adds ``b_x + b_h`` (the book's cell has one bias per gate, as
+    Keras' reset-before layer does), so updating both would move that sum at twice the learning
+    rate and count its gradient twice in the clipping norm; training updates ``b_x`` and leaves
+    ``b_h`` as it came. A reset-after cell keeps the candidate's ``b_h`` inside ``r * (...)``,
+    and trains both biases of every gate as the cuDNN-style layers do.
+    """
+    cell = [True, True, True, spec.reset_after]
+    return cell * (spec.num_layers * spec.num_directions) + [True, True]
+
+
 def init_lm(vocab_size: int, hidden_size: int = 256, *, num_layers: int = 1,
             bidirectional: bool = False, reset_after: bool = False, gates: str = "both",
             seed: int = 0, dtype=np.float32) -> LMParams:

@@ -160,3 +160,22 @@ def test_ablations_are_declared_not_discovered():
         init_params(spec).to_onnx()
     with pytest.raises(ValueError, match="gates must be one of both, reset-only"):
         GRUSpec(3, 4, gates="forget-only")
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["reset-before", "reset-after"])
+def test_training_moves_b_h_only_where_the_cell_tells_it_from_b_x(reset_after):
+    """A reset-before cell depends on b_x + b_h alone: the book's cell has one bias per gate,
+    so training updates b_x and leaves b_h (d2lgru.model.trained); reset-after trains both."""
+    from d2lgru.model import LMParams, trained
+
+    rng = np.random.default_rng(3)
+    spec = GRUSpec(5, 4, 2, True, reset_after)
+    gru = randomize(init_params(spec, dtype=np.float64), rng)
+    model = LMParams(gru, rng.standard_normal((8, 5)), rng.standard_normal(5))
+    X = rng.integers(0, 5, (3, 6))
+    trainer = d2lgru.get_backend("numpy").make_trainer(model, lr=0.5, clip=100.0)
+    trainer.train_epoch([(X, (X + 1) % 5)])
+    after = trainer.params()
+    moved = [not np.array_equal(a, b) for a, b in zip(model.flat(), after.flat())]
+    assert moved == trained(spec)
+    assert trained(spec)[3::4][:4] == [reset_after] * 4

@@ -23,7 +23,7 @@ os.environ.setdefault("GLOG_v", "3")
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from ..model import LMParams  # noqa: E402
+from ..model import LMParams, trained  # noqa: E402
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec  # noqa: E402
 from . import _cudnn_layout  # noqa: E402
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
@@ -234,7 +234,10 @@ class _TrainStep(nn.Cell):
     def __init__(self, lm: _LM, lr: float, clip: float, dtype):
         super().__init__()
         self.lm = lm
-        self.weights = ms.ParameterTuple(lm.trainable_params())
+        params = lm.trainable_params()
+        if not lm.spec.reset_after:  # a reset-before cell's b_h stays put (model.trained)
+            params = [p for p, k in zip(params, trained(lm.spec), strict=True) if k]
+        self.weights = ms.ParameterTuple(params)
         self.grad_fn = ms.value_and_grad(lm, None, self.weights, has_aux=True)
         self.lr = Tensor(lr, dtype)
         self.clip = Tensor(clip, dtype)

@@ -41,7 +41,7 @@ with warnings.catch_warnings():
     import mxnet as mx
     from mxnet import autograd, gluon, nd
 
-from ..model import LMParams
+from ..model import LMParams, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
 
@@ -340,9 +340,11 @@ class MXNetTrainer(Trainer):
         else:
             arrays = _scratch_arrays(model.gru) + [model.W_hq.T, model.b_q]
             self._inputs = [nd.array(a, ctx=self._ctx, dtype=self._dtype) for a in arrays]
-            for w in self._inputs:
-                w.attach_grad()
-            self._pairs = [(w, w.grad) for w in self._inputs]
+            keep = trained(model.spec)  # a reset-before cell's b_h stays put
+            for w, k in zip(self._inputs, keep, strict=True):
+                if k:
+                    w.attach_grad()
+            self._pairs = [(w, w.grad) for w, k in zip(self._inputs, keep) if k]
             self._blocks = {}
 
     def _net(self, T):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import LMParams
+from ..model import LMParams, trained
 from ..spec import GATE_SETS, CellParams, GRUParams
 from ._base import Backend, ImplInfo, LMResult, Trainer
 
@@ -242,15 +242,18 @@ class NumpyTrainer(Trainer):
         self.backend, self.impl, self.mode, self.device = "numpy", impl, mode, device
         self.model = model.copy()
         self.lr, self.clip = lr, clip
+        self.trained = trained(model.spec)
 
     def train_epoch(self, batches, *, random_iter=False):
         losses, state = [], None
+        params = [p for p, t in zip(self.model.flat(), self.trained) if t]
         for X, Y in batches:
             if random_iter:
                 state = None
             res = lm_step(self.model, X, Y, state)
             state = res.state
-            clip_and_sgd(self.model.flat(), res.grads.flat(), self.lr, self.clip)
+            clip_and_sgd(params, [g for g, t in zip(res.grads.flat(), self.trained) if t],
+                         self.lr, self.clip)
             losses.append(res.loss)
         return np.asarray(losses)
 

@@ -48,7 +48,7 @@ with warnings.catch_warnings():
     import paddle
     import paddle.nn.functional as F
 
-from ..model import LMParams
+from ..model import LMParams, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from . import _cudnn_layout
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
@@ -304,6 +304,11 @@ class PaddleTrainer(Trainer):
         with _on_device(self._place):
             self.net = _LM_CLASSES[impl](model)
             self._params = list(self.net.parameters())
+            if not model.spec.reset_after:  # the scratch cells' b_h stay put (model.trained)
+                keep = trained(model.spec)
+                for p, k in zip(self._params, keep, strict=True):
+                    p.stop_gradient = not k
+                self._params = [p for p, k in zip(self._params, keep) if k]
             if mode == "static":
                 static = paddle.jit.to_static(self.net.forward, full_graph=True)
 

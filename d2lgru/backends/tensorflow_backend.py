@@ -73,7 +73,7 @@ _import_quietly()
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from ..model import LMParams  # noqa: E402
+from ..model import LMParams, trained  # noqa: E402
 from ..spec import CellParams, GRUParams, GRUSpec  # noqa: E402
 from ._base import (Backend, ImplInfo, LMResult, Trainer, UnsupportedError,  # noqa: E402
                     check_native_names)
@@ -384,6 +384,10 @@ class TensorFlowTrainer(Trainer):
             self.gru_vars = [tf.Variable(a) for a in _gru_arrays(impl, model.gru)]
             self.W_hq, self.b_q = tf.Variable(model.W_hq), tf.Variable(model.b_q)
         self.variables = self.gru_vars + [self.W_hq, self.b_q]
+        # reset-before: per cell kernel, recurrent_kernel, b_x, b_h, of which b_h stays put;
+        # reset-after trains every variable (Keras' native one holds three a cell)
+        self.trained = self.variables if model.spec.reset_after else [
+            v for v, keep in zip(self.variables, trained(model.spec), strict=True) if keep]
         lr, clip = tf.constant(lr, self.dtype), tf.constant(clip, self.dtype)
         # XLA compiles a tf.while_loop better than 35 unrolled steps; plain graphs the reverse
         loop = "while" if mode == "xla" else "unroll"
@@ -393,11 +397,11 @@ class TensorFlowTrainer(Trainer):
                 logits, state = _lm_forward(self.stack, self.spec, self.gru_vars, self.W_hq,
                                             self.b_q, ids, state, loop)
                 loss = _lm_loss(logits, labels)
-            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.variables)]
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.trained)]
             norm = tf.linalg.global_norm(grads)
             # the book's grad_clipping: scale by clip / norm when the norm exceeds clip
             scale = lr * tf.minimum(tf.ones_like(norm), clip / norm)
-            for v, g in zip(self.variables, grads):
+            for v, g in zip(self.trained, grads):
                 v.assign_sub(scale * g)
             return loss, state
 

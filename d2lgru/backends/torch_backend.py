@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import LMParams
+from ..model import LMParams, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from . import _cudnn_layout
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
@@ -226,7 +226,10 @@ class TorchTrainer(Trainer):
         else:
             self.gru = _native_gru(model.spec, to_native(model.gru), head[0].dtype, self.dev)
             gru_flat = list(self.gru.parameters())
-        self.flat = [t.requires_grad_(True) for t in gru_flat + head]
+        mask = trained(model.spec)  # the native layer's four tensors a cell line up with it too
+        assert len(mask) == len(gru_flat) + 2
+        self.flat = [t.requires_grad_(True) for t in gru_flat + head]  # lm_loss_and_grads: all
+        self.trained = [t for t, keep in zip(self.flat, mask) if keep]
         self.loss_fn = _LanguageModel(impl, model.spec, model.vocab_size, gru=self.gru)
 
     def train_epoch(self, batches, *, random_iter=False):
@@ -253,9 +256,9 @@ class TorchTrainer(Trainer):
                 state = torch.zeros(spec.num_layers * spec.num_directions, N, spec.hidden_size,
                                     dtype=self.flat[0].dtype, device=self.dev)
             loss, _, h_n = self.loss_fn(self.flat, ids[i], labels[i], state)
-            grads = torch.autograd.grad(loss, self.flat)
+            grads = torch.autograd.grad(loss, self.trained)
             with torch.no_grad():
-                _clip_and_sgd(self.flat, list(grads), self.lr, self.clip)
+                _clip_and_sgd(self.trained, list(grads), self.lr, self.clip)
             state = h_n.detach()
             losses.append(loss.detach())
         return torch.stack(losses).cpu().numpy().astype(np.float64)

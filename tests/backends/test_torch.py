@@ -113,3 +113,46 @@ def test_random_iter_restarts_the_state(be, data_dir):
     losses = be.make_trainer(model).train_epoch(batches, random_iter=True)
     ref = d2lgru.get_backend("numpy").make_trainer(model).train_epoch(batches, random_iter=True)
     np.testing.assert_allclose(losses, ref, rtol=1e-5)
+
+
+# -- the book's own code (docs/reproduce/book.py) is the experiment d2lgru runs -------------
+def test_the_books_own_code_trains_like_the_oracle_from_the_same_start(data_dir):
+    """One epoch (8 steps) of the book's PyTorch code and of d2lgru's NumPy oracle, from the
+    book's own initial weights (the same torch.randn draws) and its batches (the same
+    random.randint offset), end at the same perplexity: same loss, state carry, clipping, SGD."""
+    import importlib.util
+    import math
+    import random
+    from pathlib import Path
+
+    from d2lgru.model import LMParams
+    from d2lgru.spec import GRUParams
+
+    repo = Path(__file__).resolve().parents[2]
+    spec_ = importlib.util.spec_from_file_location("d2l_book", repo / "docs/reproduce/book.py")
+    book = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(book)
+    text = str(data_dir / "timemachine.txt")
+    seed, V, H = 3, 28, 256
+    threads, rng_state, py_state = torch.get_num_threads(), torch.random.get_rng_state(), random.getstate()
+    try:
+        run = book.run_book(seed, text, epochs=1)
+        torch.manual_seed(seed)  # get_params' draws, in its order
+        draws = [torch.randn(size=s) * 0.01 for s in [(V, H), (H, H)] * 3 + [(H, V)]]
+    finally:
+        torch.set_num_threads(threads)
+        torch.random.set_rng_state(rng_state)
+        random.setstate(py_state)
+    assert run["format"] == "d2lgru.BookRun/1" and len(run["perplexity"]) == 1
+    W = [d.numpy() for d in draws]
+    gru = GRUParams.from_arrays(GRUSpec(V, H), {
+        "l0.d0.W_x": np.stack(W[0:6:2]), "l0.d0.W_h": np.stack(W[1:6:2]),  # gates z, r, h
+        "l0.d0.b_x": np.zeros((3, H), np.float32), "l0.d0.b_h": np.zeros((3, H), np.float32)})
+    model = LMParams(gru, W[6], np.zeros(V, np.float32))
+    pipeline = book.book
+    corpus, _ = pipeline.load_corpus_time_machine(text, max_tokens=10000)
+    offset = random.Random(seed).randint(0, 35)
+    batches = list(pipeline.seq_data_iter_sequential(corpus, 32, 35, offset))
+    assert len(batches) == 8
+    losses = d2lgru.get_backend("numpy").make_trainer(model, lr=1.0, clip=1.0).train_epoch(batches)
+    np.testing.assert_allclose(math.exp(np.mean(losses)), run["perplexity"][0], rtol=1e-5)
