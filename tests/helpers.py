@@ -13,6 +13,18 @@ def random_params(spec, dtype=np.float64, seed=0, scale=0.5):
         lambda a: (rng.standard_normal(a.shape) * scale).astype(dtype))
 
 
+def assert_native_round_trip(be, params, layer_shapes):
+    """``be.to_native`` names and shapes the arrays as the framework's own layer does
+    (``layer_shapes``: name -> shape), and ``from_native``/``to_native`` lose nothing: both
+    ways are bit-exact and keep the dtype."""
+    native = be.to_native(params)
+    assert {k: tuple(v.shape) for k, v in native.items()} == layer_shapes
+    assert be.from_native(native, params.spec) == params
+    back = be.to_native(be.from_native(native, params.spec))
+    dtype = params.cell(0).W_x.dtype
+    assert all(np.array_equal(back[k], native[k]) and back[k].dtype == dtype for k in native)
+
+
 def book_pipeline():
     """``benchmarks/_book_pipeline.py``, the book's data code transcribed, imported by its path:
     the tests run against the installed d2lgru, so the checkout itself is not on ``sys.path``."""

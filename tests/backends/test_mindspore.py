@@ -15,7 +15,7 @@ import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
-from helpers import random_params
+from helpers import assert_native_round_trip, random_params
 
 @pytest.fixture(scope="module")
 def be():
@@ -88,14 +88,9 @@ def test_cli_refuses_the_native_reset_before_cell(data_dir, capsys):
 # -- nn.GRU's layout -----------------------------------------------------------------------
 def test_native_converters_round_trip_bit_exactly(be):
     spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
-    params = random_params(spec, np.float32)
-    native = be.to_native(params)
     layer = ms.nn.GRU(3, 5, 2, bidirectional=True)
-    assert {k: tuple(v.shape) for k, v in native.items()} == \
-        {p.name: tuple(p.shape) for p in layer.get_parameters()}
-    assert be.from_native(native, spec) == params
-    back = be.to_native(be.from_native(native, spec))
-    assert all(np.array_equal(back[k], native[k]) and back[k].dtype == np.float32 for k in native)
+    assert_native_round_trip(be, random_params(spec, np.float32),
+                             {p.name: tuple(p.shape) for p in layer.get_parameters()})
 
 
 def test_nn_gru_matches_the_oracle_through_the_converters(be, oracle):

@@ -7,7 +7,7 @@ import pytest
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.data import load_data_time_machine
-from helpers import random_params
+from helpers import assert_native_round_trip, random_params
 
 d2lgru.get_backend("paddle")  # the adapter imports paddle first, with its import-time noise off
 import paddle  # noqa: E402
@@ -49,18 +49,13 @@ def test_absent_gpu_is_one_clear_error(be, device):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_native_converters_round_trip_bit_exactly(be, dtype):
     spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
-    params = random_params(spec, dtype)
-    native = be.to_native(params)
     paddle.set_default_dtype(np.dtype(dtype).name)
     try:
         gru = paddle.nn.GRU(3, 5, 2, direction="bidirect", time_major=True)
     finally:
         paddle.set_default_dtype("float32")
-    assert {k: tuple(v.shape) for k, v in native.items()} == \
-        {k: tuple(p.shape) for k, p in gru.named_parameters()}
-    assert be.from_native(native, spec) == params
-    back = be.to_native(be.from_native(native, spec))
-    assert all(np.array_equal(back[k], native[k]) and back[k].dtype == dtype for k in native)
+    assert_native_round_trip(be, random_params(spec, dtype),
+                             {k: tuple(p.shape) for k, p in gru.named_parameters()})
 
 
 def test_paddle_gru_matches_the_oracle_through_the_converters(be):

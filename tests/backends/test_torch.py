@@ -7,7 +7,7 @@ import torch
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.data import load_data_time_machine
-from helpers import random_params
+from helpers import assert_native_round_trip, random_params
 
 
 
@@ -39,15 +39,10 @@ def test_absent_gpu_is_one_clear_error(be, device):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_native_converters_round_trip_bit_exactly(be, dtype):
     spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
-    params = random_params(spec, dtype)
-    native = be.to_native(params)
     gru = torch.nn.GRU(3, 5, 2, bidirectional=True,
                        dtype=torch.float64 if dtype == np.float64 else torch.float32)
-    assert {k: tuple(v.shape) for k, v in native.items()} == \
-        {k: tuple(p.shape) for k, p in gru.named_parameters()}
-    assert be.from_native(native, spec) == params
-    back = be.to_native(be.from_native(native, spec))
-    assert all(np.array_equal(back[k], native[k]) and back[k].dtype == dtype for k in native)
+    assert_native_round_trip(be, random_params(spec, dtype),
+                             {k: tuple(p.shape) for k, p in gru.named_parameters()})
 
 
 def test_torch_gru_matches_the_oracle_through_the_converters(be):
