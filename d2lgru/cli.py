@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the chapter's experiment into OUT/<backend>-<impl>/, "
                                          "or --collect every run under a directory into one table")
     _add_train_args(p)
-    p.add_argument("--out", help="runs go to OUT/<backend>-<impl>[-<cell>]/")
+    p.add_argument("--out", help="runs go to OUT/<backend>-<impl>[-<exercise>][-seed<S>]/")
     p.add_argument("--collect", metavar="DIR", help="instead of training: write DIR/results.md "
                                                     "and DIR/perplexity.png from DIR/*/result.json")
 
@@ -285,9 +285,10 @@ def cmd_reproduce(args) -> int:
     if args.out is None:
         raise ValueError("reproduce needs --out DIR (where the run goes) or --collect DIR")
     from .backends import get_backend
-    suffix = "" if args.cell == "gru" and args.gates == "both" else \
-        f"-{'rnn' if args.cell == 'rnn' else args.gates}"
-    args.out = str(Path(args.out) / (run_name(get_backend(args.backend).name, args.impl) + suffix))
+    exercise = "" if args.cell == "gru" and args.gates == "both" else \
+        ("rnn" if args.cell == "rnn" else args.gates)
+    args.out = str(Path(args.out) / run_name(get_backend(args.backend).name, args.impl,
+                                             exercise, args.seed))
     args.resume = None
     return cmd_train(args)
 

@@ -1,12 +1,14 @@
 """The chapter's experiment on every backend, and the table that compares them.
 
-``d2lgru reproduce --backend B --impl I --out DIR`` trains the book's configuration with a fixed
-seed into ``DIR/B-I/`` (a normal checkpoint directory plus ``result.json``);
+``d2lgru reproduce --backend B --impl I [--seed S] --out DIR`` trains the book's configuration
+into ``DIR/B-I[-seedS]/`` (a normal checkpoint directory plus ``result.json``);
 ``d2lgru reproduce --collect DIR`` gathers every ``DIR/*/result.json`` into ``DIR/results.md``
-(the book's closing lines, one row per backend and impl, and how each run ended) and
-``DIR/perplexity.png`` (every perplexity curve overlaid). Runs of the book's own code that
-``docs/reproduce/book.py`` left in ``DIR/book/seed-S.json`` join the second table and the figure
-as the reference.
+and ``DIR/perplexity.png``. Runs that differ only in their seed make one row: SGD at the book's
+learning rate of 1 makes the loss spike late in training, so one run's last epoch is a draw, and
+the row's perplexity is the median of its seeds' last epochs (each seed's is listed beside it).
+The table keeps the book's closing lines, then how the runs ended; the figure overlays one curve
+per row. Runs of the book's own code that ``docs/reproduce/book.py`` left in
+``DIR/book/seed-S.json`` join the second table and the figure as the reference.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ BAR = 1.15
 BOOK_DIR, BOOK_FORMAT = "book", "d2lgru.BookRun/1"
 
 
-def run_name(backend: str, impl: str) -> str:
-    return f"{backend}-{impl}"
+def run_name(backend: str, impl: str, exercise: str = "", seed: int = 0) -> str:
+    """``B-I[-EXERCISE][-seedS]``: seed 0's run keeps the short name."""
+    return f"{backend}-{impl}" + (f"-{exercise}" if exercise else "") + (f"-seed{seed}" if seed else "")
 
 
 def collect(directory) -> list[dict]:
@@ -46,6 +49,35 @@ def collect(directory) -> list[dict]:
         raise CheckpointError(f"no finished runs (*/{RESULT_FILE}) under {directory}; "
                               f"run `d2lgru reproduce --backend NAME --out {directory}` first")
     return runs
+
+
+def rows(runs: list[dict]) -> list[list[dict]]:
+    """The runs grouped by everything but their seed (backend, impl, mode, framework, device,
+    config), each group in seed order, the groups in the order of their first run."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        config = {k: v for k, v in r["config"].items() if k not in ("seed", "data")}
+        key = json.dumps([r["backend"], r["impl"], r.get("mode"), r["framework_version"],
+                          r["device"], config], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for group in groups.values():
+        group.sort(key=_seed)
+        for a, b in zip(group, group[1:]):
+            if _seed(a) == _seed(b):
+                raise CheckpointError(f"{a['run']} and {b['run']} are the same run (seed "
+                                      f"{_seed(a)}, same config); keep one of them")
+        out.append(group)
+    return out
+
+
+def _seed(run) -> int:
+    return int(run["config"].get("seed", 0))
+
+
+def row_perplexity(group: list[dict]) -> float:
+    """A row's perplexity: the median over its seeds of the last epoch's."""
+    return float(np.median([r["history"][-1] for r in group]))
 
 
 def collect_book(directory) -> list[dict]:
@@ -89,26 +121,40 @@ def _who(r) -> str:
     return f"{r['backend']} {r['impl']}" + (f" ({_cell(r)})" if exercise else "")
 
 
-def _seeds(book) -> str:
-    seeds = [r["seed"] for r in book]
+def _seeds(runs) -> str:
+    seeds = [r["seed"] if "seed" in r else _seed(r) for r in runs]
     if seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
         return f"{seeds[0]}–{seeds[-1]}"
     return ", ".join(map(str, seeds))
 
 
-def ending_table(runs: list[dict], book: list[dict]) -> str:
-    """How every run ended, the book's own runs last."""
-    lines = [f"| run | last epoch | last {SETTLED_EPOCHS} (median) | first epoch ≤ {BAR} | "
+def _spread(values, fmt: str) -> str:
+    """One value as it is; several as their median and range."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    median = float(np.median(values))
+    middle = f"{median:g}" if fmt == "d" else format(median, fmt)  # a median of counts may be x.5
+    return f"{middle} ({format(min(values), fmt)}–{format(max(values), fmt)})"
+
+
+def ending_table(groups: list[list[dict]], book: list[dict]) -> str:
+    """How every row's runs ended, the book's own runs last; for several seeds, each column
+    gives the median over the seeds and their range."""
+    lines = [f"| run | seeds | last epoch | last {SETTLED_EPOCHS} (median) | first epoch ≤ {BAR} | "
              f"epochs > {BAR} of the last 100 | highest of the last 100 |",
-             "|---|--:|--:|--:|--:|--:|"]
-    rows = [(_who(r), r["history"]) for r in runs]
-    rows += [(f"the book's own code, seed {r['seed']}", r["history"]) for r in book]
-    for name, history in rows:
-        e = ending(history)
-        first = "never" if e["first_below"] is None else e["first_below"]
-        lines.append(f"| {name} | {e['last']:.3f} | {e['settled']:.3f} | {first} | "
-                     f"{e['above_last_100']} | {e['peak_last_100']:.2f} |")
-    return "\n".join(lines) + "\n" + spike_windows(runs, book)
+             "|---|---|--:|--:|--:|--:|--:|"]
+    named = [(_who(g[0]), g) for g in groups] + ([("the book's own code", book)] if book else [])
+    for name, runs in named:
+        ends = [ending(r["history"]) for r in runs]
+        firsts = [e["first_below"] for e in ends if e["first_below"] is not None]
+        first = _spread(firsts, "d") if len(firsts) == len(ends) else \
+            "never" if not firsts else f"{_spread(firsts, 'd')}; never in {len(ends) - len(firsts)}"
+        lines.append(
+            f"| {name} | {_seeds(runs)} | {_spread([e['last'] for e in ends], '.3f')} | "
+            f"{_spread([e['settled'] for e in ends], '.3f')} | {first} | "
+            f"{_spread([e['above_last_100'] for e in ends], 'd')} | "
+            f"{max(e['peak_last_100'] for e in ends):.2f} |")
+    return "\n".join(lines) + "\n" + spike_windows([r for g in groups for r in g], book)
 
 
 def spike_windows(runs: list[dict], book: list[dict], windows: int = 10, width: int = 10) -> str:
@@ -129,28 +175,37 @@ def spike_windows(runs: list[dict], book: list[dict], windows: int = 10, width: 
 
 
 def markdown_table(runs: list[dict], book: list[dict] = ()) -> str:
+    groups = rows(runs)
     lines = [
-        "| backend | impl | mode | cell | framework | epochs | perplexity | last 10 (median) | "
+        "| backend | impl | mode | cell | framework | epochs | seeds | perplexity | by seed | "
         "tokens/s | device | `time traveller` … | `traveller` … |",
-        "|---|---|---|---|---|--:|--:|--:|--:|---|---|---|",
+        "|---|---|---|---|---|--:|---|--:|---|--:|---|---|---|",
     ]
-    for r in runs:
+    for g in groups:
+        r = g[0]
+        by_seed = " · ".join(f"{x['history'][-1]:.2f}" for x in g)
         preds = [r["predictions"].get(p, "") for p in PREFIXES]
         preds = [p.replace("|", "\\|") for p in preds]
         lines.append(
             f"| {r['backend']} | {r['impl']} | {r.get('mode', '')} | {_cell(r)} | {r['framework_version']} | "
-            f"{r['epochs']} | {r['perplexity']:.2f} | {settled(r['history']):.2f} | "
+            f"{r['epochs']} | {_seeds(g)} | {row_perplexity(g):.2f} | "
+            f"{by_seed} | "
             f"{r['tokens_per_sec']:,.0f} | {r['device']} | "
             f"{preds[0]} | {preds[1]} |")
-    book_lines = [f"- **{_who(r)}**: perplexity {r['perplexity']:.1f}, "
-                  f"{r['tokens_per_sec']:.1f} tokens/sec on {r['device']}" for r in runs]
+    first = "seed 0's" if all(_seed(g[0]) == 0 for g in groups) else "the first seed's"
+    book_lines = [f"- **{_who(g[0])}**: perplexity {row_perplexity(g):.1f}, "
+                  f"{g[0]['tokens_per_sec']:.1f} tokens/sec on {g[0]['device']}" for g in groups]
     reference = (f" and {len(book)} runs of the book's own code (`docs/reproduce/book.py`, "
                  f"seeds {_seeds(book)})") if book else ""
-    return ("\n".join(lines) + "\n\nIn the book's words:\n\n" + "\n".join(book_lines) + "\n"
+    return ("*perplexity*: the median over the row's seeds of the last epoch's perplexity (what "
+            "the book prints for its one run); *by seed*: each seed's, in seed order; tokens/s "
+            f"and the predictions: {first} run.\n\n"
+            + "\n".join(lines) + "\n\nIn the book's words:\n\n" + "\n".join(book_lines) + "\n"
             f"\n## How each run ended\n\nEvery run above{reference}: SGD at lr 1 makes the loss "
             f"spike for a few epochs at a time late in training, so the last epoch alone can land "
-            f"in a spike; the median of the last {SETTLED_EPOCHS} epochs is where the run "
-            f"settled.\n\n" + ending_table(runs, book))
+            f"in a spike; the median of the last {SETTLED_EPOCHS} epochs is where a run "
+            f"settled. Where a row has several seeds, each column gives the median over them and "
+            f"their range.\n\n" + ending_table(groups, book))
 
 
 def _ended(r) -> str:
@@ -165,8 +220,9 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = (len(runs) + bool(book) + 1) // 2
-    fig, ax = plt.subplots(figsize=(8, 4.4 + 0.17 * rows), dpi=120)
+    runs = [g[0] for g in rows(runs)]  # one curve per row: its first seed
+    lines = (len(runs) + bool(book) + 1) // 2
+    fig, ax = plt.subplots(figsize=(8, 4.4 + 0.17 * lines), dpi=120)
     for i, r in enumerate(book):  # the reference band, under d2lgru's curves
         ax.plot(range(1, len(r["history"]) + 1), r["history"], lw=0.6, color="0.6", alpha=0.6,
                 label=f"the book's own code, seeds {_seeds(book)}" if i == 0 else None)
@@ -174,7 +230,8 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
         exercise = r["config"].get("gates", "both") != "both"  # the book's exercises: dashed
         ax.plot(range(1, len(r["history"]) + 1), r["history"], lw=1.0,
                 ls="--" if exercise else "-",
-                label=f"{r['backend']} {r['impl']} {r.get('mode', '')} {_cell(r)} ({_ended(r)})")
+                label=f"{r['backend']} {r['impl']} {r.get('mode', '')} {_cell(r)}"
+                      + (f" seed {_seed(r)}" if _seed(r) else "") + f" ({_ended(r)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")

@@ -159,10 +159,14 @@ def test_reproduce_runs_and_collects(tmp_path, data_dir):
         data_dir=data_dir, check=True)
     run("reproduce", "--backend", "numpy", "--cell", "rnn", "--epochs", "2", *SMALL, "--out", str(out),
         data_dir=data_dir, check=True)
-    assert sorted(p.name for p in out.iterdir()) == ["numpy-scratch", "numpy-scratch-rnn"]
+    run("reproduce", "--backend", "numpy", "--seed", "3", "--epochs", "2", *SMALL, "--out", str(out),
+        data_dir=data_dir, check=True)
+    assert sorted(p.name for p in out.iterdir()) == ["numpy-scratch", "numpy-scratch-rnn",
+                                                     "numpy-scratch-seed3"]
     proc = run("reproduce", "--collect", str(out), check=True)
     table = (out / "results.md").read_text()
-    assert "| numpy | scratch | eager | reset-before |" in table
+    assert "| numpy | scratch | eager | reset-before | " in table   # seeds 0 and 3: one row
+    assert "| 2 | 0, 3 | " in table and table.count("| numpy | scratch | eager | reset-before |") == 1
     assert "| numpy | scratch | eager | plain RNN |" in table
     assert "perplexity" in proc.stdout and (out / "perplexity.png").stat().st_size > 1000
     assert "## How each run ended" in table and "| numpy scratch | " in table
@@ -174,7 +178,7 @@ def test_reproduce_runs_and_collects(tmp_path, data_dir):
     (book / "seed-4.json").write_text(json.dumps(
         {"format": "d2lgru.BookRun/1", "seed": 4, "epochs": 500, "perplexity": curve}))
     run("reproduce", "--collect", str(out), check=True)
-    assert "| the book's own code, seed 4 | 1.060 | 1.060 | 381 | 3 | 1.30 |" in \
+    assert "| the book's own code | 4 | 1.060 | 1.060 | 381 | 3 | 1.30 |" in \
         (out / "results.md").read_text()
     (book / "seed-5.json").write_text("{}")
     assert_one_line_error(run("reproduce", "--collect", str(out)), "seed-5.json is not a run of",

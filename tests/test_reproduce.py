@@ -1,6 +1,9 @@
 """The reproduce report's arithmetic on made-up curves (the CLI test runs the real thing)."""
 
-from d2lgru.reproduce import ending, spike_windows
+import pytest
+
+from d2lgru.reproduce import ending, markdown_table, row_perplexity, rows, spike_windows
+from d2lgru.train import CheckpointError
 
 
 def run(history, gates="both"):
@@ -23,3 +26,29 @@ def test_spike_windows_share_epochs_above_the_bar_by_stretch():
     assert table.splitlines()[3].startswith("| 1–10 | 11–20 |")
     assert table.splitlines()[-1] == "| " + " | ".join(["0%"] * 9 + ["17%"]) + " |"
     assert spike_windows([run(calm), run(calm[:50])], []) == ""  # no common window
+
+
+def result(seed, last, backend="numpy", gates="both", name=None):
+    history = [20.0] * 380 + [1.06] * 119 + [last]
+    return {"backend": backend, "impl": "scratch", "mode": "eager", "framework_version": "1",
+            "device": "cpu", "epochs": 500, "perplexity": last, "tokens_per_sec": 1000.0 + seed,
+            "predictions": {}, "history": history, "run": name or f"{backend}-{seed}-{gates}",
+            "config": {"gates": gates, "reset_after": False, "seed": seed, "data": f"/d{seed}"}}
+
+
+def test_runs_that_differ_only_in_seed_make_one_row_judged_by_the_median():
+    runs = [result(1, 1.31), result(0, 1.07), result(2, 1.08), result(0, 1.05, gates="reset-only"),
+            result(0, 1.09, backend="torch")]
+    groups = rows(runs)
+    assert [[r["config"]["seed"] for r in g] for g in groups] == [[0, 1, 2], [0], [0]]
+    assert row_perplexity(groups[0]) == pytest.approx(1.08)   # one spiking seed does not move it
+    table = markdown_table(runs)
+    assert "| 500 | 0–2 | 1.08 | 1.07 · 1.31 · 1.08 | 1,000 |" in table   # seed 0's tokens/s
+    assert "- **numpy scratch**: perplexity 1.1, 1000.0 tokens/sec on cpu" in table
+    assert "| numpy scratch | 0–2 | 1.080 (1.070–1.310) | 1.060 (1.060–1.060) | 381 (381–381) | " \
+           "0 (0–1) | 1.31 |" in table
+
+
+def test_two_runs_of_the_same_seed_and_config_are_an_error():
+    with pytest.raises(CheckpointError, match="numpy-a and numpy-b are the same run .seed 0"):
+        rows([result(0, 1.07, name="numpy-a"), result(0, 1.08, name="numpy-b")])
