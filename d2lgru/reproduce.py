@@ -154,7 +154,31 @@ def ending_table(groups: list[list[dict]], book: list[dict]) -> str:
             f"{_spread([e['settled'] for e in ends], '.3f')} | {first} | "
             f"{_spread([e['above_last_100'] for e in ends], 'd')} | "
             f"{max(e['peak_last_100'] for e in ends):.2f} |")
-    return "\n".join(lines) + "\n" + spike_windows([r for g in groups for r in g], book)
+    runs = [r for g in groups for r in g]
+    return "\n".join(lines) + "\n" + spike_windows(runs, book) + shared_spikes(runs)
+
+
+def _pairs(values) -> str:
+    return f"{len(values)} pair" + ("" if len(values) == 1 else "s")
+
+
+def shared_spikes(runs: list[dict], span: int = 100) -> str:
+    """Whether spikes follow the data: a seed fixes every epoch's batches on every backend, so
+    compare the epochs above :data:`BAR` among the last ``span`` of two runs of the same seed
+    with those of two runs of different seeds (the share of either's that both have)."""
+    curves = [(_seed(r), np.asarray(r["history"], dtype=float)[-span:] > BAR)
+              for r in runs if r["config"].get("gates", "both") == "both" and len(r["history"]) >= span]
+    same, other = [], []
+    for i, (seed_a, a) in enumerate(curves):
+        for seed_b, b in curves[i + 1:]:
+            if (a | b).any():
+                (same if seed_a == seed_b else other).append((a & b).sum() / (a | b).sum())
+    if not same or not other:
+        return ""
+    return (f"\nRuns of the same seed see the same batches in every epoch, whatever the backend. "
+            f"Of the epochs above {BAR} among the last {span} of either of two runs, both runs "
+            f"are above it in {np.mean(same):.0%} when they share the seed ({_pairs(same)}) "
+            f"and in {np.mean(other):.0%} when they do not ({_pairs(other)}).\n")
 
 
 def spike_windows(runs: list[dict], book: list[dict], windows: int = 10, width: int = 10) -> str:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from d2lgru.reproduce import ending, markdown_table, row_perplexity, rows, spike_windows
+from d2lgru.reproduce import (ending, markdown_table, row_perplexity, rows, shared_spikes,
+                              spike_windows)
 from d2lgru.train import CheckpointError
 
 
@@ -52,3 +53,15 @@ def test_runs_that_differ_only_in_seed_make_one_row_judged_by_the_median():
 def test_two_runs_of_the_same_seed_and_config_are_an_error():
     with pytest.raises(CheckpointError, match="numpy-a and numpy-b are the same run .seed 0"):
         rows([result(0, 1.07, name="numpy-a"), result(0, 1.08, name="numpy-b")])
+
+
+def test_shared_spikes_compares_runs_of_one_seed_with_runs_of_different_seeds():
+    def spiky(seed, epochs):
+        r = result(seed, 1.06)
+        for e in epochs:
+            r["history"][e] = 1.3
+        return r
+    runs = [spiky(0, [-5, -4]), spiky(0, [-5, -3]), spiky(1, [-5, -20])]
+    text = shared_spikes(runs)   # same seed: 1 of 3 epochs shared; the others: 1 of 3 each
+    assert "in 33% when they share the seed (1 pair) and in 33% when they do not (2 pairs)" in text
+    assert shared_spikes(runs[:2]) == ""   # nothing to compare with
