@@ -261,7 +261,9 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
-    ax.set_title("GRU on The Time Machine, the book's config, every backend")
+    seeds = {_seed(r) for r in runs}
+    ax.set_title("GRU on The Time Machine, the book's config, every backend"
+                 + (f" (seed {seeds.pop()})" if len(seeds) == 1 else ""))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
