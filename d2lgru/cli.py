@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .errors import InvalidArgumentError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -200,7 +201,7 @@ def cmd_train(args) -> int:
     if reset_after is None:
         reset_after = choose_reset_after(backend, args.impl)
     if args.cell == "rnn" and args.gates != "both":
-        raise ValueError("--gates applies to --cell gru only; the plain RNN has no gates")
+        raise InvalidArgumentError("--gates applies to --cell gru only; the plain RNN has no gates")
     gates = "none" if args.cell == "rnn" else args.gates
     config = TrainConfig(hidden_size=args.hidden, num_layers=args.layers, reset_after=reset_after,
                          gates=gates,
@@ -267,8 +268,8 @@ def cmd_conformance(args) -> int:
     from .conformance import build_matrix, run_command
     if args.matrix is not None:
         if args.backend or args.cases:
-            raise ValueError("--matrix builds the matrix from existing reports; it takes no "
-                             "--backend or --cases")
+            raise InvalidArgumentError("--matrix builds the matrix from existing reports; it takes no "
+                                       "--backend or --cases")
         md, png = build_matrix(args.matrix)
         print(f"matrix written: {md} and {png}")
         return 0
@@ -283,7 +284,7 @@ def cmd_reproduce(args) -> int:
         print(f"table and figure written: {table} and {plot}")
         return 0
     if args.out is None:
-        raise ValueError("reproduce needs --out DIR (where the run goes) or --collect DIR")
+        raise InvalidArgumentError("reproduce needs --out DIR (where the run goes) or --collect DIR")
     from .backends import get_backend
     exercise = "" if args.cell == "gru" and args.gates == "both" else \
         ("rnn" if args.cell == "rnn" else args.gates)

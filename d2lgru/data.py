@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ._io import write_atomic
+from .errors import D2lgruError, InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "TIME_MACHINE_URL",
@@ -62,7 +63,7 @@ _SPACE, _BREAK = ord(" "), ord("\n")
 _CLEAN_BREAK_TABLE = bytes(_BREAK if b in b"\r\n" else c for b, c in enumerate(_CLEAN_TABLE))
 
 
-class DataError(RuntimeError):
+class DataError(D2lgruError, RuntimeError):
     """The corpus could not be found, downloaded, verified or read."""
 
 
@@ -204,7 +205,7 @@ def read_time_machine(path: str | os.PathLike | None = None) -> list[str]:
 
 def _check_token_kind(token: str) -> None:
     if token not in TOKEN_KINDS:
-        raise ValueError(f"token must be one of {TOKEN_KINDS}, got {token!r}")
+        raise InvalidArgumentError(f"token must be one of {TOKEN_KINDS}, got {token!r}")
 
 
 def tokenize(lines: Iterable[str], token: str = "word") -> list[list[str]]:
@@ -305,7 +306,7 @@ class Vocab:
     def from_dict(cls, data: dict) -> "Vocab":
         """Inverse of :meth:`to_dict`; raises ValueError saying what is malformed."""
         if not isinstance(data, dict):
-            raise ValueError(f"a vocabulary must be a JSON object, got {type(data).__name__}")
+            raise InvalidArgumentError(f"a vocabulary must be a JSON object, got {type(data).__name__}")
         idx_to_token = data.get("idx_to_token")
         if (
             not isinstance(idx_to_token, list)
@@ -313,9 +314,9 @@ class Vocab:
             or not all(isinstance(t, str) for t in idx_to_token)
             or idx_to_token[0] != "<unk>"
         ):
-            raise ValueError("'idx_to_token' must be a list of strings starting with '<unk>'")
+            raise InvalidArgumentError("'idx_to_token' must be a list of strings starting with '<unk>'")
         if len(set(idx_to_token)) != len(idx_to_token):
-            raise ValueError("'idx_to_token' must not repeat a token")
+            raise InvalidArgumentError("'idx_to_token' must not repeat a token")
         token_freqs = data.get("token_freqs", [])
         if not isinstance(token_freqs, list) or not all(
             isinstance(p, (list, tuple))
@@ -326,7 +327,7 @@ class Vocab:
             and p[1] >= 0
             for p in token_freqs
         ):
-            raise ValueError("'token_freqs' must be a list of [token, count] pairs with count >= 0")
+            raise InvalidArgumentError("'token_freqs' must be a list of [token, count] pairs with count >= 0")
         vocab = cls.__new__(cls)
         vocab.idx_to_token = list(idx_to_token)
         vocab.token_to_idx = {token: idx for idx, token in enumerate(idx_to_token)}
@@ -345,7 +346,7 @@ class Vocab:
                 data = json.load(f)
             return cls.from_dict(data)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{str(path)!r} is not a valid d2lgru vocabulary JSON file ({exc})"
             ) from None
 
@@ -423,7 +424,7 @@ def _check_max_tokens(max_tokens) -> int:
     try:
         return operator.index(max_tokens)
     except TypeError:
-        raise TypeError(
+        raise InvalidTypeError(
             f"max_tokens must be an integer (<= 0 for all tokens), got {max_tokens!r}"
         ) from None
 
@@ -485,16 +486,16 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     try:
         value_int = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}") from None
+        raise InvalidArgumentError(f"{name} must be {kind} integer, got {value!r}") from None
     if value_int < minimum:
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be {kind} integer, got {value!r}")
     return value_int
 
 
 def _as_corpus(corpus) -> np.ndarray:
     array = np.asarray(corpus)
     if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(
+        raise InvalidArgumentError(
             "corpus must be a 1-D sequence of token indices, "
             f"got shape {array.shape} dtype {array.dtype}"
         )
@@ -517,7 +518,7 @@ def _check_shape(corpus_len: int, batch_size, num_steps, use_random_iter: bool) 
     num_steps = _check_int("num_steps", num_steps)
     needed = batch_size * num_steps + _max_offset(num_steps, use_random_iter) + 1
     if corpus_len < needed:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"corpus has {corpus_len} tokens, too short for one batch of batch_size={batch_size} "
             f"x num_steps={num_steps} (needs at least {needed} tokens)"
         )

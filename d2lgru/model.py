@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InvalidArgumentError
 from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, init_params, \
     load_npz, save_npz
 
@@ -21,10 +22,10 @@ class LMParams:
     def __init__(self, gru: GRUParams, W_hq: np.ndarray, b_q: np.ndarray):
         V, out = gru.spec.input_size, gru.spec.output_size
         if W_hq.shape != (out, V) or b_q.shape != (V,):
-            raise ValueError(f"head must be W_hq {(out, V)} and b_q {(V,)} for a {gru.spec.describe()}"
-                             f", got {W_hq.shape} and {b_q.shape}")
+            raise InvalidArgumentError(f"head must be W_hq {(out, V)} and b_q {(V,)} for a {gru.spec.describe()}"
+                                       f", got {W_hq.shape} and {b_q.shape}")
         if W_hq.dtype != gru.dtype or b_q.dtype != gru.dtype:
-            raise ValueError(f"head dtype must match the GRU's {gru.dtype}, got {W_hq.dtype}/{b_q.dtype}")
+            raise InvalidArgumentError(f"head dtype must match the GRU's {gru.dtype}, got {W_hq.dtype}/{b_q.dtype}")
         self.gru, self.W_hq, self.b_q = gru, W_hq, b_q
 
     @property

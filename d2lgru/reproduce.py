@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .train import RESULT_FILE, SETTLED_EPOCHS, STATE_FILE, CheckpointError, settled
+from .errors import InvalidArgumentError
 
 PREFIXES = ("time traveller", "traveller")
 #: the book's bar: it prints perplexity 1.0-1.1 for this experiment
@@ -87,7 +88,7 @@ def collect_book(directory) -> list[dict]:
         try:
             run = json.loads(path.read_text())
             if run.get("format") != BOOK_FORMAT:
-                raise ValueError(f"format is {run.get('format')!r}, expected {BOOK_FORMAT!r}")
+                raise InvalidArgumentError(f"format is {run.get('format')!r}, expected {BOOK_FORMAT!r}")
             run["history"] = [float(v) for v in run["perplexity"]]
             run["seed"] = int(run["seed"])
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -36,6 +36,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ._io import write_atomic
+from .errors import D2lgruError, InvalidArgumentError
 
 #: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
 GATES = ("z", "r", "h")
@@ -53,7 +54,7 @@ FORMAT_GRU = "d2lgru.GRUParams/1"
 GATE_SETS = ("both", "reset-only", "update-only", "none")
 
 
-class ParamsFileError(ValueError):
+class ParamsFileError(D2lgruError, ValueError):
     """A parameter file is missing, truncated, foreign or does not match what was asked for."""
 
 
@@ -72,15 +73,15 @@ class GRUSpec:
         for field in ("input_size", "hidden_size", "num_layers"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"GRUSpec.{field} must be a positive integer, got {value!r}")
+                raise InvalidArgumentError(f"GRUSpec.{field} must be a positive integer, got {value!r}")
             object.__setattr__(self, field, int(value))
         for field in ("bidirectional", "reset_after"):
             value = getattr(self, field)
             if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"GRUSpec.{field} must be True or False, got {value!r}")
+                raise InvalidArgumentError(f"GRUSpec.{field} must be True or False, got {value!r}")
             object.__setattr__(self, field, bool(value))
         if self.gates not in GATE_SETS:
-            raise ValueError(f"GRUSpec.gates must be one of {', '.join(GATE_SETS)}, got {self.gates!r}")
+            raise InvalidArgumentError(f"GRUSpec.gates must be one of {', '.join(GATE_SETS)}, got {self.gates!r}")
 
     @property
     def has_update_gate(self) -> bool:
@@ -175,20 +176,20 @@ class GRUParams:
         spec = self.spec
         if len(self.cells) != spec.num_layers or any(
                 len(row) != spec.num_directions for row in self.cells):
-            raise ValueError(f"GRUParams for a {spec.describe()} need {spec.num_layers} layers of "
-                             f"{spec.num_directions} direction(s)")
+            raise InvalidArgumentError(f"GRUParams for a {spec.describe()} need {spec.num_layers} layers of "
+                                       f"{spec.num_directions} direction(s)")
         dtypes = set()
         for l, d in spec.cells():
             for name, shape in spec.cell_shapes(l).items():
                 a = getattr(self.cell(l, d), name)
                 if not isinstance(a, np.ndarray) or a.shape != shape:
                     got = a.shape if isinstance(a, np.ndarray) else type(a).__name__
-                    raise ValueError(f"layer {l} direction {d} {name} must have shape {shape} for "
-                                     f"a {spec.describe()}, got {got}")
+                    raise InvalidArgumentError(f"layer {l} direction {d} {name} must have shape {shape} for "
+                                               f"a {spec.describe()}, got {got}")
                 dtypes.add(a.dtype)
         if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
-            raise ValueError(f"GRUParams arrays must all be float32 or all float64, got "
-                             f"{sorted(str(t) for t in dtypes)}")
+            raise InvalidArgumentError(f"GRUParams arrays must all be float32 or all float64, got "
+                                       f"{sorted(str(t) for t in dtypes)}")
 
     @property
     def dtype(self) -> np.dtype:
@@ -224,18 +225,18 @@ class GRUParams:
         input biases then recurrent biases). One ONNX GRU node is one layer."""
         W, R = np.asarray(W), np.asarray(R)
         if W.ndim != 3 or R.ndim != 3 or W.shape[0] not in (1, 2) or W.shape[1] % 3:
-            raise ValueError(f"ONNX GRU wants W [D, 3H, I] and R [D, 3H, H] with D in (1, 2), "
-                             f"got W {W.shape} and R {R.shape}")
+            raise InvalidArgumentError(f"ONNX GRU wants W [D, 3H, I] and R [D, 3H, H] with D in (1, 2), "
+                                       f"got W {W.shape} and R {R.shape}")
         D, H3, I = W.shape
         H = H3 // 3
         if R.shape != (D, 3 * H, H):
-            raise ValueError(f"ONNX R must have shape {(D, 3 * H, H)} to match W {W.shape}, "
-                             f"got {R.shape}")
+            raise InvalidArgumentError(f"ONNX R must have shape {(D, 3 * H, H)} to match W {W.shape}, "
+                                       f"got {R.shape}")
         B = np.zeros((D, 6 * H), W.dtype) if B is None else np.asarray(B)
         if B.shape != (D, 6 * H):
-            raise ValueError(f"ONNX B must have shape {(D, 6 * H)}, got {B.shape}")
+            raise InvalidArgumentError(f"ONNX B must have shape {(D, 6 * H)}, got {B.shape}")
         if linear_before_reset not in (0, 1):
-            raise ValueError(f"linear_before_reset must be 0 or 1, got {linear_before_reset!r}")
+            raise InvalidArgumentError(f"linear_before_reset must be 0 or 1, got {linear_before_reset!r}")
         spec = GRUSpec(I, H, 1, D == 2, bool(linear_before_reset))
         cells = [[CellParams(
             W_x=np.ascontiguousarray(W[d].reshape(3, H, I).transpose(0, 2, 1)),
@@ -249,9 +250,9 @@ class GRUParams:
         ``{"W", "R", "B", "linear_before_reset", "hidden_size", "direction"}``."""
         spec = self.spec
         if not 0 <= layer < spec.num_layers:
-            raise ValueError(f"layer must be in [0, {spec.num_layers}), got {layer}")
+            raise InvalidArgumentError(f"layer must be in [0, {spec.num_layers}), got {layer}")
         if spec.gates != "both":
-            raise ValueError(f"ONNX's GRU has every gate; a {spec.describe()} has no ONNX form")
+            raise InvalidArgumentError(f"ONNX's GRU has every gate; a {spec.describe()} has no ONNX form")
         H = spec.hidden_size
         row = self.cells[layer]
         return {

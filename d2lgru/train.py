@@ -27,13 +27,14 @@ from .backends import get_backend
 from .model import LMParams, init_lm, one_hot
 from ._io import write_atomic
 from .spec import ParamsFileError
+from .errors import D2lgruError, InvalidArgumentError
 
 FORMAT_CHECKPOINT = "d2lgru.Checkpoint/1"
 STATE_FILE = "state.json"
 VOCAB_FILE = "vocab.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(D2lgruError, ValueError):
     """A checkpoint directory is missing, incomplete or corrupt."""
 
 
@@ -60,10 +61,10 @@ class TrainConfig:
         for name in ("hidden_size", "num_layers", "batch_size", "num_steps", "epochs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+                raise InvalidArgumentError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("lr", "clip"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass
@@ -194,7 +195,7 @@ def load_checkpoint(path) -> dict:
     try:
         state = json.loads(state_file.read_text())
         if state.get("format") != FORMAT_CHECKPOINT:
-            raise ValueError(f"format is {state.get('format')!r}, expected {FORMAT_CHECKPOINT!r}")
+            raise InvalidArgumentError(f"format is {state.get('format')!r}, expected {FORMAT_CHECKPOINT!r}")
         config = TrainConfig(**state["config"])
         model = LMParams.load(path / state["model"])
         vocab = d2data.Vocab.from_json(path / VOCAB_FILE)
@@ -231,15 +232,15 @@ def predict(prefix: str, num_preds: int, model: LMParams, vocab, *, backend=None
     backend = get_backend(backend)
     pieces = list(prefix) if token == "char" else prefix.split()
     if not pieces:
-        raise ValueError("the prefix is empty; give at least one token")
+        raise InvalidArgumentError("the prefix is empty; give at least one token")
     unknown = sorted({p for p in pieces if p not in vocab.token_to_idx})
     if unknown:
         known = "".join(t for t in vocab.idx_to_token if len(t) == 1) if token == "char" else None
         valid = f"; valid characters: {known!r}" if known else ""
-        raise ValueError(f"the prefix has tokens the model never saw: "
-                         f"{', '.join(map(repr, unknown))}{valid}")
+        raise InvalidArgumentError(f"the prefix has tokens the model never saw: "
+                                   f"{', '.join(map(repr, unknown))}{valid}")
     if num_preds < 0:
-        raise ValueError(f"num_preds must be non-negative, got {num_preds}")
+        raise InvalidArgumentError(f"num_preds must be non-negative, got {num_preds}")
     ids = [vocab[p] for p in pieces]
     V = model.vocab_size
 

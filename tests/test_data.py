@@ -451,4 +451,4 @@ def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
     assert imported <= {"__future__", "collections", "hashlib", "json", "operator", "os", "re",
-                        "urllib.request", "pathlib", "typing", "numpy", "._io"}
+                        "urllib.request", "pathlib", "typing", "numpy", "._io", ".errors"}

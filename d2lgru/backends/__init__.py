@@ -12,6 +12,7 @@ import importlib.util
 import os
 
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
+from ..errors import BackendNotInstalledError, InvalidArgumentError
 
 ENV_VAR = "D2LGRU_BACKEND"
 DEFAULT = "numpy"
@@ -39,8 +40,8 @@ def canonical_name(name: str, *, source: str = "argument") -> str:
     key = ALIASES.get(key, key)
     if key not in _REGISTRY:
         where = f"${ENV_VAR}" if source == "env" else source
-        raise ValueError(f"unknown backend {name!r} (from {where}); valid backends: "
-                         f"{', '.join(BACKENDS)} (aliases: {', '.join(sorted(ALIASES))})")
+        raise InvalidArgumentError(f"unknown backend {name!r} (from {where}); valid backends: "
+                                   f"{', '.join(BACKENDS)} (aliases: {', '.join(sorted(ALIASES))})")
     return key
 
 
@@ -81,8 +82,8 @@ def get_backend(name: str | None = None) -> Backend:
     if key not in _loaded:
         module_name, framework, _ = _REGISTRY[key]
         if not is_installed(key):
-            raise ImportError(f"backend {key!r} needs the {framework!r} package, which is not "
-                              f"installed; install it with: {install_hint(key)}")
+            raise BackendNotInstalledError(f"backend {key!r} needs the {framework!r} package, which is not "
+                                           f"installed; install it with: {install_hint(key)}")
         _loaded[key] = importlib.import_module(module_name).backend
     return _loaded[key]
 

@@ -15,9 +15,10 @@ import numpy as np
 
 from ..model import LMParams
 from ..spec import GRUParams, GRUSpec
+from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError
 
 
-class UnsupportedError(NotImplementedError):
+class UnsupportedError(D2lgruError, NotImplementedError):
     """The backend cannot run this implementation, cell variant, dtype, mode or device."""
 
 
@@ -167,7 +168,7 @@ class Backend:
         mode = self.check_mode(impl, mode)
         device = self.check_device(device)
         if not lr > 0 or not clip > 0:
-            raise ValueError(f"lr and clip must be positive, got lr={lr} clip={clip}")
+            raise InvalidArgumentError(f"lr and clip must be positive, got lr={lr} clip={clip}")
         self._ensure_ready()
         return self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
                                   device=device)
@@ -257,39 +258,39 @@ def check_native_names(native: dict, expected, layer: str, spec: GRUSpec) -> Non
     missing = [k for k in expected if k not in native]
     extra = sorted(set(native) - set(expected))
     if missing or extra:
-        raise ValueError(f"{layer} parameters for a {spec.describe()} "
-                         + (f"lack {', '.join(map(repr, missing))}" if missing else "")
-                         + ("; " if missing and extra else "")
-                         + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
+        raise InvalidArgumentError(f"{layer} parameters for a {spec.describe()} "
+                                   + (f"lack {', '.join(map(repr, missing))}" if missing else "")
+                                   + ("; " if missing and extra else "")
+                                   + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
 
 
 def check_array(name: str, a, shape, dtype) -> np.ndarray:
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+        raise InvalidTypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
     if a.dtype != dtype:
-        raise TypeError(f"{name} is {a.dtype} but the parameters are {np.dtype(dtype).name}; "
-                        f"cast one of them (params.astype(...) or {name}.astype(...))")
+        raise InvalidTypeError(f"{name} is {a.dtype} but the parameters are {np.dtype(dtype).name}; "
+                               f"cast one of them (params.astype(...) or {name}.astype(...))")
     if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+        raise InvalidArgumentError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
     return a
 
 
 def check_gru_args(params: GRUParams, X, h0):
     if not isinstance(params, GRUParams):
-        raise TypeError(f"params must be d2lgru.GRUParams, got {type(params).__name__}")
+        raise InvalidTypeError(f"params must be d2lgru.GRUParams, got {type(params).__name__}")
     return check_gru_inputs(params.spec, params.dtype, X, h0)
 
 
 def check_gru_inputs(spec: GRUSpec, dtype, X, h0):
     if not isinstance(X, np.ndarray):
-        raise TypeError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
-                        f"got {type(X).__name__}")
+        raise InvalidTypeError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
+                               f"got {type(X).__name__}")
     if X.ndim != 3:
-        raise ValueError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
-                         f"got shape {X.shape}")
+        raise InvalidArgumentError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
+                                   f"got shape {X.shape}")
     T, N, _ = X.shape
     if T < 1 or N < 1:
-        raise ValueError(f"X must have at least one step and one sequence, got shape {X.shape}")
+        raise InvalidArgumentError(f"X must have at least one step and one sequence, got shape {X.shape}")
     check_array("X", X, (T, N, spec.input_size), dtype)
     state_shape = (spec.num_layers * spec.num_directions, N, spec.hidden_size)
     h0 = np.zeros(state_shape, dtype) if h0 is None else check_array("h0", h0, state_shape, dtype)
@@ -298,16 +299,16 @@ def check_gru_inputs(spec: GRUSpec, dtype, X, h0):
 
 def check_lm_args(model: LMParams, X, Y, state):
     if not isinstance(model, LMParams):
-        raise TypeError(f"model must be d2lgru.LMParams, got {type(model).__name__}")
+        raise InvalidTypeError(f"model must be d2lgru.LMParams, got {type(model).__name__}")
     X, Y = np.asarray(X), np.asarray(Y)
     if X.ndim != 2 or X.shape != Y.shape or X.size == 0:
-        raise ValueError(f"X and Y must be [batch_size, num_steps] arrays of the same shape, "
-                         f"got {X.shape} and {Y.shape}")
+        raise InvalidArgumentError(f"X and Y must be [batch_size, num_steps] arrays of the same shape, "
+                                   f"got {X.shape} and {Y.shape}")
     for name, ids in (("X", X), ("Y", Y)):
         if ids.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integer token ids, got {ids.dtype}")
+            raise InvalidTypeError(f"{name} must hold integer token ids, got {ids.dtype}")
         if ids.min() < 0 or ids.max() >= model.vocab_size:
-            raise ValueError(f"{name} holds ids outside [0, {model.vocab_size}) "
+            raise InvalidArgumentError(f"{name} holds ids outside [0, {model.vocab_size}) "
                              f"(min {ids.min()}, max {ids.max()})")
     spec = model.spec
     shape = (spec.num_layers * spec.num_directions, X.shape[0], spec.hidden_size)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..spec import GATES, CellParams, GRUParams, GRUSpec
 from ._base import check_native_names
+from ..errors import InvalidArgumentError
 
 #: row block k holds canonical gate GATE_ORDER[k] (r, z, n <- z, r, h): a swap of the first two,
 #: so the same index list converts both ways
@@ -60,7 +61,7 @@ def from_native(native: dict, spec: GRUSpec, layer: str) -> GRUParams:
     for k, shape in expected.items():
         a = np.asarray(native[k])
         if a.shape != shape:
-            raise ValueError(f"{k} must have shape {shape} for a {spec.describe()}, got {a.shape}")
+            raise InvalidArgumentError(f"{k} must have shape {shape} for a {spec.describe()}, got {a.shape}")
         arrays[k] = a
     H = spec.hidden_size
 

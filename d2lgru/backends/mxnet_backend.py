@@ -44,6 +44,7 @@ with warnings.catch_warnings():
 from ..model import LMParams, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
+from ..errors import InvalidArgumentError
 
 #: canonical gate order (z, r, h) <-> the fused operator's row blocks (r, z, n); its own inverse
 _NATIVE_GATES = [1, 0, 2]
@@ -80,8 +81,8 @@ def from_gluon_gru(native, spec: GRUSpec) -> GRUParams:
     expected = {_native_prefix(l, d) + k for l, d in spec.cells() for k in _NATIVE_KINDS}
     if set(native) != expected:
         missing, extra = sorted(expected - set(native)), sorted(set(native) - expected)
-        raise ValueError(f"a {spec.describe()} has gluon GRU parameters {sorted(expected)}; "
-                         f"missing {missing}, unexpected {extra}")
+        raise InvalidArgumentError(f"a {spec.describe()} has gluon GRU parameters {sorted(expected)}; "
+                                   f"missing {missing}, unexpected {extra}")
     rows = []
     for l in range(spec.num_layers):
         row = []
@@ -92,8 +93,8 @@ def from_gluon_gru(native, spec: GRUSpec) -> GRUParams:
                                 ("i2h_bias", (3 * H,)), ("h2h_bias", (3 * H,))):
                 a = np.asarray(native[pre + kind])
                 if a.shape != shape:
-                    raise ValueError(f"gluon GRU parameter {pre + kind} must have shape {shape} "
-                                     f"for a {spec.describe()}, got {a.shape}")
+                    raise InvalidArgumentError(f"gluon GRU parameter {pre + kind} must have shape {shape} "
+                                               f"for a {spec.describe()}, got {a.shape}")
                 arrays[kind] = a
             row.append(CellParams(
                 W_x=np.ascontiguousarray(

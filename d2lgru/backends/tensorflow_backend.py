@@ -75,13 +75,14 @@ import keras  # noqa: E402
 
 from ..model import LMParams, trained  # noqa: E402
 from ..spec import CellParams, GRUParams, GRUSpec  # noqa: E402
+from ..errors import BackendNotInstalledError, InvalidArgumentError  # noqa: E402
 from ._base import (Backend, ImplInfo, LMResult, Trainer, UnsupportedError,  # noqa: E402
                     check_native_names)
 
 if keras.backend.backend() != "tensorflow":
-    raise ImportError(f"the tensorflow backend needs Keras on TensorFlow, but Keras was already "
-                      f"imported with the {keras.backend.backend()!r} backend; start a fresh "
-                      f"process with KERAS_BACKEND=tensorflow")
+    raise BackendNotInstalledError(f"the tensorflow backend needs Keras on TensorFlow, but Keras "
+                                   f"was already imported with the {keras.backend.backend()!r} "
+                                   f"backend; start a fresh process with KERAS_BACKEND=tensorflow")
 
 _TF_DEVICES = {"cpu": "/CPU:0", "gpu": "/GPU:0"}
 
@@ -133,18 +134,18 @@ def to_keras(params: GRUParams) -> dict[str, np.ndarray]:
 def _check_keras_dict(native, spec: GRUSpec):
     shapes = keras_shapes(spec)
     if not isinstance(native, dict):
-        raise ValueError(f"Keras parameters must be a dict of arrays by variable path, got "
-                         f"{type(native).__name__}")
+        raise InvalidArgumentError(f"Keras parameters must be a dict of arrays by variable path, got "
+                                   f"{type(native).__name__}")
     check_native_names(native, shapes, "Keras", spec)
     dtypes = set()
     for name, shape in shapes.items():
         a = native[name]
         if not isinstance(a, np.ndarray) or a.shape != shape:
-            raise ValueError(f"Keras parameter {name} must be a NumPy array of shape {shape}, got "
-                             f"{getattr(a, 'shape', type(a).__name__)}")
+            raise InvalidArgumentError(f"Keras parameter {name} must be a NumPy array of shape {shape}, got "
+                                       f"{getattr(a, 'shape', type(a).__name__)}")
         dtypes.add(a.dtype)
     if len(dtypes) != 1:
-        raise ValueError(f"Keras parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        raise InvalidArgumentError(f"Keras parameters must share one dtype, got {sorted(map(str, dtypes))}")
 
 
 def _from_keras(native, spec: GRUSpec, *, gradients: bool) -> GRUParams:

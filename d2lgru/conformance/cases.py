@@ -36,6 +36,7 @@ import numpy as np
 
 from ..model import LMParams, init_lm
 from ..spec import GRUParams, GRUSpec, init_params
+from ..errors import InvalidArgumentError
 
 VARIANTS = ("reset_before", "reset_after")
 DTYPES = ("float32", "float64")
@@ -207,8 +208,8 @@ def time_machine_batches(data_path: str | None, batch_size: int, num_steps: int,
                                            path=data_path)
     batches = list(loader)[:count]
     if len(batches) < count:
-        raise ValueError(f"the corpus at {data_path} gives {len(batches)} batches of "
-                         f"{batch_size}x{num_steps}, the conformance cases need {count}")
+        raise InvalidArgumentError(f"the corpus at {data_path} gives {len(batches)} batches of "
+                                   f"{batch_size}x{num_steps}, the conformance cases need {count}")
     return batches, vocab
 
 

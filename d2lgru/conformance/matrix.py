@@ -17,6 +17,7 @@ import numpy as np
 
 from ..spec import ParamsFileError, load_npz
 from .runner import FORMAT_OUTPUTS, FORMAT_REPORT, ORACLE, OUTPUTS_FILE, REPORT_FILE
+from ..errors import D2lgruError
 
 ORACLE_LABEL = "oracle"
 CATEGORIES = {
@@ -27,7 +28,7 @@ CATEGORIES = {
 }
 
 
-class MatrixError(ValueError):
+class MatrixError(D2lgruError, ValueError):
     """No usable report in the directory, or a report that cannot be read."""
 
 

@@ -27,6 +27,7 @@ from ..spec import GRUParams, save_npz
 from . import cases as C
 from .compare import Comparison, compare, json_float
 from .tables import KNOWN_FAILURES, TOLERANCES, tolerance
+from ..errors import InvalidArgumentError
 
 FORMAT_REPORT = "d2lgru.ConformanceReport/1"
 FORMAT_OUTPUTS = "d2lgru.ConformanceOutputs/1"
@@ -430,9 +431,9 @@ def run_command(backend_name=None, out=None, data=None, select=None, *, stdout=N
     stdout = stdout or sys.stdout
     suite = Suite(backend_name, data_path=data, known_failures=known_failures, select=select)
     if not suite.checks:
-        raise ValueError(f"no check of backend {suite.backend.name!r} matches {suite.select}; "
-                         f"ids look like 'scratch:gru/T7-N4-I5-H8-L1-uni-zero-x8/reset_before/"
-                         f"float32'")
+        raise InvalidArgumentError(f"no check of backend {suite.backend.name!r} matches {suite.select}; "
+                                   f"ids look like 'scratch:gru/T7-N4-I5-H8-L1-uni-zero-x8/reset_before/"
+                                   f"float32'")
     out_root = Path(out or os.environ.get(OUT_ENV) or "conformance")
     if any(c.kind in ("lm", "train") for c in suite.checks):  # a missing corpus: one line, exit 2
         C.time_machine_batches(suite.data_path, C.LM_BATCH_SIZE, C.LM_NUM_STEPS, 2)

@@ -1,0 +1,37 @@
+"""The exceptions d2lgru raises about its input and its surroundings.
+
+Every error a *user* can cause -- a bad option, array, file, checkpoint or missing framework --
+is a :class:`D2lgruError`; the command line turns exactly these (and the operating system's
+``OSError``/``MemoryError``) into one line on stderr. Anything else is a bug and keeps its
+traceback. Each class also derives from the built-in exception a caller would catch without
+knowing d2lgru (``ValueError``, ``TypeError``, ...), so ``except ValueError`` keeps working.
+
+This module imports nothing, so every other module can use it.
+"""
+
+from __future__ import annotations
+
+
+class D2lgruError(Exception):
+    """Base class: something about the input or the environment, said in one sentence."""
+
+
+class InvalidArgumentError(D2lgruError, ValueError):
+    """An argument, option or array has a value d2lgru cannot use."""
+
+
+class InvalidTypeError(D2lgruError, TypeError):
+    """An argument has the wrong type (a list where a NumPy array is needed, a float32 array
+    given to float64 parameters, ...)."""
+
+
+class BackendNotInstalledError(D2lgruError, ImportError):
+    """A known backend whose framework is not installed, or whose import fails."""
+
+
+class NonFiniteError(InvalidArgumentError):
+    """An array or number holds NaN or infinity where finite values are required."""
+
+
+__all__ = ["BackendNotInstalledError", "D2lgruError", "InvalidArgumentError", "InvalidTypeError",
+           "NonFiniteError"]
