@@ -1,17 +1,37 @@
 """d2lgru: the GRU chapter of *Dive into Deep Learning* as one spec that runs on NumPy, PyTorch,
 TensorFlow/Keras, MXNet, PaddlePaddle and MindSpore.
 
-Importing this package imports no deep-learning framework; a backend's framework is imported
-the first time :func:`get_backend` is asked for it.
+Importing this package imports nothing but the standard library: the names below load their
+module (NumPy included) when first used, and a backend's framework is imported the first time
+:func:`get_backend` is asked for it. So ``d2lgru`` starts in milliseconds, and a Ctrl-C at any
+moment of the command line's start reaches its handler instead of an import.
 """
 
-from .backends import (ALIASES, BACKENDS, UnsupportedError, available_backends, backend_context,
-                       get_backend)
-from .model import LMParams, init_lm
-from .spec import GATES, CellParams, GRUParams, GRUSpec, ParamsFileError, init_params
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["ALIASES", "BACKENDS", "GATES", "CellParams", "GRUParams", "GRUSpec", "LMParams",
-           "ParamsFileError", "UnsupportedError", "available_backends", "backend_context",
-           "get_backend", "init_lm", "init_params", "__version__"]
+#: public name -> the module that defines it
+_EXPORTS = {
+    "ALIASES": "backends", "BACKENDS": "backends", "UnsupportedError": "backends",
+    "available_backends": "backends", "backend_context": "backends", "get_backend": "backends",
+    "LMParams": "model", "init_lm": "model",
+    "GATES": "spec", "CellParams": "spec", "GRUParams": "spec", "GRUSpec": "spec",
+    "ParamsFileError": "spec", "init_params": "spec",
+    "D2lgruError": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'd2lgru' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,13 +1,18 @@
 """The ``d2lgru`` command: ``backends``, ``train``, ``predict``, ``conformance``, ``reproduce``.
 
-Every expected failure (bad input, missing data or framework, corrupt checkpoint) ends in one
-line on stderr and exit status 2, never a traceback.
+Every expected failure -- the library's own errors (:class:`d2lgru.errors.D2lgruError`: bad
+input, missing data or framework, corrupt or busy checkpoint, divergence) and the operating
+system's (``OSError``: read-only or full disk, a path through a file; ``MemoryError``) -- ends in
+one line on stderr and exit status 2. Anything else is a bug and keeps its traceback;
+``--debug`` or ``D2LGRU_DEBUG=1`` shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -33,8 +38,16 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def _num_preds(text):
+    from .train import MAX_PREDS
+    value = _positive_int(text)
+    if value > MAX_PREDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PREDS}, got {value}")
     return value
 
 
@@ -45,37 +58,63 @@ def _add_backend_args(p):
                                                      "(the framework's fused GRU layer)")
 
 
+#: train options that define the run (TrainConfig field, flag); on --resume the checkpoint's
+#: values stand, and a flag given with a different value is an error
+_CONFIG_FLAGS = {"hidden_size": "hidden", "num_layers": "layers", "batch_size": "batch_size",
+                 "num_steps": "num_steps", "max_tokens": "max_tokens", "token": "token",
+                 "use_random_iter": "random_iter", "lr": "lr", "clip": "clip", "seed": "seed",
+                 "reset_after": "reset_after"}
+
+
 def _add_train_args(p):
     _add_backend_args(p)
+    # run-defining options default to None, so that --resume can tell a given flag from a
+    # default; _config() fills in TrainConfig's defaults
     p.add_argument("--mode", help="execution mode (default: the backend's fastest, see `backends`)")
     p.add_argument("--device", help="cpu (default) or the framework's gpu")
     p.add_argument("--epochs", type=_positive_int, default=500)
-    p.add_argument("--hidden", type=_positive_int, default=256, help="hidden units (256)")
-    p.add_argument("--layers", type=_positive_int, default=1)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--num-steps", type=_positive_int, default=35)
-    p.add_argument("--max-tokens", type=int, default=10000, help="corpus tokens used (-1: all)")
-    p.add_argument("--token", choices=("char", "word"), default="char")
-    p.add_argument("--lr", type=_positive_float, default=1.0)
-    p.add_argument("--clip", type=_positive_float, default=1.0, help="global gradient-norm clip")
-    p.add_argument("--random-iter", action="store_true", help="random instead of sequential batches")
+    p.add_argument("--hidden", type=_positive_int, help="hidden units (256)")
+    p.add_argument("--layers", type=_positive_int, help="(1)")
+    p.add_argument("--batch-size", type=_positive_int, help="(32)")
+    p.add_argument("--num-steps", type=_positive_int, help="(35)")
+    p.add_argument("--max-tokens", type=int, help="corpus tokens used (-1: all; 10000)")
+    p.add_argument("--token", choices=("char", "word"), help="(char)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (1)")
+    p.add_argument("--clip", type=_positive_float, help="global gradient-norm clip (1)")
+    p.add_argument("--random-iter", action="store_const", const=True,
+                   help="random instead of sequential batches")
     variant = p.add_mutually_exclusive_group()
     variant.add_argument("--reset-after", dest="reset_after", action="store_const", const=True,
                          help="the cuDNN cell (default only where the impl lacks reset-before)")
     variant.add_argument("--reset-before", dest="reset_after", action="store_const", const=False,
                          help="the book's cell (the default where the impl has it)")
-    p.add_argument("--cell", choices=("gru", "rnn"), default="gru",
+    p.add_argument("--cell", choices=("gru", "rnn"),
                    help="rnn: the plain RNN for comparison (the book's exercise 3)")
-    p.add_argument("--gates", choices=("both", "reset-only", "update-only"), default="both",
+    p.add_argument("--gates", choices=("both", "reset-only", "update-only"),
                    help="gate ablation (the book's exercise 4): keep only the reset or update gate")
     p.add_argument("--data", help="The Time Machine (file or directory), or any text file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-changed-ok", action="store_true",
+                   help="with --resume: continue on a corpus whose SHA-1 differs from the run's")
+    p.add_argument("--seed", type=int, help="(0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out directory that already holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options end in one line, like every other error (argparse adds a usage block)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="d2lgru", description="The D2L GRU on five frameworks.")
+    parser = _Parser(
+        prog="d2lgru", description="The D2L GRU chapter on NumPy and every framework the book "
+                                   "teaches, held to one NumPy oracle.")
     parser.add_argument("--version", action="version", version=f"d2lgru {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (also: D2LGRU_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("backends", help="list known backends, installed or not, with capabilities")
@@ -90,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "or --collect every run under a directory into one table")
     _add_train_args(p)
     p.add_argument("--out", help="runs go to OUT/<backend>-<impl>[-<exercise>][-seed<S>]/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run already in OUT/<backend>-<impl>[...]/ up to --epochs")
     p.add_argument("--collect", metavar="DIR", help="instead of training: write DIR/results.md "
                                                     "and DIR/perplexity.png from DIR/*/result.json")
 
@@ -98,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a directory written by `d2lgru train --out`")
     p.add_argument("--prefix", action="append", help="text to continue (repeatable); "
                                                      "default: 'time traveller' and 'traveller'")
-    p.add_argument("--num-preds", type=_positive_int, default=50)
+    p.add_argument("--num-preds", type=_num_preds, default=50, help="tokens to emit (50; at most "
+                                                                     "100000)")
 
     p = sub.add_parser("conformance", help="hold a backend to the NumPy oracle and write a report, "
                                            "or build the cross-framework matrix")
@@ -116,24 +158,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    command = "d2lgru"
+    debug = os.environ.get("D2LGRU_DEBUG", "") not in ("", "0")
+    _take_over_sigint()
     try:
+        args = build_parser().parse_args(argv)
+        command = f"d2lgru {args.command}"
+        debug = debug or args.debug
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("d2lgru: interrupted", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _expected_errors() as exc:
-        print(f"d2lgru {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        line = _one_line(exc)
+        if debug or line is None:
+            raise
+        print(f"{command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _expected_errors():
-    from .backends import UnsupportedError
-    from .data import DataError
-    from .spec import ParamsFileError
-    from .train import CheckpointError
-    return (ValueError, TypeError, ImportError, UnsupportedError, DataError, ParamsFileError,
-            CheckpointError, FileNotFoundError, PermissionError)
+def _take_over_sigint():
+    """From here on Ctrl-C is Python's KeyboardInterrupt, handled below (``d2lgru.__main__``
+    holds it during start-up)."""
+    import signal
+    handler = signal.getsignal(signal.SIGINT)
+    if getattr(handler, "__name__", "") == "_interrupted_at_start_up":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _one_line(exc) -> str | None:
+    """The sentence for an expected failure, or None for a bug (its traceback is kept)."""
+    from .errors import D2lgruError
+    if isinstance(exc, D2lgruError):
+        return " ".join(str(exc).split("\n"))
+    if isinstance(exc, MemoryError):
+        return (f"out of memory ({exc or 'MemoryError'}); choose a smaller --hidden, --layers "
+                f"or --batch-size")
+    if isinstance(exc, OSError):
+        where = " ".join(repr(str(f)) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{exc.strerror or exc}{': ' + where if where else ''}"
+    return None
 
 
 def cmd_backends(args) -> int:
@@ -192,53 +258,74 @@ def _progress_bar(quiet):
     return update, bar
 
 
+def _config(args, backend):
+    """``(TrainConfig, expect)``: the run's configuration from the flags (TrainConfig's defaults
+    where a flag is absent) and the fields the user gave explicitly, which a resumed run's
+    checkpoint must agree with."""
+    from .train import TrainConfig, choose_reset_after
+    cell, gates = args.cell or "gru", args.gates
+    if cell == "rnn" and gates not in (None, "both"):
+        raise InvalidArgumentError("--gates applies to --cell gru only; the plain RNN has no gates")
+    expect = {field: getattr(args, flag) for field, flag in _CONFIG_FLAGS.items()
+              if getattr(args, flag) is not None}
+    if args.cell is not None or gates is not None:
+        expect["gates"] = "none" if cell == "rnn" else (gates or "both")
+    if args.resume is None and "reset_after" not in expect:
+        expect["reset_after"] = choose_reset_after(backend, args.impl)
+    data = str(Path(args.data).resolve()) if args.data else None
+    return TrainConfig(**expect, epochs=args.epochs, data=data), expect
+
+
+def _resume_hint(args) -> str:
+    if args.command == "reproduce":
+        return (f"continue with the same `d2lgru reproduce` command plus --resume "
+                f"(--out {args.out_root})")
+    return f"continue with --resume {args.out or args.resume}"
+
+
 def cmd_train(args) -> int:
     from .backends import get_backend
-    from .train import (TrainConfig, TrainingInterrupted, choose_reset_after, plot_history, predict,
-                        train, write_result)
+    from .checkpoint import open_run
+    from .train import TrainingInterrupted, plot_history, predict, train, write_result
     backend = get_backend(args.backend)
-    reset_after = args.reset_after
-    if reset_after is None:
-        reset_after = choose_reset_after(backend, args.impl)
-    if args.cell == "rnn" and args.gates != "both":
-        raise InvalidArgumentError("--gates applies to --cell gru only; the plain RNN has no gates")
-    gates = "none" if args.cell == "rnn" else args.gates
-    config = TrainConfig(hidden_size=args.hidden, num_layers=args.layers, reset_after=reset_after,
-                         gates=gates,
-                         batch_size=args.batch_size, num_steps=args.num_steps,
-                         max_tokens=args.max_tokens, token=args.token,
-                         use_random_iter=args.random_iter, lr=args.lr, clip=args.clip,
-                         epochs=args.epochs, seed=args.seed,
-                         data=str(Path(args.data).resolve()) if args.data else None)
-    update, bar = _progress_bar(args.quiet)
-    try:
-        result = train(config, backend=backend, impl=args.impl, mode=args.mode, device=args.device,
-                       out=args.out, resume=args.resume, progress=update)
-    except TrainingInterrupted as exc:
-        print(f"d2lgru train: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if bar is not None:
-            bar.close()
+    config, expect = _config(args, backend)
+    if args.resume is None and args.data_changed_ok:
+        raise InvalidArgumentError("--data-changed-ok applies to --resume only")
     out = args.out or args.resume
-    if result.epochs_run == 0:
-        print(f"nothing to train: the checkpoint already holds {result.epoch} epoch(s)",
-              file=sys.stderr)
-    print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
-          f"{result.device} ({backend.name} {args.impl})")
-    spike = spike_note(result.history)
-    if spike:
-        print(spike, file=sys.stderr)
-    predictions = {}
-    for prefix in ("time traveller", "traveller"):
-        predictions[prefix] = predict(prefix, 50, result.model, result.vocab, backend=backend,
-                                      impl=args.impl, token=result.config.token)
-        print(predictions[prefix])
-    if out is not None:
-        plot = plot_history(result.history, Path(out) / "perplexity.png",
-                            f"{backend.name} {args.impl}")
-        write_result(out, result, backend, args.impl, predictions)
-        print(f"checkpoint, result.json and plot in {out} ({plot.name})")
+    update, bar = _progress_bar(args.quiet)
+    with open_run(out, resume=args.resume, overwrite=args.overwrite) as writer:
+        try:
+            result = train(config, backend=backend, impl=args.impl, mode=args.mode,
+                           device=args.device, out=writer, resume=args.resume, progress=update,
+                           expect=expect, data_changed_ok=args.data_changed_ok)
+        except TrainingInterrupted as exc:
+            if bar is not None:
+                bar.close()
+                bar = None
+            hint = f"; {_resume_hint(args)}" if exc.saved else ""
+            print(f"d2lgru {args.command}: {exc}{hint}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            if bar is not None:
+                bar.close()
+        if result.epochs_run == 0:
+            print(f"nothing to train: the checkpoint already holds {result.epoch} epoch(s)",
+                  file=sys.stderr)
+        print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
+              f"{result.device} ({backend.name} {args.impl})")
+        spike = spike_note(result.history)
+        if spike:
+            print(spike, file=sys.stderr)
+        predictions = {}
+        for prefix in ("time traveller", "traveller"):
+            predictions[prefix] = predict(prefix, 50, result.model, result.vocab, backend=backend,
+                                          impl=args.impl, token=result.config.token)
+            print(predictions[prefix])
+        if writer is not None:
+            plot = plot_history(result.history, writer.path / "perplexity.png",
+                                f"{backend.name} {args.impl}")
+            write_result(writer, result, backend, args.impl, predictions)
+            print(f"checkpoint, result.json and plot in {out} ({plot.name})")
     return 0
 
 
@@ -286,11 +373,24 @@ def cmd_reproduce(args) -> int:
     if args.out is None:
         raise InvalidArgumentError("reproduce needs --out DIR (where the run goes) or --collect DIR")
     from .backends import get_backend
-    exercise = "" if args.cell == "gru" and args.gates == "both" else \
+    exercise = "" if (args.cell or "gru") == "gru" and args.gates in (None, "both") else \
         ("rnn" if args.cell == "rnn" else args.gates)
-    args.out = str(Path(args.out) / run_name(get_backend(args.backend).name, args.impl,
-                                             exercise, args.seed))
-    args.resume = None
+    args.out_root = args.out
+    run_dir = str(Path(args.out) / run_name(get_backend(args.backend).name, args.impl,
+                                            exercise, args.seed or 0))
+    if args.resume:
+        if args.overwrite:
+            raise InvalidArgumentError("--resume continues the run and --overwrite starts it "
+                                       "over; give one of them")
+        from .checkpoint import has_run
+        if not has_run(run_dir):
+            args.resume = None  # nothing to continue yet: start the run
+        else:
+            args.resume = run_dir
+    else:
+        args.resume = None
+    args.out = run_dir
+    args.data_changed_ok = getattr(args, "data_changed_ok", False)
     return cmd_train(args)
 
 

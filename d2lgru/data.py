@@ -186,6 +186,12 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     return data
 
 
+def clean_text(text: str) -> str:
+    """One line of text cleaned as the corpus is (the book's ``re.sub('[^A-Za-z]+', ' ', line)
+    .lower()``, without the strip): what a user types is read as the model saw its corpus."""
+    return re.sub(" +", " ", text.encode("utf-8").translate(_CLEAN_TABLE).decode("ascii"))
+
+
 def _split_lines(text: str) -> list[str]:
     """Lines as ``open(path).readlines()`` gives them (universal newlines), without the ends."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")

@@ -1,70 +1,38 @@
 """The book's training loop (``train_ch8``) around any backend's trainer, with portable checkpoints.
 
-A checkpoint is a directory, written so that it is whole at every instant:
+The checkpoint directory (its format, atomic writes, lock and checks) is
+:mod:`d2lgru.checkpoint`. Plain SGD keeps no optimizer state, and epoch ``e``'s batches depend
+only on ``(seed, e)``, so a run resumed on any backend continues exactly where it stopped.
 
-* ``model-eNNNN.npz`` — the model after epoch NNNN (:class:`~d2lgru.model.LMParams` format);
-* ``vocab.json`` — the vocabulary;
-* ``state.json`` — which model file is current, completed epochs, the run's configuration (data
-  seed, batch size, steps, lr, clip, ...) and the per-epoch history. It is replaced last and
-  atomically, so an interrupted write leaves the previous checkpoint in force.
-
-Plain SGD keeps no optimizer state, and epoch ``e``'s batches depend only on ``(seed, e)``, so a
-run resumed on any backend continues exactly where it stopped.
+Nothing a run does loses an earlier one: a directory that holds a run is not started over
+unless ``overwrite``; an epoch whose loss or weights are not finite is not saved, and training
+stops with :class:`TrainingDiverged` naming the epoch, the last checkpoint kept and what to try.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import data as d2data
-from .backends import get_backend
-from .model import LMParams, init_lm, one_hot
 from ._io import write_atomic
-from .spec import ParamsFileError
+from .backends import get_backend
+from .config import TrainConfig
+from .checkpoint import (FORMAT_CHECKPOINT, RESULT_FILE, STATE_FILE, VOCAB_FILE,  # noqa: F401
+                         CheckpointBusyError, CheckpointError, CheckpointWriter, open_run)
+from .checkpoint import load as load_checkpoint  # noqa: F401  (public since 0.1)
 from .errors import D2lgruError, InvalidArgumentError
+from .model import LMParams, init_lm, one_hot
 
-FORMAT_CHECKPOINT = "d2lgru.Checkpoint/1"
-STATE_FILE = "state.json"
-VOCAB_FILE = "vocab.json"
-
-
-class CheckpointError(D2lgruError, ValueError):
-    """A checkpoint directory is missing, incomplete or corrupt."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a run; the book's defaults."""
-
-    hidden_size: int = 256
-    num_layers: int = 1
-    reset_after: bool = False
-    gates: str = "both"  # "none" is the plain RNN (exercise 3); ablations are exercise 4
-    batch_size: int = 32
-    num_steps: int = 35
-    max_tokens: int = 10000
-    token: str = "char"
-    use_random_iter: bool = False
-    lr: float = 1.0
-    clip: float = 1.0
-    epochs: int = 500
-    seed: int = 0
-    data: str | None = None
-
-    def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "batch_size", "num_steps", "epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise InvalidArgumentError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        for name in ("lr", "clip"):
-            if not getattr(self, name) > 0:
-                raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)!r}")
+#: the largest number of tokens :func:`predict` emits in one call
+MAX_PREDS = 100_000
 
 
 @dataclasses.dataclass
@@ -106,38 +74,149 @@ def settled(perplexities, epochs: int = SETTLED_EPOCHS) -> float:
     return float(np.median(tail)) if tail else float("nan")
 
 
+def perplexity(mean_loss: float) -> float:
+    """``exp(mean_loss)`` without overflow: ``inf`` past float64's range (``nan`` stays)."""
+    mean_loss = float(mean_loss)
+    return math.exp(mean_loss) if not mean_loss >= 709.78 else math.inf
+
+
 def choose_reset_after(backend, impl: str) -> bool:
     """The book's reset-before cell where the impl has it, else reset-after."""
     return not backend.check_impl(impl).reset_before
 
 
+class TrainingInterrupted(D2lgruError):
+    """Ctrl-C: ``completed`` epochs are in the checkpoint at ``out`` (when ``saved``)."""
+
+    def __init__(self, completed: int, out, saved: bool):
+        self.completed, self.out, self.saved = completed, out, saved
+        if saved:
+            where = f"the checkpoint in {out} holds {completed} completed epoch(s)"
+        elif out is not None:
+            where = f"no epoch had finished, so nothing was saved in {out}"
+        else:
+            where = "no --out was given, so nothing was saved"
+        super().__init__(f"training interrupted during epoch {completed + 1}: {where}")
+
+
+class TrainingDiverged(D2lgruError):
+    """An epoch's loss or weights became NaN or infinite; that epoch was not saved."""
+
+    def __init__(self, epoch: int, what: str, out, saved_epoch: int, config: TrainConfig):
+        self.epoch, self.out, self.saved_epoch = epoch, out, saved_epoch
+        kept = (f"the checkpoint in {out} keeps epoch {saved_epoch}" if out is not None and
+                saved_epoch > 0 else "nothing was saved")
+        super().__init__(f"training diverged in epoch {epoch} ({what}); {kept}; try a smaller "
+                         f"--lr (now {config.lr:g}) or --clip (now {config.clip:g})")
+
+
+def corpus_sha1(path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve_corpus(config: TrainConfig) -> Path:
+    return d2data.find_time_machine(config.data)
+
+
+#: configuration fields a resumed run takes from its checkpoint (the rest may change)
+FIXED_ON_RESUME = ("hidden_size", "num_layers", "reset_after", "gates", "batch_size", "num_steps",
+                   "max_tokens", "token", "use_random_iter", "lr", "clip", "seed")
+
+
+def resume_conflicts(saved: TrainConfig, expect: dict) -> list[str]:
+    """``name: checkpoint value vs given value`` for every field in ``expect`` that differs."""
+    return [f"{k.replace('_', '-')}: checkpoint {getattr(saved, k)!r}, given {v!r}"
+            for k, v in expect.items() if k in FIXED_ON_RESUME and getattr(saved, k) != v]
+
+
+def check_memory(config: TrainConfig, vocab_size: int, dtype=np.float32) -> None:
+    """Refuse a model that cannot fit: parameters (held ~4 times: model, trainer, gradients,
+    checkpoint) plus the step's activations, against the memory the machine has available."""
+    H, L, V = config.hidden_size, config.num_layers, vocab_size
+    params = sum(3 * (I + H) * H + 6 * H for I in [V] + [H] * (L - 1)) + H * V + V
+    acts = 8 * config.batch_size * config.num_steps * H * L + config.batch_size * \
+        config.num_steps * V * 4
+    need = (4 * params + acts) * np.dtype(dtype).itemsize
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > max(avail, total // 2):
+        raise InvalidArgumentError(
+            f"a model with --hidden {H} and --layers {L} needs about {need / 2**30:.1f} GiB, more "
+            f"than the {max(avail, total // 2) / 2**30:.1f} GiB this machine has available; "
+            f"choose a smaller --hidden")
+
+
 def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, device=None, out=None,
-          resume=None, progress=None) -> TrainResult:
+          resume=None, progress=None, overwrite: bool = False, expect: dict | None = None,
+          data_changed_ok: bool = False) -> TrainResult:
     """Train the book's model; with ``resume``, continue that checkpoint up to
-    ``config.epochs`` total epochs (the rest of the configuration comes from the checkpoint)."""
+    ``config.epochs`` total epochs (the rest of the configuration comes from the checkpoint,
+    and ``expect``, the fields a caller insists on, must agree with it).
+
+    ``out`` (a directory, or an open :class:`~d2lgru.checkpoint.CheckpointWriter`) is written
+    every epoch by this process alone: a second writer gets
+    :class:`~d2lgru.checkpoint.CheckpointBusyError`, and a directory that already holds a run
+    is an error unless it is the one resumed or ``overwrite`` is set."""
     backend = get_backend(backend)
+    if out is None and resume is not None:
+        out = resume
+    if isinstance(out, CheckpointWriter):
+        return _train(config, backend, impl, mode, device, out, resume, progress,
+                      expect or {}, data_changed_ok)
+    with open_run(out, resume=resume, overwrite=overwrite) as writer:
+        return _train(config, backend, impl, mode, device, writer, resume, progress,
+                      expect or {}, data_changed_ok)
+
+
+def _train(config, backend, impl, mode, device, writer, resume, progress, expect,
+           data_changed_ok):
+    out = writer.path if writer is not None else None
     if resume is not None:
         ckpt = load_checkpoint(resume)
+        conflicts = resume_conflicts(ckpt["config"], expect)
+        if conflicts:
+            raise CheckpointError(f"--resume {resume} conflicts with the options given ("
+                                  f"{'; '.join(conflicts)}); drop them to continue the run as it "
+                                  f"was, or start a new run with --out")
         config = dataclasses.replace(ckpt["config"], epochs=config.epochs,
                                      data=config.data or ckpt["config"].data)
         model, vocab, history, start = ckpt["model"], ckpt["vocab"], ckpt["history"], ckpt["epoch"]
-        out = resume if out is None else out
+        corpus = _resolve_corpus(config)
+        sha1 = corpus_sha1(corpus)
+        if config.corpus_sha1 not in (None, sha1):
+            if not data_changed_ok:
+                raise CheckpointError(
+                    f"the corpus {corpus} has SHA-1 {sha1}, but the run in {resume} was trained on "
+                    f"one with SHA-1 {config.corpus_sha1}; point --data at that corpus, or pass "
+                    f"--data-changed-ok to continue on this one")
+        config = dataclasses.replace(config, corpus_sha1=sha1)
         loader, _ = d2data.load_data_time_machine(
             config.batch_size, config.num_steps, config.use_random_iter, config.max_tokens,
-            token=config.token, seed=config.seed, path=config.data)
-        if len(loader.vocab) != len(vocab) or list(loader.vocab.idx_to_token) != list(vocab.idx_to_token):
+            token=config.token, seed=config.seed, path=corpus)
+        if list(loader.vocab.idx_to_token) != list(vocab.idx_to_token):
             raise CheckpointError(f"the corpus found now gives a different vocabulary than the one in "
                                   f"{resume}; point --data at the corpus the run was started with")
     else:
+        corpus = _resolve_corpus(config)
+        config = dataclasses.replace(config, corpus_sha1=corpus_sha1(corpus))
         loader, vocab = d2data.load_data_time_machine(
             config.batch_size, config.num_steps, config.use_random_iter, config.max_tokens,
-            token=config.token, seed=config.seed, path=config.data)
+            token=config.token, seed=config.seed, path=corpus)
+        check_memory(config, len(vocab))
         model = init_lm(len(vocab), config.hidden_size, num_layers=config.num_layers,
                         reset_after=config.reset_after, gates=config.gates, seed=config.seed)
         history, start = [], 0
     trainer = backend.make_trainer(model, impl=impl, lr=config.lr, clip=config.clip, mode=mode,
                                    device=device)
     tokens = run_time = 0.0
+    saved = start if writer is not None and writer.resumed else 0
     epoch = start
     try:
         for epoch in range(start + 1, config.epochs + 1):
@@ -146,69 +225,42 @@ def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, devic
             tic = time.perf_counter()
             losses = trainer.train_epoch(batches, random_iter=config.use_random_iter)
             elapsed = time.perf_counter() - tic
+            with np.errstate(all="ignore"):
+                mean_loss = float(np.mean(losses))
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(epoch, f"its mean loss is {mean_loss}", out, saved, config)
             n = sum(X.size for X, _ in batches)
             tokens += n
             run_time += elapsed
-            history.append({"epoch": epoch, "perplexity": float(math.exp(float(np.mean(losses)))),
+            history.append({"epoch": epoch, "perplexity": perplexity(mean_loss),
                             "tokens_per_sec": n / elapsed, "backend": backend.name, "impl": impl})
-            if out is not None:
-                save_checkpoint(out, trainer.params(), vocab, config, history, epoch)
+            if writer is not None:
+                params = trainer.params()
+                bad = _first_non_finite(params)
+                if bad:
+                    history.pop()
+                    raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
+                writer.save(params, vocab, config, history, epoch)
+                saved = epoch
             if progress is not None:
                 progress(epoch, config.epochs, history[-1])
     except KeyboardInterrupt:
-        raise TrainingInterrupted(epoch - 1, out) from None
-    return TrainResult(trainer.params(), vocab, config, history, epoch, epoch - start,
+        raise TrainingInterrupted(epoch - 1, out, saved > 0) from None
+    final = trainer.params()
+    bad = _first_non_finite(final)
+    if bad:
+        raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
+    return TrainResult(final, vocab, config, history, epoch, epoch - start,
                        tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode)
 
 
-class TrainingInterrupted(Exception):
-    def __init__(self, completed: int, out):
-        self.completed, self.out = completed, out
-        where = (f"the checkpoint in {out} holds {completed} completed epoch(s); continue with "
-                 f"--resume {out}") if out is not None else "no --out was given, nothing was saved"
-        super().__init__(f"training interrupted during epoch {completed + 1}: {where}")
+def _first_non_finite(model: LMParams) -> str | None:
+    for name, a in model.to_arrays().items():
+        if not np.isfinite(a).all():
+            return f"weight {name}"
+    return None
 
 
-# -- checkpoints --------------------------------------------------------------------------
-def save_checkpoint(out, model: LMParams, vocab, config: TrainConfig, history, epoch: int) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_name = f"model-e{epoch:04d}.npz"
-    model.save(out / model_name)
-    vocab.to_json(out / VOCAB_FILE)
-    state = {"format": FORMAT_CHECKPOINT, "epoch": epoch, "model": model_name,
-             "config": dataclasses.asdict(config), "history": history}
-    text = json.dumps(state, indent=1)
-    write_atomic(out / STATE_FILE, lambda f: f.write(text), "w")
-    for stale in out.glob("model-e*.npz"):  # older epochs, or one orphaned by an interrupt
-        if stale.name != model_name:
-            stale.unlink(missing_ok=True)
-    return out
-
-
-def load_checkpoint(path) -> dict:
-    """``{"model", "vocab", "config", "history", "epoch"}`` from a checkpoint directory."""
-    path = Path(path)
-    state_file = path / STATE_FILE
-    if not state_file.is_file():
-        raise CheckpointError(f"{path} is not a d2lgru checkpoint (no {STATE_FILE} in it)")
-    try:
-        state = json.loads(state_file.read_text())
-        if state.get("format") != FORMAT_CHECKPOINT:
-            raise InvalidArgumentError(f"format is {state.get('format')!r}, expected {FORMAT_CHECKPOINT!r}")
-        config = TrainConfig(**state["config"])
-        model = LMParams.load(path / state["model"])
-        vocab = d2data.Vocab.from_json(path / VOCAB_FILE)
-        epoch, history = int(state["epoch"]), list(state["history"])
-    except (ParamsFileError, KeyError, TypeError, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
-    if len(vocab) != model.vocab_size:
-        raise CheckpointError(f"checkpoint {path}: vocab.json has {len(vocab)} tokens but the model "
-                              f"was trained on {model.vocab_size}")
-    return {"model": model, "vocab": vocab, "config": config, "history": history, "epoch": epoch}
-
-
-RESULT_FILE = "result.json"
 
 
 def write_result(out, result: TrainResult, backend, impl: str, predictions: dict) -> Path:
@@ -221,26 +273,40 @@ def write_result(out, result: TrainResult, backend, impl: str, predictions: dict
         "tokens_per_sec": result.tokens_per_sec,
         "predictions": predictions, "config": dataclasses.asdict(result.config),
         "d2lgru_version": __version__}, indent=1)
-    return write_atomic(Path(out) / RESULT_FILE, lambda f: f.write(text), "w")
+    path = out.path if isinstance(out, CheckpointWriter) else Path(out)
+    return write_atomic(path / RESULT_FILE, lambda f: f.write(text), "w")
 
 
 # -- prediction ---------------------------------------------------------------------------
+def normalize_prefix(prefix: str, token: str = "char") -> list[str]:
+    """A prefix cleaned as the corpus was (the book's cleaning: letters lowercased, every run of
+    other characters one space), split into tokens."""
+    if not isinstance(prefix, str):
+        raise InvalidArgumentError(f"the prefix must be text, got {type(prefix).__name__}")
+    text = d2data.clean_text(prefix)
+    return list(text) if token == "char" else text.split()
+
+
 def predict(prefix: str, num_preds: int, model: LMParams, vocab, *, backend=None,
             impl="scratch", token="char") -> str:
     """The book's ``predict_ch8``: warm the state up on the prefix, then greedily emit
-    ``num_preds`` tokens, running the GRU on ``backend``."""
+    ``num_preds`` tokens, running the GRU on ``backend``. The prefix is cleaned as the corpus
+    was (``"Time Traveller!"`` reads as ``"time traveller "``)."""
     backend = get_backend(backend)
-    pieces = list(prefix) if token == "char" else prefix.split()
-    if not pieces:
-        raise InvalidArgumentError("the prefix is empty; give at least one token")
+    pieces = normalize_prefix(prefix, token)
+    if not any(p.strip() for p in pieces):
+        raise InvalidArgumentError(f"the prefix {prefix!r} has no letters; give at least one "
+                                   f"{'character' if token == 'char' else 'word'} of the corpus")
     unknown = sorted({p for p in pieces if p not in vocab.token_to_idx})
     if unknown:
         known = "".join(t for t in vocab.idx_to_token if len(t) == 1) if token == "char" else None
         valid = f"; valid characters: {known!r}" if known else ""
         raise InvalidArgumentError(f"the prefix has tokens the model never saw: "
                                    f"{', '.join(map(repr, unknown))}{valid}")
-    if num_preds < 0:
-        raise InvalidArgumentError(f"num_preds must be non-negative, got {num_preds}")
+    if isinstance(num_preds, bool) or not isinstance(num_preds, int) or \
+            not 0 <= num_preds <= MAX_PREDS:
+        raise InvalidArgumentError(f"num_preds must be an integer in [0, {MAX_PREDS}], got "
+                                   f"{num_preds!r}")
     ids = [vocab[p] for p in pieces]
     V = model.vocab_size
 
@@ -274,7 +340,6 @@ def plot_history(history, path, title="") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
+    path = write_atomic(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path

@@ -96,8 +96,13 @@ def test_missing_data_offline_says_where_to_put_the_file(tmp_path):
 def test_predict_errors(tmp_path, data_dir):
     ckpt = tmp_path / "run"
     run("train", "--epochs", "1", *SMALL, "--out", str(ckpt), data_dir=data_dir, check=True)
-    assert_one_line_error(run("predict", "--checkpoint", str(ckpt), "--prefix", "Time Traveller!"),
-                          "never saw", "'!'", "'T'")
+    # the prefix is cleaned as the corpus was (lower case, punctuation a space)
+    upper = run("predict", "--checkpoint", str(ckpt), "--prefix", "Time Traveller!", check=True)
+    lower = run("predict", "--checkpoint", str(ckpt), "--prefix", "time traveller ", check=True)
+    assert upper.stdout == lower.stdout and upper.stdout.startswith("time traveller ")
+    assert_one_line_error(run("predict", "--checkpoint", str(ckpt), "--prefix", "?!"), "no letters")
+    proc = run("predict", "--checkpoint", str(ckpt), "--num-preds", "100001")
+    assert proc.returncode == 2 and "must be at most 100000" in proc.stderr
     assert_one_line_error(run("predict", "--checkpoint", str(tmp_path / "nope")), "not a d2lgru checkpoint")
     state = json.loads((ckpt / "state.json").read_text())
     model = ckpt / state["model"]
@@ -140,7 +145,9 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
     assert resumed.stdout.startswith("perplexity")
     state = json.loads((out / "state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == list(range(1, target + 1))
-    assert len(list(out.glob("model-e*.npz"))) == 1
+    # the current model and the one before it (kept for readers of the previous state.json)
+    assert sorted(p.name for p in out.glob("model-e*.npz")) == \
+        [f"model-e{target - 1:04d}.npz", f"model-e{target:04d}.npz"]
 
 
 @pytest.mark.parametrize("args,spec_gates", [(["--cell", "rnn"], "none"),
@@ -185,3 +192,173 @@ def test_reproduce_runs_and_collects(tmp_path, data_dir):
                           "book.py")
     assert_one_line_error(run("reproduce", "--collect", str(tmp_path / "empty")), "no finished runs")
     assert_one_line_error(run("reproduce", "--backend", "numpy"), "needs --out")
+
+
+# -- issue #16: nothing a user does loses a run ---------------------------------------------
+
+def test_an_output_directory_that_holds_a_run_is_refused_then_overwritten_on_request(tmp_path,
+                                                                                   data_dir):
+    out = tmp_path / "r"
+    run("train", "--epochs", "3", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
+    state = (out / "state.json").read_bytes()
+    again = run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir)
+    assert_one_line_error(again, "already holds a run (3 completed epoch(s))", f"--resume {out}",
+                          "--overwrite")
+    assert (out / "state.json").read_bytes() == state
+    run("train", "--epochs", "1", *SMALL, "--out", str(out), "--overwrite", data_dir=data_dir,
+        check=True)
+    assert json.loads((out / "state.json").read_text())["epoch"] == 1
+
+
+def test_reproduce_refuses_to_redo_a_run_and_resumes_it(tmp_path, data_dir):
+    out = tmp_path / "repro"
+    run("reproduce", "--backend", "numpy", "--epochs", "2", *SMALL, "--out", str(out),
+        data_dir=data_dir, check=True)
+    assert_one_line_error(run("reproduce", "--backend", "numpy", "--epochs", "3", *SMALL, "--out",
+                              str(out), data_dir=data_dir), "already holds a run", "--resume")
+    run("reproduce", "--backend", "numpy", "--epochs", "3", *SMALL, "--out", str(out), "--resume",
+        data_dir=data_dir, check=True)
+    state = json.loads((out / "numpy-scratch" / "state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--lr", "inf"], ["--lr", "positive finite number, got inf"]),
+    (["--clip", "nan"], ["--clip", "positive finite number"]),
+    (["--hidden", "100000"], ["--hidden 100000", "GiB", "choose a smaller --hidden"]),
+    (["--seed", "-1"], ["seed must be a non-negative integer"]),
+])
+def test_options_that_cannot_train_are_one_line(args, fragments, data_dir):
+    assert_one_line_error(run("train", "--epochs", "1", *args, data_dir=data_dir), *fragments)
+
+
+def test_divergence_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "r"
+    proc = run("train", "--epochs", "30", *SMALL, "--lr", "8e36", "--out", str(out), "--quiet",
+               data_dir=data_dir)
+    assert_one_line_error(proc, "training diverged in epoch", "keeps epoch", "smaller --lr")
+    assert "RuntimeWarning" not in proc.stderr
+    epoch = json.loads((out / "state.json").read_text())["epoch"]
+    assert f"diverged in epoch {epoch + 1} " in proc.stderr
+    run("predict", "--checkpoint", str(out), check=True)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "in /proc"])
+def test_unwritable_output_directories_are_one_line(tmp_path, data_dir, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = {"a file": blocker, "under a file": blocker / "run",
+           "in /proc": "/proc/d2lgru-test/run"}[where]
+    assert_one_line_error(run("train", "--epochs", "1", *SMALL, "--out", str(out),
+                              data_dir=data_dir), str(out) if where != "in /proc" else "/proc")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(tmp_path, data_dir):
+    """RLIMIT_FSIZE stands in for a full disk: writes past it fail with EFBIG."""
+    import resource
+
+    out = tmp_path / "r"
+    run("train", "--epochs", "2", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
+    state = (out / "state.json").read_bytes()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    proc = subprocess.run([sys.executable, "-m", "d2lgru.cli", "train", "--resume", str(out),
+                           "--epochs", "4"], capture_output=True, text=True,
+                          env={**os.environ, "D2LGRU_DATA_DIR": str(data_dir)},
+                          preexec_fn=small_files, timeout=300)
+    assert_one_line_error(proc, "File too large")
+    assert (out / "state.json").read_bytes() == state
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    run("predict", "--checkpoint", str(out), check=True)
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "3", '"x"', "{}"])
+def test_a_state_json_of_the_wrong_shape_is_one_line(tmp_path, data_dir, content):
+    out = tmp_path / "r"
+    run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
+    (out / "state.json").write_text(content)
+    assert_one_line_error(run("predict", "--checkpoint", str(out)), "corrupt or incomplete")
+    assert_one_line_error(run("train", "--resume", str(out), "--epochs", "2"),
+                          "corrupt or incomplete")
+
+
+def test_resume_lists_every_conflicting_option(tmp_path, data_dir):
+    out = tmp_path / "r"
+    run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
+    proc = run("train", "--resume", str(out), "--epochs", "2", "--hidden", "32", "--lr", "0.5",
+               "--batch-size", "4", data_dir=data_dir)
+    assert_one_line_error(proc, "hidden-size: checkpoint 16, given 32",
+                          "lr: checkpoint 1.0, given 0.5")
+    assert "batch-size" not in proc.stderr  # the same value is no conflict
+    run("train", "--resume", str(out), "--epochs", "2", "--batch-size", "4", data_dir=data_dir,
+        check=True)
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, data_dir):
+    bad = ["train", "--epochs", "1", "--data", str(tmp_path / "missing.txt")]
+    assert_one_line_error(run(*bad))
+    for debug in (run("--debug", *bad), run(*bad, env={"D2LGRU_DEBUG": "1"})):
+        assert debug.returncode == 1 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+    # a bug (here: a ValueError from inside the library, not a checked input) is not hidden
+    bug = subprocess.run(
+        [sys.executable, "-c", "import sys, d2lgru.train as t\n"
+         "def broken(*a, **k): raise ValueError('an internal bug')\n"
+         "t.predict = broken\n"
+         "from d2lgru.cli import main; sys.exit(main(sys.argv[1:]))",
+         "train", "--epochs", "1", *SMALL], capture_output=True, text=True,
+        env={**os.environ, "D2LGRU_DATA_DIR": str(data_dir)}, timeout=300)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "an internal bug" in bug.stderr
+
+
+def _train_then_sigint(args, after_s, env=None):
+    # `python -m d2lgru` is what the `d2lgru` command runs (d2lgru.__main__)
+    proc = subprocess.Popen([sys.executable, "-m", "d2lgru", *args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("after_s", [0.15, 0.2, 0.3, 0.6])
+def test_sigint_at_start_up_is_one_line(tmp_path, data_dir, after_s):
+    """From the moment d2lgru's code runs; the interpreter's own start-up (~0.05 s) is before
+    any program can install a handler."""
+    code, stderr = _train_then_sigint(["train", "--epochs", "100000", "--out",
+                                       str(tmp_path / "r")], after_s,
+                                      env={"D2LGRU_DATA_DIR": str(data_dir)})
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert "--resume" not in stderr  # no epoch finished: there is nothing to resume
+
+
+def test_sigint_in_the_first_epoch_offers_no_resume(tmp_path, data_dir):
+    out = tmp_path / "r"
+    code, stderr = _train_then_sigint(["train", "--epochs", "3", "--max-tokens", "-1", "--out",
+                                       str(out), "--quiet"], 2.0,
+                                      env={"D2LGRU_DATA_DIR": str(data_dir)})
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert "no epoch had finished, so nothing was saved" in stderr and "--resume" not in stderr
+    assert not (out / "state.json").exists()
+
+
+def test_sigint_under_reproduce_offers_reproduce_resume(tmp_path, data_dir):
+    out = tmp_path / "repro"
+    proc = subprocess.Popen([sys.executable, "-m", "d2lgru.cli", "reproduce", "--backend", "numpy",
+                             "--epochs", "100000", "--hidden", "32", "--out", str(out), "--quiet"],
+                            env={**os.environ, "D2LGRU_DATA_DIR": str(data_dir),
+                                 "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    state = out / "numpy-scratch" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert "d2lgru reproduce` command plus --resume" in stderr, stderr

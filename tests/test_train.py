@@ -4,6 +4,8 @@ import math
 
 import pytest
 
+from d2lgru.errors import InvalidArgumentError
+
 from d2lgru.cli import spike_note
 from d2lgru.train import (CheckpointError, TrainConfig, load_checkpoint, predict, settled,
                            train)
@@ -34,14 +36,21 @@ def test_random_iterator_and_word_tokens(data_dir):
     assert result.model.vocab_size == len(result.vocab) == 4580
     text = predict("the time", 3, result.model, result.vocab, backend="numpy", token="word")
     assert text.startswith("the time ") and len(text.split()) == 5
+    with pytest.raises(InvalidArgumentError, match="never saw: 'xyzzyq'"):
+        predict("the xyzzyq", 3, result.model, result.vocab, token="word")
 
 
 def test_predict_matches_a_step_by_step_run(data_dir):
     result = train(TrainConfig(epochs=2, data=str(data_dir), **SMALL), backend="numpy")
     text = predict("time", 5, result.model, result.vocab, backend="numpy")
     assert text.startswith("time") and len(text) == 9
-    with pytest.raises(ValueError, match="never saw: 'T'"):
-        predict("Time", 5, result.model, result.vocab)
+    # the prefix is cleaned as the corpus was: upper case and punctuation read as training saw them
+    assert predict("Time!", 5, result.model, result.vocab) == predict("time ", 5, result.model,
+                                                                      result.vocab)
+    with pytest.raises(InvalidArgumentError, match="has no letters"):
+        predict("?!", 5, result.model, result.vocab)
+    with pytest.raises(InvalidArgumentError, match=r"num_preds must be an integer in \[0, 100000\]"):
+        predict("time", 100001, result.model, result.vocab)
 
 
 def test_resume_needs_a_checkpoint(tmp_path):
@@ -52,7 +61,7 @@ def test_resume_needs_a_checkpoint(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="batch-size must be a positive integer"):
         TrainConfig(batch_size=0)
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
         TrainConfig(lr=0)
 
 

@@ -245,6 +245,11 @@ class NumpyTrainer(Trainer):
         self.trained = trained(model.spec)
 
     def train_epoch(self, batches, *, random_iter=False):
+        # a diverging run overflows; train() detects non-finite losses and weights itself
+        with np.errstate(all="ignore"):
+            return self._train_epoch(batches, random_iter)
+
+    def _train_epoch(self, batches, random_iter):
         losses, state = [], None
         params = [p for p, t in zip(self.model.flat(), self.trained) if t]
         for X, Y in batches:

@@ -1,0 +1,305 @@
+"""The checkpoint directory: one module owns its format, its writes, its lock and its checks.
+
+A checkpoint is a directory that is whole at every instant:
+
+* ``model-eNNNN.npz`` -- the model after epoch NNNN (:class:`~d2lgru.model.LMParams` format);
+* ``vocab.json`` -- the vocabulary;
+* ``state.json`` -- format ``d2lgru.Checkpoint/1``: which model file is current (``model``), the
+  one before it (``previous``, kept until the next state is written, so a reader that read the
+  previous state still finds its model), completed epochs, the run's configuration (data seed,
+  batch size, steps, lr, clip, the corpus' SHA-1, ...) and the per-epoch history. It is replaced
+  last and atomically, so an interrupted write leaves the previous checkpoint in force.
+* ``.d2lgru.lock`` -- held (``fcntl.flock``) by the one process writing the directory; the
+  operating system releases it when that process ends, however it ends.
+
+Guarantees (each tested in ``tests/test_checkpoint.py``): one writer per directory; a directory
+that holds a checkpoint is never started over unless asked (``overwrite``); d2lgru deletes only
+files it wrote (model files that ``state.json`` names, its own temporary files); the model path
+in ``state.json`` is a plain file name inside the directory; every value read back is checked
+(shape of the JSON, integer epochs, a contiguous history, finite weights); nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from ._io import write_atomic
+from .config import TrainConfig
+from .errors import D2lgruError
+
+FORMAT_CHECKPOINT = "d2lgru.Checkpoint/1"
+STATE_FILE = "state.json"
+VOCAB_FILE = "vocab.json"
+LOCK_FILE = ".d2lgru.lock"
+RESULT_FILE = "result.json"
+PLOT_FILE = "perplexity.png"
+#: the files a run writes; a directory holding any of them already holds a run
+RUN_FILES = (STATE_FILE, VOCAB_FILE, RESULT_FILE, PLOT_FILE)
+_MODEL_NAME = re.compile(r"model-e(\d{4,})\.npz")
+#: temporary files of write_atomic (".<name>.<random>.tmp") for the files a checkpoint holds
+_TEMP_NAME = re.compile(r"\.(model-e\d{4,}\.npz|state\.json|vocab\.json|result\.json|"
+                        r"perplexity\.png)\..+\.tmp")
+
+
+class CheckpointError(D2lgruError, ValueError):
+    """A checkpoint directory is missing, incomplete, corrupt, or in use."""
+
+
+class CheckpointBusyError(CheckpointError):
+    """Another process is writing the checkpoint directory."""
+
+
+def model_file(epoch: int) -> str:
+    return f"model-e{epoch:04d}.npz"
+
+
+def has_run(path) -> bool:
+    """Whether ``path`` already holds (part of) a d2lgru run: a state, vocabulary, result or
+    model file."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return any((path / name).exists() for name in RUN_FILES) or \
+        any(_MODEL_NAME.fullmatch(p.name) for p in path.iterdir())
+
+
+class CheckpointWriter:
+    """The one writer of a checkpoint directory: holds its lock from :meth:`open` to
+    :meth:`close` (or the end of the process) and writes each epoch."""
+
+    def __init__(self, path, *, overwrite: bool = False, resume: bool = False):
+        self.path = Path(path)
+        #: whether the directory's own checkpoint is being continued
+        self.resumed = resume
+        self._lock_fd = None
+        self._current = self._previous = None
+        self._vocab_written = False
+        self._overwrite, self._resume = overwrite, resume
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open(self) -> "CheckpointWriter":
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path} is a file, not a directory; name a directory for the "
+                                  f"checkpoint")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise CheckpointError(f"cannot create the checkpoint directory {path}: a part of "
+                                  f"that path is a file") from None
+        except NotADirectoryError:
+            raise CheckpointError(f"cannot create the checkpoint directory {path}: a part of "
+                                  f"that path is a file") from None
+        self._lock()
+        try:
+            self._remove_stale_temporaries()
+            if self._resume:
+                state = read_state(path)
+                self._current, self._previous = state["model"], state.get("previous")
+            elif has_run(path):
+                if not self._overwrite:
+                    raise CheckpointError(
+                        f"{path} already holds a run ({describe_run(path)}); continue it with "
+                        f"--resume {path}, start over with --overwrite, or choose another --out")
+                self._clear_run()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _lock(self) -> None:
+        import fcntl
+        lock = self.path / LOCK_FILE
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise CheckpointBusyError(
+                f"{self.path} is being written by another d2lgru process{holder}; wait for it "
+                f"to finish or stop it, or choose another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of writers that died mid-write (SIGKILL, power loss): with the lock
+        held no other writer is alive, so every such file is stale."""
+        for p in self.path.iterdir():
+            if _TEMP_NAME.fullmatch(p.name):
+                p.unlink(missing_ok=True)
+
+    def _clear_run(self) -> None:
+        """``--overwrite``: remove what a run wrote (the state, the model files it names, the
+        vocabulary, result and plot) and nothing else."""
+        try:
+            state = read_state(self.path)
+            names = {state["model"], state.get("previous")} - {None}
+        except CheckpointError:
+            names = set()
+        for name in [*names, STATE_FILE, VOCAB_FILE, RESULT_FILE, PLOT_FILE]:
+            (self.path / name).unlink(missing_ok=True)
+
+    # -- writing ------------------------------------------------------------------------
+    def save(self, model, vocab, config, history, epoch: int) -> Path:
+        """Write epoch ``epoch``: its model file, the vocabulary once, then ``state.json``
+        (atomically, last); then delete the model file two epochs back, which no state
+        names any more."""
+        if self._lock_fd is None:
+            raise RuntimeError("CheckpointWriter.save called before open()")
+        name = model_file(epoch)
+        model.save(self.path / name)
+        if not self._vocab_written:
+            vocab.to_json(self.path / VOCAB_FILE)
+            self._vocab_written = True
+        previous = self._current if self._current != name else self._previous
+        state = {"format": FORMAT_CHECKPOINT, "epoch": epoch, "model": name,
+                 "previous": previous, "config": dataclasses.asdict(config), "history": history}
+        text = json.dumps(state, indent=1)
+        write_atomic(self.path / STATE_FILE, lambda f: f.write(text), "w")
+        stale = self._previous
+        self._current, self._previous = name, previous
+        if stale is not None and stale not in (name, previous):
+            (self.path / stale).unlink(missing_ok=True)
+        return self.path / name
+
+
+class _NoWriter:
+    """``with open_run(None)``: no directory, nothing written."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def open_run(out, *, resume=None, overwrite: bool = False):
+    """The writer of run directory ``out`` as a context manager (``None`` without ``out``):
+    continuing ``resume`` when it is the same directory, else a new run there."""
+    if out is None:
+        return _NoWriter()
+    same = resume is not None and os.path.abspath(out) == os.path.abspath(resume)
+    return CheckpointWriter(out, overwrite=overwrite, resume=same)
+
+
+def _read_holder(fd) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+# -- reading ------------------------------------------------------------------------------
+
+def describe_run(path) -> str:
+    try:
+        state = read_state(path)
+        return f"{state['epoch']} completed epoch(s)"
+    except CheckpointError:
+        return "files of a d2lgru run"
+
+
+def _plain_name(value, key: str, path: Path) -> str:
+    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value):
+        raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {key!r} must be a "
+                              f"model file name like 'model-e0001.npz' inside the directory, got "
+                              f"{value!r}")
+    return value
+
+
+def read_state(path) -> dict:
+    """``state.json`` of the checkpoint at ``path``, checked for shape (not the files it names)."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path} is a file, not a d2lgru checkpoint directory")
+        raise CheckpointError(f"{path} is not a d2lgru checkpoint (no {STATE_FILE} in it)")
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {STATE_FILE} is "
+                              f"unreadable ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {STATE_FILE} holds "
+                              f"{type(state).__name__}, not an object")
+    if state.get("format") != FORMAT_CHECKPOINT:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: format is "
+                              f"{state.get('format')!r}, expected {FORMAT_CHECKPOINT!r}")
+    epoch = state.get("epoch")
+    if type(epoch) is not int or epoch < 1:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: 'epoch' must be a "
+                              f"positive integer, got {epoch!r}")
+    _plain_name(state.get("model"), "model", path)
+    if state.get("previous") is not None:
+        _plain_name(state["previous"], "previous", path)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: 'config' must be an "
+                              f"object, got {state.get('config')!r:.60}")
+    history = state.get("history")
+    if not isinstance(history, list) or len(history) != epoch or not all(
+            isinstance(h, dict) and type(h.get("epoch")) is int and h["epoch"] == i + 1
+            and isinstance(h.get("perplexity"), (int, float))
+            for i, h in enumerate(history)):
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: 'history' must list "
+                              f"epochs 1..{epoch} in order, each with its perplexity")
+    return state
+
+
+def load(path, *, retries: int = 3) -> dict:
+    """``{"model", "vocab", "config", "history", "epoch", "state"}`` from a checkpoint
+    directory; every failure is a :class:`CheckpointError`. A reader racing the writer re-reads
+    ``state.json`` when the model it named was just replaced."""
+    from .data import Vocab
+    from .model import LMParams
+    from .spec import ParamsFileError
+    path = Path(path)
+    for attempt in range(retries + 1):
+        state = read_state(path)
+        model_path = path / state["model"]
+        if model_path.is_file() or attempt == retries:
+            break
+        time.sleep(0.05)
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: its config is "
+                              f"invalid ({exc})") from None
+    try:
+        model = LMParams.load(model_path)
+        vocab = Vocab.from_json(path / VOCAB_FILE)
+    except (ParamsFileError, TypeError, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
+    if len(vocab) != model.vocab_size:
+        raise CheckpointError(f"checkpoint {path}: vocab.json has {len(vocab)} tokens but the model "
+                              f"was trained on {model.vocab_size}")
+    if (model.spec.hidden_size, model.spec.num_layers, model.spec.reset_after, model.spec.gates) != \
+            (config.hidden_size, config.num_layers, config.reset_after, config.gates):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its model is a "
+                              f"{model.spec.describe()} but its config says hidden "
+                              f"{config.hidden_size}, {config.num_layers} layer(s)")
+    return {"model": model, "vocab": vocab, "config": config, "history": list(state["history"]),
+            "epoch": state["epoch"], "state": state}
+

@@ -1,0 +1,256 @@
+"""The checkpoint directory: nothing a user does loses a run.
+
+Every test here reproduces a way a run used to be lost or a checkpoint misread (issue #16), with
+real trainings on the NumPy backend, real files and real processes.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from d2lgru.checkpoint import (CheckpointBusyError, CheckpointError, CheckpointWriter, has_run,
+                               load)
+from d2lgru.errors import D2lgruError
+from d2lgru.train import (TrainConfig, TrainingDiverged, perplexity, resume_conflicts,
+                          train)
+
+SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
+
+
+def small(data_dir, **kw):
+    return TrainConfig(data=str(data_dir), **{**SMALL, **kw})
+
+
+@pytest.fixture
+def run_dir(tmp_path, data_dir):
+    out = tmp_path / "run"
+    train(small(data_dir, epochs=3), backend="numpy", out=out)
+    return out
+
+
+def state_of(out):
+    return json.loads((out / "state.json").read_text())
+
+
+# -- 1. an output directory that holds a run is never started over silently -----------------
+
+def test_a_second_run_into_the_same_directory_is_refused(run_dir, data_dir):
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(CheckpointError, match="already holds a run .3 completed epoch.*--resume"):
+        train(small(data_dir, epochs=1), backend="numpy", out=run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_overwrite_starts_over_and_deletes_only_what_d2lgru_wrote(run_dir, data_dir):
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "model-e0099.npz").write_bytes(b"a file d2lgru never wrote")
+    train(small(data_dir, epochs=1), backend="numpy", out=run_dir, overwrite=True)
+    assert state_of(run_dir)["epoch"] == 1
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert (run_dir / "model-e0099.npz").read_bytes() == b"a file d2lgru never wrote"
+    assert not (run_dir / "model-e0003.npz").exists()
+
+
+def test_a_stray_model_file_alone_counts_as_a_run(tmp_path, data_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model-e0001.npz").write_bytes(b"user's")
+    assert has_run(out)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        train(small(data_dir, epochs=1), backend="numpy", out=out)
+    assert (out / "model-e0001.npz").read_bytes() == b"user's"
+
+
+def test_an_empty_or_unrelated_directory_is_fine(tmp_path, data_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "README").write_text("x")
+    train(small(data_dir, epochs=1), backend="numpy", out=out)
+    assert state_of(out)["epoch"] == 1
+
+
+# -- 2. one writer per directory ------------------------------------------------------------
+
+def test_a_second_writer_is_refused_naming_the_holder(run_dir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from d2lgru.checkpoint import CheckpointWriter;"
+         "w = CheckpointWriter(sys.argv[1], resume=True).open(); print('locked', flush=True);"
+         "time.sleep(60)", str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointBusyError, match=rf"another d2lgru process \(pid {holder.pid}\)"):
+            CheckpointWriter(run_dir, resume=True).open()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the operating system released the lock with the process
+    CheckpointWriter(run_dir, resume=True).open().close()
+
+
+def test_the_lock_is_released_after_a_run(run_dir):
+    with CheckpointWriter(run_dir, resume=True):
+        with pytest.raises(CheckpointBusyError):
+            CheckpointWriter(run_dir, resume=True).open()
+    CheckpointWriter(run_dir, resume=True).open().close()
+
+
+# -- 3. divergence and non-finite values ----------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("lr", math.inf), ("clip", math.inf), ("lr", math.nan),
+                                         ("lr", -1.0), ("lr", 0)])
+def test_options_must_be_finite_and_positive(field, value):
+    with pytest.raises(D2lgruError, match=f"{field} must be a positive finite number"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_diverged_epoch_keeps_the_last_finite_checkpoint(tmp_path, data_dir):
+    out = tmp_path / "run"
+    # at lr 8e36 the float32 weights grow by up to lr a step and overflow after ~10 epochs
+    with pytest.raises(TrainingDiverged) as info:
+        train(small(data_dir, epochs=30, lr=8e36), backend="numpy", out=out)
+    epoch = info.value.epoch
+    assert epoch > 2, "the run must have saved good epochs before it diverged"
+    assert f"diverged in epoch {epoch} " in str(info.value)
+    assert f"the checkpoint in {out} keeps epoch {epoch - 1}; try a smaller --lr (now 8e+36)" \
+        in str(info.value)
+    ckpt = load(out)
+    assert ckpt["epoch"] == epoch - 1 and len(ckpt["history"]) == epoch - 1
+    assert all(np.isfinite(a).all() for a in ckpt["model"].flat())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_fresh_run_that_diverges_saves_nothing(tmp_path, data_dir):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1.*nothing was saved"):
+        train(small(data_dir, epochs=2, lr=1e300, clip=1e300), backend="numpy", out=out)
+    assert not (out / "state.json").exists() and not list(out.glob("model-e*.npz"))
+
+
+def test_perplexity_does_not_overflow():
+    assert perplexity(710.0) == math.inf and perplexity(1e6) == math.inf
+    assert perplexity(0.0) == 1.0 and math.isnan(perplexity(math.nan))
+
+
+# -- 6. the model path in state.json stays inside the directory -----------------------------
+
+@pytest.mark.parametrize("name", ["../model-e0003.npz", "/etc/passwd", "sub/model-e0003.npz",
+                                  "model-e0003.npz/..", "", None, 3])
+def test_the_model_path_is_confined_to_the_directory(run_dir, name):
+    state = state_of(run_dir)
+    state["model"] = name
+    (run_dir / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="'model' must be a model file name"):
+        load(run_dir)
+
+
+# -- 4 and 11. state.json of the wrong shape ------------------------------------------------
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda s: None, "holds NoneType, not an object"),
+    (lambda s: [s], "holds list, not an object"),
+    (lambda s: {**s, "epoch": 2.7}, "'epoch' must be a positive integer, got 2.7"),
+    (lambda s: {**s, "epoch": "3"}, "'epoch' must be a positive integer"),
+    (lambda s: {**s, "epoch": True}, "'epoch' must be a positive integer"),
+    (lambda s: {**s, "epoch": 2}, "'history' must list epochs 1..2"),
+    (lambda s: {**s, "history": None}, "'history' must list"),
+    (lambda s: {**s, "history": [{"epoch": 1}, {"epoch": 3}, {"epoch": 2}]}, "'history' must list"),
+    (lambda s: {**s, "config": None}, "'config' must be an object"),
+    (lambda s: {**s, "config": {**s["config"], "hidden_size": "16"}}, "config is invalid"),
+    (lambda s: {**s, "config": {**s["config"], "lr": None}}, "config is invalid"),
+    (lambda s: {**s, "config": {**s["config"], "bogus": 1}}, "unknown configuration keys bogus"),
+    (lambda s: {**s, "config": {**s["config"], "hidden_size": 32}}, "its model is a"),
+    (lambda s: {**s, "format": "d2lgru.Checkpoint/0"}, "format is 'd2lgru.Checkpoint/0'"),
+])
+def test_state_json_of_the_wrong_shape_is_a_checkpoint_error(run_dir, mutate, match):
+    (run_dir / "state.json").write_text(json.dumps(mutate(state_of(run_dir))))
+    with pytest.raises(CheckpointError, match=match):
+        load(run_dir)
+
+
+def test_non_finite_weights_in_a_checkpoint_are_refused(run_dir):
+    state = state_of(run_dir)
+    path = run_dir / state["model"]
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["head.b_q"] = arrays["head.b_q"].copy()
+    arrays["head.b_q"][0] = np.nan
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="head.b_q"):
+        load(run_dir)
+
+
+# -- 7. --resume with conflicting options or another corpus ---------------------------------
+
+def test_resume_refuses_conflicting_options_listing_each(run_dir):
+    with pytest.raises(CheckpointError, match=r"conflicts with the options given "
+                                               r"\(hidden-size: checkpoint 16, given 32; "
+                                               r"lr: checkpoint 1.0, given 0.5\)"):
+        train(TrainConfig(epochs=4), backend="numpy", resume=run_dir,
+              expect={"hidden_size": 32, "lr": 0.5, "batch_size": 4})
+    assert state_of(run_dir)["epoch"] == 3
+    assert resume_conflicts(load(run_dir)["config"], {"batch_size": 4, "seed": 0}) == []
+
+
+def test_resume_on_another_corpus_is_refused_unless_asked(run_dir, tmp_path, data_dir):
+    assert state_of(run_dir)["config"]["corpus_sha1"] == "090b5e7e70c295757f55df93cb0a180b9691891a"
+    other = tmp_path / "other.txt"
+    # the same characters (so the same vocabulary), another text
+    other.write_text((data_dir / "timemachine.txt").read_text()[::-1])
+    with pytest.raises(CheckpointError, match="has SHA-1 .* trained on one with SHA-1 090b5e7e"):
+        train(TrainConfig(epochs=4, data=str(other)), backend="numpy", resume=run_dir)
+    assert state_of(run_dir)["epoch"] == 3
+    train(TrainConfig(epochs=4, data=str(other)), backend="numpy", resume=run_dir,
+          data_changed_ok=True)
+    assert state_of(run_dir)["config"]["corpus_sha1"] != "090b5e7e70c295757f55df93cb0a180b9691891a"
+
+
+# -- 9. stale temporary files of dead writers -----------------------------------------------
+
+def test_stale_temporary_files_are_removed_by_the_next_writer(run_dir, data_dir):
+    stale = run_dir / ".model-e0004.npz.k3j2h1.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    foreign = run_dir / ".my-editor.swp.tmp"
+    foreign.write_bytes(b"not ours")
+    train(TrainConfig(epochs=4), backend="numpy", resume=run_dir)
+    assert not stale.exists() and foreign.exists()
+
+
+# -- 10. a reader racing the writer always finds a model ------------------------------------
+
+def test_a_reader_racing_the_writer_always_loads(tmp_path, data_dir):
+    out = tmp_path / "run"
+    train(small(data_dir, epochs=1, hidden_size=8, num_steps=3, max_tokens=200), backend="numpy",
+          out=out)
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "d2lgru.cli", "train", "--resume", str(out), "--epochs", "400",
+         "--quiet"], env={**os.environ, "D2LGRU_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    loads, deadline = 0, time.time() + 60
+    try:
+        while writer.poll() is None and time.time() < deadline:
+            assert load(out)["epoch"] >= 1
+            loads += 1
+    finally:
+        writer.kill()
+        writer.wait()
+    assert loads >= 50, f"only {loads} loads while the writer ran"
+
+
+# -- 11. files follow the umask ------------------------------------------------------------
+
+def test_checkpoint_files_follow_the_umask(tmp_path, data_dir):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        train(small(data_dir, epochs=1), backend="numpy", out=out)
+    finally:
+        os.umask(old)
+    for name in ("state.json", "vocab.json", "model-e0001.npz"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
