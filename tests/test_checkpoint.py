@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,60 @@ def test_checkpoint_files_follow_the_umask(tmp_path, data_dir):
         os.umask(old)
     for name in ("state.json", "vocab.json", "model-e0001.npz"):
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# -- corruption at random: every load is the same weights or the library's own error --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=10)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("pristine") / "run"
+    train(small(data_dir, epochs=2), backend="numpy", out=out)
+    return out, load(out)["model"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_randomly_corrupted_checkpoint_loads_the_same_weights_or_fails_cleanly(pristine, tmp_path,
+                                                                               data):
+    import shutil
+    import tempfile
+    source, weights = pristine
+    out = Path(tempfile.mkdtemp(dir=tmp_path)) / "run"
+    shutil.copytree(source, out)
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    for _ in range(data.draw(st.integers(1, 3))):
+        victim = out / data.draw(st.sampled_from(files))
+        blob = victim.read_bytes() if victim.exists() else b""
+        how = data.draw(st.sampled_from(["truncate", "flip", "delete", "json", "state-field"]))
+        if how == "truncate":
+            victim.write_bytes(blob[:data.draw(st.integers(0, max(len(blob) - 1, 0)))])
+        elif how == "flip" and blob:
+            b = bytearray(blob)
+            for i in data.draw(st.lists(st.integers(0, len(b) - 1), min_size=1, max_size=8)):
+                b[i] ^= data.draw(st.integers(1, 255))
+            victim.write_bytes(bytes(b))
+        elif how == "delete":
+            victim.unlink(missing_ok=True)
+        elif how == "json":
+            victim.write_text(json.dumps(data.draw(JSON)))
+        elif how == "state-field" and (out / "state.json").exists():
+            try:
+                state = json.loads((out / "state.json").read_text())
+                key = data.draw(st.sampled_from(sorted(state) or ["epoch"]))
+                state[key] = data.draw(JSON)
+                (out / "state.json").write_text(json.dumps(state))
+            except (ValueError, TypeError, AttributeError):
+                pass  # state.json already corrupt
+    try:
+        loaded = load(out)
+    except CheckpointError:
+        return  # the library's own error, in one sentence
+    assert loaded["model"] == weights

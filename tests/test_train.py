@@ -1,5 +1,6 @@
 """The training driver: the book's loop, checkpoints that resume exactly, predictions."""
 
+import dataclasses
 import math
 
 import pytest
@@ -81,3 +82,42 @@ def test_a_run_ending_in_a_spike_gets_one_sentence_about_it():
     assert spike_note(history[-9:]) is None          # too short to tell
     falling = [{"perplexity": p} for p in range(30, 10, -1)]
     assert spike_note(falling) is None
+
+
+# -- the training driver itself: each test fails on a bug once injected into d2lgru/train.py
+
+@pytest.mark.parametrize("random_iter", [False, True])
+def test_an_epochs_perplexity_is_exp_of_the_mean_loss_of_the_trainer_on_those_batches(
+        data_dir, random_iter):
+    """Fails if the driver drops --random-iter (the state would be carried, not restarted) or
+    averages exp(loss) instead of exponentiating the mean loss."""
+    import numpy as np
+
+    from d2lgru import data as d2data
+    from d2lgru.backends import get_backend
+    from d2lgru.model import init_lm
+
+    config = TrainConfig(epochs=2, use_random_iter=random_iter, seed=5, data=str(data_dir), **SMALL)
+    result = train(config, backend="numpy")
+    loader, vocab = d2data.load_data_time_machine(4, 5, random_iter, 400, seed=5, path=data_dir)
+    model = init_lm(len(vocab), 16, seed=5)
+    trainer = get_backend("numpy").make_trainer(model)
+    for epoch in (1, 2):
+        loader.set_epoch(epoch - 1)
+        losses = trainer.train_epoch(list(loader), random_iter=random_iter)
+        assert result.history[epoch - 1]["perplexity"] == math.exp(float(np.mean(losses)))
+    assert result.model == trainer.params()
+    other = train(dataclasses.replace(config, use_random_iter=not random_iter), backend="numpy")
+    assert other.history[0]["perplexity"] != result.history[0]["perplexity"]
+
+
+@pytest.mark.parametrize("random_iter", [False, True])
+def test_resume_with_a_non_zero_seed_equals_the_uninterrupted_run(tmp_path, data_dir, random_iter):
+    """Fails if a resumed run draws its batches from another seed than the checkpoint's."""
+    config = TrainConfig(epochs=4, seed=7, use_random_iter=random_iter, data=str(data_dir), **SMALL)
+    straight = train(config, backend="numpy")
+    train(dataclasses.replace(config, epochs=2), backend="numpy", out=tmp_path / "r")
+    resumed = train(TrainConfig(epochs=4), backend="numpy", resume=tmp_path / "r")
+    assert resumed.config.seed == 7
+    assert [h["perplexity"] for h in resumed.history] == [h["perplexity"] for h in straight.history]
+    assert resumed.model == straight.model
