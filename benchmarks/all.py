@@ -23,7 +23,8 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from benchmarks import _machine  # noqa: E402
-from benchmarks.run import BACKENDS, RESULTS  # noqa: E402
+from benchmarks.run import RESULTS  # noqa: E402
+from d2lgru.backends import BACKENDS, framework_of  # noqa: E402
 
 REPO = _machine.REPO
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
             skipped.append(f"{backend}: no environment ({env}); build it with "
                            f"`tox -e {backend} --notest`")
             continue
-        if not can_import(python, backend):
+        if not can_import(python, framework_of(backend)):
             skipped.append(f"{backend}: {python} cannot import its framework")
             continue
         cmd = [str(python), str(REPO / "benchmarks" / "run.py"), "--backend", backend,

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 from benchmarks import _metrics  # noqa: E402
 from benchmarks._metrics import median  # noqa: E402
 
-ORDER = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
+from d2lgru.backends import BACKENDS as ORDER  # noqa: E402
 SWEEP_COLUMNS = [("book", None, None), ("H=64", "hidden", 64), ("H=1024", "hidden", 1024),
                  ("N=1", "batch_size", 1), ("N=256", "batch_size", 256),
                  ("T=140", "num_steps", 140)]

@@ -27,6 +27,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from benchmarks import _machine  # noqa: E402
+from d2lgru.backends import BACKENDS  # noqa: E402
 
 N, H, T, V = 32, 256, 35, 28
 SHAPES = {  # name: (m, k, n) of an [m, k] @ [k, n] product
@@ -167,7 +168,7 @@ def measure(label, ops) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/limits.py", description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="numpy",
-                   choices=("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore"))
+                   choices=BACKENDS)
     p.add_argument("--out", help="write limits-<backend>.json here")
     args = p.parse_args(argv)
     result = {"format": "d2lgru.Limits/1", "machine": _machine.machine(), "backend": args.backend,

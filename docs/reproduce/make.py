@@ -20,6 +20,7 @@ machine: the table reports tokens/s. About three hours here. Standard library on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -31,12 +32,22 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.all import can_import, interpreter  # noqa: E402
+from d2lgru.backends import BACKENDS  # noqa: E402
 from docs.reproduce.book import parse_seeds  # noqa: E402
 
-BACKENDS = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
-IMPLS = {"numpy": ("scratch",)}
 EXERCISES = (("--cell", "rnn"), ("--gates", "reset-only"), ("--gates", "update-only"))
 EXERCISE_BACKENDS = ("numpy", "torch")
+
+
+def declared_impls(python, backend: str) -> list[str] | None:
+    """The impls ``backend`` declares, as d2lgru reports them in the environment of ``python``
+    (None: that environment cannot load the backend)."""
+    proc = subprocess.run([str(python), "-m", "d2lgru.cli", "backends", "--json"], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return None
+    row = next((r for r in json.loads(proc.stdout) if r["name"] == backend), {})
+    return list(row["impls"]) if row.get("installed") else None
 
 
 def main(argv=None) -> int:
@@ -70,11 +81,11 @@ def main(argv=None) -> int:
     runs, failed = [], []
     for b in backends:
         python = interpreter(b)
-        if python is None or not can_import(python, b):
+        impls = None if python is None else declared_impls(python, b)
+        if not impls:
             failed.append(f"{b}: no environment that imports it (build it with `tox -e {b} --notest`)")
             continue
-        for impl in IMPLS.get(b, ("scratch", "native")):
-            runs.append((b, python, ["--impl", impl]))
+        runs += [(b, python, ["--impl", impl]) for impl in impls]
         if b in EXERCISE_BACKENDS and not args.no_exercises:
             runs += [(b, python, ["--impl", "scratch", *ex]) for ex in EXERCISES]
     # the GRU rows before the exercises, MindSpore (the slowest) first among them
