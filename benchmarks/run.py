@@ -1,10 +1,11 @@
 """Benchmark one d2lgru backend in the environment that holds its framework; write one JSON file.
 
-    python benchmarks/run.py --backend torch [--quick] [--out DIR] [--device cpu|gpu]
+    python -m benchmarks.run --backend torch [--quick] [--out DIR] [--device cpu|gpu]
 
-Run it with the environment's interpreter (``.venv/bin/python`` for numpy, ``.tox/<name>/bin/python``
-for the others); ``benchmarks/all.py`` does that for every backend. The checkout's d2lgru is
-benchmarked (its commit is recorded), not a copy installed in the environment.
+Run it from the repository root with the environment's interpreter (``.venv/bin/python`` for numpy,
+``.tox/<name>/bin/python`` for the others); ``python -m benchmarks.all`` does that for every
+backend. ``-m`` puts the repository first on the path, so the checkout's d2lgru is benchmarked (its
+commit is recorded), not a copy installed in the environment.
 
 Every case runs in its own worker process (fresh interpreter: its own peak RSS, no framework state
 shared between cases), sequentially, and every figure is min / median / max over repeats after
@@ -33,11 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: import the checkout's benchmarks and d2lgru
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks import _machine, _metrics  # noqa: E402  (standard library only)
-from d2lgru.backends import BACKENDS  # noqa: E402  (the registry: no framework imported)
+from benchmarks import _machine, _metrics  # standard library only
+from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
 FORMAT = "d2lgru.Benchmark/1"
 RESULTS = _machine.REPO / "benchmarks" / "results"
@@ -52,7 +50,7 @@ QUICK = {"repeats": 2, "target_s": 0.0, "warmup_batches": 2, "max_batches": 2, "
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 2 repeats of 2 batches, small GEMM and corpus (figures "
@@ -128,8 +126,6 @@ def worker_env(args) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("GLOG_v", "3")
     env.setdefault("GLOG_minloglevel", "2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_machine.REPO),
-                                                      env.get("PYTHONPATH")]))
     if args.threads:
         from benchmarks._cases import THREAD_ENV
         for var in THREAD_ENV:
@@ -189,7 +185,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result = {"format": FORMAT, "backend": args.backend, "label": label, "quick": args.quick,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name, "benchmarks/run.py",
+              "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine, "python": _machine.python(),
               "checkout": _machine.checkout(), "device": args.device,
