@@ -14,7 +14,8 @@ predictions are theirs); the other seeds run ``--jobs`` at a time with one threa
 (``OMP_NUM_THREADS=1``). The book's exercises (``--cell rnn``, ``--gates reset-only``,
 ``--gates update-only``) run on numpy and torch. Then the book's own code for seeds 0-9
 (``docs.reproduce.book`` in torch's environment, two runs at a time: the reference for how runs end), and
-``d2lgru reproduce --collect`` writes ``results.md`` and ``perplexity.png``. Run it on a quiet
+``d2lgru reproduce --collect`` writes ``results.md``, ``perplexity.png`` and ``runs.json.gz``
+(the runs already recorded there, replaced by this run's of the same name). Run it on a quiet
 machine: the table reports tokens/s. About three hours here. Needs d2lgru's registry (numpy).
 """
 
