@@ -84,7 +84,7 @@ def _setup_framework(task):
 def probe(task) -> dict:
     import d2lgru
     backend = _d2lgru_backend(task["backend"])
-    return {"d2lgru": {"version": d2lgru.__version__, "path": str(d2lgru.__file__)},
+    return {"d2lgru": {"version": d2lgru.__version__, "path": _machine.portable(d2lgru.__file__)},
             "framework_version": backend.version(), "devices": list(backend.devices),
             "impls": backend.capabilities(), **framework_info(task)}
 

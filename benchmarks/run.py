@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     result = {"format": FORMAT, "backend": args.backend, "label": label, "quick": args.quick,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run",
-                                   *(argv if argv is not None else sys.argv[1:])]),
+                                   *(_machine.portable(a) if os.path.isabs(a) else a
+                                     for a in (argv if argv is not None else sys.argv[1:]))]),
               "machine": machine, "python": _machine.python(),
               "checkout": _machine.checkout(), "device": args.device,
               "threads_requested": args.threads, "settings": preset,
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
             ids, vocab = d2data.load_corpus(gen, "char")
         np.save(workdir / "ids.npy", ids)
         V = len(vocab)
-        result["corpus"] = {"source": str(text_path) if text_path else "generated words",
+        result["corpus"] = {"source": _machine.portable(text_path) if text_path else "generated words",
                             "tokens": int(ids.size), "vocab": V}
         timing = {k: preset[k] for k in ("repeats", "target_s", "warmup_batches", "max_batches")}
         base = {"corpus_ids": str(workdir / "ids.npy"), "timing": timing}
@@ -331,8 +332,8 @@ def run_pipeline(args, workdir: Path, text_path, timeout, say, out: dict) -> dic
     filled into ``out`` as the runs finish."""
     mb = args.pipeline_mb or (2.0 if args.quick else 100.0)
     N, T = 32, 35
-    out.update({"batch_size": N, "num_steps": T, "source": str(text_path) if text_path else
-                "generated words", "runs": []})
+    out.update({"batch_size": N, "num_steps": T, "source": _machine.portable(text_path) if text_path
+                else "generated words", "runs": []})
     sizes = [("d2lgru", mb / 4), ("d2lgru", mb), ("book", mb)]
     offset = None
     for impl, size_mb in sizes:

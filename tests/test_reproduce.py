@@ -94,7 +94,7 @@ def absolute_paths(value) -> list[str]:
     if isinstance(value, list):
         return [p for v in value for p in absolute_paths(v)]
     if isinstance(value, str) and (os.path.isabs(value) or
-                                   any(root in value for root in ("/work/", "/root/", "/home/"))):
+                                   any(f"/{root}/" in value for root in ("work", "root", "home"))):
         return [value]
     return []
 
