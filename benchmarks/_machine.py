@@ -134,4 +134,5 @@ def rss_mb() -> float | None:
 
 
 def python() -> str:
-    return f"{platform.python_implementation()} {platform.python_version()} ({portable(sys.executable)})"
+    where = portable(sys.executable)
+    return f"{platform.python_implementation()} {platform.python_version()} ({where})"

@@ -449,7 +449,8 @@ def charts(results, out: Path, multi) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare",
+                                description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", help="result JSON files or folders holding them")
     p.add_argument("--out", help="folder for results.md and the charts (default: the first "
                                  "file's folder)")

@@ -163,7 +163,8 @@ def measure(label, ops) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.limits", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.limits",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="numpy",
                    choices=BACKENDS)
     p.add_argument("--out", help="write limits-<backend>.json here")

@@ -226,7 +226,8 @@ def main(argv=None) -> int:
             ids, vocab = d2data.load_corpus(gen, "char")
         np.save(workdir / "ids.npy", ids)
         V = len(vocab)
-        result["corpus"] = {"source": _machine.portable(text_path) if text_path else "generated words",
+        source = _machine.portable(text_path) if text_path else "generated words"
+        result["corpus"] = {"source": source,
                             "tokens": int(ids.size), "vocab": V}
         timing = {k: preset[k] for k in ("repeats", "target_s", "warmup_batches", "max_batches")}
         base = {"corpus_ids": str(workdir / "ids.npy"), "timing": timing}

@@ -7,12 +7,13 @@ and ``DIR/perplexity.png``, and records the runs in ``DIR/runs.json.gz``: per ru
 and the figure need (result.json and the per-epoch perplexity; no checkpoint, no paths of the
 machine), so the run directories need not be kept. ``--collect`` reads that file too: a folder's
 runs are those of its runs file, then of its run directories (which replace a recorded run of the
-same name), and ``--collect DIR/runs.json.gz`` reads the file alone. Runs that differ only in their seed make one row: SGD at the book's
-learning rate of 1 makes the loss spike late in training, so one run's last epoch is a draw, and
-the row's perplexity is the median of its seeds' last epochs (each seed's is listed beside it).
-The table keeps the book's closing lines, then how the runs ended; the figure overlays one curve
-per row. Runs of the book's own code that ``docs/reproduce/book.py`` left in
-``DIR/book/seed-S.json`` join the second table and the figure as the reference.
+same name), and ``--collect DIR/runs.json.gz`` reads the file alone. Runs that differ only in
+their seed make one row: SGD at the book's learning rate of 1 makes the loss spike late in
+training, so one run's last epoch is a draw, and the row's perplexity is the median of its
+seeds' last epochs (each seed's is listed beside it). The table keeps the book's closing lines,
+then how the runs ended; the figure overlays one curve per row. Runs of the book's own code
+that ``docs/reproduce/book.py`` left in ``DIR/book/seed-S.json`` join the second table and the
+figure as the reference.
 """
 
 from __future__ import annotations
@@ -62,11 +63,13 @@ def read_runs(path) -> tuple[list[dict], list[dict]]:
     try:
         record = json.loads(gzip.decompress(Path(path).read_bytes()))
         if record.get("format") != RUNS_FORMAT:
-            raise InvalidArgumentError(f"format is {record.get('format')!r}, expected {RUNS_FORMAT!r}")
+            raise InvalidArgumentError(f"format is {record.get('format')!r}, "
+                                       f"expected {RUNS_FORMAT!r}")
         book = [dict(run, history=[float(v) for v in run["perplexity"]]) for run in record["book"]]
         return record["runs"], book
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path} is not a runs file of `d2lgru reproduce --collect` ({exc})") from None
+        raise CheckpointError(f"{path} is not a runs file of `d2lgru reproduce --collect` "
+                              f"({exc})") from None
 
 
 def write_runs(path, runs: list[dict], book: list[dict]) -> Path:

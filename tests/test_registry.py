@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import d2lgru
-from d2lgru.backends import BACKENDS, ENV_VAR, canonical_name, framework_of, install_hint, is_installed
+from d2lgru.backends import (BACKENDS, ENV_VAR, canonical_name, framework_of, install_hint,
+                             is_installed)
 
 #: the registry's list, stated once: every other file derives it from d2lgru.backends.BACKENDS
 EXPECTED = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")

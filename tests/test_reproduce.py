@@ -140,7 +140,8 @@ def test_the_committed_runs_file_is_small_portable_and_makes_the_committed_table
     assert path.stat().st_size < 1_000_000
     assert absolute_paths(json.loads(gzip.decompress(path.read_bytes()))) == []
     runs, book = read_runs(path)
-    assert len(runs) >= 50 and len(book) == 10 and all(len(r["history"]) == 500 for r in runs + book)
+    assert len(runs) >= 50 and len(book) == 10
+    assert all(len(r["history"]) == 500 for r in runs + book)
     shutil.copy(path, tmp_path / RUNS_FILE)
     write_report(tmp_path)
     assert (tmp_path / "results.md").read_text() == (COMMITTED / "results.md").read_text()

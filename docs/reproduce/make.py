@@ -7,16 +7,16 @@ Each run is ``d2lgru reproduce --backend B --impl I --seed S`` (the book's confi
 impl's default mode) in the environment that holds B's framework (``.venv`` or ``.tox/numpy`` for
 numpy, ``.tox/<name>`` for the others, as ``tox -e <name> --notest`` builds them), run as
 ``python -m`` from the repository root so that this checkout's ``d2lgru`` is the one imported, for
-every seed in ``--seeds``: a chaotic run's last epoch
-can land in one of SGD's late loss spikes, so each row of the table stands on several seeds.
-Seed 0's runs go one at a time with the frameworks' default threads (the table's tokens/s and
-predictions are theirs); the other seeds run ``--jobs`` at a time with one thread each
-(``OMP_NUM_THREADS=1``). The book's exercises (``--cell rnn``, ``--gates reset-only``,
-``--gates update-only``) run on numpy and torch. Then the book's own code for seeds 0-9
-(``docs.reproduce.book`` in torch's environment, two runs at a time: the reference for how runs end), and
-``d2lgru reproduce --collect`` writes ``results.md``, ``perplexity.png`` and ``runs.json.gz``
-(the runs already recorded there, replaced by this run's of the same name). Run it on a quiet
-machine: the table reports tokens/s. About three hours here. Needs d2lgru's registry (numpy).
+every seed in ``--seeds``: a chaotic run's last epoch can land in one of SGD's late loss spikes,
+so each row of the table stands on several seeds. Seed 0's runs go one at a time with the
+frameworks' default threads (the table's tokens/s and predictions are theirs); the other seeds run
+``--jobs`` at a time with one thread each (``OMP_NUM_THREADS=1``). The book's exercises (``--cell
+rnn``, ``--gates reset-only``, ``--gates update-only``) run on numpy and torch. Then the book's own
+code for seeds 0-9 (``docs.reproduce.book`` in torch's environment, two runs at a time: the
+reference for how runs end), and ``d2lgru reproduce --collect`` writes ``results.md``,
+``perplexity.png`` and ``runs.json.gz`` (the runs already recorded there, replaced by this run's
+of the same name). Run it on a quiet machine: the table reports tokens/s. About three hours here.
+Needs d2lgru's registry (numpy).
 """
 
 from __future__ import annotations
