@@ -15,20 +15,24 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from . import _machine
 from ._metrics import stats
 
-BARE_FRAMEWORKS = ("torch", "tensorflow", "mxnet", "paddle", "mindspore")
+#: ``bare/<backend>.py``: the backends that have a bare model (no import of d2lgru's registry:
+#: the bare cases run without d2lgru)
+BARE_DIR = Path(__file__).with_name("bare")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
               "MXNET_CPU_WORKER_NTHREADS")
 
 
 def bare_module(backend: str):
     """``benchmarks.bare.<backend>``, or None for numpy (NumPy has no GRU layer to use bare)."""
-    if backend not in BARE_FRAMEWORKS:
+    if not backend.isidentifier() or backend.startswith("_") or \
+            not (BARE_DIR / f"{backend}.py").is_file():
         return None
     return importlib.import_module(f"benchmarks.bare.{backend}")
 
@@ -80,7 +84,7 @@ def _setup_framework(task):
 def probe(task) -> dict:
     import d2lgru
     backend = _d2lgru_backend(task["backend"])
-    return {"d2lgru": {"version": d2lgru.__version__, "path": str(d2lgru.__file__)},
+    return {"d2lgru": {"version": d2lgru.__version__, "path": _machine.portable(d2lgru.__file__)},
             "framework_version": backend.version(), "devices": list(backend.devices),
             "impls": backend.capabilities(), **framework_info(task)}
 

@@ -15,6 +15,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def portable(path) -> str:
+    """``path`` as a result file records it: relative to the checkout (``../`` for a sibling such
+    as ``../shared/data``), else its name; committed results hold no machine's absolute paths."""
+    path = Path(path).absolute()
+    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+        if path.is_relative_to(base):
+            return prefix + path.relative_to(base).as_posix()
+    return path.name
+
+
 def _cpuinfo() -> list[dict]:
     blocks, block = [], {}
     try:
@@ -124,4 +134,5 @@ def rss_mb() -> float | None:
 
 
 def python() -> str:
-    return f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"
+    where = portable(sys.executable)
+    return f"{platform.python_implementation()} {platform.python_version()} ({where})"

@@ -1,14 +1,15 @@
 """Benchmark every installed backend, one after the other, then write the report and charts.
 
-    python benchmarks/all.py [--quick] [--device gpu] [--backends numpy,torch] [--out DIR]
-                             [-- any benchmarks/run.py option, e.g. --threads 2 --skip sweep]
+    python -m benchmarks.all [--quick] [--device gpu] [--backends numpy,torch] [--out DIR]
+                             [-- any benchmarks.run option, e.g. --threads 2 --skip sweep]
 
 Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
 ``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs that are not
 quick), then ``compare.py`` turns every result there into ``results.md``,
-``throughput.png`` and ``sweep.png``. Standard library only: any Python 3.9+ can run it.
+``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
+imports numpy (d2lgru's registry names the backends); every step runs as ``python -m`` there.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks import _machine  # noqa: E402
-from benchmarks.run import BACKENDS, RESULTS  # noqa: E402
+from benchmarks import _machine
+from benchmarks.run import RESULTS
+from d2lgru.backends import BACKENDS, framework_of
 
 REPO = _machine.REPO
 
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="python benchmarks/all.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.all", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run (see run.py --quick)")
     p.add_argument("--device", default="cpu", help="cpu (default) or gpu")
     p.add_argument("--backends", default=",".join(BACKENDS),
@@ -74,10 +73,10 @@ def main(argv=None) -> int:
             skipped.append(f"{backend}: no environment ({env}); build it with "
                            f"`tox -e {backend} --notest`")
             continue
-        if not can_import(python, backend):
+        if not can_import(python, framework_of(backend)):
             skipped.append(f"{backend}: {python} cannot import its framework")
             continue
-        cmd = [str(python), str(REPO / "benchmarks" / "run.py"), "--backend", backend,
+        cmd = [str(python), "-m", "benchmarks.run", "--backend", backend,
                "--out", str(out), "--label", label, "--device", args.device, *passthrough]
         if args.quick:
             cmd.append("--quick")
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
         tic = time.perf_counter()
         status = subprocess.run(cmd, cwd=REPO).returncode
         if status == 0 and not args.quick and args.device == "cpu":  # what bounds the speed
-            status = subprocess.run([str(python), str(REPO / "benchmarks" / "limits.py"),
+            status = subprocess.run([str(python), "-m", "benchmarks.limits",
                                      "--backend", backend, "--out", str(out)], cwd=REPO).returncode
         print(f"== {backend}: {'done' if status == 0 else f'FAILED (status {status})'} in "
               f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
@@ -100,7 +99,7 @@ def main(argv=None) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         compare_python = str(interpreter("numpy") or sys.executable)
-    return subprocess.run([compare_python, str(REPO / "benchmarks" / "compare.py"), str(out)],
+    return subprocess.run([compare_python, "-m", "benchmarks.compare", str(out)],
                           cwd=REPO).returncode
 
 

@@ -1,7 +1,7 @@
 """Turn benchmark result files into one Markdown report and PNG charts.
 
-    python benchmarks/compare.py benchmarks/results/<label>/*.json [--out DIR]
-    python benchmarks/compare.py benchmarks/results/<label>          # every JSON in the folder
+    python -m benchmarks.compare benchmarks/results/<label>/*.json [--out DIR]
+    python -m benchmarks.compare benchmarks/results/<label>          # every JSON in the folder
 
 Writes ``results.md``, ``throughput.png`` and ``sweep.png`` into ``--out`` (default: the folder of
 the first file). Needs only the standard library and matplotlib.
@@ -14,13 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _metrics
+from benchmarks._metrics import median
+from d2lgru.backends import BACKENDS as ORDER
 
-from benchmarks import _metrics  # noqa: E402
-from benchmarks._metrics import median  # noqa: E402
-
-ORDER = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
 SWEEP_COLUMNS = [("book", None, None), ("H=64", "hidden", 64), ("H=1024", "hidden", 1024),
                  ("N=1", "batch_size", 1), ("N=256", "batch_size", 256),
                  ("T=140", "num_steps", 140)]
@@ -452,7 +449,8 @@ def charts(results, out: Path, multi) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/compare.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare",
+                                description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", help="result JSON files or folders holding them")
     p.add_argument("--out", help="folder for results.md and the charts (default: the first "
                                  "file's folder)")

@@ -1,7 +1,7 @@
 """What bounds training speed at the book's config: the GEMM rate at the shapes one step uses,
 and the cost of launching one small op, in NumPy and in one framework.
 
-    .tox/<name>/bin/python benchmarks/limits.py --backend <name> [--out DIR]
+    .tox/<name>/bin/python -m benchmarks.limits --backend <name> [--out DIR]
 
 One training step at the book's config (batch N=32, hidden H=256, 35 steps) is dominated by
 three small products per time step: the gates' recurrent product ``[N, H] @ [H, 3H]`` forward,
@@ -23,10 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks import _machine  # noqa: E402
+from benchmarks import _machine
+from d2lgru.backends import BACKENDS
 
 N, H, T, V = 32, 256, 35, 28
 SHAPES = {  # name: (m, k, n) of an [m, k] @ [k, n] product
@@ -165,9 +163,10 @@ def measure(label, ops) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/limits.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.limits",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="numpy",
-                   choices=("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore"))
+                   choices=BACKENDS)
     p.add_argument("--out", help="write limits-<backend>.json here")
     args = p.parse_args(argv)
     result = {"format": "d2lgru.Limits/1", "machine": _machine.machine(), "backend": args.backend,

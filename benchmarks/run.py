@@ -1,10 +1,11 @@
 """Benchmark one d2lgru backend in the environment that holds its framework; write one JSON file.
 
-    python benchmarks/run.py --backend torch [--quick] [--out DIR] [--device cpu|gpu]
+    python -m benchmarks.run --backend torch [--quick] [--out DIR] [--device cpu|gpu]
 
-Run it with the environment's interpreter (``.venv/bin/python`` for numpy, ``.tox/<name>/bin/python``
-for the others); ``benchmarks/all.py`` does that for every backend. The checkout's d2lgru is
-benchmarked (its commit is recorded), not a copy installed in the environment.
+Run it from the repository root with the environment's interpreter (``.venv/bin/python`` for numpy,
+``.tox/<name>/bin/python`` for the others); ``python -m benchmarks.all`` does that for every
+backend. ``-m`` puts the repository first on the path, so the checkout's d2lgru is benchmarked (its
+commit is recorded), not a copy installed in the environment.
 
 Every case runs in its own worker process (fresh interpreter: its own peak RSS, no framework state
 shared between cases), sequentially, and every figure is min / median / max over repeats after
@@ -33,13 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: import the checkout's benchmarks and d2lgru
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks import _machine, _metrics  # noqa: E402  (standard library only)
+from benchmarks import _machine, _metrics  # standard library only
+from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
 FORMAT = "d2lgru.Benchmark/1"
-BACKENDS = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
 RESULTS = _machine.REPO / "benchmarks" / "results"
 LATENCY = ({"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 1},
            {"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 32})
@@ -52,7 +50,7 @@ QUICK = {"repeats": 2, "target_s": 0.0, "warmup_batches": 2, "max_batches": 2, "
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 2 repeats of 2 batches, small GEMM and corpus (figures "
@@ -128,8 +126,6 @@ def worker_env(args) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("GLOG_v", "3")
     env.setdefault("GLOG_minloglevel", "2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_machine.REPO),
-                                                      env.get("PYTHONPATH")]))
     if args.threads:
         from benchmarks._cases import THREAD_ENV
         for var in THREAD_ENV:
@@ -189,8 +185,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result = {"format": FORMAT, "backend": args.backend, "label": label, "quick": args.quick,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name, "benchmarks/run.py",
-                                   *(argv if argv is not None else sys.argv[1:])]),
+              "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run",
+                                   *(_machine.portable(a) if os.path.isabs(a) else a
+                                     for a in (argv if argv is not None else sys.argv[1:]))]),
               "machine": machine, "python": _machine.python(),
               "checkout": _machine.checkout(), "device": args.device,
               "threads_requested": args.threads, "settings": preset,
@@ -229,7 +226,8 @@ def main(argv=None) -> int:
             ids, vocab = d2data.load_corpus(gen, "char")
         np.save(workdir / "ids.npy", ids)
         V = len(vocab)
-        result["corpus"] = {"source": str(text_path) if text_path else "generated words",
+        source = _machine.portable(text_path) if text_path else "generated words"
+        result["corpus"] = {"source": source,
                             "tokens": int(ids.size), "vocab": V}
         timing = {k: preset[k] for k in ("repeats", "target_s", "warmup_batches", "max_batches")}
         base = {"corpus_ids": str(workdir / "ids.npy"), "timing": timing}
@@ -335,8 +333,8 @@ def run_pipeline(args, workdir: Path, text_path, timeout, say, out: dict) -> dic
     filled into ``out`` as the runs finish."""
     mb = args.pipeline_mb or (2.0 if args.quick else 100.0)
     N, T = 32, 35
-    out.update({"batch_size": N, "num_steps": T, "source": str(text_path) if text_path else
-                "generated words", "runs": []})
+    out.update({"batch_size": N, "num_steps": T, "source": _machine.portable(text_path) if text_path
+                else "generated words", "runs": []})
     sizes = [("d2lgru", mb / 4), ("d2lgru", mb), ("book", mb)]
     offset = None
     for impl, size_mb in sizes:

@@ -3,16 +3,22 @@
 ``d2lgru reproduce --backend B --impl I [--seed S] --out DIR`` trains the book's configuration
 into ``DIR/B-I[-seedS]/`` (a normal checkpoint directory plus ``result.json``);
 ``d2lgru reproduce --collect DIR`` gathers every ``DIR/*/result.json`` into ``DIR/results.md``
-and ``DIR/perplexity.png``. Runs that differ only in their seed make one row: SGD at the book's
-learning rate of 1 makes the loss spike late in training, so one run's last epoch is a draw, and
-the row's perplexity is the median of its seeds' last epochs (each seed's is listed beside it).
-The table keeps the book's closing lines, then how the runs ended; the figure overlays one curve
-per row. Runs of the book's own code that ``docs/reproduce/book.py`` left in
-``DIR/book/seed-S.json`` join the second table and the figure as the reference.
+and ``DIR/perplexity.png``, and records the runs in ``DIR/runs.json.gz``: per run what the table
+and the figure need (result.json and the per-epoch perplexity; no checkpoint, no paths of the
+machine), so the run directories need not be kept. ``--collect`` reads that file too: a folder's
+runs are those of its runs file, then of its run directories (which replace a recorded run of the
+same name), and ``--collect DIR/runs.json.gz`` reads the file alone. Runs that differ only in
+their seed make one row: SGD at the book's learning rate of 1 makes the loss spike late in
+training, so one run's last epoch is a draw, and the row's perplexity is the median of its
+seeds' last epochs (each seed's is listed beside it). The table keeps the book's closing lines,
+then how the runs ended; the figure overlays one curve per row. Runs of the book's own code
+that ``docs/reproduce/book.py`` left in ``DIR/book/seed-S.json`` join the second table and the
+figure as the reference.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -26,6 +32,8 @@ PREFIXES = ("time traveller", "traveller")
 BAR = 1.15
 #: where docs/reproduce/book.py leaves the book's own runs, and their format
 BOOK_DIR, BOOK_FORMAT = "book", "d2lgru.BookRun/1"
+#: the compact record of a folder's runs, beside results.md, and its format
+RUNS_FILE, RUNS_FORMAT = "runs.json.gz", "d2lgru.Runs/1"
 
 
 def run_name(backend: str, impl: str, exercise: str = "", seed: int = 0) -> str:
@@ -34,7 +42,7 @@ def run_name(backend: str, impl: str, exercise: str = "", seed: int = 0) -> str:
 
 
 def collect(directory) -> list[dict]:
-    """Every finished run under ``directory``: result.json merged with its history."""
+    """Every finished run directory under ``directory``: result.json merged with its history."""
     directory = Path(directory)
     runs = []
     for result_file in sorted(directory.glob(f"*/{RESULT_FILE}")):
@@ -46,10 +54,55 @@ def collect(directory) -> list[dict]:
         except (OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{result_file.parent} is not a finished run ({exc})") from None
         runs.append(result)
-    if not runs:
-        raise CheckpointError(f"no finished runs (*/{RESULT_FILE}) under {directory}; "
-                              f"run `d2lgru reproduce --backend NAME --out {directory}` first")
     return runs
+
+
+def read_runs(path) -> tuple[list[dict], list[dict]]:
+    """A runs file (:data:`RUNS_FILE`): d2lgru's runs and the book's own, as :func:`collect`
+    and :func:`collect_book` return them."""
+    try:
+        record = json.loads(gzip.decompress(Path(path).read_bytes()))
+        if record.get("format") != RUNS_FORMAT:
+            raise InvalidArgumentError(f"format is {record.get('format')!r}, "
+                                       f"expected {RUNS_FORMAT!r}")
+        book = [dict(run, history=[float(v) for v in run["perplexity"]]) for run in record["book"]]
+        return record["runs"], book
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a runs file of `d2lgru reproduce --collect` "
+                              f"({exc})") from None
+
+
+def write_runs(path, runs: list[dict], book: list[dict]) -> Path:
+    """``runs`` and ``book`` into the runs file ``path``, without the absolute path of the text
+    they trained on (``config.data``: the machine's, not the experiment's); gzip without a
+    timestamp, so the same runs make the same bytes."""
+    def portable(run):
+        return dict(run, config={k: v for k, v in run["config"].items() if k != "data"})
+    record = {"format": RUNS_FORMAT, "runs": [portable(r) for r in runs],
+              "book": [{k: v for k, v in r.items() if k != "history"} for r in book]}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(gzip.compress(json.dumps(record, separators=(",", ":")).encode(), mtime=0))
+    tmp.replace(path)
+    return path
+
+
+def gather(directory) -> tuple[list[dict], list[dict]]:
+    """A folder's runs and the book's: its runs file's, replaced and joined by its run
+    directories and ``book/`` files (by run name, by seed), in the order of their names; or a
+    runs file's alone when ``directory`` is one."""
+    directory = Path(directory)
+    if directory.is_file():
+        return read_runs(directory)
+    runs, book = read_runs(directory / RUNS_FILE) if (directory / RUNS_FILE).is_file() else ([], [])
+    by_name = {r["run"]: r for r in runs} | {r["run"]: r for r in collect(directory)}
+    by_seed = {r["seed"]: r for r in book} | {r["seed"]: r for r in collect_book(directory)}
+    if not by_name:
+        raise CheckpointError(f"no finished runs (*/{RESULT_FILE} or {RUNS_FILE}) under "
+                              f"{directory}; run `d2lgru reproduce --backend NAME --out "
+                              f"{directory}` first")
+    return ([by_name[name] for name in sorted(by_name)],
+            [by_seed[seed] for seed in sorted(by_seed)])
 
 
 def rows(runs: list[dict]) -> list[list[dict]]:
@@ -273,8 +326,14 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
 
 
 def write_report(directory) -> tuple[Path, Path]:
+    """``results.md`` and ``perplexity.png`` of :func:`gather`'s runs, beside them; a folder's
+    runs are recorded in its :data:`RUNS_FILE` too."""
     directory = Path(directory)
-    runs, book = collect(directory), collect_book(directory)
+    runs, book = gather(directory)
+    if directory.is_file():
+        directory = directory.parent
+    else:
+        write_runs(directory / RUNS_FILE, runs, book)
     table = directory / "results.md"
     table.write_text("# The chapter's experiment on every backend\n\n" + markdown_table(runs, book))
     return table, plot_runs(runs, directory / "perplexity.png", book)

@@ -26,13 +26,8 @@ def assert_native_round_trip(be, params, layer_shapes):
 
 
 def book_pipeline():
-    """``benchmarks/_book_pipeline.py``, the book's data code transcribed, imported by its path:
-    the tests run against the installed d2lgru, so the checkout itself is not on ``sys.path``."""
-    import importlib.util
-    from pathlib import Path
+    """``benchmarks._book_pipeline``, the book's data code transcribed (the tests run as
+    ``python -m pytest`` from the repository root, which puts it on the path)."""
+    from benchmarks import _book_pipeline
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_book_pipeline.py"
-    spec = importlib.util.spec_from_file_location("book_pipeline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _book_pipeline

@@ -1,16 +1,21 @@
 """The backend registry: names, aliases, selection order, errors, and no framework at import."""
 
-import importlib.util
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import d2lgru
-from d2lgru.backends import ENV_VAR, canonical_name, install_hint
+from d2lgru.backends import (BACKENDS, ENV_VAR, canonical_name, framework_of, install_hint,
+                             is_installed)
 
-FRAMEWORKS = ("torch", "tensorflow", "mxnet", "paddle", "mindspore")
+#: the registry's list, stated once: every other file derives it from d2lgru.backends.BACKENDS
+EXPECTED = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
+FRAMEWORKS = tuple(framework_of(name) for name in BACKENDS if name != "numpy")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_import_d2lgru_imports_no_framework():
@@ -22,7 +27,7 @@ def test_import_d2lgru_imports_no_framework():
 
 
 def test_known_names_and_aliases():
-    assert d2lgru.BACKENDS == ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
+    assert d2lgru.BACKENDS == EXPECTED
     for alias, name in {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow",
                         "mx": "mxnet", "paddlepaddle": "paddle", "ms": "mindspore",
                         "NumPy": "numpy"}.items():
@@ -54,7 +59,7 @@ def test_unknown_name_from_environment(monkeypatch):
 
 
 def test_missing_framework_names_the_extra(monkeypatch):
-    missing = [f for f in FRAMEWORKS if importlib.util.find_spec(f) is None]
+    missing = [name for name in BACKENDS if not is_installed(name)]
     if not missing:
         pytest.fail("every framework is installed here; this test needs an environment without one")
     name = missing[0]
@@ -70,3 +75,32 @@ def test_backend_context(monkeypatch):
         assert be.name == "numpy" and d2lgru.get_backend().name == "numpy"
     import os
     assert os.environ[ENV_VAR] == "torch"
+
+
+def _backend_lists(source: str) -> list[tuple[int, list[str]]]:
+    """Literal lists, tuples, sets and dict keys in ``source`` that name 3+ backends."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        elements = node.keys if isinstance(node, ast.Dict) else \
+            node.elts if isinstance(node, (ast.List, ast.Tuple, ast.Set)) else ()
+        names = [e.value for e in elements if isinstance(e, ast.Constant) and e.value in BACKENDS]
+        if len(names) >= 3:
+            found.append((node.lineno, names))
+    return found
+
+
+def test_no_file_but_the_registry_lists_the_backends():
+    """One backend list: a second copy drifts (a new backend joins one list and not the other)."""
+    proc = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"not a git checkout: {proc.stderr.strip()}")
+    allowed = {"d2lgru/backends/__init__.py", "tests/test_registry.py"}
+    offences = [f"{path}:{line}: {names}" for path in proc.stdout.split() if path not in allowed
+                and (REPO / path).is_file()
+                for line, names in _backend_lists((REPO / path).read_text(encoding="utf-8"))]
+    assert not offences, "derive these from d2lgru.backends.BACKENDS:\n" + "\n".join(offences)
+
+
+def test_the_list_finder_finds_a_list():
+    assert _backend_lists('X = ("numpy", "torch", "mxnet")\nY = {"paddle": 1, "tf": 2}') == \
+        [(1, ["numpy", "torch", "mxnet"])]

@@ -1,10 +1,19 @@
-"""The reproduce report's arithmetic on made-up curves (the CLI test runs the real thing)."""
+"""The reproduce report's arithmetic on made-up curves (the CLI test runs the real thing), and
+the runs file that stands for the run directories."""
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
-from d2lgru.reproduce import (ending, markdown_table, row_perplexity, rows, shared_spikes,
-                              spike_windows)
-from d2lgru.train import CheckpointError
+from d2lgru.reproduce import (RUNS_FILE, ending, markdown_table, read_runs, row_perplexity, rows,
+                              shared_spikes, spike_windows, write_report)
+from d2lgru.train import RESULT_FILE, STATE_FILE, CheckpointError
+
+COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "reproduce"
 
 
 def run(history, gates="both"):
@@ -65,3 +74,74 @@ def test_shared_spikes_compares_runs_of_one_seed_with_runs_of_different_seeds():
     text = shared_spikes(runs)   # same seed: 1 of 3 epochs shared; the others: 1 of 3 each
     assert "in 33% when they share the seed (1 pair) and in 33% when they do not (2 pairs)" in text
     assert shared_spikes(runs[:2]) == ""   # nothing to compare with
+
+
+# -- the runs file ------------------------------------------------------------------------------
+def write_run_dir(directory, name, r):
+    """A finished run as ``d2lgru reproduce`` leaves it: result.json and state.json's history."""
+    run_dir = directory / name
+    run_dir.mkdir(parents=True)
+    result = {k: v for k, v in r.items() if k not in ("history", "run")}
+    (run_dir / RESULT_FILE).write_text(json.dumps(result))
+    (run_dir / STATE_FILE).write_text(json.dumps(
+        {"history": [{"epoch": e + 1, "perplexity": p} for e, p in enumerate(r["history"])]}))
+
+
+def absolute_paths(value) -> list[str]:
+    """Every string in a JSON value that is an absolute path (or holds one of the usual roots)."""
+    if isinstance(value, dict):
+        return [p for v in [*value.keys(), *value.values()] for p in absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in absolute_paths(v)]
+    if isinstance(value, str) and (os.path.isabs(value) or
+                                   any(f"/{root}/" in value for root in ("work", "root", "home"))):
+        return [value]
+    return []
+
+
+def test_the_runs_file_rebuilds_the_table_of_the_run_directories(tmp_path):
+    dirs, only_file = tmp_path / "dirs", tmp_path / "file"
+    runs = [result(0, 1.07), result(1, 1.31), result(0, 1.09, backend="torch"),
+            result(0, 1.05, gates="reset-only")]
+    for r, name in zip(runs, ["numpy-scratch", "numpy-scratch-seed1", "torch-scratch",
+                              "numpy-scratch-reset-only"]):
+        write_run_dir(dirs, name, r)
+    (dirs / "book").mkdir()
+    (dirs / "book" / "seed-4.json").write_text(json.dumps(
+        {"format": "d2lgru.BookRun/1", "seed": 4, "epochs": 500, "perplexity": runs[0]["history"]}))
+    write_report(dirs)
+    only_file.mkdir()
+    shutil.copy(dirs / RUNS_FILE, only_file / RUNS_FILE)
+    write_report(only_file)
+    table = (dirs / "results.md").read_text()
+    assert "the book's own code" in table and "| numpy | scratch | eager | reset-before |" in table
+    assert (only_file / "results.md").read_text() == table
+    write_report(only_file / RUNS_FILE)                       # the file itself, results beside it
+    assert (only_file / "results.md").read_text() == table
+    record = json.loads(gzip.decompress((dirs / RUNS_FILE).read_bytes()))
+    assert absolute_paths(record) == [] and absolute_paths(runs)   # config.data ("/d0") left out
+    # a run directory replaces the recorded run of its name; the others stay recorded
+    write_run_dir(only_file, "torch-scratch", result(0, 1.2, backend="torch"))
+    recorded, book = read_runs(only_file / RUNS_FILE)
+    write_report(only_file)
+    again, _ = read_runs(only_file / RUNS_FILE)
+    assert [r["run"] for r in again] == [r["run"] for r in recorded] and len(book) == 1
+    assert [r["history"][-1] for r in again if r["run"] == "torch-scratch"] == [1.2]
+
+
+def test_a_file_that_is_not_a_runs_file_is_an_error(tmp_path):
+    (tmp_path / RUNS_FILE).write_bytes(gzip.compress(b'{"format": "other"}'))
+    with pytest.raises(CheckpointError, match="is not a runs file"):
+        write_report(tmp_path)
+
+
+def test_the_committed_runs_file_is_small_portable_and_makes_the_committed_table(tmp_path):
+    path = COMMITTED / RUNS_FILE
+    assert path.stat().st_size < 1_000_000
+    assert absolute_paths(json.loads(gzip.decompress(path.read_bytes()))) == []
+    runs, book = read_runs(path)
+    assert len(runs) >= 50 and len(book) == 10
+    assert all(len(r["history"]) == 500 for r in runs + book)
+    shutil.copy(path, tmp_path / RUNS_FILE)
+    write_report(tmp_path)
+    assert (tmp_path / "results.md").read_text() == (COMMITTED / "results.md").read_text()

@@ -7,17 +7,14 @@ the default PyNative context) and ``pynative`` (everything eager).
 """
 
 import os
-import pathlib
 import sys
 
-if not __package__:  # run as a file: this folder would shadow the framework of the same name
-    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[2])
 os.environ.setdefault("GLOG_v", "3")  # errors only
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from benchmarks.bare._common import trainer_factory  # noqa: E402
+from benchmarks.bare._common import trainer_factory
 
 NAME = "mindspore"
 MODES = ("graph", "jit", "pynative")

@@ -8,11 +8,7 @@ Modes: ``hybridize`` (the model as one cached graph, ``static_alloc``/``static_s
 """
 
 import os
-import pathlib
 import sys
-
-if not __package__:  # run as a file: this folder would shadow the framework of the same name
-    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[2])
 
 import mxnet as mx
 from mxnet import autograd, gluon, np, npx

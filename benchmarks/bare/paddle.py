@@ -7,12 +7,7 @@ and the optimizer in dynamic graph) and ``dygraph`` (the book's code). Clipping 
 own ``ClipGradByGlobalNorm`` inside ``paddle.optimizer.SGD``.
 """
 
-import pathlib
 import sys
-
-if not __package__:  # run as a file: this folder would shadow the framework of the same name
-    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[2])
-
 import warnings
 
 with warnings.catch_warnings():

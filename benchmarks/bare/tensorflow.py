@@ -7,17 +7,14 @@ Modes: ``function`` (the whole step -- forward, loss, gradients, clipping, SGD -
 """
 
 import os
-import pathlib
 import sys
 
-if not __package__:  # run as a file: this folder would shadow the framework of the same name
-    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[2])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import tensorflow as tf
 
-from benchmarks.bare._common import trainer_factory  # noqa: E402
+from benchmarks.bare._common import trainer_factory
 
 NAME = "tensorflow"
 MODES = ("function", "xla", "eager")

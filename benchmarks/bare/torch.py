@@ -5,17 +5,13 @@ loss, backward; clipping and SGD stay the foreach kernels). Clipping is the fram
 norm (``clip_grad_norm_``), which, unlike the book's ``if norm > theta``, never waits on the device.
 """
 
-import pathlib
 import sys
-
-if not __package__:  # run as a file: this folder would shadow the framework of the same name
-    sys.path[0] = str(pathlib.Path(__file__).resolve().parents[2])
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.bare._common import trainer_factory  # noqa: E402
+from benchmarks.bare._common import trainer_factory
 
 NAME = "torch"
 MODES = ("eager", "compile")

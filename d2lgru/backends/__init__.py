@@ -107,3 +107,11 @@ def backend_context(name: str):
 __all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", "Trainer",
            "UnsupportedError", "available_backends", "backend_context", "canonical_name",
            "get_backend", "install_hint", "is_installed", "resolve_name"]
+
+
+def framework_of(name: str) -> str:
+    """The import name of the framework behind ``name`` (``numpy`` for the oracle)."""
+    return _REGISTRY[canonical_name(name)][1]
+
+
+__all__ += ["framework_of"]

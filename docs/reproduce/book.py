@@ -1,6 +1,6 @@
 """The book's own code for the chapter's experiment, as a reference for d2lgru's runs.
 
-    python docs/reproduce/book.py [--seeds 0-9] [--jobs 2] [--out DIR] [--data PATH]
+    python -m docs.reproduce.book [--seeds 0-9] [--jobs 2] [--out DIR] [--data PATH]
 
 Runs the classic edition's PyTorch GRU from scratch (chapter 9.1, with ``train_ch8``,
 ``grad_clipping``, ``sgd`` and ``predict_ch8`` of section 8.5 inlined, and the data pipeline of
@@ -8,7 +8,8 @@ Runs the classic edition's PyTorch GRU from scratch (chapter 9.1, with ``train_c
 hidden units, lr 1, clipping at 1, 500 epochs, one run per seed (``random.seed(S)`` and
 ``torch.manual_seed(S)``: the book sets none), one torch thread per run. Each run writes
 ``DIR/book/seed-S.json`` (the per-epoch perplexity and the two predictions), which ``d2lgru
-reproduce --collect DIR`` summarises beside d2lgru's runs. Needs torch (``.tox/torch``).
+reproduce --collect DIR`` summarises beside d2lgru's runs. Needs torch (``.tox/torch``); run it
+from the repository root.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from benchmarks import _book_pipeline as book
 
-from benchmarks import _book_pipeline as book  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 FORMAT = "d2lgru.BookRun/1"
 
@@ -159,7 +158,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python docs/reproduce/book.py",
+    p = argparse.ArgumentParser(prog="python -m docs.reproduce.book",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,3,7 (default 0-9)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (2)")
@@ -191,4 +190,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,25 +1,28 @@
 """Rerun the chapter's experiment on every installed backend and rebuild this folder's table.
 
-    python docs/reproduce/make.py [--out DIR] [--backends numpy,torch] [--seeds 0-4] [--jobs 2]
-                                  [--no-exercises] [--no-book]
+    python -m docs.reproduce.make [--out DIR] [--backends numpy,torch] [--seeds 0-4] [--jobs 2]
+                                [--no-exercises] [--no-book]
 
 Each run is ``d2lgru reproduce --backend B --impl I --seed S`` (the book's config, 500 epochs, the
 impl's default mode) in the environment that holds B's framework (``.venv`` or ``.tox/numpy`` for
-numpy, ``.tox/<name>`` for the others, as ``tox -e <name> --notest`` builds them), with this
-checkout's ``d2lgru`` first on the path, for every seed in ``--seeds``: a chaotic run's last epoch
-can land in one of SGD's late loss spikes, so each row of the table stands on several seeds.
-Seed 0's runs go one at a time with the frameworks' default threads (the table's tokens/s and
-predictions are theirs); the other seeds run ``--jobs`` at a time with one thread each
-(``OMP_NUM_THREADS=1``). The book's exercises (``--cell rnn``, ``--gates reset-only``,
-``--gates update-only``) run on numpy and torch. Then the book's own code for seeds 0-9
-(``book.py`` in torch's environment, two runs at a time: the reference for how runs end), and
-``d2lgru reproduce --collect`` writes ``results.md`` and ``perplexity.png``. Run it on a quiet
-machine: the table reports tokens/s. About three hours here. Standard library only.
+numpy, ``.tox/<name>`` for the others, as ``tox -e <name> --notest`` builds them), run as
+``python -m`` from the repository root so that this checkout's ``d2lgru`` is the one imported, for
+every seed in ``--seeds``: a chaotic run's last epoch can land in one of SGD's late loss spikes,
+so each row of the table stands on several seeds. Seed 0's runs go one at a time with the
+frameworks' default threads (the table's tokens/s and predictions are theirs); the other seeds run
+``--jobs`` at a time with one thread each (``OMP_NUM_THREADS=1``). The book's exercises (``--cell
+rnn``, ``--gates reset-only``, ``--gates update-only``) run on numpy and torch. Then the book's own
+code for seeds 0-9 (``docs.reproduce.book`` in torch's environment, two runs at a time: the
+reference for how runs end), and ``d2lgru reproduce --collect`` writes ``results.md``,
+``perplexity.png`` and ``runs.json.gz`` (the runs already recorded there, replaced by this run's
+of the same name). Run it on a quiet machine: the table reports tokens/s. About three hours here.
+Needs d2lgru's registry (numpy).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,20 +30,29 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.all import can_import, interpreter
+from d2lgru.backends import BACKENDS
+from docs.reproduce.book import parse_seeds
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-from benchmarks.all import can_import, interpreter  # noqa: E402
-from docs.reproduce.book import parse_seeds  # noqa: E402
-
-BACKENDS = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
-IMPLS = {"numpy": ("scratch",)}
 EXERCISES = (("--cell", "rnn"), ("--gates", "reset-only"), ("--gates", "update-only"))
 EXERCISE_BACKENDS = ("numpy", "torch")
 
 
+def declared_impls(python, backend: str) -> list[str] | None:
+    """The impls ``backend`` declares, as d2lgru reports them in the environment of ``python``
+    (None: that environment cannot load the backend)."""
+    proc = subprocess.run([str(python), "-m", "d2lgru.cli", "backends", "--json"], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return None
+    row = next((r for r in json.loads(proc.stdout) if r["name"] == backend), {})
+    return list(row["impls"]) if row.get("installed") else None
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python docs/reproduce/make.py",
+    p = argparse.ArgumentParser(prog="python -m docs.reproduce.make",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(REPO / "docs" / "reproduce"),
                    help="runs go to OUT/<backend>-<impl>[-<exercise>]/ (default: this folder)")
@@ -65,16 +77,15 @@ def main(argv=None) -> int:
         if b not in BACKENDS:
             p.error(f"unknown backend {b!r}; valid: {', '.join(BACKENDS)}")
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    env = dict(os.environ)  # every command runs as `python -m` in REPO: the checkout's d2lgru
     runs, failed = [], []
     for b in backends:
         python = interpreter(b)
-        if python is None or not can_import(python, b):
+        impls = None if python is None else declared_impls(python, b)
+        if not impls:
             failed.append(f"{b}: no environment that imports it (build it with `tox -e {b} --notest`)")
             continue
-        for impl in IMPLS.get(b, ("scratch", "native")):
-            runs.append((b, python, ["--impl", impl]))
+        runs += [(b, python, ["--impl", impl]) for impl in impls]
         if b in EXERCISE_BACKENDS and not args.no_exercises:
             runs += [(b, python, ["--impl", "scratch", *ex]) for ex in EXERCISES]
     # the GRU rows before the exercises, MindSpore (the slowest) first among them
@@ -107,11 +118,11 @@ def main(argv=None) -> int:
             failed.append("the book's own code: no environment that imports torch "
                           "(build it with `tox -e torch --notest`)")
         else:
-            cmd = [str(python), str(Path(__file__).with_name("book.py")), "--seeds", "0-9",
+            cmd = [str(python), "-m", "docs.reproduce.book", "--seeds", "0-9",
                    "--data", args.data, "--out", args.out]
             print(f"== {' '.join(cmd[1:])}", flush=True)
             if subprocess.run(cmd, cwd=REPO, env=env).returncode:
-                failed.append("the book's own code (book.py) failed")
+                failed.append("the book's own code (docs.reproduce.book) failed")
     collector = interpreter("numpy") or Path(sys.executable)
     status = subprocess.run([str(collector), "-m", "d2lgru.cli", "reproduce", "--collect", args.out],
                             cwd=REPO, env=env).returncode

@@ -4,9 +4,7 @@ environment runs its own."""
 
 import os
 
-from d2lgru.backends import resolve_name
+from d2lgru.backends import BACKENDS, resolve_name
 
 _selected = resolve_name(os.environ.get("D2LGRU_BACKEND") or None)
-collect_ignore_glob = [f for f in ("test_numpy.py", "test_torch.py", "test_tensorflow.py",
-                                   "test_mxnet.py", "test_paddle.py", "test_mindspore.py")
-                       if f != f"test_{_selected}.py"]
+collect_ignore_glob = [f"test_{name}.py" for name in BACKENDS if name != _selected]

@@ -115,18 +115,12 @@ def test_the_books_own_code_trains_like_the_oracle_from_the_same_start(data_dir)
     """One epoch (8 steps) of the book's PyTorch code and of d2lgru's NumPy oracle, from the
     book's own initial weights (the same torch.randn draws) and its batches (the same
     random.randint offset), end at the same perplexity: same loss, state carry, clipping, SGD."""
-    import importlib.util
     import math
     import random
-    from pathlib import Path
 
     from d2lgru.model import LMParams
     from d2lgru.spec import GRUParams
-
-    repo = Path(__file__).resolve().parents[2]
-    spec_ = importlib.util.spec_from_file_location("d2l_book", repo / "docs/reproduce/book.py")
-    book = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(book)
+    from docs.reproduce import book
     text = str(data_dir / "timemachine.txt")
     seed, V, H = 3, 28, 256
     threads, rng_state, py_state = torch.get_num_threads(), torch.random.get_rng_state(), random.getstate()
