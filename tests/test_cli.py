@@ -329,11 +329,12 @@ def _train_then_sigint(args, after_s, env=None):
 def test_sigint_at_start_up_is_one_line(tmp_path, data_dir, after_s):
     """From the moment d2lgru's code runs; the interpreter's own start-up (~0.05 s) is before
     any program can install a handler."""
-    code, stderr = _train_then_sigint(["train", "--epochs", "100000", "--out",
-                                       str(tmp_path / "r")], after_s,
+    out = tmp_path / "r"
+    code, stderr = _train_then_sigint(["train", "--epochs", "100000", "--out", str(out)], after_s,
                                       env={"D2LGRU_DATA_DIR": str(data_dir)})
     assert code == 130 and "Traceback" not in stderr, stderr
-    assert "--resume" not in stderr  # no epoch finished: there is nothing to resume
+    # the advice is true: --resume once an epoch is saved, nothing to resume before
+    assert ("--resume" in stderr) == (out / "state.json").exists(), stderr
 
 
 def test_sigint_in_the_first_epoch_offers_no_resume(tmp_path, data_dir):
