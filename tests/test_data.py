@@ -6,9 +6,14 @@ No test touches the network: The Time Machine comes from the ``data_dir`` fixtur
 failures are simulated (a refused connection on 127.0.0.1 or a patched ``urlopen``).
 """
 
+import contextlib
 import hashlib
+import http.server
 import io
 import re
+import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -431,6 +436,123 @@ def test_sha1_mismatch(monkeypatch, tmp_path, time_machine):
     assert (cache / "timemachine.txt").read_bytes() == time_machine.read_bytes()
 
 
+@contextlib.contextmanager
+def local_server(body: bytes, *, trickle_s: float | None = None, hang_up_after: int | None = None):
+    """A real HTTP server on 127.0.0.1 that answers any GET with ``body`` (its full length in
+    Content-Length): all at once, or one byte every ``trickle_s`` seconds (for 8 s at most), or
+    only the first ``hang_up_after`` bytes before it closes the connection. Yields the URL."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                if trickle_s is None:
+                    self.wfile.write(body[:hang_up_after])
+                    return
+                give_up = time.monotonic() + 8
+                for i in range(len(body)):
+                    if stop.is_set() or time.monotonic() > give_up:
+                        return
+                    self.wfile.write(body[i:i + 1])
+                    time.sleep(trickle_s)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up first
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/timemachine.txt"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def cache_holds_nothing(tmp_path) -> bool:
+    cache = tmp_path / "xdg-cache" / "d2lgru"
+    return not cache.exists() or not any(cache.iterdir())
+
+
+def test_download_from_a_local_server_is_verified_and_cached(monkeypatch, tmp_path, time_machine,
+                                                             capsys):
+    with local_server(b"tampered") as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        with pytest.raises(DataError, match=hashlib.sha1(b"tampered").hexdigest()) as info:
+            find_time_machine()
+    assert str(info.value).startswith(f"the file downloaded from {url} has SHA-1")
+    assert cache_holds_nothing(tmp_path)
+    with local_server(time_machine.read_bytes()) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        cached = find_time_machine()
+    assert cached == tmp_path / "xdg-cache" / "d2lgru" / "timemachine.txt"
+    assert cached.read_bytes() == time_machine.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["timemachine.txt"]
+    assert capsys.readouterr().err == ""  # stderr is no terminal here: no progress bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_download_shows_progress_on_a_terminal(monkeypatch, time_machine):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with local_server(time_machine.read_bytes()) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        find_time_machine()
+    bar = sys.stderr.getvalue()
+    assert "timemachine.txt:" in bar and "/179k" in bar  # the bar knows the file's size
+
+
+@pytest.mark.parametrize("how", ["env", "constant"])
+def test_download_that_trickles_ends_at_the_deadline(monkeypatch, tmp_path, time_machine, how):
+    """A server that sends a byte every 0.2 s never trips a per-read timeout; the deadline on
+    the whole download ends it, and nothing is left in the cache."""
+    if how == "env":
+        monkeypatch.setenv("D2LGRU_DOWNLOAD_DEADLINE_S", "1")
+    else:
+        monkeypatch.setattr(data, "DOWNLOAD_DEADLINE_S", 1)
+    with local_server(time_machine.read_bytes(), trickle_s=0.2) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        start = time.monotonic()
+        with pytest.raises(DataError) as info:
+            find_time_machine()
+        elapsed = time.monotonic() - start
+    assert elapsed < 4
+    message = str(info.value)
+    assert message.startswith(f"could not download The Time Machine from {url} (")
+    assert "deadline" in message and "D2LGRU_DOWNLOAD_DEADLINE_S" in message
+    assert "D2LGRU_DATA_DIR" in message and "--data" in message
+    assert cache_holds_nothing(tmp_path)
+
+
+def test_download_cut_short_is_one_data_error(monkeypatch, tmp_path, time_machine):
+    with local_server(time_machine.read_bytes(), hang_up_after=1000) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        with pytest.raises(DataError) as info:
+            find_time_machine()
+    assert str(info.value).startswith(f"could not download The Time Machine from {url} (")
+    assert cache_holds_nothing(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf"])
+def test_download_deadline_must_be_a_positive_number(monkeypatch, value):
+    monkeypatch.setenv("D2LGRU_DOWNLOAD_DEADLINE_S", value)
+    with pytest.raises(ValueError, match=f"D2LGRU_DOWNLOAD_DEADLINE_S must be a positive number "
+                                         f"of seconds, got {value!r}"):
+        find_time_machine()
+
+
 def test_user_corpus_file(tmp_path):
     path = tmp_path / "my corpus.md"
     path.write_text("The quick brown fox.\nJumps over the lazy dog!\n" * 200)
@@ -455,5 +577,6 @@ def test_non_text_file_rejected(tmp_path):
 def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
-    assert imported <= {"__future__", "collections", "hashlib", "json", "operator", "os", "re",
-                        "urllib.request", "pathlib", "typing", "numpy", "._io", ".errors"}
+    assert imported <= {"__future__", "collections", "hashlib", "http.client", "json", "math",
+                        "operator", "os", "re", "sys", "time", "urllib.request", "pathlib",
+                        "typing", "numpy", "tqdm", "._io", ".errors"}
