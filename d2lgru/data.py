@@ -9,6 +9,7 @@ is vectorised over the bytes of the file, so a 100 MB text encodes in seconds.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import http.client
 import json
@@ -16,6 +17,7 @@ import math
 import operator
 import os
 import re
+import stat
 import sys
 import time
 import urllib.request
@@ -100,24 +102,64 @@ def _where_to_put_it() -> str:
     )
 
 
+#: what a path is when it is neither a regular file nor a directory, as ``stat`` tells it
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_LOOP = "a symlink loop"
+
+
+def _kind(path: Path) -> str:
+    """``"file"``, ``"directory"``, ``"missing"``, or what else ``path`` is, in words
+    (``"a character device"``, ``"a symlink loop"``, ...); other ``stat`` errors propagate."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "missing"
+        if exc.errno == errno.ELOOP:
+            return _LOOP
+        raise
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return next((kind for is_kind, kind in _SPECIAL_KINDS if is_kind(mode)), "a special file")
+
+
 def _user_location(location: str | os.PathLike, source: str) -> Path:
     """Resolve a user-given file, or a directory holding timemachine.txt (no SHA-1 check)."""
-    path = Path(location).expanduser()
-    if path.is_dir():
-        candidate = path / TIME_MACHINE_FILENAME
-        if not candidate.is_file():
+    what_is_valid = (f"name a text file to use as the corpus, or a directory that holds "
+                     f"{TIME_MACHINE_FILENAME}")
+    try:
+        path = Path(location).expanduser()
+        kind = _kind(path)
+        inner = _kind(path / TIME_MACHINE_FILENAME) if kind == "directory" else None
+    except (OSError, RuntimeError, ValueError) as exc:  # "~user" of no user; a NUL byte
+        raise DataError(f"{source} {str(location)!r} cannot be examined "
+                        f"({getattr(exc, 'strerror', None) or exc}); {what_is_valid}") from exc
+    if kind == "file":
+        return path
+    if kind == "directory":
+        if inner == "file":
+            return path / TIME_MACHINE_FILENAME
+        if inner == "missing":
             raise DataError(
                 f"{source} {str(path)!r} is a directory without {TIME_MACHINE_FILENAME}; "
                 f"put {TIME_MACHINE_FILENAME} (SHA-1 {TIME_MACHINE_SHA1}) there, "
                 "or name a text file to use as the corpus"
             )
-        return candidate
-    if not path.is_file():
-        raise DataError(
-            f"{source} {str(path)!r} does not exist; name a text file to use as the corpus, "
-            f"or a directory that holds {TIME_MACHINE_FILENAME}"
-        )
-    return path
+        raise DataError(f"{source} {str(path)!r} holds {TIME_MACHINE_FILENAME}, but it is "
+                        f"{inner}, not a regular file; replace it by the book's text file")
+    if kind == "missing":
+        raise DataError(f"{source} {str(path)!r} does not exist; {what_is_valid}")
+    if kind == _LOOP:
+        raise DataError(f"{source} {str(path)!r} cannot be followed: too many levels of "
+                        f"symbolic links ({_LOOP}); {what_is_valid}")
+    raise DataError(f"{source} {str(path)!r} is not a regular file but {kind}; {what_is_valid}")
 
 
 def download_deadline() -> float:

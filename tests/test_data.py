@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import http.server
 import io
+import os
 import re
 import sys
 import threading
@@ -358,6 +359,40 @@ def test_missing_explicit_path(tmp_path):
         find_time_machine(tmp_path)
 
 
+def test_data_path_that_is_no_regular_file_says_what_it_is(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, kind in ((Path("/dev/null"), "a character device"), (fifo, "a FIFO")):
+        with pytest.raises(DataError, match=f"is not a regular file but {kind}") as info:
+            load_data_time_machine(32, 35, path=path)
+        assert f"data path {str(path)!r}" in str(info.value)
+        assert "does not exist" not in str(info.value)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    os.mkfifo(holder / "timemachine.txt")
+    with pytest.raises(DataError, match="holds timemachine.txt, but it is a FIFO"):
+        find_time_machine(holder)
+
+
+def test_symlink_loops_end_in_a_data_error(tmp_path, monkeypatch):
+    a, b, itself = tmp_path / "a", tmp_path / "b", tmp_path / "itself"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    os.symlink(itself, itself)
+    for path in (a, itself, a / "timemachine.txt"):
+        with pytest.raises(DataError, match="too many levels of symbolic links") as info:
+            load_data_time_machine(32, 35, path=path)
+        assert f"data path {str(path)!r} cannot be followed" in str(info.value)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    os.symlink(holder / "timemachine.txt", holder / "timemachine.txt")
+    with pytest.raises(DataError, match="holds timemachine.txt, but it is a symlink loop"):
+        find_time_machine(holder)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(a))
+    with pytest.raises(DataError, match=r"D2LGRU_DATA_DIR .* cannot be followed"):
+        find_time_machine()
+
+
 def test_data_dir_env_is_honoured(monkeypatch, tmp_path, data_dir, time_machine):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
     assert find_time_machine() == time_machine
@@ -577,6 +612,6 @@ def test_non_text_file_rejected(tmp_path):
 def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
-    assert imported <= {"__future__", "collections", "hashlib", "http.client", "json", "math",
-                        "operator", "os", "re", "sys", "time", "urllib.request", "pathlib",
+    assert imported <= {"__future__", "collections", "errno", "hashlib", "http.client", "json", "math",
+                        "operator", "os", "re", "stat", "sys", "time", "urllib.request", "pathlib",
                         "typing", "numpy", "tqdm", "._io", ".errors"}
