@@ -2,8 +2,9 @@
 (``benchmarks/_book_pipeline.py``).
 
 No test touches the network: The Time Machine comes from the ``data_dir`` fixture
-(``$D2LGRU_DATA_DIR``, else ``../shared/data``, as in the rest of the suite), and download
-failures are simulated (a refused connection on 127.0.0.1 or a patched ``urlopen``).
+(``$D2LGRU_DATA_DIR``, else ``../shared/data``, as in the rest of the suite), and downloads
+come from a real HTTP server on 127.0.0.1 in the test (good, tampered, trickling or cut short),
+a refused connection on 127.0.0.1:9, or a patched ``urlopen``.
 """
 
 import contextlib
