@@ -9,11 +9,17 @@ is vectorised over the bytes of the file, so a 100 MB text encodes in seconds.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
+import http.client
 import json
+import math
 import operator
 import os
 import re
+import stat
+import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -28,9 +34,12 @@ __all__ = [
     "TIME_MACHINE_SHA1",
     "TIME_MACHINE_FILENAME",
     "DATA_DIR_ENV",
+    "DOWNLOAD_DEADLINE_S",
+    "DOWNLOAD_DEADLINE_ENV",
     "TOKEN_KINDS",
     "DataError",
     "cache_dir",
+    "download_deadline",
     "find_time_machine",
     "read_time_machine",
     "tokenize",
@@ -49,7 +58,10 @@ TIME_MACHINE_FILENAME = "timemachine.txt"
 DATA_DIR_ENV = "D2LGRU_DATA_DIR"
 DATA_URL_ENV = "D2LGRU_DATA_URL"  # a mirror of the book's file, for sites that cannot reach S3
 TOKEN_KINDS = ("char", "word")
-DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_TIMEOUT_S = 30  # seconds one socket operation may wait
+DOWNLOAD_DEADLINE_S = 120  # seconds the whole download may take
+DOWNLOAD_DEADLINE_ENV = "D2LGRU_DOWNLOAD_DEADLINE_S"
+_DOWNLOAD_CHUNK = 1 << 16
 
 _NON_LETTERS = re.compile("[^A-Za-z]+")
 _UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -90,33 +102,130 @@ def _where_to_put_it() -> str:
     )
 
 
+#: what a path is when it is neither a regular file nor a directory, as ``stat`` tells it
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_LOOP = "a symlink loop"
+
+
+def _kind(path: Path) -> str:
+    """``"file"``, ``"directory"``, ``"missing"``, or what else ``path`` is, in words
+    (``"a character device"``, ``"a symlink loop"``, ...); other ``stat`` errors propagate."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "missing"
+        if exc.errno == errno.ELOOP:
+            return _LOOP
+        raise
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return next((kind for is_kind, kind in _SPECIAL_KINDS if is_kind(mode)), "a special file")
+
+
 def _user_location(location: str | os.PathLike, source: str) -> Path:
     """Resolve a user-given file, or a directory holding timemachine.txt (no SHA-1 check)."""
-    path = Path(location).expanduser()
-    if path.is_dir():
-        candidate = path / TIME_MACHINE_FILENAME
-        if not candidate.is_file():
+    what_is_valid = (f"name a text file to use as the corpus, or a directory that holds "
+                     f"{TIME_MACHINE_FILENAME}")
+    try:
+        path = Path(location).expanduser()
+        kind = _kind(path)
+        inner = _kind(path / TIME_MACHINE_FILENAME) if kind == "directory" else None
+    except (OSError, RuntimeError, ValueError) as exc:  # "~user" of no user; a NUL byte
+        raise DataError(f"{source} {str(location)!r} cannot be examined "
+                        f"({getattr(exc, 'strerror', None) or exc}); {what_is_valid}") from exc
+    if kind == "file":
+        return path
+    if kind == "directory":
+        if inner == "file":
+            return path / TIME_MACHINE_FILENAME
+        if inner == "missing":
             raise DataError(
                 f"{source} {str(path)!r} is a directory without {TIME_MACHINE_FILENAME}; "
                 f"put {TIME_MACHINE_FILENAME} (SHA-1 {TIME_MACHINE_SHA1}) there, "
                 "or name a text file to use as the corpus"
             )
-        return candidate
-    if not path.is_file():
-        raise DataError(
-            f"{source} {str(path)!r} does not exist; name a text file to use as the corpus, "
-            f"or a directory that holds {TIME_MACHINE_FILENAME}"
+        raise DataError(f"{source} {str(path)!r} holds {TIME_MACHINE_FILENAME}, but it is "
+                        f"{inner}, not a regular file; replace it by the book's text file")
+    if kind == "missing":
+        raise DataError(f"{source} {str(path)!r} does not exist; {what_is_valid}")
+    if kind == _LOOP:
+        raise DataError(f"{source} {str(path)!r} cannot be followed: too many levels of "
+                        f"symbolic links ({_LOOP}); {what_is_valid}")
+    raise DataError(f"{source} {str(path)!r} is not a regular file but {kind}; {what_is_valid}")
+
+
+def download_deadline() -> float:
+    """Seconds the whole download may take: ``$D2LGRU_DOWNLOAD_DEADLINE_S``, else
+    :data:`DOWNLOAD_DEADLINE_S`."""
+    raw = os.environ.get(DOWNLOAD_DEADLINE_ENV, "").strip()
+    if not raw:
+        return float(DOWNLOAD_DEADLINE_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidArgumentError(
+            f"${DOWNLOAD_DEADLINE_ENV} must be a positive number of seconds, got {raw!r}"
         )
-    return path
+    return value
+
+
+def _fetch(url: str, deadline_s: float) -> bytes:
+    """The body at ``url``, read in chunks against one deadline for the whole transfer.
+
+    The socket timeout alone cannot bound a download: a server that sends a byte now and then
+    resets it forever. ``read1`` returns whatever one socket read brings, so the deadline is
+    checked at least once per timeout (at most ``min(DOWNLOAD_TIMEOUT_S, deadline_s)``).
+    """
+    end = time.monotonic() + deadline_s
+    chunks, received = [], 0
+    with urllib.request.urlopen(url, timeout=min(DOWNLOAD_TIMEOUT_S, deadline_s)) as response:
+        length = getattr(response, "headers", {}).get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        with _progress_bar(total) as bar:
+            while True:
+                if time.monotonic() > end:
+                    raise TimeoutError(
+                        f"no complete file within the {deadline_s:g} s deadline "
+                        f"(${DOWNLOAD_DEADLINE_ENV}); {received} bytes arrived"
+                    )
+                chunk = response.read1(_DOWNLOAD_CHUNK)
+                if not chunk:
+                    if total is not None and received < total:  # read1 does not check this
+                        raise ConnectionError(f"the server closed the connection after "
+                                              f"{received} of {total} bytes")
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+
+
+def _progress_bar(total: int | None):
+    """A tqdm bar on stderr when stderr is a terminal; else a bar that draws nothing."""
+    from tqdm import tqdm  # only a download needs it
+
+    stderr = sys.stderr
+    return tqdm(total=total, desc=TIME_MACHINE_FILENAME, unit="B", unit_scale=True,
+                file=stderr, leave=False, disable=not (stderr is not None and stderr.isatty()))
 
 
 def _download_time_machine(target: Path, stale_note: str) -> None:
-    """Download the book's file into ``target`` atomically, checking its SHA-1."""
+    """Download the book's file into ``target`` atomically, checking its SHA-1; any failure,
+    a missed deadline included, is one :class:`DataError` that leaves ``target`` as it was."""
     url = os.environ.get(DATA_URL_ENV) or TIME_MACHINE_URL
+    deadline_s = download_deadline()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            data = response.read()
+        data = _fetch(url, deadline_s)
         actual = _sha1(data)
         if actual != TIME_MACHINE_SHA1:
             raise DataError(
@@ -126,7 +235,9 @@ def _download_time_machine(target: Path, stale_note: str) -> None:
         write_atomic(target, lambda f: f.write(data))
     except DataError:
         raise
-    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts are OSErrors
+    # URLError, HTTPError, refused connections and timeouts are OSErrors; a connection closed
+    # before Content-Length bytes is http.client.IncompleteRead, an HTTPException
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise DataError(
             f"could not download The Time Machine from {url} ({reason}){stale_note}; "

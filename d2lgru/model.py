@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, init_params, \
-    load_npz, save_npz
+from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, \
+    check_loaded_finite, init_params, load_npz, save_params
 
 FORMAT_LM = "d2lgru.LMParams/1"
 
@@ -64,16 +64,21 @@ class LMParams:
         return f"LMParams(vocab {self.vocab_size}, {self.gru!r})"
 
     def save(self, path):
-        return save_npz(path, FORMAT_LM, {"spec": self.spec.to_dict()}, self.to_arrays())
+        """Write an ``.npz`` atomically; NaN/inf weights are refused, as in :meth:`GRUParams.save`."""
+        return save_params(path, FORMAT_LM, self.spec, self.to_arrays())
 
     @classmethod
     def load(cls, path) -> "LMParams":
+        """Read a file written by :meth:`save`; a bad file raises ``ParamsFileError`` and NaN/inf
+        weights ``NonFiniteParamsError``, as :meth:`GRUParams.load` does."""
         meta, arrays = load_npz(path, FORMAT_LM)
         gru = _params_from_file(path, meta, arrays, "gru.")
         try:
-            return cls(gru, arrays["head.W_hq"], arrays["head.b_q"])
+            model = cls(gru, arrays["head.W_hq"], arrays["head.b_q"])
         except (KeyError, ValueError) as exc:
             raise ParamsFileError(f"{path} is not a valid d2lgru language-model file ({exc})") from None
+        check_loaded_finite(path, model.to_arrays())
+        return model
 
 
 def trained(spec: GRUSpec) -> list[bool]:

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 
 from ._io import write_atomic
-from .errors import D2lgruError, InvalidArgumentError
+from .errors import D2lgruError, InvalidArgumentError, NonFiniteError
 
 #: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
 GATES = ("z", "r", "h")
@@ -56,6 +58,13 @@ GATE_SETS = ("both", "reset-only", "update-only", "none")
 
 class ParamsFileError(D2lgruError, ValueError):
     """A parameter file is missing, truncated, foreign or does not match what was asked for."""
+
+
+class NonFiniteParamsError(NonFiniteError, ParamsFileError):
+    """A parameter file whose weights hold NaN or infinity. It is both kinds of error on purpose:
+    ``except NonFiniteError`` catches every non-finite value d2lgru refuses, and
+    ``except ParamsFileError`` around a load (a checkpoint reader, say) catches it as it catches
+    every other unusable file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,14 +275,20 @@ class GRUParams:
 
     # -- files --------------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write an ``.npz`` (atomically: temp file then rename) that carries the spec."""
-        return save_npz(path, FORMAT_GRU, {"spec": self.spec.to_dict()}, self.to_arrays())
+        """Write an ``.npz`` (atomically: temp file then rename) that carries the spec.
+        Weights holding NaN or infinity are refused (:class:`~d2lgru.errors.NonFiniteError`)
+        and the file at ``path`` is left as it was."""
+        return save_params(path, FORMAT_GRU, self.spec, self.to_arrays())
 
     @classmethod
     def load(cls, path, *, spec: GRUSpec | None = None) -> "GRUParams":
-        """Read a file written by :meth:`save`; with ``spec``, also check it matches."""
+        """Read a file written by :meth:`save`; with ``spec``, also check it matches. Any file
+        that is not one -- a ``.npy``, a foreign or damaged ``.npz``, a header of the wrong
+        shape -- raises :class:`ParamsFileError`; weights holding NaN or infinity raise
+        :class:`NonFiniteParamsError` (a ``ParamsFileError`` and a ``NonFiniteError``)."""
         meta, arrays = load_npz(path, FORMAT_GRU)
         params = _params_from_file(path, meta, arrays, "")
+        check_loaded_finite(path, params.to_arrays())
         if spec is not None and params.spec != spec:
             raise ParamsFileError(f"{path} holds a {params.spec.describe()}, "
                                   f"expected a {spec.describe()}")
@@ -281,6 +296,9 @@ class GRUParams:
 
 
 def _params_from_file(path, meta, arrays, prefix) -> GRUParams:
+    if not isinstance(meta.get("spec"), dict):
+        raise ParamsFileError(f"{path} is not a valid d2lgru parameter file (its header's 'spec' "
+                              f"must be a JSON object, got {type(meta.get('spec')).__name__})")
     try:
         spec = GRUSpec.from_dict(meta["spec"])
         return GRUParams.from_arrays(spec, {k[len(prefix):]: v for k, v in arrays.items()
@@ -307,7 +325,45 @@ def init_params(spec: GRUSpec, seed: int = 0, *, dtype=np.float32, sigma: float 
     return GRUParams(spec, cells)
 
 
+# -- finite weights ------------------------------------------------------------------------
+def non_finite_count(a: np.ndarray) -> int:
+    """How many NaN/inf values ``a`` holds; one ``isfinite`` pass when there are none."""
+    finite = np.isfinite(a)
+    return 0 if finite.all() else int(a.size - np.count_nonzero(finite))
+
+
+def non_finite_report(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """``"l0.d0.W_h holds 3 NaN/inf values, ..."`` for the arrays that hold NaN or infinity;
+    None when every value is finite."""
+    counts = {name: non_finite_count(a) for name, a in arrays.items()}
+    return ", ".join(f"{name} holds {n} NaN/inf value{'' if n == 1 else 's'}"
+                     for name, n in counts.items() if n) or None
+
+
+def save_params(path, fmt: str, spec: GRUSpec, arrays: Mapping[str, np.ndarray]) -> Path:
+    """:func:`save_npz` for a parameter set, which must be finite: a diverged run must not
+    overwrite a good file with NaN."""
+    problems = non_finite_report(arrays)
+    if problems:
+        raise NonFiniteError(f"refusing to save {path}: {problems}; every weight must be finite")
+    return save_npz(path, fmt, {"spec": spec.to_dict()}, arrays)
+
+
+def check_loaded_finite(path, arrays: Mapping[str, np.ndarray]) -> None:
+    problems = non_finite_report(arrays)
+    if problems:
+        raise NonFiniteParamsError(f"{path} cannot be used: {problems}; every weight must be finite")
+
+
 # -- the .npz container shared by every saved parameter set --------------------------------
+#: what numpy and zipfile raise on a damaged or foreign file: a bad archive, a bad CRC
+#: (BadZipFile), bad compressed data (zlib.error), an unknown compression method
+#: (NotImplementedError), an "encrypted" flag (RuntimeError), a short or garbled header
+#: (ValueError, EOFError, struct.error)
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, struct.error, OSError, ValueError, EOFError,
+               KeyError, NotImplementedError, RuntimeError, OverflowError)
+
+
 def save_npz(path, fmt: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,20 +372,30 @@ def save_npz(path, fmt: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> Pa
 
 
 def load_npz(path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(header, arrays)`` of an ``.npz`` written by :func:`save_npz` in format ``fmt``; any
+    other file raises :class:`ParamsFileError` saying what it is."""
     path = Path(path)
     if not path.is_file():
         raise ParamsFileError(f"no parameter file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            raise ParamsFileError(f"{path} is a .npy array file; d2lgru loads the .npz files it "
+                                  f"writes (GRUParams.save, LMParams.save)")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except ParamsFileError:
+        raise
+    except _UNREADABLE as exc:
         raise ParamsFileError(f"{path} is not a readable .npz file (truncated or foreign: "
                               f"{exc})") from None
     try:
         meta = json.loads(str(arrays.pop("__meta__")[()]))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise ParamsFileError(f"{path} is not a d2lgru parameter file (no d2lgru header)") from None
+    if not isinstance(meta, dict):
+        raise ParamsFileError(f"{path} is not a d2lgru parameter file (its header is a JSON "
+                              f"{type(meta).__name__}, not an object)")
     if meta.get("format") != fmt:
         raise ParamsFileError(f"{path} holds {meta.get('format')!r}, expected {fmt!r}")
     return meta, arrays
-

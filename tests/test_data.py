@@ -1,13 +1,21 @@
 """Tests of d2lgru.data against the book's facts and a literal transcription of its code
 (``benchmarks/_book_pipeline.py``).
 
-No test touches the network: The Time Machine comes from ``../shared/data``, and download
-failures are simulated (a refused connection on 127.0.0.1 or a patched ``urlopen``).
+No test touches the network: The Time Machine comes from the ``data_dir`` fixture
+(``$D2LGRU_DATA_DIR``, else ``../shared/data``, as in the rest of the suite), and downloads
+come from a real HTTP server on 127.0.0.1 in the test (good, tampered, trickling or cut short),
+a refused connection on 127.0.0.1:9, or a patched ``urlopen``.
 """
 
+import contextlib
 import hashlib
+import http.server
 import io
+import os
 import re
+import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +28,6 @@ from d2lgru.data import (DataError, SeqDataLoader, Vocab, find_time_machine, loa
                          seq_data_iter_random, seq_data_iter_sequential, tokenize)
 from helpers import book_pipeline
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TIME_MACHINE = SHARED_DATA / "timemachine.txt"
 BOOK_CHAR_ORDER = ['<unk>', ' ', 'e', 't', 'a', 'i', 'n', 'o', 's', 'h', 'r', 'd', 'l', 'm',
                    'u', 'c', 'f', 'w', 'g', 'y', 'p', 'b', 'v', 'k', 'x', 'z', 'j', 'q']
 
@@ -52,21 +58,27 @@ def book_seq_data_iter_sequential(corpus, batch_size, num_steps, rng):
     return book.seq_data_iter_sequential(corpus, batch_size, num_steps, offset)
 
 
+@pytest.fixture(scope="session")
+def time_machine(data_dir):
+    """The book's file where the whole suite reads it (``$D2LGRU_DATA_DIR``, else ../shared/data)."""
+    return data_dir / "timemachine.txt"
+
+
 @pytest.fixture(scope="module")
-def char_corpus():
-    return load_corpus_time_machine(path=SHARED_DATA)
+def char_corpus(data_dir):
+    return load_corpus_time_machine(path=data_dir)
 
 
 # --------------------------------------------------------------------------- facts of the book
 
 
-def test_shared_copy_is_the_books_file():
-    assert hashlib.sha1(TIME_MACHINE.read_bytes()).hexdigest() == data.TIME_MACHINE_SHA1
+def test_shared_copy_is_the_books_file(time_machine):
+    assert hashlib.sha1(time_machine.read_bytes()).hexdigest() == data.TIME_MACHINE_SHA1
 
 
-def test_read_time_machine_matches_book():
-    lines = read_time_machine(SHARED_DATA)
-    assert lines == book.read_time_machine(TIME_MACHINE)
+def test_read_time_machine_matches_book(data_dir, time_machine):
+    lines = read_time_machine(data_dir)
+    assert lines == book.read_time_machine(time_machine)
     assert len(lines) == 3221
     assert lines[0] == 'the time machine by h g wells'
     assert '' in lines  # empty lines are kept
@@ -82,8 +94,8 @@ def test_char_facts(char_corpus):
     assert corpus.min() >= 0 and corpus.max() < len(vocab)
 
 
-def test_word_facts():
-    corpus, vocab = load_corpus_time_machine(token='word', path=SHARED_DATA)
+def test_word_facts(data_dir):
+    corpus, vocab = load_corpus_time_machine(token='word', path=data_dir)
     assert len(corpus) == 32775
     assert len(vocab) == 4580 and len(vocab.token_freqs) == 4579
     assert vocab.idx_to_token[:6] == ['<unk>', 'the', 'i', 'and', 'of', 'a']
@@ -91,13 +103,13 @@ def test_word_facts():
 
 
 @pytest.mark.parametrize("token", ["char", "word"])
-def test_corpus_equals_book_reference(token):
-    ref_corpus, ref_vocab = book.load_corpus_time_machine(TIME_MACHINE, token=token)
-    corpus, vocab = load_corpus_time_machine(token=token, path=SHARED_DATA)
+def test_corpus_equals_book_reference(token, data_dir, time_machine):
+    ref_corpus, ref_vocab = book.load_corpus_time_machine(time_machine, token=token)
+    corpus, vocab = load_corpus_time_machine(token=token, path=data_dir)
     assert vocab.idx_to_token == ref_vocab.idx_to_token
     assert vocab.token_freqs == ref_vocab._token_freqs
     np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
-    truncated, _ = load_corpus_time_machine(1000, token=token, path=SHARED_DATA)
+    truncated, _ = load_corpus_time_machine(1000, token=token, path=data_dir)
     np.testing.assert_array_equal(truncated, np.array(ref_corpus[:1000]))
 
 
@@ -141,13 +153,13 @@ def test_cleaning_of_texts_with_few_or_no_letters(tmp_path, text):
     np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
 
 
-def test_tokenize():
+def test_tokenize(data_dir):
     assert tokenize(['ab c']) == [['ab', 'c']]  # the book's default is 'word'
     assert tokenize(['ab c'], 'char') == [['a', 'b', ' ', 'c']]
     with pytest.raises(ValueError, match=r"token must be one of \('char', 'word'\), got 'byte'"):
         tokenize(['ab'], 'byte')
     with pytest.raises(ValueError, match="'byte'"):
-        load_corpus_time_machine(token='byte', path=SHARED_DATA)
+        load_corpus_time_machine(token='byte', path=data_dir)
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -219,8 +231,8 @@ def test_iterators_equal_book(char_corpus, seed, batch_size, num_steps):
 
 
 @pytest.mark.parametrize("use_random_iter", [False, True])
-def test_book_config_has_8_batches_every_epoch(use_random_iter):
-    loader, vocab = load_data_time_machine(32, 35, use_random_iter, path=SHARED_DATA)
+def test_book_config_has_8_batches_every_epoch(use_random_iter, data_dir):
+    loader, vocab = load_data_time_machine(32, 35, use_random_iter, path=data_dir)
     assert len(loader.corpus) == 10000 and len(vocab) == 28
     assert len(loader) == 8
     assert all(loader.num_batches(epoch) == 8 for epoch in range(200))
@@ -293,7 +305,7 @@ def test_len_is_a_lower_bound_and_num_batches_exact():
             assert len(list(loader)) == n
 
 
-def test_non_positive_sizes_rejected(char_corpus):
+def test_non_positive_sizes_rejected(char_corpus, data_dir):
     corpus, vocab = char_corpus
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         SeqDataLoader(corpus, vocab, 0, 35)
@@ -302,7 +314,7 @@ def test_non_positive_sizes_rejected(char_corpus):
     with pytest.raises(ValueError, match="num_steps must be a positive integer, got 0"):
         seq_data_iter_random(corpus, 2, 0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
-        load_data_time_machine(-1, 35, path=SHARED_DATA)
+        load_data_time_machine(-1, 35, path=data_dir)
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -2"):
         SeqDataLoader(corpus, vocab, 2, 3, seed=-2)
 
@@ -334,9 +346,9 @@ def test_corpus_must_be_1d_integers():
 # --------------------------------------------------------------------------- finding the file
 
 
-def test_explicit_path_file_or_directory():
-    assert find_time_machine(SHARED_DATA) == TIME_MACHINE
-    assert find_time_machine(str(TIME_MACHINE)) == TIME_MACHINE
+def test_explicit_path_file_or_directory(data_dir, time_machine):
+    assert find_time_machine(data_dir) == time_machine
+    assert find_time_machine(str(time_machine)) == time_machine
 
 
 def test_missing_explicit_path(tmp_path):
@@ -348,13 +360,47 @@ def test_missing_explicit_path(tmp_path):
         find_time_machine(tmp_path)
 
 
-def test_data_dir_env_is_honoured(monkeypatch, tmp_path):
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(SHARED_DATA))
-    assert find_time_machine() == TIME_MACHINE
+def test_data_path_that_is_no_regular_file_says_what_it_is(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, kind in ((Path("/dev/null"), "a character device"), (fifo, "a FIFO")):
+        with pytest.raises(DataError, match=f"is not a regular file but {kind}") as info:
+            load_data_time_machine(32, 35, path=path)
+        assert f"data path {str(path)!r}" in str(info.value)
+        assert "does not exist" not in str(info.value)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    os.mkfifo(holder / "timemachine.txt")
+    with pytest.raises(DataError, match="holds timemachine.txt, but it is a FIFO"):
+        find_time_machine(holder)
+
+
+def test_symlink_loops_end_in_a_data_error(tmp_path, monkeypatch):
+    a, b, itself = tmp_path / "a", tmp_path / "b", tmp_path / "itself"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    os.symlink(itself, itself)
+    for path in (a, itself, a / "timemachine.txt"):
+        with pytest.raises(DataError, match="too many levels of symbolic links") as info:
+            load_data_time_machine(32, 35, path=path)
+        assert f"data path {str(path)!r} cannot be followed" in str(info.value)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    os.symlink(holder / "timemachine.txt", holder / "timemachine.txt")
+    with pytest.raises(DataError, match="holds timemachine.txt, but it is a symlink loop"):
+        find_time_machine(holder)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(a))
+    with pytest.raises(DataError, match=r"D2LGRU_DATA_DIR .* cannot be followed"):
+        find_time_machine()
+
+
+def test_data_dir_env_is_honoured(monkeypatch, tmp_path, data_dir, time_machine):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
+    assert find_time_machine() == time_machine
     corpus, vocab = load_corpus_time_machine()
     assert len(corpus) == 170580 and len(vocab) == 28
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(TIME_MACHINE))  # a file works too
-    assert find_time_machine() == TIME_MACHINE
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(time_machine))  # a file works too
+    assert find_time_machine() == time_machine
     own = tmp_path / "own.txt"
     own.write_text("abc abc\n")
     assert find_time_machine(own) == own  # the explicit argument wins over the variable
@@ -384,23 +430,23 @@ class FakeResponse(io.BytesIO):
         self.close()
 
 
-def test_download_is_verified_and_cached(monkeypatch, tmp_path):
+def test_download_is_verified_and_cached(monkeypatch, tmp_path, time_machine):
     calls = []
 
     def fake_urlopen(url, timeout):
         calls.append(url)
-        return FakeResponse(TIME_MACHINE.read_bytes())
+        return FakeResponse(time_machine.read_bytes())
 
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     cached = tmp_path / "xdg-cache" / "d2lgru" / "timemachine.txt"
     assert find_time_machine() == cached
     assert find_time_machine() == cached
     assert len(calls) == 1  # the second call used the verified cache
-    assert cached.read_bytes() == TIME_MACHINE.read_bytes()
+    assert cached.read_bytes() == time_machine.read_bytes()
     assert sorted(p.name for p in cached.parent.iterdir()) == ["timemachine.txt"]
 
 
-def test_sha1_mismatch(monkeypatch, tmp_path):
+def test_sha1_mismatch(monkeypatch, tmp_path, time_machine):
     cache = tmp_path / "xdg-cache" / "d2lgru"
     cache.mkdir(parents=True)
     (cache / "timemachine.txt").write_text("not the time machine\n")
@@ -421,9 +467,126 @@ def test_sha1_mismatch(monkeypatch, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["timemachine.txt"]
     # a good download replaces the bad copy
     monkeypatch.setattr(urllib.request, "urlopen",
-                        lambda url, timeout: FakeResponse(TIME_MACHINE.read_bytes()))
+                        lambda url, timeout: FakeResponse(time_machine.read_bytes()))
     assert find_time_machine() == cache / "timemachine.txt"
-    assert (cache / "timemachine.txt").read_bytes() == TIME_MACHINE.read_bytes()
+    assert (cache / "timemachine.txt").read_bytes() == time_machine.read_bytes()
+
+
+@contextlib.contextmanager
+def local_server(body: bytes, *, trickle_s: float | None = None, hang_up_after: int | None = None):
+    """A real HTTP server on 127.0.0.1 that answers any GET with ``body`` (its full length in
+    Content-Length): all at once, or one byte every ``trickle_s`` seconds (for 8 s at most), or
+    only the first ``hang_up_after`` bytes before it closes the connection. Yields the URL."""
+    stop = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                if trickle_s is None:
+                    self.wfile.write(body[:hang_up_after])
+                    return
+                give_up = time.monotonic() + 8
+                for i in range(len(body)):
+                    if stop.is_set() or time.monotonic() > give_up:
+                        return
+                    self.wfile.write(body[i:i + 1])
+                    time.sleep(trickle_s)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up first
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/timemachine.txt"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def cache_holds_nothing(tmp_path) -> bool:
+    cache = tmp_path / "xdg-cache" / "d2lgru"
+    return not cache.exists() or not any(cache.iterdir())
+
+
+def test_download_from_a_local_server_is_verified_and_cached(monkeypatch, tmp_path, time_machine,
+                                                             capsys):
+    with local_server(b"tampered") as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        with pytest.raises(DataError, match=hashlib.sha1(b"tampered").hexdigest()) as info:
+            find_time_machine()
+    assert str(info.value).startswith(f"the file downloaded from {url} has SHA-1")
+    assert cache_holds_nothing(tmp_path)
+    with local_server(time_machine.read_bytes()) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        cached = find_time_machine()
+    assert cached == tmp_path / "xdg-cache" / "d2lgru" / "timemachine.txt"
+    assert cached.read_bytes() == time_machine.read_bytes()
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["timemachine.txt"]
+    assert capsys.readouterr().err == ""  # stderr is no terminal here: no progress bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_download_shows_progress_on_a_terminal(monkeypatch, time_machine):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with local_server(time_machine.read_bytes()) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        find_time_machine()
+    bar = sys.stderr.getvalue()
+    assert "timemachine.txt:" in bar and "/179k" in bar  # the bar knows the file's size
+
+
+@pytest.mark.parametrize("how", ["env", "constant"])
+def test_download_that_trickles_ends_at_the_deadline(monkeypatch, tmp_path, time_machine, how):
+    """A server that sends a byte every 0.2 s never trips a per-read timeout; the deadline on
+    the whole download ends it, and nothing is left in the cache."""
+    if how == "env":
+        monkeypatch.setenv("D2LGRU_DOWNLOAD_DEADLINE_S", "1")
+    else:
+        monkeypatch.setattr(data, "DOWNLOAD_DEADLINE_S", 1)
+    with local_server(time_machine.read_bytes(), trickle_s=0.2) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        start = time.monotonic()
+        with pytest.raises(DataError) as info:
+            find_time_machine()
+        elapsed = time.monotonic() - start
+    assert elapsed < 4
+    message = str(info.value)
+    assert message.startswith(f"could not download The Time Machine from {url} (")
+    assert "deadline" in message and "D2LGRU_DOWNLOAD_DEADLINE_S" in message
+    assert "D2LGRU_DATA_DIR" in message and "--data" in message
+    assert cache_holds_nothing(tmp_path)
+
+
+def test_download_cut_short_is_one_data_error(monkeypatch, tmp_path, time_machine):
+    with local_server(time_machine.read_bytes(), hang_up_after=1000) as url:
+        monkeypatch.setenv(data.DATA_URL_ENV, url)
+        with pytest.raises(DataError) as info:
+            find_time_machine()
+    assert str(info.value).startswith(f"could not download The Time Machine from {url} (")
+    assert cache_holds_nothing(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf"])
+def test_download_deadline_must_be_a_positive_number(monkeypatch, value):
+    monkeypatch.setenv("D2LGRU_DOWNLOAD_DEADLINE_S", value)
+    with pytest.raises(ValueError, match=f"D2LGRU_DOWNLOAD_DEADLINE_S must be a positive number "
+                                         f"of seconds, got {value!r}"):
+        find_time_machine()
 
 
 def test_user_corpus_file(tmp_path):
@@ -450,5 +613,6 @@ def test_non_text_file_rejected(tmp_path):
 def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
-    assert imported <= {"__future__", "collections", "hashlib", "json", "operator", "os", "re",
-                        "urllib.request", "pathlib", "typing", "numpy", "._io", ".errors"}
+    assert imported <= {"__future__", "collections", "errno", "hashlib", "http.client", "json", "math",
+                        "operator", "os", "re", "stat", "sys", "time", "urllib.request", "pathlib",
+                        "typing", "numpy", "tqdm", "._io", ".errors"}

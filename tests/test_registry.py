@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 import d2lgru
+from d2lgru import backends
 from d2lgru.backends import (BACKENDS, ENV_VAR, canonical_name, framework_of, install_hint,
                              is_installed)
+from d2lgru.errors import BackendNotInstalledError
 
 #: the registry's list, stated once: every other file derives it from d2lgru.backends.BACKENDS
 EXPECTED = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
@@ -104,3 +106,56 @@ def test_no_file_but_the_registry_lists_the_backends():
 def test_the_list_finder_finds_a_list():
     assert _backend_lists('X = ("numpy", "torch", "mxnet")\nY = {"paddle": 1, "tf": 2}') == \
         [(1, ["numpy", "torch", "mxnet"])]
+
+
+FAKE_FRAMEWORK, FAKE_ADAPTER = "d2lgru_fake_framework", "d2lgru_fake_adapter"
+
+
+@pytest.fixture
+def fake_backend(monkeypatch, tmp_path):
+    """``install(framework_init, adapter=...)``: a real package named ``d2lgru_fake_framework``
+    whose ``__init__.py`` is ``framework_init``, and an adapter module that imports it; the
+    registry's ``mindspore`` entry points at them for the test. Returns the backend name."""
+    def install(framework_init, adapter=f"import {FAKE_FRAMEWORK}\nbackend = object()\n"):
+        (tmp_path / FAKE_FRAMEWORK).mkdir()
+        (tmp_path / FAKE_FRAMEWORK / "__init__.py").write_text(framework_init)
+        (tmp_path / f"{FAKE_ADAPTER}.py").write_text(adapter)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        for module in (FAKE_FRAMEWORK, FAKE_ADAPTER):
+            monkeypatch.delitem(sys.modules, module, raising=False)
+        monkeypatch.setitem(backends._REGISTRY, "mindspore", (FAKE_ADAPTER, FAKE_FRAMEWORK, "mindspore"))
+        monkeypatch.setattr(backends, "_loaded", {})
+        return "mindspore"
+    return install
+
+
+@pytest.mark.parametrize("failure,first_line", [
+    ('raise OSError("libcudart.so.12: cannot open shared object file: No such file or directory")',
+     "OSError: libcudart.so.12: cannot open shared object file: No such file or directory"),
+    ('raise ImportError("DLL load failed while importing _core\\nsee the install guide")',
+     "ImportError: DLL load failed while importing _core"),
+    ("import d2lgru_no_such_dependency",
+     "ModuleNotFoundError: No module named 'd2lgru_no_such_dependency'"),
+])
+def test_a_framework_whose_import_fails_is_one_backend_not_installed_error(fake_backend, failure,
+                                                                           first_line):
+    name = fake_backend(failure + "\n")
+    with pytest.raises(BackendNotInstalledError) as info:
+        d2lgru.get_backend(name)
+    message = str(info.value)
+    assert f"backend {name!r}" in message and repr(FAKE_FRAMEWORK) in message
+    assert f"({first_line})" in message and "\n" not in message
+    assert message.endswith(f'install it again with: pip install "d2lgru[{name}]"')
+    assert isinstance(info.value, ImportError) and info.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("adapter,error", [
+    (f"import {FAKE_FRAMEWORK}\nbackend = undefined_name\n", NameError),
+    (f"import {FAKE_FRAMEWORK}\nfrom d2lgru.backends._base import NoSuchThing\n", ImportError),
+    (f"import {FAKE_FRAMEWORK}\nimport d2lgru.backends.no_such_module\n", ModuleNotFoundError),
+])
+def test_a_bug_in_an_adapter_keeps_its_traceback(fake_backend, adapter, error):
+    name = fake_backend("", adapter)
+    with pytest.raises(error) as info:
+        d2lgru.get_backend(name)
+    assert not isinstance(info.value, BackendNotInstalledError)

@@ -1,11 +1,17 @@
 """The spec: parameter shapes, ONNX layout (checked against ONNX's own equations), .npz files."""
 
+import json
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import d2lgru
 from d2lgru import GRUParams, GRUSpec, ParamsFileError, init_params
 from d2lgru._io import write_atomic
+from d2lgru.errors import NonFiniteError
+from d2lgru.model import FORMAT_LM
+from d2lgru.spec import FORMAT_GRU, GATE_SETS, save_npz
 from helpers import random_params
 
 
@@ -152,3 +158,142 @@ def test_lm_params_round_trip(tmp_path):
     assert model.W_hq.shape == (32, 28)
     model.save(tmp_path / "m.npz")
     assert d2lgru.LMParams.load(tmp_path / "m.npz") == model
+
+
+# -- files that must not load: non-finite weights, .npy files, headers of the wrong shape -----
+
+def with_non_finite(arrays, name, count):
+    """A copy of ``arrays`` whose ``name`` holds ``count`` NaN/inf values."""
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    arrays[name].reshape(-1)[:count] = [np.nan, np.inf, -np.inf][:count]
+    return arrays
+
+
+def test_load_refuses_non_finite_weights_and_names_the_array(tmp_path):
+    params = random_params(GRUSpec(3, 2), dtype=np.float32)
+    path = save_npz(tmp_path / "p.npz", FORMAT_GRU, {"spec": params.spec.to_dict()},
+                    with_non_finite(params.to_arrays(), "l0.d0.W_h", 3))
+    with pytest.raises(NonFiniteError, match=r"l0\.d0\.W_h holds 3 NaN/inf values") as info:
+        GRUParams.load(path)
+    assert isinstance(info.value, ParamsFileError) and str(path) in str(info.value)
+    model = d2lgru.init_lm(5, 4)
+    arrays = with_non_finite(with_non_finite(model.to_arrays(), "gru.l0.d0.W_h", 3), "head.b_q", 1)
+    path = save_npz(tmp_path / "m.npz", FORMAT_LM, {"spec": model.spec.to_dict()}, arrays)
+    with pytest.raises(NonFiniteError, match=r"gru\.l0\.d0\.W_h holds 3 NaN/inf values, "
+                                             r"head\.b_q holds 1 NaN/inf value;") as info:
+        d2lgru.LMParams.load(path)
+    assert isinstance(info.value, ParamsFileError)
+
+
+def test_save_refuses_non_finite_weights_and_keeps_the_previous_file(tmp_path):
+    params = random_params(GRUSpec(3, 2), dtype=np.float32)
+    path = params.save(tmp_path / "p.npz")
+    before = path.read_bytes()
+    broken = GRUParams.from_arrays(params.spec, with_non_finite(params.to_arrays(), "l0.d0.b_x", 2))
+    with pytest.raises(NonFiniteError, match=r"refusing to save .*p\.npz: l0\.d0\.b_x holds 2"):
+        broken.save(path)
+    model = d2lgru.init_lm(5, 4)
+    broken = d2lgru.LMParams(model.gru, model.W_hq, np.full(5, np.nan, np.float32))
+    with pytest.raises(NonFiniteError, match=r"head\.b_q holds 5 NaN/inf values"):
+        broken.save(tmp_path / "m.npz")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
+
+
+@pytest.mark.parametrize("cls", [GRUParams, d2lgru.LMParams])
+def test_load_of_a_npy_file_says_it_wants_an_npz(tmp_path, cls):
+    np.save(tmp_path / "p.npy", np.zeros(3))
+    with pytest.raises(ParamsFileError, match=r"p\.npy is a \.npy array file; d2lgru loads the "
+                                              r"\.npz files it writes"):
+        cls.load(tmp_path / "p.npy")
+
+
+GOOD_SPEC = {"input_size": 3, "hidden_size": 2}
+WRONG_HEADERS = [
+    "null", "[]", "[1, 2]", "3", "-1.5", '"d2lgru.GRUParams/1"', "true", "{}",
+    '{"format": null}', '{"format": ["d2lgru.GRUParams/1"]}',
+    '{"format": "{fmt}"}', '{"format": "{fmt}", "spec": null}', '{"format": "{fmt}", "spec": []}',
+    '{"format": "{fmt}", "spec": "input_size hidden_size"}', '{"format": "{fmt}", "spec": 3}',
+    '{"format": "{fmt}", "spec": {"input_size": 3}}',
+    '{"format": "{fmt}", "spec": {"input_size": "3", "hidden_size": 2}}',
+    '{"format": "{fmt}", "spec": {"input_size": 3, "hidden_size": 2, "gates": ["both"]}}',
+    '{"format": "{fmt}", "spec": {"input_size": 3, "hidden_size": 2, "gates": {"a": 1}}}',
+    '{"format": "{fmt}", "spec": {"input_size": 3, "hidden_size": 2, "bidirectional": 1}}',
+    '{"format": "{fmt}", "spec": {"input_size": 3, "hidden_size": 2, "num_layers": 2}}',
+    '{"format": "{fmt}", "spec": {"input_size": 1e300, "hidden_size": 2}}',
+    '{"format": "{fmt}", "spec": {"input_size": 4, "hidden_size": 2}}',
+    "{not json",
+]
+
+
+@pytest.mark.parametrize("header", WRONG_HEADERS)
+@pytest.mark.parametrize("cls,fmt,prefix", [(GRUParams, FORMAT_GRU, ""),
+                                            (d2lgru.LMParams, FORMAT_LM, "gru.")])
+def test_header_of_the_wrong_shape_is_a_params_file_error(tmp_path, header, cls, fmt, prefix):
+    arrays = {prefix + k: v for k, v in random_params(GRUSpec(3, 2)).to_arrays().items()}
+    if cls is d2lgru.LMParams:
+        arrays.update({"head.W_hq": np.zeros((2, 3)), "head.b_q": np.zeros(3)})
+    path = tmp_path / "p.npz"
+    np.savez(path, __meta__=np.array(header.replace("{fmt}", fmt)), **arrays)
+    with pytest.raises(ParamsFileError):
+        cls.load(path)
+
+
+def json_values():
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+def headers():
+    """Random JSON, and JSON close to a valid header: the right format, a spec whose fields
+    are each either valid or random."""
+    fields = {"input_size": st.just(3) | json_values(), "hidden_size": st.just(2) | json_values(),
+              "num_layers": st.just(1) | json_values(), "bidirectional": st.booleans() | json_values(),
+              "reset_after": st.booleans() | json_values(), "gates": st.sampled_from(GATE_SETS)}
+    near = st.fixed_dictionaries({"format": st.just(FORMAT_GRU) | json_values(),
+                                  "spec": st.fixed_dictionaries({}, optional=fields) | json_values()})
+    return (json_values() | near).map(json.dumps)
+
+
+class ValidFile(tuple):
+    def __repr__(self):  # hypothesis prints its arguments: not the file's bytes
+        return f"ValidFile({self[0]!r}, {len(self[1])} bytes)"
+
+
+@pytest.fixture(scope="module")
+def valid_file(tmp_path_factory):
+    params = random_params(GRUSpec(3, 2, 1, True), dtype=np.float32)
+    path = params.save(tmp_path_factory.mktemp("valid") / "p.npz")
+    return ValidFile((params, path.read_bytes()))
+
+
+def corruptions(size):
+    truncate = st.integers(0, size - 1).map(lambda n: ("truncate", n))
+    flips = st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1,
+                     max_size=8).map(lambda f: ("flip", f))
+    return truncate | flips | headers().map(lambda h: ("header", h))
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_corrupted_params_file_loads_the_same_weights_or_raises_params_file_error(
+        tmp_path, valid_file, data):
+    params, blob = valid_file
+    kind, how = data.draw(corruptions(len(blob)))
+    path = tmp_path / "p.npz"
+    if kind == "truncate":
+        path.write_bytes(blob[:how])
+    elif kind == "flip":
+        corrupted = bytearray(blob)
+        for at, mask in how:
+            corrupted[at] ^= mask
+        path.write_bytes(bytes(corrupted))
+    else:
+        np.savez(path, __meta__=np.array(how), **params.to_arrays())
+    try:
+        loaded = GRUParams.load(path)
+    except ParamsFileError:  # a D2lgruError, ValueError: one line in the CLI, never a traceback
+        return
+    assert [a.shape for a in loaded.flat()] == [a.shape for a in params.flat()]
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.flat(), params.flat()))

@@ -84,8 +84,33 @@ def get_backend(name: str | None = None) -> Backend:
         if not is_installed(key):
             raise BackendNotInstalledError(f"backend {key!r} needs the {framework!r} package, which is not "
                                            f"installed; install it with: {install_hint(key)}")
-        _loaded[key] = importlib.import_module(module_name).backend
+        _loaded[key] = _import_adapter(key).backend
     return _loaded[key]
+
+
+def _import_adapter(key: str):
+    """Import ``key``'s adapter module, which imports its framework. A framework whose import
+    fails -- an ``OSError`` such as a missing CUDA library, or an ``ImportError`` inside it -- is
+    a broken install: one :class:`BackendNotInstalledError`. A bug in the adapter (a
+    ``NameError``, an import of a d2lgru name that does not exist) keeps its traceback."""
+    module_name, framework, _ = _REGISTRY[key]
+    try:
+        return importlib.import_module(module_name)
+    except BackendNotInstalledError:
+        raise
+    except (ImportError, OSError) as exc:
+        if isinstance(exc, ImportError) and _names_our_own_module(exc, module_name):
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise BackendNotInstalledError(
+            f"backend {key!r} could not import its framework {framework!r} "
+            f"({type(exc).__name__}: {first_line}); the install is broken or incomplete, "
+            f"install it again with: {install_hint(key)}") from exc
+
+
+def _names_our_own_module(exc: ImportError, adapter: str) -> bool:
+    failed = exc.name or ""
+    return failed == adapter or failed.split(".")[0] == __name__.split(".")[0]
 
 
 

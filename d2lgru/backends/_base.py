@@ -14,8 +14,8 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from ..model import LMParams
-from ..spec import GRUParams, GRUSpec
-from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError
+from ..spec import GRUParams, GRUSpec, non_finite_count
+from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError, NonFiniteError
 
 
 class UnsupportedError(D2lgruError, NotImplementedError):
@@ -134,20 +134,29 @@ class Backend:
         return device
 
     # -- the public contract ------------------------------------------------------------
-    def gru(self, params: GRUParams, X, h0=None, *, impl: str = "scratch"):
-        """Run the GRU: ``X [T, N, I]`` -> ``(Y [T, N, D*H], h_n [L*D, N, H])``."""
-        X, h0 = check_gru_args(params, X, h0)
+    def gru(self, params: GRUParams, X, h0=None, *, impl: str = "scratch",
+            check_finite: bool = True):
+        """Run the GRU: ``X [T, N, I]`` -> ``(Y [T, N, D*H], h_n [L*D, N, H])``.
+
+        ``X`` and ``h0`` holding NaN or infinity raise :class:`~d2lgru.errors.NonFiniteError`
+        naming the array (one ``isfinite`` pass over each); ``check_finite=False`` skips the
+        check and lets such values propagate."""
+        X, h0 = check_gru_args(params, X, h0, check_finite=check_finite)
         self.check_impl(impl, params.spec, params.dtype)
         self._ensure_ready()
         return self._gru(impl, params, X, h0)
 
-    def gru_backward(self, params: GRUParams, X, h0, dY, dh_n, *, impl: str = "scratch"):
-        """Vector-Jacobian product of :meth:`gru`: ``(dparams, dX, dh0)``."""
-        X, h0 = check_gru_args(params, X, h0)
+    def gru_backward(self, params: GRUParams, X, h0, dY, dh_n, *, impl: str = "scratch",
+                     check_finite: bool = True):
+        """Vector-Jacobian product of :meth:`gru`: ``(dparams, dX, dh0)``.
+
+        ``X``, ``h0``, ``dY`` and ``dh_n`` must be finite unless ``check_finite=False``, as in
+        :meth:`gru`."""
+        X, h0 = check_gru_args(params, X, h0, check_finite=check_finite)
         spec = params.spec
         T, N = X.shape[:2]
-        dY = check_array("dY", dY, (T, N, spec.output_size), params.dtype)
-        dh_n = check_array("dh_n", dh_n, h0.shape, params.dtype)
+        dY = check_array("dY", dY, (T, N, spec.output_size), params.dtype, check_finite)
+        dh_n = check_array("dh_n", dh_n, h0.shape, params.dtype, check_finite)
         self.check_impl(impl, spec, params.dtype)
         self._ensure_ready()
         return self._gru_backward(impl, params, X, h0, dY, dh_n)
@@ -264,7 +273,7 @@ def check_native_names(native: dict, expected, layer: str, spec: GRUSpec) -> Non
                                    + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
 
 
-def check_array(name: str, a, shape, dtype) -> np.ndarray:
+def check_array(name: str, a, shape, dtype, check_finite: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise InvalidTypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -272,16 +281,21 @@ def check_array(name: str, a, shape, dtype) -> np.ndarray:
                                f"cast one of them (params.astype(...) or {name}.astype(...))")
     if a.shape != tuple(shape):
         raise InvalidArgumentError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if check_finite:
+        bad = non_finite_count(a)
+        if bad:
+            raise NonFiniteError(f"{name} holds {bad} NaN/inf value{'' if bad == 1 else 's'}; "
+                                 f"pass finite values, or check_finite=False to let them through")
     return a
 
 
-def check_gru_args(params: GRUParams, X, h0):
+def check_gru_args(params: GRUParams, X, h0, *, check_finite: bool = True):
     if not isinstance(params, GRUParams):
         raise InvalidTypeError(f"params must be d2lgru.GRUParams, got {type(params).__name__}")
-    return check_gru_inputs(params.spec, params.dtype, X, h0)
+    return check_gru_inputs(params.spec, params.dtype, X, h0, check_finite=check_finite)
 
 
-def check_gru_inputs(spec: GRUSpec, dtype, X, h0):
+def check_gru_inputs(spec: GRUSpec, dtype, X, h0, *, check_finite: bool = True):
     if not isinstance(X, np.ndarray):
         raise InvalidTypeError(f"X must be a time-major NumPy array [T, N, {spec.input_size}], "
                                f"got {type(X).__name__}")
@@ -291,9 +305,10 @@ def check_gru_inputs(spec: GRUSpec, dtype, X, h0):
     T, N, _ = X.shape
     if T < 1 or N < 1:
         raise InvalidArgumentError(f"X must have at least one step and one sequence, got shape {X.shape}")
-    check_array("X", X, (T, N, spec.input_size), dtype)
+    check_array("X", X, (T, N, spec.input_size), dtype, check_finite)
     state_shape = (spec.num_layers * spec.num_directions, N, spec.hidden_size)
-    h0 = np.zeros(state_shape, dtype) if h0 is None else check_array("h0", h0, state_shape, dtype)
+    h0 = (np.zeros(state_shape, dtype) if h0 is None
+          else check_array("h0", h0, state_shape, dtype, check_finite))
     return np.ascontiguousarray(X), np.ascontiguousarray(h0)
 
 

@@ -12,6 +12,7 @@ import pytest
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.backends import resolve_name
+from d2lgru.errors import NonFiniteError
 from d2lgru.cli import main
 from d2lgru.spec import GATE_SETS
 from d2lgru.train import TrainConfig, train
@@ -107,6 +108,39 @@ def test_wrong_dtypes_and_shapes(be):
     with pytest.raises(TypeError, match="state is float64 but the parameters are float32"):
         be.lm_loss_and_grads(init_lm(5, 4), np.zeros((1, 3), int), np.zeros((1, 3), int),
                              np.zeros((1, 1, 4)))
+
+
+def poisoned(a, count=1):
+    """A copy of ``a`` whose first ``count`` values are NaN, inf, -inf."""
+    a = a.copy()
+    a.reshape(-1)[:count] = [np.nan, np.inf, -np.inf][:count]
+    return a
+
+
+@pytest.mark.parametrize("impl,reset_after", list({impl: (impl, ra) for impl, ra in _declared()}
+                                                  .values()))
+def test_non_finite_inputs_are_refused_unless_check_finite_is_false(be, impl, reset_after):
+    params = init_params(GRUSpec(3, 4, reset_after=reset_after))  # float32
+    X, h0 = np.ones((2, 1, 3), np.float32), np.zeros((1, 1, 4), np.float32)
+    dY, dh_n = np.ones((2, 1, 4), np.float32), np.zeros((1, 1, 4), np.float32)
+    calls = {
+        "X": lambda: be.gru(params, poisoned(X, 3), impl=impl),
+        "h0": lambda: be.gru(params, X, poisoned(h0, 2), impl=impl),
+        "dY": lambda: be.gru_backward(params, X, h0, poisoned(dY, 3), dh_n, impl=impl),
+        "dh_n": lambda: be.gru_backward(params, X, h0, dY, poisoned(dh_n, 1), impl=impl),
+    }
+    counts = {"X": "3 NaN/inf values", "h0": "2 NaN/inf values", "dY": "3 NaN/inf values",
+              "dh_n": "1 NaN/inf value"}
+    for name, call in calls.items():
+        with pytest.raises(NonFiniteError, match=f"^{name} holds {counts[name]};.*check_finite=False"):
+            call()
+    with pytest.raises(NonFiniteError, match="^X holds 1 NaN/inf value;"):
+        be.gru_backward(params, poisoned(X), None, dY, dh_n, impl=impl)
+    # the opt-out runs the GRU, and the NaN goes where the math takes it
+    Y, _ = be.gru(params, poisoned(X), impl=impl, check_finite=False)
+    assert np.isnan(Y[0]).all() and np.isnan(Y[1]).all()  # the state carries it to step 2
+    _, dX, _ = be.gru_backward(params, X, h0, poisoned(dY), dh_n, impl=impl, check_finite=False)
+    assert np.isnan(dX[0]).any()
 
 
 def test_from_native_names_what_is_missing_or_misshapen(be):
