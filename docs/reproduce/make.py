@@ -93,7 +93,8 @@ def main(argv=None) -> int:
 
     def one(b, python, extra, seed, threads=None):
         cmd = [str(python), "-m", "d2lgru.cli", "reproduce", "--backend", b, *extra,
-               "--seed", str(seed), "--data", args.data, "--out", args.out, "--quiet"]
+               "--seed", str(seed), "--data", args.data, "--out", args.out, "--quiet",
+               "--resume"]  # a rerun continues unfinished runs and keeps finished ones
         print(f"== {' '.join(cmd[1:])}", flush=True)
         tic = time.perf_counter()
         run_env = env if threads is None else dict(env, OMP_NUM_THREADS=str(threads))
