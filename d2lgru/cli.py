@@ -203,10 +203,16 @@ def _one_line(exc) -> str | None:
 
 
 def cmd_backends(args) -> int:
-    from .backends import BACKENDS, get_backend, install_hint, is_installed
-    rows = []
-    for name in BACKENDS:
-        row = {"name": name, "installed": is_installed(name)}
+    from .backends import (BACKENDS, get_backend, install_hint, is_installed, plugin_backends,
+                           source_of)
+    rows, plugins = [], plugin_backends()
+    entries = [(name, None) for name in BACKENDS] + sorted(plugins.items())
+    for name, plugin in entries:
+        if plugin is not None and plugin.problem:  # a clash: listed, never loaded
+            rows.append({"name": name, "source": plugin.source, "installed": False,
+                         "error": plugin.problem})
+            continue
+        row = {"name": name, "source": source_of(name), "installed": is_installed(name)}
         if row["installed"]:
             try:
                 be = get_backend(name)
@@ -220,10 +226,13 @@ def cmd_backends(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
+        origin = "" if row["source"] == "built-in" else f"  [{row['source']}]"
         if not row["installed"]:
-            print(f"{row['name']:<11} not installed  ({row.get('error') or row['install']})")
+            print(f"{row['name']:<11} not installed  ({row.get('error') or row['install']})"
+                  f"{origin}")
             continue
-        print(f"{row['name']:<11} {row['version']:<13} devices: {', '.join(row['devices'])}")
+        print(f"{row['name']:<11} {row['version']:<13} devices: {', '.join(row['devices'])}"
+              f"{origin}")
         for impl, info in row["impls"].items():
             cells = [c for c, ok in (("reset-before", info["reset_before"]),
                                      ("reset-after", info["reset_after"])) if ok]
