@@ -29,9 +29,13 @@ class BackendNotInstalledError(D2lgruError, ImportError):
     """A known backend whose framework is not installed, or whose import fails."""
 
 
+class ExtraNotInstalledError(D2lgruError, ImportError):
+    """An optional feature's package (an extra such as ``onnx`` or ``safetensors``) is missing."""
+
+
 class NonFiniteError(InvalidArgumentError):
     """An array or number holds NaN or infinity where finite values are required."""
 
 
-__all__ = ["BackendNotInstalledError", "D2lgruError", "InvalidArgumentError", "InvalidTypeError",
-           "NonFiniteError"]
+__all__ = ["BackendNotInstalledError", "D2lgruError", "ExtraNotInstalledError",
+           "InvalidArgumentError", "InvalidTypeError", "NonFiniteError"]
