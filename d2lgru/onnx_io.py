@@ -114,8 +114,9 @@ def build_model(model: LMParams, vocab=None, *, config=None, history=None):
             META_SPEC: json.dumps(spec.to_dict(), sort_keys=True)}
     if vocab is not None:
         meta[META_VOCAB] = json.dumps(vocab.to_dict(), ensure_ascii=False)
-    if config is not None:
-        meta[META_CONFIG] = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    if config is not None:  # without the corpus' local path; its SHA-1 stays
+        meta[META_CONFIG] = json.dumps(dataclasses.asdict(dataclasses.replace(config, data=None)),
+                                       sort_keys=True)
     if history is not None:
         meta[META_HISTORY] = json.dumps(list(history))
     h.set_model_props(proto, meta)

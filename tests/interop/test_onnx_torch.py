@@ -14,7 +14,7 @@ import d2lgru
 from d2lgru.checkpoint import load as load_checkpoint
 from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
-from d2lgru.train import predict
+from d2lgru.train import TrainConfig, predict, train
 
 from interop_helpers import assert_close_to_oracle
 
@@ -103,3 +103,6 @@ def test_a_torch_language_model_imports_and_decodes_as_torch_does(tmp_path, data
         assert mine == torch_predict(lm, prefix, 50, vocab)
         decoded.append(mine)
     assert any(len(set(line[len("traveller"):])) > 3 for line in decoded)
+    # an imported model (epoch 0, no history) trains on: `train --resume`
+    resumed = train(TrainConfig(epochs=1, data=str(data_dir)), resume=tmp_path / "run")
+    assert resumed.epoch == 1 and len(load_checkpoint(tmp_path / "run")["history"]) == 1
