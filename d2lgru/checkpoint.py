@@ -311,8 +311,14 @@ def load(path, *, retries: int = 3) -> dict:
     for attempt in range(retries + 1):
         state = read_state(path)
         model_path = path / state["model"]
-        if model_path.is_file() or attempt == retries:
+        try:
+            model = LMParams.load(model_path)
             break
+        except (ParamsFileError, TypeError, ValueError, OSError) as exc:
+            # the writer deletes a model two states after naming it: a reader delayed that
+            # long finds it gone (before or during its load) and reads the newer state
+            if model_path.is_file() or attempt == retries:
+                raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
         time.sleep(0.05)
     try:
         config = TrainConfig.from_dict(state["config"])
@@ -320,9 +326,8 @@ def load(path, *, retries: int = 3) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: its config is "
                               f"invalid ({exc})") from None
     try:
-        model = LMParams.load(model_path)
         vocab = Vocab.from_json(path / VOCAB_FILE)
-    except (ParamsFileError, TypeError, ValueError, OSError) as exc:
+    except (TypeError, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
     if len(vocab) != model.vocab_size:
         raise CheckpointError(f"checkpoint {path}: vocab.json has {len(vocab)} tokens but the model "
