@@ -7,6 +7,7 @@ for, and the environment variable is read then, not at ``import d2lgru``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
@@ -45,10 +46,18 @@ def canonical_name(name: str, *, source: str = "argument") -> str:
     return key
 
 
+#: the backend of the innermost :func:`backend_context` in this thread / asyncio task
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "d2lgru_backend", default=None)
+
+
 def resolve_name(name: str | None = None) -> str:
-    """Selection order: explicit argument, then ``$D2LGRU_BACKEND``, then ``numpy``."""
+    """Selection order: explicit argument, then the enclosing :func:`backend_context`, then
+    ``$D2LGRU_BACKEND``, then ``numpy``."""
     if name is not None and str(name) != "":
         return canonical_name(name, source="argument")
+    if _context_backend.get() is not None:
+        return _context_backend.get()
     env = os.environ.get(ENV_VAR, "")
     if env.strip():
         return canonical_name(env, source="env")
@@ -91,17 +100,15 @@ def get_backend(name: str | None = None) -> Backend:
 
 @contextlib.contextmanager
 def backend_context(name: str):
-    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend."""
+    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend. Only
+    this thread (or asyncio task) sees it; ``$D2LGRU_BACKEND`` is neither read nor changed."""
     key = canonical_name(name)
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = key
+    backend = get_backend(key)
+    token = _context_backend.set(key)
     try:
-        yield get_backend(key)
+        yield backend
     finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
+        _context_backend.reset(token)
 
 
 __all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", "Trainer",
