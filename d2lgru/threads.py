@@ -14,9 +14,10 @@ is called.
 * ``$OMP_NUM_THREADS``, where set, as a cap: the user's standing choice for OpenMP runtimes;
 * *preference*: the backend's measured choice at the book's shapes (batch 32, hidden 256:
   ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
-  ``_thread_preference``): NumPy and TensorFlow 1 (their BLAS / Eigen workers spin while they
-  wait and cannot be told not to once loaded), Paddle 1 and MXNet one per two CPUs (their own
-  defaults, measured in those adapters), MindSpore ``min(4, CPUs - 1)``, torch all usable CPUs.
+  ``_thread_preference``): NumPy 1 (its OpenBLAS workers spin while they wait and cannot be
+  told otherwise once numpy has loaded), Paddle 1 and MXNet one per two CPUs (their own
+  defaults, measured in those adapters), MindSpore ``min(4, CPUs - 1)``, torch and TensorFlow
+  every usable CPU.
 
 **Waiting** (:func:`wait_passively`): the load average cannot see a training that starts later,
 so a count above 1 is only safe where idle workers sleep instead of spinning. Measured on the
@@ -27,9 +28,25 @@ when it loads: spin count 0; Intel/LLVM libomp reads it at its first parallel re
 time 0), so the adapters whose framework runs on OpenMP (torch, MXNet, Paddle, MindSpore)
 set it with ``os.environ.setdefault`` right before they import their framework: a user's own
 value is kept, and a framework imported before d2lgru's adapter keeps whatever it read then.
-OpenBLAS's and Eigen's pools have no such switch after load, hence their preference of 1.
+OpenBLAS's pool has no such switch after load, hence NumPy's preference of 1; TensorFlow's
+(Eigen's) spins only briefly before it sleeps.
+
 ``benchmarks/contention.py`` measures both halves: one training alone against two started
-together, with this policy and with the frameworks' old defaults.
+together. Its run on the 2-core reference machine while other jobs kept the load at 1-12
+(default impls: scratch; medians of two alternated rounds, tokens/s; solo, then each of two
+at once):
+
+* NumPy: policy (1 thread) 31k solo, 14k + 14k together; 2 threads with passive waiting 6k solo,
+  1.5k together; the old default (2 threads) 6k solo, 1.2k together. OpenBLAS ignores
+  OMP_WAIT_POLICY, and even alone two threads lost 5x to the other jobs' load.
+* torch: 2 threads with passive waiting (the policy's choice on idle cores) 20k solo,
+  26k + 26k together; the old default (2 threads, GNU OpenMP spinning) 13k solo, 1.1k together
+  (0.2k in one round): passive waiting is what removes the collapse. The policy chose 1 thread
+  (the machine was busy): 28k solo, 24k + 28k together.
+* TensorFlow: no collapse with 2 threads either way (Eigen), see the adapter.
+
+The load moved between and within the runs (pairs sometimes beat their solo run), so these
+show collapse or its absence, not speed; a quiet-machine run of the benchmark gives the speeds.
 """
 
 from __future__ import annotations

@@ -483,11 +483,11 @@ class TensorFlowBackend(Backend):
     def _setup(self):
         _import_tensorflow()
 
-    def _thread_preference(self, cpus):
-        # TensorFlow's intra-op pool (Eigen's) spins before it sleeps, and the switch that stops
-        # that (ConfigProto.experimental.disable_thread_spinning) is not reachable from TF2's
-        # eager API: one thread at the book's shapes, measured in benchmarks/contention.py
-        return 1
+    # Threads: the policy's default preference (every usable CPU). TensorFlow's intra-op pool is
+    # Eigen's, not OpenMP, so OMP_WAIT_POLICY does not reach it, and the switch that stops its
+    # spinning (ConfigProto.experimental.disable_thread_spinning) is not reachable from TF2's
+    # eager API; but Eigen spins only briefly before it sleeps, and two trainings with two
+    # threads each did not collapse (benchmarks/contention.py, 2-core machine, load 5-12).
 
     def _set_threads(self, n):
         # Both pools are sized once, when TensorFlow's runtime starts (its first op); after
