@@ -154,7 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "'native:gru/*/reset_after/float32'")
     p.add_argument("--matrix", metavar="DIR", help="instead of checking: build DIR/matrix.md and "
                                                    "DIR/matrix.png from DIR/*/report.json")
+    _add_gates_parser(sub)
     return parser
+
+
+def _add_gates_parser(sub):
+    p = sub.add_parser("gates", help="draw the update and reset gates of a trained checkpoint on "
+                                     "a text (values from the NumPy float64 oracle)")
+    _add_backend_args(p)
+    p.add_argument("--checkpoint", required=True, help="a directory written by `d2lgru train --out`")
+    p.add_argument("--text", default="the time traveller (for so it will be convenient to speak "
+                                     "of him)", help="the text to run (cleaned as the corpus was)")
+    p.add_argument("--out", required=True, help="the figure (PNG)")
+    p.add_argument("--json", help="also write the gate values here")
 
 
 def main(argv=None) -> int:
@@ -394,8 +406,24 @@ def cmd_reproduce(args) -> int:
     return cmd_train(args)
 
 
+def cmd_gates(args) -> int:
+    from .checkpoint import load
+    from .gates import checkpoint_gates, plot_gates, write_json
+    ckpt = load(args.checkpoint)
+    record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
+                              name=Path(args.checkpoint).resolve().name)
+    plot = plot_gates(record, args.out)
+    check = record["backend_check"]
+    print(f"{len(record['tokens'])} tokens through a {record['checkpoint']['spec']}; gates from "
+          f"the NumPy float64 oracle ({check['backend']} {check['impl']} agrees within "
+          f"{check['max_abs_diff_Y']:.1e}); figure: {plot}"
+          + (f", values: {write_json(record, args.json)}" if args.json else ""))
+    return 0
+
+
 COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict,
-            "conformance": cmd_conformance, "reproduce": cmd_reproduce}
+            "conformance": cmd_conformance, "reproduce": cmd_reproduce,
+            "gates": cmd_gates}
 
 
 if __name__ == "__main__":
