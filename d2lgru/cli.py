@@ -163,7 +163,8 @@ def _add_gates_parser(sub):
     p = sub.add_parser("gates", help="draw the update and reset gates of a trained checkpoint on "
                                      "a text (values from the NumPy float64 oracle)")
     _add_backend_args(p)
-    p.add_argument("--checkpoint", required=True, help="a directory written by `d2lgru train --out`")
+    p.add_argument("--checkpoint", required=True,
+                   help="a directory written by `d2lgru train --out`")
     p.add_argument("--text", default="the time traveller (for so it will be convenient to speak "
                                      "of him)", help="the text to run (cleaned as the corpus was)")
     p.add_argument("--out", required=True, help="the figure (PNG)")

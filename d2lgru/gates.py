@@ -153,7 +153,7 @@ def plot_gates(record: dict, path) -> Path:
                           interpolation="nearest")
         where = _cell_name(layers, c["layer"], c["direction"], bidirectional)
         ax.set_title(f"{GATE_NAMES[g]}{' (' + where + ')' if where else ''}", fontsize=10)
-        ax.set_ylabel(f"unit (by mean {key})")
+        ax.set_ylabel(f"units, by mean {key}")
     for (g, key) in live:
         for c in cells:
             where = _cell_name(layers, c["layer"], c["direction"], bidirectional)
@@ -172,7 +172,8 @@ def plot_gates(record: dict, path) -> Path:
     fig.colorbar(image, ax=list(axes[:-1]), fraction=0.03, pad=0.01, label="gate value")
     info, check = record["checkpoint"], record["backend_check"]
     notes = [f"{info['spec']}; checkpoint trained on {info['backend']} {info['impl']}, "
-             f"{info['epochs']} epochs, perplexity {info['perplexity']:.2f}",
+             f"{info['epochs']} epoch{'' if info['epochs'] == 1 else 's'}, "
+             f"perplexity {info['perplexity']:.2f}",
              f"gates from the NumPy float64 oracle; {check['backend']} {check['impl']} "
              f"({check['dtype']}) gives the same output within {check['max_abs_diff_Y']:.1e}"]
     notes += [f"{p}: not drawn" for p in record["pinned"].values()]

@@ -73,7 +73,8 @@ def test_float32_params_give_float64_gates():
     np.testing.assert_allclose(gates["Y"], Y64, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("ablation,pinned", [("reset-only", ("Z", 0.0)), ("update-only", ("R", 1.0))])
+@pytest.mark.parametrize("ablation,pinned", [("reset-only", ("Z", 0.0)),
+                                             ("update-only", ("R", 1.0))])
 def test_an_ablated_gate_is_pinned(ablation, pinned):
     params = random_params(GRUSpec(3, 2, gates=ablation))
     gates = gate_values(params, np.ones((4, 1, 3)))

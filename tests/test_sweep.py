@@ -83,5 +83,6 @@ def test_a_backend_without_the_plain_rnn_is_refused_up_front_naming_the_setting(
         impls = {"scratch": ImplInfo("the full GRU only")}
 
     settings = grid(TrainConfig(), {}, parse_vary(["hidden=8", "cell=gru,rnn"]))
-    with pytest.raises(UnsupportedError, match=r"cannot train setting hidden=8,cell=rnn: .*gates='none'"):
+    with pytest.raises(UnsupportedError,
+                       match=r"cannot train setting hidden=8,cell=rnn: .*gates='none'"):
         check_settings(settings, GruOnly(), "scratch", None, None)
