@@ -1,7 +1,9 @@
-"""The backend registry: names, aliases, lazy loading.
+"""The backend registry: names, aliases, lazy loading, third-party backends.
 
 Nothing here imports a framework. A backend's module is imported the first time it is asked
-for, and the environment variable is read then, not at ``import d2lgru``.
+for, and the environment variable is read then, not at ``import d2lgru``. Beside the built-in
+backends (:data:`BACKENDS`), any installed package can add one through the entry point group
+``d2lgru.backends`` (see :mod:`d2lgru.backends._plugins`); it is selected like a built-in one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib
 import importlib.util
 import os
 
+from . import _plugins
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
 from ..errors import BackendNotInstalledError, InvalidArgumentError
 
@@ -27,22 +30,40 @@ _REGISTRY = {
     "mindspore": ("d2lgru.backends.mindspore_backend", "mindspore", "mindspore"),
 }
 
-#: every known backend, in order
+#: every built-in backend, in order (third-party ones: :func:`plugin_backends`)
 BACKENDS = tuple(_REGISTRY)
 
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet",
            "paddlepaddle": "paddle", "ms": "mindspore"}
 
 
+def _plugins_found() -> dict:
+    return _plugins.plugins(reserved=set(_REGISTRY) | set(ALIASES))
+
+
+def plugin_backends() -> dict:
+    """Third-party backends by name: :class:`~d2lgru.backends._plugins.Plugin` records (name,
+    entry point, package, version, and ``problem`` when one is known without importing it)."""
+    return dict(_plugins_found())
+
+
 def canonical_name(name: str, *, source: str = "argument") -> str:
     """``name`` or an alias -> the canonical backend name; ValueError naming the valid ones."""
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
-    if key not in _REGISTRY:
+    if key not in _REGISTRY and key not in _plugins_found():
         where = f"${ENV_VAR}" if source == "env" else source
+        extra = sorted(_plugins_found())
         raise InvalidArgumentError(f"unknown backend {name!r} (from {where}); valid backends: "
-                                   f"{', '.join(BACKENDS)} (aliases: {', '.join(sorted(ALIASES))})")
+                                   f"{', '.join(BACKENDS + tuple(extra))} "
+                                   f"(aliases: {', '.join(sorted(ALIASES))})")
     return key
+
+
+def source_of(name: str) -> str:
+    """Where a backend comes from: ``built-in`` or the plugin's entry point and package."""
+    key = canonical_name(name)
+    return "built-in" if key in _REGISTRY else _plugins_found()[key].source
 
 
 def resolve_name(name: str | None = None) -> str:
@@ -56,18 +77,27 @@ def resolve_name(name: str | None = None) -> str:
 
 
 def is_installed(name: str) -> bool:
-    """Whether the framework behind ``name`` is importable (checked without importing it)."""
-    return importlib.util.find_spec(_REGISTRY[canonical_name(name)][1]) is not None
+    """Whether the framework behind ``name`` is importable (checked without importing it); a
+    plugin is installed when its package is (whether it works shows when it is loaded)."""
+    key = canonical_name(name)
+    if key not in _REGISTRY:
+        return True
+    return importlib.util.find_spec(_REGISTRY[key][1]) is not None
 
 
 def install_hint(name: str) -> str:
-    extra = _REGISTRY[canonical_name(name)][2]
+    key = canonical_name(name)
+    if key not in _REGISTRY:
+        return f"pip install {_plugins_found()[key].package}"
+    extra = _REGISTRY[key][2]
     return f'pip install "d2lgru[{extra}]"' if extra else "pip install d2lgru"
 
 
 def available_backends() -> list[str]:
-    """The known backends whose framework is installed, in registry order."""
-    return [name for name in BACKENDS if is_installed(name)]
+    """The known backends whose framework is installed: the built-in ones in registry order,
+    then the third-party ones (by name) that have no known problem."""
+    return [name for name in BACKENDS if is_installed(name)] + \
+        sorted(k for k, p in _plugins_found().items() if p.problem is None)
 
 
 _loaded: dict[str, Backend] = {}
@@ -79,6 +109,8 @@ def get_backend(name: str | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     key = resolve_name(name)
+    if key not in _loaded and key not in _REGISTRY:
+        _loaded[key] = _plugins.load(_plugins_found()[key], Backend)
     if key not in _loaded:
         module_name, framework, _ = _REGISTRY[key]
         if not is_installed(key):
@@ -135,8 +167,8 @@ __all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", 
 
 
 def framework_of(name: str) -> str:
-    """The import name of the framework behind ``name`` (``numpy`` for the oracle)."""
+    """The import name of the framework behind a built-in backend (``numpy`` for the oracle)."""
     return _REGISTRY[canonical_name(name)][1]
 
 
-__all__ += ["framework_of"]
+__all__ += ["framework_of", "plugin_backends", "source_of"]
