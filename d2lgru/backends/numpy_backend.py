@@ -253,6 +253,10 @@ class NumpyTrainer(Trainer):
         params, grads = self.model.to_arrays(), res.grads.to_arrays()
         clip_and_sgd([params[k] for k in self.trained_keys],
                      [grads[k] for k in self.trained_keys], self.lr, self.clip)
+        # Held until the next step has run: freeing all of a step's arrays at once lets glibc
+        # return the heap to the OS, and the next step faults it back in (measured: 5k page
+        # faults a step instead of 0.7k, a third slower)
+        self._last_step = res
         return res.loss, res.state
 
     def params(self) -> LMParams:

@@ -336,6 +336,7 @@ class PaddleTrainer(Trainer):
         clip_and_sgd(params, [p.grad for p in params], self.lr, self.clip)
         for p in params:
             p.clear_gradient(False)
+        self._last_step = ids, labels, loss  # held until the next step: see NumpyTrainer._step
         return loss.detach(), state
 
     def _fetch_losses(self, handles):

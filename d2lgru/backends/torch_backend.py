@@ -249,6 +249,7 @@ class TorchTrainer(Trainer):
         grads = torch.autograd.grad(loss, self.trained)
         with torch.no_grad():
             clip_and_sgd(self.trained, list(grads), self.lr, self.clip)
+        self._last_step = loss, h_n, grads  # held until the next step: see NumpyTrainer._step
         return loss.detach(), h_n.detach()
 
     def _fetch_losses(self, handles):
