@@ -72,6 +72,9 @@ def _add_train_args(p):
     # default; _config() fills in TrainConfig's defaults
     p.add_argument("--mode", help="execution mode (default: the backend's fastest, see `backends`)")
     p.add_argument("--device", help="cpu (default) or the framework's gpu")
+    p.add_argument("--threads", type=_positive_int,
+                   help="the framework's threads (default: $D2LGRU_THREADS, else chosen from the "
+                        "free CPUs and the backend's measured preference)")
     p.add_argument("--epochs", type=_positive_int, default=500)
     p.add_argument("--hidden", type=_positive_int, help="hidden units (256)")
     p.add_argument("--layers", type=_positive_int, help="(1)")
@@ -322,6 +325,12 @@ def cmd_train(args) -> int:
     if args.resume is None and args.data_changed_ok:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
     out = args.out or args.resume
+    backend.set_threads(args.threads)  # None: $D2LGRU_THREADS, else the policy
+    if not args.quiet:
+        mode = backend.check_mode(args.impl, args.mode)
+        print(f"d2lgru {args.command}: {backend.name} {args.impl} ({mode}) on "
+              f"{args.device or 'cpu'}, {backend.threads} thread(s) ({backend.threads_source})",
+              file=sys.stderr, flush=True)
     update, bar = _progress_bar(args.quiet)
     with open_run(out, resume=args.resume, overwrite=args.overwrite, format=args.format) as writer:
         try:

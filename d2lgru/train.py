@@ -46,6 +46,8 @@ class TrainResult:
     tokens_per_sec: float  # over the epochs run in this call
     device: str
     mode: str
+    threads: int | None = None         # the framework's thread count during the run
+    threads_source: str | None = None  # argument, $D2LGRU_THREADS, policy or fixed
 
     @property
     def perplexity(self) -> float:
@@ -252,7 +254,8 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
     if bad:
         raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
     return TrainResult(final, vocab, config, history, epoch, epoch - start,
-                       tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode)
+                       tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode,
+                       backend.threads, backend.threads_source)
 
 
 def _first_non_finite(model: LMParams) -> str | None:
@@ -270,6 +273,7 @@ def write_result(out, result: TrainResult, backend, impl: str, predictions: dict
     text = json.dumps({
         "backend": backend.name, "framework_version": backend.version(), "impl": impl,
         "mode": result.mode, "device": result.device, "epochs": result.epoch,
+        "threads": result.threads, "threads_source": result.threads_source,
         "perplexity": result.perplexity, "settled_perplexity": result.settled_perplexity,
         "tokens_per_sec": result.tokens_per_sec,
         "predictions": predictions, "config": dataclasses.asdict(result.config),
