@@ -29,7 +29,7 @@ from .checkpoint import (FORMAT_CHECKPOINT, RESULT_FILE, STATE_FILE, VOCAB_FILE,
                          CheckpointBusyError, CheckpointError, CheckpointWriter, open_run)
 from .checkpoint import load as load_checkpoint  # noqa: F401  (public since 0.1)
 from .errors import D2lgruError, InvalidArgumentError
-from .model import LMParams, init_lm, one_hot
+from .model import LMParams, init_lm
 
 #: the largest number of tokens :func:`predict` emits in one call
 MAX_PREDS = 100_000
@@ -314,28 +314,22 @@ def encode_text(text: str, vocab, token: str = "char", what: str = "the prefix")
 def predict(prefix: str, num_preds: int, model: LMParams, vocab, *, backend=None,
             impl="scratch", token="char") -> str:
     """The book's ``predict_ch8``: warm the state up on the prefix, then greedily emit
-    ``num_preds`` tokens, running the GRU on ``backend``. The prefix is cleaned as the corpus
-    was (``"Time Traveller!"`` reads as ``"time traveller "``)."""
+    ``num_preds`` tokens, running the model on ``backend`` (its :meth:`make_predictor`). The
+    prefix is cleaned as the corpus was (``"Time Traveller!"`` reads as ``"time traveller "``)."""
     backend = get_backend(backend)
     ids = encode_text(prefix, vocab, token)
     if isinstance(num_preds, bool) or not isinstance(num_preds, int) or \
             not 0 <= num_preds <= MAX_PREDS:
         raise InvalidArgumentError(f"num_preds must be an integer in [0, {MAX_PREDS}], got "
                                    f"{num_preds!r}")
-    V = model.vocab_size
-
-    def step(seq_ids, state):
-        X = one_hot(np.asarray([seq_ids]), V, model.dtype)
-        Y, state = backend.gru(model.gru, X, state, impl=impl)
-        return Y[-1, 0] @ model.W_hq + model.b_q, state
-
+    predictor = backend.make_predictor(model, impl=impl)  # the model enters the framework once
     state = None
     if len(ids) > 1:
-        _, state = step(ids[:-1], state)
+        _, state = predictor.step(np.asarray([ids[:-1]]), state)
     outputs = list(ids)
     for _ in range(num_preds):
-        logits, state = step([outputs[-1]], state)
-        outputs.append(int(np.argmax(logits)))
+        logits, state = predictor.step(np.asarray([[outputs[-1]]]), state)
+        outputs.append(int(np.argmax(logits[0])))
     sep = "" if token == "char" else " "
     return sep.join(vocab.idx_to_token[i] for i in outputs)
 

@@ -16,11 +16,13 @@ import pytest
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.backends import resolve_name
+from d2lgru.backends._base import GRUPredictor
+from d2lgru.conformance import assert_close, tolerance
 from d2lgru.errors import NonFiniteError
 from d2lgru.cli import main
 from d2lgru.spec import GATE_SETS
 from d2lgru.threads import resolve_threads, usable_cpus
-from d2lgru.train import TrainConfig, train
+from d2lgru.train import TrainConfig, predict, train
 
 NAME = resolve_name(os.environ.get("D2LGRU_BACKEND") or None)
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
@@ -169,6 +171,47 @@ def test_cli_trains_every_declared_impl(data_dir, capsys, impl, reset_after):
                  "8", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "300",
                  "--data", str(data_dir), "--quiet"]) == 0
     assert f"tokens/sec on cpu ({NAME} {impl})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("impl,reset_after", _declared())
+def test_the_state_restarts_when_the_batch_size_changes_mid_epoch(be, impl, reset_after):
+    """The book's train_epoch_ch8 carries the state between batches; a batch of another size
+    cannot take it (its rows are the previous batch's), so it starts from zeros as the first
+    batch did -- in every backend, as in the NumPy oracle's trainer on the same batches."""
+    rng = np.random.default_rng(0)
+    sizes = [4, 4, 3, 3, 4]
+    batches = [(rng.integers(0, 7, (n, 5)), rng.integers(0, 7, (n, 5))) for n in sizes]
+    model = init_lm(7, 8, reset_after=reset_after, seed=1)
+    tol = tolerance("float32", "train_loss")
+    for random_iter in (False, True):
+        expected = d2lgru.get_backend("numpy").make_trainer(
+            model.astype(np.float64), lr=1.0, clip=1.0).train_epoch(batches, random_iter=random_iter)
+        losses = be.make_trainer(model, impl=impl).train_epoch(batches, random_iter=random_iter)
+        assert losses.dtype == np.float64 and losses.shape == (len(sizes),)
+        assert_close(losses, expected, rtol=tol.rtol, atol=tol.atol, quantity="losses",
+                     context=f"{NAME} {impl} random_iter={random_iter}")
+
+
+@pytest.fixture(scope="module")
+def small_runs(data_dir):
+    """A few epochs of the book's model (NumPy), per cell, to predict from."""
+    return {ra: train(TrainConfig(epochs=3, data=str(data_dir), reset_after=ra, **SMALL),
+                      backend="numpy") for ra in (False, True)}
+
+
+@pytest.mark.parametrize("impl,reset_after", _declared())
+def test_predict_keeps_the_model_in_the_framework_and_predicts_as_the_gru_did(
+        be, small_runs, monkeypatch, impl, reset_after):
+    """``predict`` builds the model in the framework once (``make_predictor``); its greedy
+    text is what the per-character ``backend.gru`` path (the base GRUPredictor) gives."""
+    run = small_runs[reset_after]
+    predictor = be.make_predictor(run.model, impl=impl)
+    assert NAME == "numpy" or not isinstance(predictor, GRUPredictor)
+    new = predict("time traveller", 40, run.model, run.vocab, backend=NAME, impl=impl)
+    monkeypatch.setattr(be, "_make_predictor",
+                        lambda model, *, impl, device: GRUPredictor(be, model, impl))
+    old = predict("time traveller", 40, run.model, run.vocab, backend=NAME, impl=impl)
+    assert new == old and len(new) == len("time traveller") + 40
 
 
 # -- no side effects at import; threads ----------------------------------------------------------
