@@ -296,11 +296,22 @@ def cmd_backends(args) -> int:
     return 0
 
 
-def _progress_bar(quiet):
+def _progress_bar(quiet, header):
+    """The progress callback (and the tqdm bar to close): a bar on a terminal, else a log line
+    every tenth of the run. ``header`` (backend, impl, mode, device, threads) goes first, once
+    the first epoch has run: an error before that stays the only line on stderr."""
     if quiet:
         return None, None
+    first = [True]
+
+    def say_header(write):
+        if first[0]:
+            first[0] = False
+            write(header)
+
     if not sys.stderr.isatty():  # logs get a line every tenth of the run instead of a bar
         def log(epoch, total, record):
+            say_header(lambda line: print(line, file=sys.stderr, flush=True))
             if epoch % max(1, total // 10) == 0 or epoch == total:
                 print(f"epoch {epoch}/{total}: perplexity {record['perplexity']:.2f}, "
                       f"{record['tokens_per_sec']:.0f} tokens/sec", file=sys.stderr, flush=True)
@@ -309,6 +320,7 @@ def _progress_bar(quiet):
     bar = tqdm(unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
     def update(epoch, total, record):
+        say_header(bar.write)
         bar.total = total
         bar.n = epoch
         bar.set_postfix(perplexity=f"{record['perplexity']:.2f}",
@@ -353,12 +365,10 @@ def cmd_train(args) -> int:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
     out = args.out or args.resume
     backend.set_threads(args.threads)  # None: $D2LGRU_THREADS, else the policy
-    if not args.quiet:
-        mode = backend.check_mode(args.impl, args.mode)
-        print(f"d2lgru {args.command}: {backend.name} {args.impl} ({mode}) on "
-              f"{args.device or 'cpu'}, {backend.threads} thread(s) ({backend.threads_source})",
-              file=sys.stderr, flush=True)
-    update, bar = _progress_bar(args.quiet)
+    header = (f"d2lgru {args.command}: {backend.name} {args.impl} "
+              f"({backend.check_mode(args.impl, args.mode)}) on {args.device or 'cpu'}, "
+              f"{backend.threads} thread(s) ({backend.threads_source})")
+    update, bar = _progress_bar(args.quiet, header)
     with open_run(out, resume=args.resume, overwrite=args.overwrite, format=args.format) as writer:
         try:
             result = train(config, backend=backend, impl=args.impl, mode=args.mode,
