@@ -25,13 +25,14 @@ _REGISTRY = {
     "mxnet": ("d2lgru.backends.mxnet_backend", "mxnet", "mxnet"),
     "paddle": ("d2lgru.backends.paddle_backend", "paddle", "paddle"),
     "mindspore": ("d2lgru.backends.mindspore_backend", "mindspore", "mindspore"),
+    "jax": ("d2lgru.backends.jax_backend", "jax", "jax"),
 }
 
 #: every known backend, in order
 BACKENDS = tuple(_REGISTRY)
 
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet",
-           "paddlepaddle": "paddle", "ms": "mindspore"}
+           "paddlepaddle": "paddle", "ms": "mindspore", "flax": "jax"}
 
 
 def canonical_name(name: str, *, source: str = "argument") -> str:
