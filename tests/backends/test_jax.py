@@ -121,8 +121,8 @@ def test_jit_and_eager_agree_with_the_oracle(be, oracle, data_dir, impl):
 
 
 def test_one_compiled_step_per_batch_shape_and_donation_is_quiet(be, data_dir):
-    (five, _), V = _batches(data_dir, 1, 5)
-    (seven, _), _ = _batches(data_dir, 1, 7)
+    [five], V = _batches(data_dir, 1, 5)
+    [seven], _ = _batches(data_dir, 1, 7)
     trainer = be.make_trainer(init_lm(V, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "Some donated buffers were not usable"
@@ -185,9 +185,10 @@ def test_native_converters_and_the_normal_form(be, oracle, dtype):
         assert not n.b_h[:2].any()
         assert np.array_equal(n.b_x[2], c.b_x[2]) and np.array_equal(n.b_h[2], c.b_h[2])
     X = np.random.default_rng(1).standard_normal((6, 2, 3))
+    tol = 1e-13 if dtype == np.float64 else 1e-6  # b_x + b_h is rounded to float32 once
     for a, b in zip(oracle.gru(params.astype(np.float64), X),
                     oracle.gru(back.astype(np.float64), X)):
-        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
 def test_native_gate_names(be):
@@ -215,7 +216,7 @@ def test_a_plain_flax_rnn_matches_the_oracle_through_the_converters(be, oracle):
     params = random_params(spec, seed=1)
     rng = np.random.default_rng(2)
     X, h0 = rng.standard_normal((6, 2, 3)), rng.standard_normal((1, 2, 5))
-    tree = {k.split("/", 2)[2]: v for k, v in be.to_native(params).items()}  # cell/...
+    tree = {k.split("/", 1)[1]: v for k, v in be.to_native(params).items()}  # cell/...
     with jax.enable_x64(True):
         rnn = nn.RNN(nn.GRUCell(5, param_dtype=jnp.float64), time_major=True, return_carry=True)
         h_n, Y = rnn.apply({"params": traverse_util.unflatten_dict(tree, sep="/")}, X,
