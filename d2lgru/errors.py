@@ -29,9 +29,19 @@ class BackendNotInstalledError(D2lgruError, ImportError):
     """A known backend whose framework is not installed, or whose import fails."""
 
 
+class BackendPluginError(D2lgruError, ImportError):
+    """A third-party backend (entry point group ``d2lgru.backends``) that cannot be used: its
+    import fails, it is not a :class:`~d2lgru.backends.Backend`, or its name is taken."""
+
+
+class ExtraNotInstalledError(D2lgruError, ImportError):
+    """An optional feature's package (an extra such as ``onnx`` or ``safetensors``) is missing."""
+
+
 class NonFiniteError(InvalidArgumentError):
     """An array or number holds NaN or infinity where finite values are required."""
 
 
-__all__ = ["BackendNotInstalledError", "D2lgruError", "InvalidArgumentError", "InvalidTypeError",
+__all__ = ["BackendNotInstalledError", "BackendPluginError", "D2lgruError",
+           "ExtraNotInstalledError", "InvalidArgumentError", "InvalidTypeError",
            "NonFiniteError"]

@@ -1,16 +1,20 @@
-"""The backend registry: names, aliases, lazy loading.
+"""The backend registry: names, aliases, lazy loading, third-party backends.
 
 Nothing here imports a framework. A backend's module is imported the first time it is asked
-for, and the environment variable is read then, not at ``import d2lgru``.
+for, and the environment variable is read then, not at ``import d2lgru``. Beside the built-in
+backends (:data:`BACKENDS`), any installed package can add one through the entry point group
+``d2lgru.backends`` (see :mod:`d2lgru.backends._plugins`); it is selected like a built-in one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
 
+from . import _plugins
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
 from ..errors import BackendNotInstalledError, InvalidArgumentError
 
@@ -28,28 +32,54 @@ _REGISTRY = {
     "jax": ("d2lgru.backends.jax_backend", "jax", "jax"),
 }
 
-#: every known backend, in order
+#: every built-in backend, in order (third-party ones: :func:`plugin_backends`)
 BACKENDS = tuple(_REGISTRY)
 
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet",
            "paddlepaddle": "paddle", "ms": "mindspore", "flax": "jax"}
 
 
+def _plugins_found() -> dict:
+    return _plugins.plugins(reserved=set(_REGISTRY) | set(ALIASES))
+
+
+def plugin_backends() -> dict:
+    """Third-party backends by name: :class:`~d2lgru.backends._plugins.Plugin` records (name,
+    entry point, package, version, and ``problem`` when one is known without importing it)."""
+    return dict(_plugins_found())
+
+
 def canonical_name(name: str, *, source: str = "argument") -> str:
     """``name`` or an alias -> the canonical backend name; ValueError naming the valid ones."""
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
-    if key not in _REGISTRY:
+    if key not in _REGISTRY and key not in _plugins_found():
         where = f"${ENV_VAR}" if source == "env" else source
+        extra = sorted(_plugins_found())
         raise InvalidArgumentError(f"unknown backend {name!r} (from {where}); valid backends: "
-                                   f"{', '.join(BACKENDS)} (aliases: {', '.join(sorted(ALIASES))})")
+                                   f"{', '.join(BACKENDS + tuple(extra))} "
+                                   f"(aliases: {', '.join(sorted(ALIASES))})")
     return key
 
 
+def source_of(name: str) -> str:
+    """Where a backend comes from: ``built-in`` or the plugin's entry point and package."""
+    key = canonical_name(name)
+    return "built-in" if key in _REGISTRY else _plugins_found()[key].source
+
+
+#: the backend of the innermost :func:`backend_context` in this thread / asyncio task
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "d2lgru_backend", default=None)
+
+
 def resolve_name(name: str | None = None) -> str:
-    """Selection order: explicit argument, then ``$D2LGRU_BACKEND``, then ``numpy``."""
+    """Selection order: explicit argument, then the enclosing :func:`backend_context`, then
+    ``$D2LGRU_BACKEND``, then ``numpy``."""
     if name is not None and str(name) != "":
         return canonical_name(name, source="argument")
+    if _context_backend.get() is not None:
+        return _context_backend.get()
     env = os.environ.get(ENV_VAR, "")
     if env.strip():
         return canonical_name(env, source="env")
@@ -57,18 +87,27 @@ def resolve_name(name: str | None = None) -> str:
 
 
 def is_installed(name: str) -> bool:
-    """Whether the framework behind ``name`` is importable (checked without importing it)."""
-    return importlib.util.find_spec(_REGISTRY[canonical_name(name)][1]) is not None
+    """Whether the framework behind ``name`` is importable (checked without importing it); a
+    plugin is installed when its package is (whether it works shows when it is loaded)."""
+    key = canonical_name(name)
+    if key not in _REGISTRY:
+        return True
+    return importlib.util.find_spec(_REGISTRY[key][1]) is not None
 
 
 def install_hint(name: str) -> str:
-    extra = _REGISTRY[canonical_name(name)][2]
+    key = canonical_name(name)
+    if key not in _REGISTRY:
+        return f"pip install {_plugins_found()[key].package}"
+    extra = _REGISTRY[key][2]
     return f'pip install "d2lgru[{extra}]"' if extra else "pip install d2lgru"
 
 
 def available_backends() -> list[str]:
-    """The known backends whose framework is installed, in registry order."""
-    return [name for name in BACKENDS if is_installed(name)]
+    """The known backends whose framework is installed: the built-in ones in registry order,
+    then the third-party ones (by name) that have no known problem."""
+    return [name for name in BACKENDS if is_installed(name)] + \
+        sorted(k for k, p in _plugins_found().items() if p.problem is None)
 
 
 _loaded: dict[str, Backend] = {}
@@ -80,6 +119,8 @@ def get_backend(name: str | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     key = resolve_name(name)
+    if key not in _loaded and key not in _REGISTRY:
+        _loaded[key] = _plugins.load(_plugins_found()[key], Backend)
     if key not in _loaded:
         module_name, framework, _ = _REGISTRY[key]
         if not is_installed(key):
@@ -117,17 +158,15 @@ def _names_our_own_module(exc: ImportError, adapter: str) -> bool:
 
 @contextlib.contextmanager
 def backend_context(name: str):
-    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend."""
+    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend. Only
+    this thread (or asyncio task) sees it; ``$D2LGRU_BACKEND`` is neither read nor changed."""
     key = canonical_name(name)
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = key
+    backend = get_backend(key)
+    token = _context_backend.set(key)
     try:
-        yield get_backend(key)
+        yield backend
     finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
+        _context_backend.reset(token)
 
 
 __all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", "Trainer",
@@ -136,8 +175,8 @@ __all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", 
 
 
 def framework_of(name: str) -> str:
-    """The import name of the framework behind ``name`` (``numpy`` for the oracle)."""
+    """The import name of the framework behind a built-in backend (``numpy`` for the oracle)."""
     return _REGISTRY[canonical_name(name)][1]
 
 
-__all__ += ["framework_of"]
+__all__ += ["framework_of", "plugin_backends", "source_of"]

@@ -29,6 +29,15 @@ whatever the process setting, and nothing outside the adapter sees the flag chan
 after a float64 one is a float32 run; ``tests/backends/test_jax.py`` checks it). Matmuls run at
 ``"highest"`` precision (a no-op on CPU; no TF32 on GPUs) the same way.
 
+Threads: XLA sizes its CPU thread pool once, when JAX's backend starts (the first device query
+or operation), from the CPUs the starting thread may run on; nothing changes it afterwards. In
+jaxlib 0.10.2 no ``XLA_FLAGS`` entry limits it: ``--xla_cpu_multi_thread_eigen=false`` still
+runs a 2048x2048 matmul on both pool threads of a 2-core machine, and the old recipe's bare
+``intra_op_parallelism_threads=1`` is a fatal flag-parse error when it stands alone. So
+:meth:`JaxBackend._set_threads` starts the backend itself with the calling thread's affinity
+narrowed to ``n`` CPUs, then gives every thread back the full mask: the pool has ``n`` workers
+that run on any CPU. Once the backend has started the count is fixed (reported as such).
+
 Modes: ``jit`` (each training step -- loss, gradients, global-norm clipping, SGD on the trained
 parameters -- is one ``jax.jit`` program, compiled once per batch shape, parameters donated and
 kept on the device) and ``eager`` (the same step under ``jax.disable_jit()``).
@@ -38,12 +47,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
+from jax._src import xla_bridge
 
 from ..model import LMParams, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
@@ -357,10 +368,27 @@ class JaxBackend(Backend):
     @property
     def devices(self) -> tuple[str, ...]:
         """``cpu``, plus ``gpu`` (alias ``cuda``) where the installed jaxlib has a CUDA backend
-        with a device (asked of JAX the first time, never at import)."""
+        with a device (asked of JAX the first time, never at import; asking starts JAX's
+        backend, so the thread count is applied first)."""
         if self._devices is None:
+            self._ensure_ready()
             self._devices = ("cpu", "gpu", "cuda") if _gpus() else ("cpu",)
         return self._devices
+
+    # Threads: the policy's default preference (every usable CPU); XLA's pool is Eigen's, whose
+    # idle workers spin only briefly before they sleep, and OMP_WAIT_POLICY does not reach it.
+    def _set_threads(self, n):
+        super()._set_threads(n)  # NumPy's BLAS, which the adapter's conversions use
+        if not xla_bridge.backends_are_initialized():
+            _start_xla(n)
+            return None
+        fixed = _xla_pool_size()
+        return None if fixed == n else fixed
+
+    def _why_threads_fixed(self, fixed):
+        return (f"XLA sizes its CPU thread pool when JAX's backend starts and this process's "
+                f"backend has started with {fixed} thread(s); set $D2LGRU_THREADS or call "
+                f"set_threads before the backend's first use (and before any other JAX work)")
 
     def version(self) -> str:
         return jax.__version__
@@ -436,6 +464,53 @@ def _params_like(spec, flat) -> GRUParams:
     """Canonical arrays (or their gradients) in :meth:`GRUParams.flat` order -> GRUParams."""
     cells = _nest([np.asarray(a) for a in flat], spec)
     return GRUParams(spec, [[CellParams(*c) for c in row] for row in cells])
+
+
+#: the name XLA gives its CPU intra-op pool's threads
+_XLA_POOL_THREAD = "tf_XLAEigen"
+
+
+def _start_xla(n: int) -> None:
+    """Start JAX's backends with an intra-op pool of ``n`` threads: XLA sizes the pool from the
+    starting thread's CPU affinity, so that is narrowed to ``n`` CPUs while it starts, and every
+    thread (the pool's included) gets the full mask back."""
+    try:
+        full = os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # no affinity to narrow: XLA's default
+        jax.devices()
+        return
+    if n >= len(full):
+        jax.devices()
+        return
+    os.sched_setaffinity(0, sorted(full)[:n])
+    try:
+        jax.devices()
+    finally:
+        for tid in _thread_ids() or [0]:
+            try:
+                os.sched_setaffinity(tid, full)
+            except OSError:  # a thread that has ended
+                pass
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _xla_pool_size() -> int:
+    """The workers of XLA's CPU pool, counted by their thread name (all usable CPUs where
+    threads cannot be listed)."""
+    names = []
+    for tid in _thread_ids():
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            continue
+    return names.count(_XLA_POOL_THREAD) or len(os.sched_getaffinity(0))
 
 
 def _gpus() -> bool:

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from d2lgru.backends import BACKENDS, ENV_VAR, get_backend, resolve_name
+from d2lgru.backends import ENV_VAR, available_backends, get_backend, resolve_name
 from d2lgru.conformance import OUT_ENV, REPORT_FILE, Suite, summary_lines
 
 
@@ -22,7 +22,7 @@ def _select():
     raw = os.environ.get(ENV_VAR, "")
     if not raw.strip():
         return None, (f"${ENV_VAR} is not set, so there is no backend to hold to the oracle. Name "
-                      f"one ({', '.join(BACKENDS)}), e.g. "
+                      f"one ({', '.join(available_backends())}), e.g. "
                       f"`{ENV_VAR}=numpy pytest tests/conformance`, or run `tox -e <backend>`")
     try:
         return get_backend(resolve_name()), None
