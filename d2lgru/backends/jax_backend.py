@@ -377,6 +377,9 @@ class JaxBackend(Backend):
 
     # Threads: the policy's default preference (every usable CPU); XLA's pool is Eigen's, whose
     # idle workers spin only briefly before they sleep, and OMP_WAIT_POLICY does not reach it.
+    def framework_threads(self):
+        return _xla_pool_size()
+
     def _set_threads(self, n):
         super()._set_threads(n)  # NumPy's BLAS, which the adapter's conversions use
         if not xla_bridge.backends_are_initialized():
