@@ -61,8 +61,14 @@ from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ..errors import InvalidArgumentError
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError, check_native_names
 
-#: ``lax.scan``'s unroll factor (see ``_WHY_UNROLL``)
-UNROLL = 1
+#: ``lax.scan``'s unroll factor in the scratch loop. Measured at the book's config (hidden 256,
+#: batch 32, 35 steps, reset-before, jit), alternating in one process on the 2-core reference
+#: machine while other jobs held its load at 5-7, median tokens/s of 3, 5 and 7 rounds: unroll 1
+#: 29k/51k/46k, 5 63k/60k/52k; 2 38k/51k, 10 50k, 35 28k (and compiling takes longer).
+SCRATCH_UNROLL = 5
+#: Flax's ``nn.RNN`` unroll: its default 1, which beat 5 for the native layer in the same runs
+#: (50k against 44k tokens/s)
+NATIVE_UNROLL = 1
 
 
 @contextlib.contextmanager
@@ -170,7 +176,7 @@ class FlaxStack(nn.Module):
         def rnn(name=None):  # parent=None: the cell belongs to its RNN, named "cell"
             cell = nn.GRUCell(spec.hidden_size, param_dtype=self.param_dtype,
                               bias_init=self.bias_init, parent=None)
-            return nn.RNN(cell, time_major=True, return_carry=True, unroll=UNROLL,
+            return nn.RNN(cell, time_major=True, return_carry=True, unroll=NATIVE_UNROLL,
                           name=name, parent=None if name is None else self)
 
         for l in range(spec.num_layers):
@@ -205,6 +211,8 @@ def _direction(spec: GRUSpec, xp, h0, W_h, b_h, reverse):
         xp = xp + jnp.concatenate([b_h[0], b_h[1], jnp.zeros_like(b_h[2])])
     else:
         xp = xp + b_h.reshape(-1)
+    # one [H, 2H] product for z and r: two [H, H] ones measured the same within the noise
+    # (29k vs 28k, 51k vs 56k, 52k vs 48k tokens/s in the runs of SCRATCH_UNROLL's note)
     Wzr, Whh = Wh[:, :2 * H], W_h[2]
 
     def gates(zr):
@@ -226,7 +234,7 @@ def _direction(spec: GRUSpec, xp, h0, W_h, b_h, reverse):
         h = n + z * (h - n)
         return h, h
 
-    last, Y = jax.lax.scan(step, h0, xp, reverse=reverse, unroll=UNROLL)
+    last, Y = jax.lax.scan(step, h0, xp, reverse=reverse, unroll=SCRATCH_UNROLL)
     return Y, last
 
 
@@ -331,10 +339,6 @@ class JaxTrainer(Trainer):
         it_t, it_f = iter(self.trained), iter(self.frozen)
         flat = [np.array(next(it_t) if keep else next(it_f)) for keep in self.mask]
         return LMParams(_params_like(self.spec, flat[:-2]), flat[-2], flat[-1])
-
-
-#: measured at the book's config (see the report in benchmarks/README.md)
-_WHY_UNROLL = "lax.scan unroll=1"
 
 
 class JaxBackend(Backend):

@@ -106,6 +106,15 @@ def test_absent_gpu_is_one_clear_error(be):
         be.make_trainer(init_lm(5, 4), device="gpu")
 
 
+def test_the_thread_count_is_fixed_once_the_backend_has_started(be):
+    be.gru(init_params(GRUSpec(3, 4)), np.zeros((2, 1, 3), np.float32))  # started
+    assert be.framework_threads() == be.threads
+    assert be.set_threads(be.threads) == be.threads
+    with pytest.raises(UnsupportedError, match="XLA sizes its CPU thread pool when JAX's "
+                                               "backend starts"):
+        be.set_threads(be.threads + 1)
+
+
 @IMPLS
 def test_jit_and_eager_agree_with_the_oracle(be, oracle, data_dir, impl):
     batches, V = _batches(data_dir)
