@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", metavar="DIR", help="instead of checking: build DIR/matrix.md and "
                                                    "DIR/matrix.png from DIR/*/report.json")
     _add_onnx_commands(sub)
+    _add_gates_parser(sub)
+    _add_sweep_parser(sub)
     return parser
 
 
@@ -180,6 +182,31 @@ def _add_onnx_commands(sub):
                    help="the checkpoint's model file format (npz)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in the --out directory")
+
+
+def _add_gates_parser(sub):
+    p = sub.add_parser("gates", help="draw the update and reset gates of a trained checkpoint on "
+                                     "a text (values from the NumPy float64 oracle)")
+    _add_backend_args(p)
+    p.add_argument("--checkpoint", required=True,
+                   help="a directory written by `d2lgru train --out`")
+    p.add_argument("--text", default="the time traveller (for so it will be convenient to speak "
+                                     "of him)", help="the text to run (cleaned as the corpus was)")
+    p.add_argument("--out", required=True, help="the figure (PNG)")
+    p.add_argument("--json", help="also write the gate values here")
+
+
+def _add_sweep_parser(sub):
+    p = sub.add_parser("sweep", help="train a grid of settings (the book's exercises 2 and 3) "
+                                     "into OUT/<name=value,...>/ and compare them")
+    _add_train_args(p)
+    p.add_argument("--vary", metavar="NAME=V1,V2,...", action="append", required=True,
+                   help="an axis of the grid (repeatable); names: hidden, layers, lr, clip, "
+                        "batch-size, num-steps, cell, gates, seed")
+    p.add_argument("--out", required=True, help="the sweep directory: one run per setting, "
+                                                "sweep.md, sweep.png, sweep.json")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="settings trained at once, in subprocesses with one thread each (1)")
 
 
 def main(argv=None) -> int:
@@ -448,9 +475,55 @@ def cmd_reproduce(args) -> int:
     return cmd_train(args)
 
 
+def cmd_gates(args) -> int:
+    from .checkpoint import load
+    from .gates import checkpoint_gates, plot_gates, write_json
+    ckpt = load(args.checkpoint)
+    record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
+                              name=Path(args.checkpoint).resolve().name)
+    plot = plot_gates(record, args.out)
+    check = record["backend_check"]
+    print(f"{len(record['tokens'])} tokens through a {record['checkpoint']['spec']}; gates from "
+          f"the NumPy float64 oracle ({check['backend']} {check['impl']} agrees within "
+          f"{check['max_abs_diff_Y']:.1e}); figure: {plot}"
+          + (f", values: {write_json(record, args.json)}" if args.json else ""))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .backends import get_backend
+    from .sweep import AXES, check_settings, grid, parse_vary, run_sweep, write_report
+    from .train import TrainingInterrupted
+    backend = get_backend(args.backend)
+    vary = parse_vary(args.vary)
+    both = [n for n in vary if getattr(args, AXES[n][1]) is not None]
+    if both:
+        raise InvalidArgumentError(f"{', '.join(both)} is both fixed (--{both[0]}) and varied "
+                                   f"(--vary {both[0]}=...); give one of them")
+    args.resume = None  # the sweep resumes each setting that holds a checkpoint itself
+    config, expect = _config(args, backend)
+    settings = grid(config, expect, vary)
+    check_settings(settings, backend, args.impl, args.mode, args.device)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        records = run_sweep(settings, args.out, backend=backend, impl=args.impl, mode=args.mode,
+                            device=args.device, jobs=args.jobs, overwrite=args.overwrite,
+                            data_changed_ok=args.data_changed_ok, log=log)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        print(f"d2lgru sweep: interrupted; every finished setting and checkpoint in {args.out} is "
+              f"kept: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    md, png, js = write_report(args.out, records, backend=backend.name, impl=args.impl,
+                               base=config, vary=vary, jobs=args.jobs)
+    print(md.read_text(), end="")
+    print(f"table, figure and values written: {md}, {png}, {js}")
+    return 0
+
+
 COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict,
-            "conformance": cmd_conformance, "reproduce": cmd_reproduce}
-COMMANDS.update({"export": cmd_export, "import": cmd_import})  # d2lgru.onnx_io, the onnx extra
+            "conformance": cmd_conformance, "reproduce": cmd_reproduce,
+            "export": cmd_export, "import": cmd_import,  # d2lgru.onnx_io, the onnx extra
+            "gates": cmd_gates, "sweep": cmd_sweep}
 
 
 if __name__ == "__main__":
