@@ -52,7 +52,8 @@ def _num_preds(text):
 
 
 def _add_backend_args(p):
-    p.add_argument("--backend", help="numpy, torch, tensorflow, mxnet, paddle, mindspore "
+    from .backends import BACKENDS
+    p.add_argument("--backend", help=f"{', '.join(BACKENDS)} "
                                      "(default: $D2LGRU_BACKEND, else numpy)")
     p.add_argument("--impl", default="scratch", help="scratch (the book's loop) or native "
                                                      "(the framework's fused GRU layer)")

@@ -142,6 +142,15 @@ class Backend:
         (see d2lgru/threads.py); adapters override it with what they measured."""
         return cpus
 
+    #: whether the framework runs on an OpenMP runtime, so that the adapter sets passive waiting
+    #: (:func:`d2lgru.threads.wait_passively`) before the framework loads
+    openmp: bool = False
+
+    def framework_threads(self) -> int | None:
+        """The thread count the framework itself says it runs with (None where it cannot say):
+        what the tests hold :attr:`threads` to."""
+        return None
+
     def _set_threads(self, n: int) -> int | None:
         """Apply ``n`` to the framework; return None, or the count the framework keeps when
         it cannot change (explained by :meth:`_why_threads_fixed`). This base applies ``n`` to

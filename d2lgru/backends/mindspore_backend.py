@@ -335,6 +335,12 @@ class MindSporeBackend(Backend):
         # machine; the book's ops are small, so a few suffice (one beside the dispatcher on 2)
         return max(1, min(4, cpus - 1))
 
+    openmp = True
+
+    def framework_threads(self):
+        # MindSpore has no getter for its kernel threads; every BLAS it loaded must agree
+        return max(_threads.blas_threads().values())
+
     def _set_threads(self, n):
         # MindSpore's public setter (op_tuning.threads_num) refuses a second call, so later
         # counts go to the runtime's own setter. A count the user set through MindSpore before

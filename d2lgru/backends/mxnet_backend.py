@@ -406,6 +406,12 @@ class MXNetBackend(Backend):
     def _thread_preference(self, cpus):
         return _LOADED_THREADS or _default_omp_threads(cpus)
 
+    openmp = True
+
+    def framework_threads(self):
+        # MXNet has no getter; libmxnet reads this variable once, when it loads
+        return int(os.environ["MXNET_OMP_MAX_THREADS"])
+
     def _set_threads(self, n):
         super()._set_threads(n)  # NumPy's OpenBLAS and the one MXNet ships
         return _LOADED_THREADS

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, CellParams, GRUParams
+from .. import threads as _threads
 from ._base import Backend, ImplInfo, LMResult, Trainer
 from ._layout import cat as _cat, uncat as _uncat
 
@@ -275,6 +276,9 @@ class NumpyBackend(Backend):
         # read when numpy loads, before any backend exists), and a second thread gains little
         # on the book's [32,256]@[256,768] GEMMs: one, unless asked (d2lgru/threads.py)
         return 1
+
+    def framework_threads(self):
+        return min(_threads.blas_threads().values())
 
     def _gru(self, impl, params, X, h0):
         Y, h_n, _ = forward(params, X, h0)

@@ -414,6 +414,13 @@ class PaddleBackend(Backend):
         flag = os.environ.get("FLAGS_paddle_num_threads", "").strip()
         return int(flag) if flag.isdigit() and int(flag) > 0 else 1
 
+    openmp = True
+
+    def framework_threads(self):
+        # paddle.base.core.set_num_threads sizes MKL's Intel OpenMP pool
+        from threadpoolctl import threadpool_info
+        return min(i["num_threads"] for i in threadpool_info() if "iomp" in i["filepath"])
+
     def _set_threads(self, n):
         super()._set_threads(n)
         paddle.base.core.set_num_threads(n)

@@ -501,6 +501,9 @@ class TensorFlowBackend(Backend):
     # eager API; but Eigen spins only briefly before it sleeps, and two trainings with two
     # threads each did not collapse (benchmarks/contention.py, 2-core machine, load 5-12).
 
+    def framework_threads(self):
+        return tf.config.threading.get_intra_op_parallelism_threads()
+
     def _set_threads(self, n):
         # Both pools are sized once, when TensorFlow's runtime starts (its first op); after
         # that tf.config.threading refuses any change, so a count that differs from the one in

@@ -314,6 +314,11 @@ class TorchBackend(Backend):
                                 "RNN, GRU, or LSTM'), so the native layer runs eagerly"}),
     }
 
+    openmp = True
+
+    def framework_threads(self):
+        return torch.get_num_threads()
+
     def _set_threads(self, n):
         # On two idle cores two threads train the book's model at 61k tokens/s against 44k for
         # one; with active waiting two collapsed to 2-4k on cores shared with busy processes
