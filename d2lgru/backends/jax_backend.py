@@ -56,10 +56,11 @@ from flax import linen as nn
 from flax import traverse_util
 from jax._src import xla_bridge
 
-from ..model import LMParams, trained
+from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ..errors import InvalidArgumentError
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError, check_native_names
+from ._base import Backend, ImplInfo, LMResult, Trainer, check_native_names
+from ._layout import nest
 
 #: ``lax.scan``'s unroll factor in the scratch loop. Measured at the book's config (hidden 256,
 #: batch 32, 35 steps, reset-before, jit), alternating in one process on the 2-core reference
@@ -255,15 +256,8 @@ def _run_scratch(spec: GRUSpec, cells, X, h0, ids=None):
     return inp, jnp.stack(states)
 
 
-def _nest(flat, spec: GRUSpec):
-    """A flat list, four arrays a cell in :meth:`GRUParams.flat` order -> ``[layer][direction]``."""
-    it = iter(flat)
-    return [[tuple(next(it) for _ in range(4)) for _ in range(spec.num_directions)]
-            for _ in range(spec.num_layers)]
-
-
 def _gru_forward(impl, spec, flat, X, h0):
-    cells = _nest(flat, spec)
+    cells = nest(flat, spec)
     return (_run_scratch if impl == "scratch" else _run_native)(spec, cells, X, h0)
 
 
@@ -271,7 +265,7 @@ def _gru_forward(impl, spec, flat, X, h0):
 def _lm_loss(impl, spec, flat, ids, labels, state):
     """``flat``: the GRU's canonical arrays then ``W_hq, b_q``; time-major ``ids [T, N]``,
     labels ``[T*N]`` -> ``(mean cross-entropy, (logits [T*N, V], h_n))``."""
-    cells, (W_hq, b_q) = _nest(flat[:-2], spec), flat[-2:]
+    cells, (W_hq, b_q) = nest(flat[:-2], spec), flat[-2:]
     if impl == "scratch":
         Y, h_n = _run_scratch(spec, cells, None, state, ids=ids)
     else:
@@ -302,14 +296,15 @@ class JaxTrainer(Trainer):
     def __init__(self, model: LMParams, *, impl, lr, clip, mode, device, jax_device):
         self.backend, self.impl, self.mode, self.device = "jax", impl, mode, device
         self.spec, self.dtype, self._device = model.spec, model.dtype, jax_device
-        self.mask = tuple(trained(model.spec))
+        keep = trained(model.spec)
+        self.mask = tuple(k in keep for k in lm_keys(model.spec))
         with self._numerics():
             arrays = [jax.device_put(a, jax_device) for a in model.flat()]
         self.trained = [a for a, keep in zip(arrays, self.mask) if keep]
         self.frozen = [a for a, keep in zip(arrays, self.mask) if not keep]
-        step = functools.partial(_sgd_step, impl, model.spec, self.mask, lr, clip)
+        update = functools.partial(_sgd_step, impl, model.spec, self.mask, lr, clip)
         # the trained arrays are donated: each step updates them in place on the device
-        self._step = jax.jit(step, donate_argnums=0) if mode == "jit" else step
+        self._update = jax.jit(update, donate_argnums=0) if mode == "jit" else update
 
     def _numerics(self):
         stack = contextlib.ExitStack()
@@ -318,22 +313,27 @@ class JaxTrainer(Trainer):
             stack.enter_context(jax.disable_jit())
         return stack
 
-    def train_epoch(self, batches, *, random_iter=False):
-        spec, losses, state = self.spec, [], None
-        with self._numerics():
-            for X, Y in batches:
-                N = X.shape[0]
-                if state is None or random_iter or state.shape[1] != N:
-                    state = jax.device_put(np.zeros((spec.num_layers * spec.num_directions, N,
-                                                     spec.hidden_size), self.dtype), self._device)
-                ids = jax.device_put(np.ascontiguousarray(X.T, np.int32), self._device)
-                labels = jax.device_put(np.ascontiguousarray(Y.T, np.int32).reshape(-1),
-                                        self._device)
-                self.trained, loss, state = self._step(self.trained, self.frozen, ids, labels,
-                                                       state)
-                losses.append(loss)
-            # the losses stay on the device until the epoch ends
-            return np.asarray(jnp.stack(losses), np.float64) if losses else np.zeros(0)
+    # -- the shared epoch loop's hooks (Trainer.train_epoch) ----------------------------------
+    def _epoch_context(self):
+        return self._numerics()
+
+    def _zeros_state(self, N):
+        spec = self.spec
+        return jax.device_put(np.zeros((spec.num_layers * spec.num_directions, N,
+                                        spec.hidden_size), self.dtype), self._device)
+
+    def _to_device(self, X, Y):
+        ids = jax.device_put(np.ascontiguousarray(X.T, np.int32), self._device)
+        labels = jax.device_put(np.ascontiguousarray(Y.T, np.int32).reshape(-1), self._device)
+        return ids, labels
+
+    def _step(self, ids, labels, state):
+        self.trained, loss, state = self._update(self.trained, self.frozen, ids, labels, state)
+        return loss, state
+
+    def _fetch_losses(self, handles):
+        # the losses stay on the device until the epoch ends: one transfer
+        return np.asarray(jnp.stack(handles), np.float64)
 
     def params(self) -> LMParams:
         it_t, it_f = iter(self.trained), iter(self.frozen)
@@ -469,7 +469,7 @@ class JaxBackend(Backend):
 
 def _params_like(spec, flat) -> GRUParams:
     """Canonical arrays (or their gradients) in :meth:`GRUParams.flat` order -> GRUParams."""
-    cells = _nest([np.asarray(a) for a in flat], spec)
+    cells = nest([np.asarray(a) for a in flat], spec)
     return GRUParams(spec, [[CellParams(*c) for c in row] for row in cells])
 
 

@@ -136,10 +136,10 @@ def test_one_compiled_step_per_batch_shape_and_donation_is_quiet(be, data_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "Some donated buffers were not usable"
         first = trainer.train_epoch([five, five])
-        assert trainer._step._cache_size() == 1
+        assert trainer._update._cache_size() == 1
         trainer.train_epoch([seven])
         trainer.train_epoch([five])
-    assert trainer._step._cache_size() == 2
+    assert trainer._update._cache_size() == 2
     assert np.isfinite(first).all()
     # params() copies: later steps (which update donated buffers) do not change it
     before = trainer.params()
