@@ -142,7 +142,7 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
             pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = _finish(proc)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     done = json.loads((out / "state.json").read_text())["epoch"]
@@ -329,8 +329,18 @@ def _train_then_sigint(args, after_s, env=None):
     _wait_for_exec(proc)
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = _finish(proc)
     return proc.returncode, stderr
+
+
+def _finish(proc, timeout=120):
+    """``proc.communicate``, and never a training left running when a test fails."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_for_exec(proc, timeout=60):
@@ -381,6 +391,6 @@ def test_sigint_under_reproduce_offers_reproduce_resume(tmp_path, data_dir):
     while time.time() < deadline and not state.exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = _finish(proc)
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert "d2lgru reproduce` command plus --resume" in stderr, stderr
