@@ -224,7 +224,7 @@ def main(argv=None) -> int:
             gen = workdir / "generated.txt"
             gen.write_bytes(generated_text(1 << 20))
             ids, vocab = d2data.load_corpus(gen, "char")
-        np.save(workdir / "ids.npy", ids)
+        np.save(workdir / "ids.npy", ids.astype(np.int64))  # batches are int64, as SeqDataLoader yields
         V = len(vocab)
         source = _machine.portable(text_path) if text_path else "generated words"
         result["corpus"] = {"source": source,
