@@ -90,6 +90,14 @@ def main(argv=None) -> int:
               f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
         (ran if status == 0 else skipped).append(backend if status == 0 else
                                                   f"{backend}: run.py failed (status {status})")
+    keras_jax = interpreter("jax") if "jax" not in BACKENDS and args.device == "cpu" else None
+    if keras_jax and can_import(keras_jax, "keras"):  # Keras 3 on JAX: its rows only
+        cmd = [str(keras_jax), "-m", "benchmarks.run", "--keras-only", "jax", "--out", str(out),
+               "--label", label, *(["--quick"] if args.quick else [])]
+        print(f"== keras on jax: {' '.join(cmd)}", flush=True)
+        status = subprocess.run(cmd, cwd=REPO).returncode
+        (ran if status == 0 else skipped).append("jax" if status == 0 else
+                                                  f"keras on jax: run.py failed (status {status})")
     for note in skipped:
         print(f"skipped {note}")
     if args.no_compare or not ran:
