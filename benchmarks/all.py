@@ -27,12 +27,14 @@ from d2lgru.backends import BACKENDS, framework_of
 REPO = _machine.REPO
 
 
-def interpreter(backend: str) -> Path | None:
-    """The Python of the environment that holds ``backend``'s framework, or None."""
+def interpreter(backend: str, tox_dir: Path | None = None) -> Path | None:
+    """The Python of the environment that holds ``backend``'s framework, or None; ``tox_dir``:
+    where tox built them (default ``.tox`` here; a git worktree can point at the main copy's)."""
+    tox_dir = REPO / ".tox" if tox_dir is None else Path(tox_dir)
     if backend == "numpy":
-        candidates = [REPO / ".venv", REPO / ".tox" / "numpy"]
+        candidates = [REPO / ".venv", tox_dir / "numpy"]
     else:
-        candidates = [REPO / ".tox" / backend]
+        candidates = [tox_dir / backend]
     for env in candidates:
         for name in ("bin/python", "Scripts/python.exe"):
             if (env / name).exists():

@@ -2,7 +2,11 @@
 
 A checkpoint is a directory that is whole at every instant:
 
-* ``model-eNNNN.npz`` -- the model after epoch NNNN (:class:`~d2lgru.model.LMParams` format);
+* ``model-eNNNN.npz`` -- the model after epoch NNNN (:class:`~d2lgru.model.LMParams` format), or
+  ``model-eNNNN.safetensors`` in a run started with ``format="safetensors"`` (a run keeps its
+  format when resumed; ``state.json`` names the file, so the format needs no key of its own and
+  readers that predate it still read ``.npz`` runs). Epoch 0 is a model that d2lgru did not
+  train: one imported (:func:`write_checkpoint`), with an empty history;
 * ``vocab.json`` -- the vocabulary;
 * ``state.json`` -- format ``d2lgru.Checkpoint/1``: which model file is current (``model``), the
   one before it (``previous``, kept until the next state is written, so a reader that read the
@@ -31,6 +35,7 @@ from pathlib import Path
 from ._io import write_atomic
 from .config import TrainConfig
 from .errors import D2lgruError
+from .spec import file_format
 
 FORMAT_CHECKPOINT = "d2lgru.Checkpoint/1"
 STATE_FILE = "state.json"
@@ -40,9 +45,9 @@ RESULT_FILE = "result.json"
 PLOT_FILE = "perplexity.png"
 #: the files a run writes; a directory holding any of them already holds a run
 RUN_FILES = (STATE_FILE, VOCAB_FILE, RESULT_FILE, PLOT_FILE)
-_MODEL_NAME = re.compile(r"model-e(\d{4,})\.npz")
+_MODEL_NAME = re.compile(r"model-e(\d{4,})\.(npz|safetensors)")
 #: temporary files of write_atomic (".<name>.<random>.tmp") for the files a checkpoint holds
-_TEMP_NAME = re.compile(r"\.(model-e\d{4,}\.npz|state\.json|vocab\.json|result\.json|"
+_TEMP_NAME = re.compile(r"\.(model-e\d{4,}\.(?:npz|safetensors)|state\.json|vocab\.json|result\.json|"
                         r"perplexity\.png)\..+\.tmp")
 
 
@@ -54,8 +59,13 @@ class CheckpointBusyError(CheckpointError):
     """Another process is writing the checkpoint directory."""
 
 
-def model_file(epoch: int) -> str:
-    return f"model-e{epoch:04d}.npz"
+def model_file(epoch: int, format: str = "npz") -> str:
+    return f"model-e{epoch:04d}.{format}"
+
+
+def model_format(name: str) -> str:
+    """``"npz"`` or ``"safetensors"``: the format of a model file named by ``state.json``."""
+    return _MODEL_NAME.fullmatch(name).group(2)
 
 
 def has_run(path) -> bool:
@@ -72,8 +82,14 @@ class CheckpointWriter:
     """The one writer of a checkpoint directory: holds its lock from :meth:`open` to
     :meth:`close` (or the end of the process) and writes each epoch."""
 
-    def __init__(self, path, *, overwrite: bool = False, resume: bool = False):
+    def __init__(self, path, *, overwrite: bool = False, resume: bool = False,
+                 format: str | None = None):
         self.path = Path(path)
+        if format is not None:
+            file_format(self.path, format)  # a bad name fails here, before the directory is touched
+        #: the model files' format (``npz`` unless given; a resumed run keeps its own)
+        self.format = format or "npz"
+        self._format_given = format is not None
         #: whether the directory's own checkpoint is being continued
         self.resumed = resume
         self._lock_fd = None
@@ -101,6 +117,12 @@ class CheckpointWriter:
             if self._resume:
                 state = read_state(path)
                 self._current, self._previous = state["model"], state.get("previous")
+                kept = model_format(self._current)
+                if self._format_given and self.format != kept:
+                    raise CheckpointError(
+                        f"the run in {path} saves its models as {kept} and a resumed run keeps "
+                        f"that format; drop --format {self.format} or start a new run with --out")
+                self.format = kept
             elif has_run(path):
                 if not self._overwrite:
                     raise CheckpointError(
@@ -167,7 +189,7 @@ class CheckpointWriter:
         names any more."""
         if self._lock_fd is None:
             raise RuntimeError("CheckpointWriter.save called before open()")
-        name = model_file(epoch)
+        name = model_file(epoch, self.format)
         model.save(self.path / name)
         if not self._vocab_written:
             vocab.to_json(self.path / VOCAB_FILE)
@@ -194,13 +216,23 @@ class _NoWriter:
         return None
 
 
-def open_run(out, *, resume=None, overwrite: bool = False):
+def open_run(out, *, resume=None, overwrite: bool = False, format: str | None = None):
     """The writer of run directory ``out`` as a context manager (``None`` without ``out``):
-    continuing ``resume`` when it is the same directory, else a new run there."""
+    continuing ``resume`` when it is the same directory, else a new run there; ``format``
+    (``npz`` or ``safetensors``) is the model files' format."""
     if out is None:
         return _NoWriter()
     same = resume is not None and os.path.abspath(out) == os.path.abspath(resume)
-    return CheckpointWriter(out, overwrite=overwrite, resume=same)
+    return CheckpointWriter(out, overwrite=overwrite, resume=same, format=format)
+
+
+def write_checkpoint(path, model, vocab, config, *, epoch: int = 0, history=(),
+                     format: str | None = None, overwrite: bool = False) -> Path:
+    """A checkpoint directory for a model that was not trained here (an imported one): epoch
+    ``epoch`` (0: no d2lgru training) with its ``history``, which ``predict``, ``train
+    --resume`` and ``conformance`` read like any run. Returns the model file's path."""
+    with CheckpointWriter(path, overwrite=overwrite, format=format) as writer:
+        return writer.save(model, vocab, config, list(history), epoch)
 
 
 def _read_holder(fd) -> str:
@@ -224,8 +256,8 @@ def describe_run(path) -> str:
 def _plain_name(value, key: str, path: Path) -> str:
     if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value):
         raise CheckpointError(f"checkpoint {path} is corrupt: state.json's {key!r} must be a "
-                              f"model file name like 'model-e0001.npz' inside the directory, got "
-                              f"{value!r}")
+                              f"model file name like 'model-e0001.npz' (or .safetensors) inside "
+                              f"the directory, got {value!r}")
     return value
 
 
@@ -249,9 +281,9 @@ def read_state(path) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: format is "
                               f"{state.get('format')!r}, expected {FORMAT_CHECKPOINT!r}")
     epoch = state.get("epoch")
-    if type(epoch) is not int or epoch < 1:
+    if type(epoch) is not int or epoch < 0:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: 'epoch' must be a "
-                              f"positive integer, got {epoch!r}")
+                              f"positive integer, got {epoch!r} (0 only for an imported model)")
     _plain_name(state.get("model"), "model", path)
     if state.get("previous") is not None:
         _plain_name(state["previous"], "previous", path)
@@ -279,8 +311,14 @@ def load(path, *, retries: int = 3) -> dict:
     for attempt in range(retries + 1):
         state = read_state(path)
         model_path = path / state["model"]
-        if model_path.is_file() or attempt == retries:
+        try:
+            model = LMParams.load(model_path)
             break
+        except (ParamsFileError, TypeError, ValueError, OSError) as exc:
+            # the writer deletes a model two states after naming it: a reader delayed that
+            # long finds it gone (before or during its load) and reads the newer state
+            if model_path.is_file() or attempt == retries:
+                raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
         time.sleep(0.05)
     try:
         config = TrainConfig.from_dict(state["config"])
@@ -288,9 +326,8 @@ def load(path, *, retries: int = 3) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: its config is "
                               f"invalid ({exc})") from None
     try:
-        model = LMParams.load(model_path)
         vocab = Vocab.from_json(path / VOCAB_FILE)
-    except (ParamsFileError, TypeError, ValueError, OSError) as exc:
+    except (TypeError, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
     if len(vocab) != model.vocab_size:
         raise CheckpointError(f"checkpoint {path}: vocab.json has {len(vocab)} tokens but the model "

@@ -72,6 +72,9 @@ def _add_train_args(p):
     # default; _config() fills in TrainConfig's defaults
     p.add_argument("--mode", help="execution mode (default: the backend's fastest, see `backends`)")
     p.add_argument("--device", help="cpu (default) or the framework's gpu")
+    p.add_argument("--threads", type=_positive_int,
+                   help="the framework's threads (default: $D2LGRU_THREADS, else chosen from the "
+                        "free CPUs and the backend's measured preference)")
     p.add_argument("--epochs", type=_positive_int, default=500)
     p.add_argument("--hidden", type=_positive_int, help="hidden units (256)")
     p.add_argument("--layers", type=_positive_int, help="(1)")
@@ -98,6 +101,8 @@ def _add_train_args(p):
     p.add_argument("--seed", type=int, help="(0)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out directory that already holds a run")
+    p.add_argument("--format", choices=("npz", "safetensors"),
+                   help="the checkpoint's model files (npz; a resumed run keeps its format)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -154,7 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "'native:gru/*/reset_after/float32'")
     p.add_argument("--matrix", metavar="DIR", help="instead of checking: build DIR/matrix.md and "
                                                    "DIR/matrix.png from DIR/*/report.json")
+    _add_onnx_commands(sub)
     return parser
+
+
+def _add_onnx_commands(sub):
+    p = sub.add_parser("export", help="a checkpoint's language model as one ONNX graph "
+                                      "(needs d2lgru[onnx])")
+    p.add_argument("--checkpoint", required=True, help="a directory written by `d2lgru train --out`")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+
+    p = sub.add_parser("import", help="an ONNX model's GRU nodes (and head) as a checkpoint "
+                                      "directory or a parameter file (needs d2lgru[onnx])")
+    p.add_argument("--onnx", required=True, help="the .onnx file to read")
+    p.add_argument("--out", required=True, help="a checkpoint directory for a language model; a "
+                                                ".npz or .safetensors file for a GRU alone")
+    p.add_argument("--vocab", help="vocab.json for a language model without d2lgru's metadata")
+    p.add_argument("--format", choices=("npz", "safetensors"),
+                   help="the checkpoint's model file format (npz)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in the --out directory")
 
 
 def main(argv=None) -> int:
@@ -301,8 +325,14 @@ def cmd_train(args) -> int:
     if args.resume is None and args.data_changed_ok:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
     out = args.out or args.resume
+    backend.set_threads(args.threads)  # None: $D2LGRU_THREADS, else the policy
+    if not args.quiet:
+        mode = backend.check_mode(args.impl, args.mode)
+        print(f"d2lgru {args.command}: {backend.name} {args.impl} ({mode}) on "
+              f"{args.device or 'cpu'}, {backend.threads} thread(s) ({backend.threads_source})",
+              file=sys.stderr, flush=True)
     update, bar = _progress_bar(args.quiet)
-    with open_run(out, resume=args.resume, overwrite=args.overwrite) as writer:
+    with open_run(out, resume=args.resume, overwrite=args.overwrite, format=args.format) as writer:
         try:
             result = train(config, backend=backend, impl=args.impl, mode=args.mode,
                            device=args.device, out=writer, resume=args.resume, progress=update,
@@ -360,6 +390,20 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .onnx_io import export_checkpoint
+    path = export_checkpoint(args.checkpoint, args.onnx)
+    print(f"ONNX model written to {path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .onnx_io import import_onnx
+    print(import_onnx(args.onnx, args.out, vocab_path=args.vocab, format=args.format,
+                      overwrite=args.overwrite))
+    return 0
+
+
 def cmd_conformance(args) -> int:
     from .conformance import build_matrix, run_command
     if args.matrix is not None:
@@ -405,6 +449,7 @@ def cmd_reproduce(args) -> int:
 
 COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict,
             "conformance": cmd_conformance, "reproduce": cmd_reproduce}
+COMMANDS.update({"export": cmd_export, "import": cmd_import})  # d2lgru.onnx_io, the onnx extra
 
 
 if __name__ == "__main__":

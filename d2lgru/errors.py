@@ -34,9 +34,14 @@ class BackendPluginError(D2lgruError, ImportError):
     import fails, it is not a :class:`~d2lgru.backends.Backend`, or its name is taken."""
 
 
+class ExtraNotInstalledError(D2lgruError, ImportError):
+    """An optional feature's package (an extra such as ``onnx`` or ``safetensors``) is missing."""
+
+
 class NonFiniteError(InvalidArgumentError):
     """An array or number holds NaN or infinity where finite values are required."""
 
 
-__all__ = ["BackendNotInstalledError", "BackendPluginError", "D2lgruError", "InvalidArgumentError", "InvalidTypeError",
+__all__ = ["BackendNotInstalledError", "BackendPluginError", "D2lgruError",
+           "ExtraNotInstalledError", "InvalidArgumentError", "InvalidTypeError",
            "NonFiniteError"]

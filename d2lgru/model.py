@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, \
-    check_loaded_finite, init_params, load_npz, save_params
+    check_loaded_finite, init_params, load_container, save_params
 
 FORMAT_LM = "d2lgru.LMParams/1"
 
@@ -63,15 +63,16 @@ class LMParams:
     def __repr__(self):
         return f"LMParams(vocab {self.vocab_size}, {self.gru!r})"
 
-    def save(self, path):
-        """Write an ``.npz`` atomically; NaN/inf weights are refused, as in :meth:`GRUParams.save`."""
-        return save_params(path, FORMAT_LM, self.spec, self.to_arrays())
+    def save(self, path, *, format: str | None = None):
+        """Write an ``.npz`` (or ``.safetensors``: ``format`` or the suffix, as in
+        :meth:`GRUParams.save`) atomically; NaN/inf weights are refused."""
+        return save_params(path, FORMAT_LM, self.spec, self.to_arrays(), format)
 
     @classmethod
     def load(cls, path) -> "LMParams":
         """Read a file written by :meth:`save`; a bad file raises ``ParamsFileError`` and NaN/inf
         weights ``NonFiniteParamsError``, as :meth:`GRUParams.load` does."""
-        meta, arrays = load_npz(path, FORMAT_LM)
+        meta, arrays = load_container(path, FORMAT_LM)
         gru = _params_from_file(path, meta, arrays, "gru.")
         try:
             model = cls(gru, arrays["head.W_hq"], arrays["head.b_q"])

@@ -1,4 +1,5 @@
-"""The GRU spec: cell equations, canonical parameters, ONNX layout and the ``.npz`` format.
+"""The GRU spec: cell equations, canonical parameters, ONNX layout and the parameter files
+(``.npz``, or ``.safetensors`` with the ``safetensors`` extra).
 
 Both cell variants share the update and reset gates::
 
@@ -38,7 +39,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ._io import write_atomic
-from .errors import D2lgruError, InvalidArgumentError, NonFiniteError
+from .errors import D2lgruError, ExtraNotInstalledError, InvalidArgumentError, NonFiniteError
 
 #: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
 GATES = ("z", "r", "h")
@@ -274,19 +275,21 @@ class GRUParams:
         }
 
     # -- files --------------------------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write an ``.npz`` (atomically: temp file then rename) that carries the spec.
-        Weights holding NaN or infinity are refused (:class:`~d2lgru.errors.NonFiniteError`)
-        and the file at ``path`` is left as it was."""
-        return save_params(path, FORMAT_GRU, self.spec, self.to_arrays())
+    def save(self, path, *, format: str | None = None) -> Path:
+        """Write an ``.npz`` (atomically: temp file then rename) that carries the spec, or a
+        ``.safetensors`` file (``format="safetensors"`` or a path ending in ``.safetensors``;
+        the spec goes into its metadata). Weights holding NaN or infinity are refused
+        (:class:`~d2lgru.errors.NonFiniteError`) and the file at ``path`` is left as it was."""
+        return save_params(path, FORMAT_GRU, self.spec, self.to_arrays(), format)
 
     @classmethod
     def load(cls, path, *, spec: GRUSpec | None = None) -> "GRUParams":
-        """Read a file written by :meth:`save`; with ``spec``, also check it matches. Any file
-        that is not one -- a ``.npy``, a foreign or damaged ``.npz``, a header of the wrong
-        shape -- raises :class:`ParamsFileError`; weights holding NaN or infinity raise
+        """Read a file written by :meth:`save` (``.npz`` or ``.safetensors``, told apart by
+        their contents); with ``spec``, also check it matches. Any file that is not one -- a
+        ``.npy``, a foreign or damaged file, a header of the wrong shape -- raises
+        :class:`ParamsFileError`; weights holding NaN or infinity raise
         :class:`NonFiniteParamsError` (a ``ParamsFileError`` and a ``NonFiniteError``)."""
-        meta, arrays = load_npz(path, FORMAT_GRU)
+        meta, arrays = load_container(path, FORMAT_GRU)
         params = _params_from_file(path, meta, arrays, "")
         check_loaded_finite(path, params.to_arrays())
         if spec is not None and params.spec != spec:
@@ -340,13 +343,17 @@ def non_finite_report(arrays: Mapping[str, np.ndarray]) -> str | None:
                      for name, n in counts.items() if n) or None
 
 
-def save_params(path, fmt: str, spec: GRUSpec, arrays: Mapping[str, np.ndarray]) -> Path:
-    """:func:`save_npz` for a parameter set, which must be finite: a diverged run must not
-    overwrite a good file with NaN."""
+def save_params(path, fmt: str, spec: GRUSpec, arrays: Mapping[str, np.ndarray],
+                format: str | None = None) -> Path:
+    """:func:`save_npz` or :func:`save_safetensors` (``format``, else the path's suffix) for a
+    parameter set, which must be finite: a diverged run must not overwrite a good file with
+    NaN."""
+    format = file_format(path, format)
     problems = non_finite_report(arrays)
     if problems:
         raise NonFiniteError(f"refusing to save {path}: {problems}; every weight must be finite")
-    return save_npz(path, fmt, {"spec": spec.to_dict()}, arrays)
+    save = save_safetensors if format == "safetensors" else save_npz
+    return save(path, fmt, {"spec": spec.to_dict()}, arrays)
 
 
 def check_loaded_finite(path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -355,7 +362,91 @@ def check_loaded_finite(path, arrays: Mapping[str, np.ndarray]) -> None:
         raise NonFiniteParamsError(f"{path} cannot be used: {problems}; every weight must be finite")
 
 
-# -- the .npz container shared by every saved parameter set --------------------------------
+# -- the containers shared by every saved parameter set: .npz and .safetensors -------------
+#: the file formats of saved parameters, the default first
+FILE_FORMATS = ("npz", "safetensors")
+
+
+def file_format(path, format: str | None = None) -> str:
+    """``format`` when given (checked), else ``"safetensors"`` for a path ending in
+    ``.safetensors`` and ``"npz"`` for any other."""
+    if format is None:
+        return "safetensors" if Path(path).suffix == ".safetensors" else "npz"
+    if format not in FILE_FORMATS:
+        raise InvalidArgumentError(f"the file format must be one of {', '.join(FILE_FORMATS)}, "
+                                   f"got {format!r}")
+    return format
+
+
+def load_container(path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`load_npz` or :func:`load_safetensors`, chosen by the file's first bytes (a zip
+    archive is an ``.npz``; a safetensors file starts with its header's length and ``{``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        head = b""
+    if len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK"):
+        return load_safetensors(path, fmt)
+    return load_npz(path, fmt)
+
+
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy
+    except ImportError as exc:
+        raise ExtraNotInstalledError(f"safetensors files need the safetensors package ({exc}); "
+                                     f'pip install "d2lgru[safetensors]"') from None
+    return safetensors.numpy
+
+
+def save_safetensors(path, fmt: str, meta: dict, arrays: Mapping[str, np.ndarray]) -> Path:
+    """A ``.safetensors`` file: the arrays under their own names, and in its string-to-string
+    metadata ``format`` and every entry of ``meta`` as JSON."""
+    st = _safetensors_numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": fmt, **{k: json.dumps(v, sort_keys=True) for k, v in meta.items()}}
+    data = st.save({k: np.ascontiguousarray(a) for k, a in arrays.items()}, metadata=metadata)
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def load_safetensors(path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(header, arrays)`` of a file written by :func:`save_safetensors` in format ``fmt``,
+    the header as :func:`load_npz` returns it; any other file raises :class:`ParamsFileError`."""
+    st = _safetensors_numpy()
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ParamsFileError(f"cannot read the parameter file {path} ({exc.strerror or exc})") from None
+    try:
+        # the header is read here because safetensors.numpy.load returns the arrays only
+        size = struct.unpack("<Q", data[:8])[0]
+        if size > len(data) - 8:
+            raise ValueError(f"its header claims {size} bytes, the file has {len(data) - 8}")
+        header = json.loads(data[8:8 + size].decode("utf-8"))
+        arrays = st.load(data)
+    except Exception as exc:  # SafetensorError has no public base class but Exception
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ParamsFileError(f"{path} is not a readable .safetensors file (truncated or "
+                              f"foreign: {why})") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != fmt:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise ParamsFileError(f"{path} holds {found!r}, expected {fmt!r} (no d2lgru metadata)"
+                              if found is None else f"{path} holds {found!r}, expected {fmt!r}")
+    meta = {"format": fmt}
+    for key, value in metadata.items():
+        if key == "format":
+            continue
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, ValueError, RecursionError):
+            raise ParamsFileError(f"{path} is not a valid d2lgru parameter file (its metadata "
+                                  f"{key!r} is not JSON)") from None
+    return meta, arrays
+
 #: what numpy and zipfile raise on a damaged or foreign file: a bad archive, a bad CRC
 #: (BadZipFile), bad compressed data (zlib.error), an unknown compression method
 #: (NotImplementedError), an "encrypted" flag (RuntimeError), a short or garbled header

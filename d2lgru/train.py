@@ -46,6 +46,8 @@ class TrainResult:
     tokens_per_sec: float  # over the epochs run in this call
     device: str
     mode: str
+    threads: int | None = None         # the framework's thread count during the run
+    threads_source: str | None = None  # argument, $D2LGRU_THREADS, policy or fixed
 
     @property
     def perplexity(self) -> float:
@@ -155,7 +157,7 @@ def check_memory(config: TrainConfig, vocab_size: int, dtype=np.float32) -> None
 
 def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, device=None, out=None,
           resume=None, progress=None, overwrite: bool = False, expect: dict | None = None,
-          data_changed_ok: bool = False) -> TrainResult:
+          data_changed_ok: bool = False, format: str | None = None) -> TrainResult:
     """Train the book's model; with ``resume``, continue that checkpoint up to
     ``config.epochs`` total epochs (the rest of the configuration comes from the checkpoint,
     and ``expect``, the fields a caller insists on, must agree with it).
@@ -163,14 +165,15 @@ def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, devic
     ``out`` (a directory, or an open :class:`~d2lgru.checkpoint.CheckpointWriter`) is written
     every epoch by this process alone: a second writer gets
     :class:`~d2lgru.checkpoint.CheckpointBusyError`, and a directory that already holds a run
-    is an error unless it is the one resumed or ``overwrite`` is set."""
+    is an error unless it is the one resumed or ``overwrite`` is set. ``format`` (``npz``, the
+    default, or ``safetensors``) is the model files' format; a resumed run keeps its own."""
     backend = get_backend(backend)
     if out is None and resume is not None:
         out = resume
     if isinstance(out, CheckpointWriter):
         return _train(config, backend, impl, mode, device, out, resume, progress,
                       expect or {}, data_changed_ok)
-    with open_run(out, resume=resume, overwrite=overwrite) as writer:
+    with open_run(out, resume=resume, overwrite=overwrite, format=format) as writer:
         return _train(config, backend, impl, mode, device, writer, resume, progress,
                       expect or {}, data_changed_ok)
 
@@ -251,7 +254,8 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
     if bad:
         raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
     return TrainResult(final, vocab, config, history, epoch, epoch - start,
-                       tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode)
+                       tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode,
+                       backend.threads, backend.threads_source)
 
 
 def _first_non_finite(model: LMParams) -> str | None:
@@ -269,6 +273,7 @@ def write_result(out, result: TrainResult, backend, impl: str, predictions: dict
     text = json.dumps({
         "backend": backend.name, "framework_version": backend.version(), "impl": impl,
         "mode": result.mode, "device": result.device, "epochs": result.epoch,
+        "threads": result.threads, "threads_source": result.threads_source,
         "perplexity": result.perplexity, "settled_perplexity": result.settled_perplexity,
         "tokens_per_sec": result.tokens_per_sec,
         "predictions": predictions, "config": dataclasses.asdict(result.config),

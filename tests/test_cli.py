@@ -52,6 +52,13 @@ def test_train_short_run_prints_the_books_closing_lines(tmp_path, data_dir):
     assert (tmp_path / "run" / "perplexity.png").stat().st_size > 1000
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["backend"] == "numpy" and result["epochs"] == 3 and result["device"] == "cpu"
+    assert result["threads"] >= 1 and result["threads_source"] in ("policy", "$D2LGRU_THREADS")
+    assert proc.stderr.startswith(f"d2lgru train: numpy scratch (eager) on cpu, "
+                                  f"{result['threads']} thread(s)")
+    pinned = run("train", "--backend", "numpy", "--epochs", "1", *SMALL, "--threads", "1",
+                 "--out", str(tmp_path / "one"), data_dir=data_dir, check=True)
+    assert "1 thread(s) (argument)" in pinned.stderr
+    assert json.loads((tmp_path / "one" / "result.json").read_text())["threads"] == 1
     assert result["predictions"]["traveller"] == lines[2]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]

@@ -1,31 +1,25 @@
 """The backend registry: names, aliases, selection order, errors, and no framework at import."""
 
 import ast
-import json
+import contextvars
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import d2lgru
 from d2lgru import backends
-from d2lgru.backends import (BACKENDS, ENV_VAR, canonical_name, framework_of, install_hint,
-                             is_installed)
+from d2lgru.backends import (BACKENDS, ENV_VAR, _context_backend, canonical_name,
+                             framework_of, install_hint, is_installed, resolve_name)
 from d2lgru.errors import BackendNotInstalledError
 
 #: the registry's list, stated once: every other file derives it from d2lgru.backends.BACKENDS
 EXPECTED = ("numpy", "torch", "tensorflow", "mxnet", "paddle", "mindspore")
 FRAMEWORKS = tuple(framework_of(name) for name in BACKENDS if name != "numpy")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def test_import_d2lgru_imports_no_framework():
-    code = ("import sys, json, d2lgru, d2lgru.data, d2lgru.train, d2lgru.cli, d2lgru.backends;"
-            "d2lgru.available_backends();"
-            f"print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == []
 
 
 def test_known_names_and_aliases():
@@ -73,11 +67,12 @@ def test_missing_framework_names_the_extra(monkeypatch):
                                   f'(from a clone: pip install ".[{name}]")')
 
 
-def test_backend_context(monkeypatch):
+def test_backend_context_leaves_the_variable_alone(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "torch")
     with d2lgru.backend_context("numpy") as be:
         assert be.name == "numpy" and d2lgru.get_backend().name == "numpy"
-    import os
+        assert os.environ[ENV_VAR] == "torch"  # the block is not the process's environment
+        assert resolve_name("numpy") == "numpy"  # an argument still wins
     assert os.environ[ENV_VAR] == "torch"
 
 
@@ -162,3 +157,26 @@ def test_a_bug_in_an_adapter_keeps_its_traceback(fake_backend, adapter, error):
     with pytest.raises(error) as info:
         d2lgru.get_backend(name)
     assert not isinstance(info.value, BackendNotInstalledError)
+
+
+def test_backend_context_does_not_leak_into_other_threads_or_after_the_block(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "torch")  # resolving a name imports nothing
+    seen = {}
+    with d2lgru.backend_context("NumPy"):  # any spelling of a name
+        thread = threading.Thread(target=lambda: seen.setdefault("other thread", resolve_name()))
+        thread.start()
+        thread.join()
+        seen["copied context"] = contextvars.copy_context().run(resolve_name)
+        seen["inside"] = resolve_name()
+    seen["after"] = resolve_name()
+    assert seen == {"other thread": "torch", "copied context": "numpy", "inside": "numpy",
+                    "after": "torch"}
+
+
+def test_backend_context_nests_and_restores_on_error(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(RuntimeError):
+        with d2lgru.backend_context("numpy"):
+            with d2lgru.backend_context("numpy"):
+                raise RuntimeError("inside")
+    assert _context_backend.get() is None

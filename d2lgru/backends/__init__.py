@@ -9,6 +9,7 @@ backends (:data:`BACKENDS`), any installed package can add one through the entry
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
@@ -66,10 +67,18 @@ def source_of(name: str) -> str:
     return "built-in" if key in _REGISTRY else _plugins_found()[key].source
 
 
+#: the backend of the innermost :func:`backend_context` in this thread / asyncio task
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "d2lgru_backend", default=None)
+
+
 def resolve_name(name: str | None = None) -> str:
-    """Selection order: explicit argument, then ``$D2LGRU_BACKEND``, then ``numpy``."""
+    """Selection order: explicit argument, then the enclosing :func:`backend_context`, then
+    ``$D2LGRU_BACKEND``, then ``numpy``."""
     if name is not None and str(name) != "":
         return canonical_name(name, source="argument")
+    if _context_backend.get() is not None:
+        return _context_backend.get()
     env = os.environ.get(ENV_VAR, "")
     if env.strip():
         return canonical_name(env, source="env")
@@ -150,17 +159,15 @@ def _names_our_own_module(exc: ImportError, adapter: str) -> bool:
 
 @contextlib.contextmanager
 def backend_context(name: str):
-    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend."""
+    """Within the block, ``get_backend()`` with no argument returns ``name``'s backend. Only
+    this thread (or asyncio task) sees it; ``$D2LGRU_BACKEND`` is neither read nor changed."""
     key = canonical_name(name)
-    old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = key
+    backend = get_backend(key)
+    token = _context_backend.set(key)
     try:
-        yield get_backend(key)
+        yield backend
     finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
+        _context_backend.reset(token)
 
 
 __all__ = ["BACKENDS", "ALIASES", "ENV_VAR", "Backend", "ImplInfo", "LMResult", "Trainer",

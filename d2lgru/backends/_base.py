@@ -16,6 +16,7 @@ import numpy as np
 from ..model import LMParams
 from ..spec import GRUParams, GRUSpec, non_finite_count
 from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError, NonFiniteError
+from .. import threads as _threads
 
 
 class UnsupportedError(D2lgruError, NotImplementedError):
@@ -82,6 +83,8 @@ class Backend:
 
     def __init__(self):
         self._ready = False
+        self._threads: int | None = None
+        self._threads_source: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def framework_module(self):
@@ -94,9 +97,55 @@ class Backend:
         if not self._ready:
             self._setup()
             self._ready = True
+        if self._threads is None:
+            self.set_threads(None)
 
     def _setup(self):
-        """Per-framework settings (threads, log noise, execution mode), run on first use."""
+        """Per-framework settings (log noise, execution mode, device), run on first use."""
+
+    # -- threads (the count and its policy: d2lgru/threads.py) ---------------------------
+    @property
+    def threads(self) -> int | None:
+        """The thread count in force for this backend's framework (None before first use)."""
+        return self._threads
+
+    @property
+    def threads_source(self) -> str | None:
+        """Where :attr:`threads` came from: ``argument``, ``$D2LGRU_THREADS``, ``policy`` or
+        ``fixed`` (a framework that fixed its count before, e.g. when it loaded)."""
+        return self._threads_source
+
+    def set_threads(self, n: int | None = None) -> int:
+        """Use ``n`` threads (None: ``$D2LGRU_THREADS``, else the policy of
+        :func:`d2lgru.threads.resolve_threads`) in the framework and in every BLAS library
+        loaded; returns the count now in force. First use applies the policy by itself."""
+        count, source = _threads.resolve_threads(n, preference=self._thread_preference)
+        if not self._ready:
+            self._setup()
+            self._ready = True
+        fixed = self._set_threads(count)
+        if fixed is not None and fixed != count:
+            if source != "policy":
+                raise UnsupportedError(f"backend {self.name!r} cannot use {count} thread(s) "
+                                       f"(from {source}): {self._why_threads_fixed(fixed)}")
+            count, source = fixed, "fixed"
+        self._threads, self._threads_source = count, source
+        return count
+
+    def _thread_preference(self, cpus: int) -> int:
+        """The policy's count for this framework at the book's shapes, given the usable CPUs
+        (see d2lgru/threads.py); adapters override it with what they measured."""
+        return cpus
+
+    def _set_threads(self, n: int) -> int | None:
+        """Apply ``n`` to the framework; return None, or the count the framework keeps when
+        it cannot change (explained by :meth:`_why_threads_fixed`). This base applies ``n`` to
+        every BLAS library loaded (NumPy's and any framework's own), so adapters call it."""
+        _threads.limit_blas(n)
+        return None
+
+    def _why_threads_fixed(self, fixed: int) -> str:
+        return f"its framework keeps {fixed}"
 
     def capabilities(self) -> dict:
         return {impl: info.as_dict() for impl, info in self.impls.items()}

@@ -16,9 +16,13 @@ import os
 
 import numpy as np
 
+from .. import threads as _threads
+
 # MindSpore reads its log level when it is imported; keep its INFO/WARNING lines quiet unless
-# the user asked for them.
+# the user asked for them. Its oneDNN kernels run on GNU OpenMP (libgomp), which reads its wait
+# policy when it loads: passive, so idle workers sleep instead of spinning (d2lgru/threads.py).
 os.environ.setdefault("GLOG_v", "3")
+_threads.wait_passively()
 
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
@@ -33,9 +37,6 @@ from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noq
 # benchmarks/run.py --backend mindspore --skip sweep ...); graph mode's runtime threads contend
 MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
-# MindSpore's default of 25 kernel threads makes every op cost milliseconds on a small machine;
-# the book's ops are small, so a few threads suffice (one beside the dispatcher on 2 cores)
-_KERNEL_THREADS = max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _tensor(a) -> Tensor:
@@ -310,6 +311,7 @@ class MindSporeBackend(Backend):
     def __init__(self):
         super().__init__()
         self._layers = {}
+        self._user_op_threads = False
 
     def _setup(self):
         """CPU, few kernel threads, synchronous launches. Measured here: by default MindSpore
@@ -321,12 +323,28 @@ class MindSporeBackend(Backend):
 
         ms.set_device("CPU")
         conf = RuntimeConf.get_instance()
-        if not conf.is_op_threads_num_configured():
-            ms.device_context.cpu.op_tuning.threads_num(_KERNEL_THREADS)
+        self._user_op_threads = conf.is_op_threads_num_configured()
         if not conf.is_dispatch_threads_num_configured():
             ms.runtime.dispatch_threads_num(1)
         if not conf.is_launch_blocking():
             ms.runtime.launch_blocking()
+
+    def _thread_preference(self, cpus):
+        # MindSpore's default of 25 kernel threads makes every op cost milliseconds on a small
+        # machine; the book's ops are small, so a few suffice (one beside the dispatcher on 2)
+        return max(1, min(4, cpus - 1))
+
+    def _set_threads(self, n):
+        # MindSpore's public setter (op_tuning.threads_num) refuses a second call, so later
+        # counts go to the runtime's own setter. A count the user set through MindSpore before
+        # the backend's first use is left alone (MindSpore offers no way to read it back).
+        super()._set_threads(n)
+        if self._user_op_threads:
+            return None
+        from mindspore._c_expression import RuntimeConf
+
+        RuntimeConf.get_instance().set_op_threads_num(n)
+        return None
 
     def check_device(self, device):
         try:

@@ -23,17 +23,37 @@ Two MXNet 1.9.1 bugs shape this file, and the tests hold every mode to the NumPy
   gradient (the one-hot ids) the lower layers read a stale buffer: see :func:`_onehot_table`.
   oneDNN's float32 kernel is unaffected; float64 always takes this path.
 
-Settings: none are changed. On x86 MXNet starts one OpenMP thread per two logical CPUs (one on
-the 2-vCPU reference machine); ``OMP_NUM_THREADS=2`` there made training ~20x slower while
-other jobs shared the CPUs (spinning OpenMP barriers). The only noise, the numpy 1.23
-deprecation warnings raised while ``mxnet`` imports, is silenced at that import.
+Threads: MXNet sizes its operators' OpenMP teams once, when ``libmxnet`` loads
+(``engine::OpenMP``: ``$MXNET_OMP_MAX_THREADS``, else ``$OMP_NUM_THREADS``, else one thread per
+two logical CPUs on x86); ``MXSetNumOMPThreads`` only changes the calling thread's own setting.
+So the count is resolved (d2lgru/threads.py; MXNet's own default as the preference) and given
+to MXNet through ``MXNET_OMP_MAX_THREADS`` right before the import, with passive OpenMP waiting;
+``OMP_NUM_THREADS=2`` with spinning barriers made training ~20x slower while other jobs shared
+the 2-vCPU reference machine. A later ``set_threads`` to another count is refused. The only
+noise, the numpy 1.23 deprecation warnings raised while ``mxnet`` imports, is silenced there.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
+
+from .. import threads as _threads
+
+
+def _default_omp_threads(cpus: int) -> int:
+    """MXNet's own default on x86: one OpenMP thread per two logical CPUs."""
+    return max(1, cpus // 2)
+
+
+if "mxnet" not in sys.modules:
+    _threads.wait_passively({"MXNET_OMP_MAX_THREADS": str(
+        _threads.resolve_threads(preference=_default_omp_threads)[0])})
+#: the operator threads this process's MXNet runs with (fixed when it loaded)
+_LOADED_THREADS = int(os.environ.get("MXNET_OMP_MAX_THREADS", "0") or 0) or None
 
 # MXNet 1.9.1 imports numpy names that numpy 1.23 deprecates; keep that out of our users' logs.
 with warnings.catch_warnings():
@@ -414,6 +434,18 @@ class MXNetBackend(Backend):
                      "gates": "the fused RNN operator computes the full GRU only; use impl "
                               "'scratch' for gate ablations and the plain RNN"}),
     }
+
+    def _thread_preference(self, cpus):
+        return _LOADED_THREADS or _default_omp_threads(cpus)
+
+    def _set_threads(self, n):
+        super()._set_threads(n)  # NumPy's OpenBLAS and the one MXNet ships
+        return _LOADED_THREADS
+
+    def _why_threads_fixed(self, fixed):
+        return (f"MXNet fixes its operator threads when it loads ($MXNET_OMP_MAX_THREADS), and "
+                f"this process's MXNet runs {fixed}; start a new process with "
+                f"D2LGRU_THREADS set to the count you want")
 
     # -- GRU forward and its vector-Jacobian product -----------------------------------
     def _prepare(self, impl, params, need_grads):

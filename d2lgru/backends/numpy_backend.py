@@ -273,6 +273,12 @@ class NumpyBackend(Backend):
         "the book's loop with hand-written BPTT in NumPy (the oracle)",
         gates=GATE_SETS, why_not={"native": "NumPy has no fused GRU layer"})}
 
+    def _thread_preference(self, cpus):
+        # NumPy's OpenBLAS workers spin while they wait (its switch, OPENBLAS_THREAD_TIMEOUT, is
+        # read when numpy loads, before any backend exists), and a second thread gains little
+        # on the book's [32,256]@[256,768] GEMMs: one, unless asked (d2lgru/threads.py)
+        return 1
+
     def _gru(self, impl, params, X, h0):
         Y, h_n, _ = forward(params, X, h0)
         return Y, h_n

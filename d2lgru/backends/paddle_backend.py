@@ -20,10 +20,15 @@ import warnings
 
 import numpy as np
 
+from .. import threads as _threads
+
 # Paddle's C++ logging is configured when the library loads, so it is quietened here, right
-# before the import, and only where the user has not chosen otherwise.
+# before the import, and only where the user has not chosen otherwise. Paddle's kernels run on
+# GNU OpenMP and Intel's (libiomp5, under MKL and oneDNN); both read OMP_WAIT_POLICY before
+# their first parallel region: passive, so idle workers sleep instead of spinning.
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("GLOG_v", "0")
+_threads.wait_passively()
 
 
 def _cpu_vendor() -> str:
@@ -37,11 +42,6 @@ def _cpu_vendor() -> str:
     return ""
 
 
-# Paddle's CPU matmuls call the MKL 2019 it ships, which gives AMD processors its slow generic
-# code path; this switch (honoured by MKL up to 2020.0) selects the AVX2 kernels: ~3x faster
-# matmuls here. Read when MKL first dispatches, so it is set before the import.
-if _cpu_vendor() == "AuthenticAMD":
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 with warnings.catch_warnings():
     # paddle.utils.cpp_extension warns at import that no ccache is installed
     warnings.simplefilter("ignore")
@@ -387,13 +387,26 @@ class PaddleBackend(Backend):
     }
 
     def _setup(self):
+        # Paddle's CPU matmuls call the MKL 2019 it ships, which gives AMD processors its slow
+        # generic code path; this switch (honoured by MKL up to 2020.0) selects the AVX2
+        # kernels: ~3x faster matmuls here. MKL reads it when it first dispatches, which no
+        # import does, so it is set here, before this backend's first operation.
+        if _cpu_vendor() == "AuthenticAMD":
+            os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
         # dygraph by default; the CPU device unless a trainer asks for the GPU
         paddle.disable_static()
         paddle.set_device("cpu")
+
+    def _thread_preference(self, cpus):
         # Paddle sizes MKL's thread pool from FLAGS_paddle_num_threads (default 1). The book's
         # matmuls ([32, 256] x [256, 768]) run near one core's peak and got no faster with two
         # threads on the 2-core reference machine, so one it is unless the user says otherwise.
-        paddle.base.core.set_num_threads(max(int(os.environ.get("FLAGS_paddle_num_threads", 1)), 1))
+        flag = os.environ.get("FLAGS_paddle_num_threads", "").strip()
+        return int(flag) if flag.isdigit() and int(flag) > 0 else 1
+
+    def _set_threads(self, n):
+        super()._set_threads(n)
+        paddle.base.core.set_num_threads(n)
 
     def check_device(self, device):
         device = super().check_device(device)

@@ -24,17 +24,23 @@ out forward first, so ``h_n[l * D + d]`` is direction ``d`` of layer ``l`` as in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 
 import numpy as np
 
-# TensorFlow reads its C++ log level when it is imported (not later), so it is set here, before
-# the import; setdefault leaves a user's own choice alone. Keras 3 picks its backend at import
-# too: this adapter needs Keras on TensorFlow, whatever $KERAS_BACKEND says elsewhere.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if "keras" not in sys.modules:
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+from ..model import LMParams, trained
+from ..spec import CellParams, GRUParams, GRUSpec
+from ..errors import BackendNotInstalledError, InvalidArgumentError
+from ._base import (Backend, ImplInfo, LMResult, Trainer, UnsupportedError,
+                    check_native_names)
+
+# TensorFlow and Keras are imported by the backend's first use (_import_tensorflow), not with
+# this module: what they read at import (log level, Keras' backend) is set right before that,
+# and their import noise is filtered there, so importing the adapter changes nothing.
+tf = keras = None
 
 # TensorFlow 2.19+ prints "oneDNN custom operations are on" (and absl's "All log messages
 # before absl::InitializeLog()") from C++ while it is imported, whatever TF_CPP_MIN_LOG_LEVEL
@@ -45,44 +51,66 @@ _IMPORT_NOISE = ("oneDNN custom operations are on",
                  "All log messages before absl::InitializeLog() is called")
 
 
-def _import_quietly():
-    if "tensorflow" in sys.modules:
-        return
-    import tempfile
+@contextlib.contextmanager
+def _stderr_filtered(noise):
+    """Within the block, file descriptor 2 goes to a temporary file; afterwards (error or not)
+    fd 2 is restored and every captured line not matching ``noise`` is written to stderr."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no usable stderr: nothing to keep clean
-        import tensorflow  # noqa: F401
+        yield
         return
     with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            os.dup2(captured.fileno(), 2)
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode(errors="replace")
-    kept = [line for line in text.splitlines() if not any(n in line for n in _IMPORT_NOISE)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)
+            kept = [line for line in text.splitlines() if not any(n in line for n in noise)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
-_import_quietly()
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
+@contextlib.contextmanager
+def _environ(name, value):
+    """``$name`` is ``value`` within the block and what it was (or unset) after it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
-from ..model import LMParams, trained  # noqa: E402
-from ..spec import CellParams, GRUParams, GRUSpec  # noqa: E402
-from ..errors import BackendNotInstalledError, InvalidArgumentError  # noqa: E402
-from ._base import (Backend, ImplInfo, LMResult, Trainer, UnsupportedError,  # noqa: E402
-                    check_native_names)
 
-if keras.backend.backend() != "tensorflow":
-    raise BackendNotInstalledError(f"the tensorflow backend needs Keras on TensorFlow, but Keras "
-                                   f"was already imported with the {keras.backend.backend()!r} "
-                                   f"backend; start a fresh process with KERAS_BACKEND=tensorflow")
+def _import_tensorflow():
+    """Import TensorFlow and Keras 3 once: C++ log level 2 unless the user chose one (read at
+    import only), Keras on TensorFlow whatever ``$KERAS_BACKEND`` says elsewhere (set for the
+    import and restored), the import noise above filtered out."""
+    global tf, keras
+    if tf is not None:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _environ("KERAS_BACKEND", "tensorflow"):
+        if "tensorflow" in sys.modules:
+            import tensorflow
+        else:
+            with _stderr_filtered(_IMPORT_NOISE):
+                import tensorflow
+        import keras as keras_module
+    if keras_module.backend.backend() != "tensorflow":
+        raise BackendNotInstalledError(
+            f"the tensorflow backend needs Keras on TensorFlow, but Keras was already imported "
+            f"with the {keras_module.backend.backend()!r} backend; start a fresh process with "
+            f"KERAS_BACKEND=tensorflow")
+    tf, keras = tensorflow, keras_module
+
 
 _TF_DEVICES = {"cpu": "/CPU:0", "gpu": "/GPU:0"}
 
@@ -449,15 +477,37 @@ class TensorFlowBackend(Backend):
         self._stacks = {}
 
     def version(self) -> str:
+        _import_tensorflow()
         return tf.__version__
 
     def _setup(self):
-        threads = os.environ.get("OMP_NUM_THREADS", "")
-        if threads.isdigit() and int(threads) > 0:
-            try:  # possible only before TensorFlow's runtime starts
-                tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            except RuntimeError:
-                pass
+        _import_tensorflow()
+
+    # Threads: the policy's default preference (every usable CPU). TensorFlow's intra-op pool is
+    # Eigen's, not OpenMP, so OMP_WAIT_POLICY does not reach it, and the switch that stops its
+    # spinning (ConfigProto.experimental.disable_thread_spinning) is not reachable from TF2's
+    # eager API; but Eigen spins only briefly before it sleeps, and two trainings with two
+    # threads each did not collapse (benchmarks/contention.py, 2-core machine, load 5-12).
+
+    def _set_threads(self, n):
+        # Both pools are sized once, when TensorFlow's runtime starts (its first op); after
+        # that tf.config.threading refuses any change, so a count that differs from the one in
+        # force is reported as fixed (Backend.set_threads then says so, or keeps it).
+        super()._set_threads(n)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+        except RuntimeError:
+            # 0 is TensorFlow's "unset": one thread per CPU it may run on
+            current = (tf.config.threading.get_intra_op_parallelism_threads()
+                       or len(os.sched_getaffinity(0)))
+            return current if current != n else None
+        return None
+
+    def _why_threads_fixed(self, fixed):
+        return (f"TensorFlow sizes its thread pools when its runtime starts (its first op) and "
+                f"this process's runtime has started with {fixed} intra-op thread(s); set "
+                f"$D2LGRU_THREADS "
+                f"or call set_threads before the backend's first use")
 
     def _stack(self, spec, dtype) -> KerasStack:
         key = (spec, np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name)

@@ -19,13 +19,20 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..model import LMParams, trained
-from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
-from . import _cudnn_layout
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
+from .. import threads as _threads
+
+# torch's CPU kernels run on the GNU OpenMP it ships (torch/lib/libgomp.so.1), which reads
+# OMP_WAIT_POLICY once, when it loads: passive means no spinning at barriers (d2lgru/threads.py)
+_threads.wait_passively()
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ..model import LMParams, trained  # noqa: E402
+from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec  # noqa: E402
+from . import _cudnn_layout  # noqa: E402
+from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
 
 
 # -- the native layout: cuDNN's (see _cudnn_layout), named as named_parameters() names it --
@@ -302,11 +309,15 @@ class TorchBackend(Backend):
                                 "RNN, GRU, or LSTM'), so the native layer runs eagerly"}),
     }
 
+    def _set_threads(self, n):
+        # On two idle cores two threads train the book's model at 61k tokens/s against 44k for
+        # one; with active waiting two collapsed to 2-4k on cores shared with busy processes
+        # (each op's OpenMP barrier waits for a descheduled thread). Passive waiting (set at
+        # import above) is what lets the policy keep two: see benchmarks/contention.py.
+        super()._set_threads(n)
+        torch.set_num_threads(n)
+
     def _setup(self):
-        # Threads: torch's default (one per core, or $OMP_NUM_THREADS) is kept. On two idle
-        # cores two threads train the book's model at 61k tokens/s against 44k for one; on cores
-        # shared with other busy processes two threads collapse to 2-4k (each op's OpenMP barrier
-        # waits for a descheduled thread) while one keeps ~20k, so there set OMP_NUM_THREADS=1.
         # Full-precision float32 on GPUs (cuDNN's GRU would otherwise run in TF32):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

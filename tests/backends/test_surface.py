@@ -3,8 +3,12 @@ checkpoints that the NumPy backend continues (and the other way round), capabili
 declared rather than discovered, and one clear error per mistake. Each backend's own file
 (test_<name>.py) adds what only its framework has."""
 
+import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from d2lgru.backends import resolve_name
 from d2lgru.errors import NonFiniteError
 from d2lgru.cli import main
 from d2lgru.spec import GATE_SETS
+from d2lgru.threads import resolve_threads, usable_cpus
 from d2lgru.train import TrainConfig, train
 
 NAME = resolve_name(os.environ.get("D2LGRU_BACKEND") or None)
@@ -164,3 +169,97 @@ def test_cli_trains_every_declared_impl(data_dir, capsys, impl, reset_after):
                  "8", "--batch-size", "4", "--num-steps", "5", "--max-tokens", "300",
                  "--data", str(data_dir), "--quiet"]) == 0
     assert f"tokens/sec on cpu ({NAME} {impl})" in capsys.readouterr().out
+
+
+# -- no side effects at import; threads ----------------------------------------------------------
+FRAMEWORK_MODULES = ("torch", "tensorflow", "keras", "mxnet", "paddle", "mindspore", "jax")
+
+#: how each framework reports the thread count it runs with, asked of the framework itself
+FRAMEWORK_THREADS = {
+    "numpy": "min(i['num_threads'] for i in threadpoolctl.threadpool_info() "
+             "if i['user_api'] == 'blas')",
+    "torch": "__import__('torch').get_num_threads()",
+    "tensorflow": "__import__('tensorflow').config.threading.get_intra_op_parallelism_threads()",
+    # MXNet has no getter; libmxnet reads this variable once, when it loads
+    "mxnet": "int(os.environ['MXNET_OMP_MAX_THREADS'])",
+    # paddle.base.core.set_num_threads sizes MKL's Intel OpenMP pool
+    "paddle": "min(i['num_threads'] for i in threadpoolctl.threadpool_info() "
+              "if 'iomp' in i['filepath'])",
+    # MindSpore has no getter for its kernel threads; every BLAS it loaded must say 1
+    "mindspore": "max(i['num_threads'] for i in threadpoolctl.threadpool_info() "
+                 "if i['user_api'] == 'blas')",
+}
+
+#: the backends whose framework runs on an OpenMP runtime, so the adapter sets passive waiting
+OPENMP_BACKENDS = ("torch", "mxnet", "paddle", "mindspore")
+
+
+def _python(code: str, **env) -> dict:
+    """Run ``code`` in a fresh interpreter (this checkout's d2lgru) and return the JSON it
+    prints last; the variables in ``env`` are set (None: removed) for it."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("D2LGRU_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    environ["PYTHONPATH"] = str(Path(d2lgru.__file__).parents[1])
+    for k, v in env.items():
+        if v is None:
+            environ.pop(k, None)
+        else:
+            environ[k] = v
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=environ, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_d2lgru_imports_no_framework_and_changes_no_variable():
+    code = ("import os, sys, json; before = dict(os.environ);"
+            "import d2lgru, d2lgru.data, d2lgru.train, d2lgru.cli, d2lgru.backends, d2lgru.threads;"
+            "d2lgru.available_backends(); d2lgru.backends.resolve_name();"
+            f"print(json.dumps({{'frameworks': [m for m in {FRAMEWORK_MODULES!r} if m in sys.modules],"
+            "'changed': sorted(k for k in set(before) | set(os.environ) "
+            "if before.get(k) != os.environ.get(k))}))")
+    assert _python(code) == {"frameworks": [], "changed": []}
+
+
+_FIRST_USE = ("import os, json, threadpoolctl, numpy as np, d2lgru;"
+              f"be = d2lgru.get_backend({NAME!r});"
+              "{before}"
+              "be.gru(d2lgru.init_params(d2lgru.GRUSpec(3, 4)), np.zeros((2, 1, 3), np.float32));")
+
+
+@pytest.mark.parametrize("how", ["env", "set_threads"])
+def test_one_thread_is_what_the_framework_runs(how):
+    code = (_FIRST_USE.format(before="be.set_threads(1);" if how == "set_threads" else "")
+            + f"print(json.dumps([be.threads, be.threads_source, {FRAMEWORK_THREADS[NAME]}]))")
+    threads, source, reported = _python(code, D2LGRU_THREADS="1" if how == "env" else None)
+    assert (threads, reported) == (1, 1)
+    assert source == ("$D2LGRU_THREADS" if how == "env" else "argument")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_an_invalid_thread_count_is_one_clear_error(be, monkeypatch, value):
+    monkeypatch.setenv("D2LGRU_THREADS", value)
+    with pytest.raises(d2lgru.errors.InvalidArgumentError,
+                       match=rf"invalid thread count '{re.escape(value)}' \(from \$D2LGRU_THREADS\); "
+                             r"valid: a positive integer"):
+        be.set_threads()
+    with pytest.raises(ValueError, match=r"\(from argument\)"):
+        be.set_threads(0)
+
+
+def test_the_policy_picks_between_one_and_the_usable_cpus(be, monkeypatch):
+    monkeypatch.delenv("D2LGRU_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    n, source = resolve_threads(preference=be._thread_preference)
+    assert source == "policy" and 1 <= n <= usable_cpus()
+    code = _FIRST_USE.format(before="") + "print(json.dumps([be.threads, be.threads_source]))"
+    threads, source = _python(code)
+    assert 1 <= threads <= usable_cpus() and source in ("policy", "fixed")
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_passive_waiting_is_set_before_the_framework_loads_unless_the_user_chose(user):
+    code = _FIRST_USE.format(before="") + "print(json.dumps(os.environ.get('OMP_WAIT_POLICY')))"
+    got = _python(code, OMP_WAIT_POLICY=user)
+    expected = user or ("PASSIVE" if NAME in OPENMP_BACKENDS else None)
+    assert got == expected

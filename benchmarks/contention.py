@@ -1,0 +1,208 @@
+"""Contention: one training alone, then two identical ones started together, per backend.
+
+    python -m benchmarks.contention --backends numpy,torch,tensorflow [--seconds 6]
+                                    [--repeats 2] [--settings policy,all-passive,old]
+                                    [--out DIR] [--tox-dir DIR] [--data DIR]
+
+For each backend, in its own environment (found like ``benchmarks/all.py`` finds them), the
+book's config (hidden 256, batch 32, 35 steps; the default impl and mode) trains for
+``--seconds`` after one warm-up epoch, under two thread settings:
+
+* ``policy``: d2lgru's defaults (d2lgru/threads.py: the policy's count, passive OpenMP waiting);
+* ``all-passive``: one thread per CPU with d2lgru's passive waiting -- what the policy picks for
+  torch on an idle machine, so this is the case of a second training that starts later;
+* ``old``: the frameworks' old defaults -- one thread per CPU (``D2LGRU_THREADS``), GNU OpenMP
+  spinning 300000 rounds before it sleeps (``GOMP_SPINCOUNT``, its default when
+  ``OMP_WAIT_POLICY`` is unset) and Intel OpenMP's default 200 ms block time.
+
+Each setting runs once alone, then twice at once (both trainings warm up, wait for each other,
+then measure over the same seconds); the settings alternate, ``--repeats`` rounds, medians kept. The report gives tokens/s and each contended run's ratio
+to the solo run: 0.5 means two trainings share the machine without losing anything, the target
+is >= 0.4. Measurements, never tests: note the machine's load (printed, and kept in the JSON).
+Writes ``contention.json`` and ``contention.md`` into ``--out`` (default
+``benchmarks/results/<machine-label>/``). Standard library only in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks import _machine  # noqa: E402
+from benchmarks.all import can_import, interpreter  # noqa: E402
+from benchmarks.run import BACKENDS, RESULTS  # noqa: E402
+
+REPO = _machine.REPO
+SETTINGS = ("policy", "all-passive", "old")
+
+
+def old_defaults_env(cpus: int) -> dict:
+    """What the frameworks did before d2lgru chose: a thread per CPU, spinning waits."""
+    return {"D2LGRU_THREADS": str(cpus), "GOMP_SPINCOUNT": "300000", "KMP_BLOCKTIME": "200",
+            "MXNET_OMP_MAX_THREADS": str(cpus)}
+
+
+# -- one training (runs in the backend's own environment) --------------------------------------
+def worker(backend: str, seconds: float, barrier: Path, peers: int, data: str | None) -> dict:
+    import numpy as np
+
+    import d2lgru
+    from d2lgru.data import load_data_time_machine
+    from d2lgru.model import init_lm
+
+    be = d2lgru.get_backend(backend)
+    loader, vocab = load_data_time_machine(32, 35, False, 10000, path=data)
+    trainer = be.make_trainer(init_lm(len(vocab), 256, seed=0))
+    loader.set_epoch(0)
+    batches = list(loader)
+    tokens_per_epoch = sum(X.size for X, _ in batches)
+    trainer.train_epoch(batches)  # warm-up: compilation, first-touch allocations
+    barrier.joinpath(f"ready-{os.getpid()}").touch()
+    while len(list(barrier.glob("ready-*"))) < peers:
+        time.sleep(0.01)
+    epochs, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds:
+        trainer.train_epoch(batches)
+        epochs += 1
+    elapsed = time.perf_counter() - tic
+    return {"tokens_per_sec": epochs * tokens_per_epoch / elapsed, "epochs": epochs,
+            "threads": be.threads, "threads_source": be.threads_source,
+            "impl": trainer.impl, "mode": trainer.mode,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+# -- the driver ------------------------------------------------------------------------------
+def run_together(python: Path, backend: str, setting: str, copies: int, args) -> list[dict]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("D2LGRU_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    cpus = _machine.machine()["cpus_usable"]
+    if setting == "all-passive":
+        env.update(D2LGRU_THREADS=str(cpus), MXNET_OMP_MAX_THREADS=str(cpus))
+    elif setting == "old":
+        env.update(old_defaults_env(cpus))
+    with tempfile.TemporaryDirectory(prefix="d2lgru-contention-") as barrier:
+        cmd = [str(python), "-m", "benchmarks.contention", "--worker", backend,
+               "--seconds", str(args.seconds), "--barrier", barrier, "--peers", str(copies)]
+        if args.data:
+            cmd += ["--data", args.data]
+        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(copies)]
+        results = []
+        for p in procs:
+            out, err = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"{backend} ({setting}) worker failed:\n{err[-2000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def measure(python: Path, backend: str, args) -> dict:
+    """Every setting's solo run and pair, alternated ``--repeats`` times (so a change in the
+    machine's load hits every setting alike); the medians are reported."""
+    runs = {setting: {"solo": [], "pair": []} for setting in args.settings}
+    row = {"backend": backend}
+    for _ in range(args.repeats):
+        for setting in args.settings:
+            solo = run_together(python, backend, setting, 1, args)[0]
+            pair = run_together(python, backend, setting, 2, args)
+            runs[setting]["solo"].append(solo["tokens_per_sec"])
+            runs[setting]["pair"].append(sorted(r["tokens_per_sec"] for r in pair))
+            row[setting] = {"threads": solo["threads"], "threads_source": solo["threads_source"],
+                            "omp_wait_policy": solo["omp_wait_policy"]}
+            row["impl"], row["mode"] = solo["impl"], solo["mode"]
+            print(f"  {backend} {setting}: solo {solo['tokens_per_sec']:,.0f} tokens/s "
+                  f"({solo['threads']} thread(s), {solo['threads_source']}); two at once "
+                  + ", ".join(f"{r['tokens_per_sec']:,.0f}" for r in pair), flush=True)
+    for setting, r in runs.items():
+        solo = statistics.median(r["solo"])
+        pair = [statistics.median(p[i] for p in r["pair"]) for i in range(2)]
+        row[setting].update(solo=solo, pair=pair, ratio=[x / solo for x in pair], runs=r)
+    return row
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Contention: one training alone vs two at once ({report['label']})", "",
+             f"Book config (hidden 256, batch 32, 35 steps), default impl and mode, "
+             f"{report['seconds']:g} s per measurement after a warm-up epoch, medians of "
+             f"{report['repeats']} alternated round(s). Load average "
+             f"before / after: {report['load_before']} / {report['load_after']} on "
+             f"{report['cpus']} CPU(s). Ratio: each of the two contended runs' tokens/s over "
+             f"the solo run's (0.5 = no loss, target >= 0.4).", "",
+             "| backend | impl/mode | setting | threads | solo tokens/s | two at once, tokens/s each | ratio to solo |",
+             "|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        for setting in report["settings"]:
+            r = row[setting]
+            lines.append(f"| {row['backend']} | {row['impl']}/{row['mode']} | {setting} | "
+                         f"{r['threads']} ({r['threads_source']}) | {r['solo']:,.0f} | "
+                         f"{' / '.join(f'{x:,.0f}' for x in r['pair'])} | "
+                         f"{' / '.join(f'{x:.2f}' for x in r['ratio'])} |")
+    if report["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(report["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.contention",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--backends", default="numpy,torch,tensorflow",
+                   help=f"comma-separated (known: {', '.join(BACKENDS)})")
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per training")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="rounds of every setting, alternated (default 2; medians reported)")
+    p.add_argument("--settings", default=",".join(SETTINGS),
+                   help=f"comma-separated, of {', '.join(SETTINGS)}")
+    p.add_argument("--out", help="results folder (default benchmarks/results/<machine-label>)")
+    p.add_argument("--label", help="machine label (default: from the CPU model and count)")
+    p.add_argument("--tox-dir", type=Path, help="where the per-backend environments are "
+                   "(default .tox here)")
+    p.add_argument("--data", default=os.environ.get("D2LGRU_DATA_DIR"),
+                   help="the book's text (default $D2LGRU_DATA_DIR)")
+    p.add_argument("--worker", metavar="BACKEND", help=argparse.SUPPRESS)
+    p.add_argument("--barrier", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--peers", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    for setting in args.settings:
+        if setting not in SETTINGS:
+            p.error(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.seconds, args.barrier, args.peers, args.data)))
+        return 0
+
+    info = _machine.machine()
+    label = args.label or _machine.label(info)
+    out = Path(args.out) if args.out else RESULTS / label
+    report = {"label": label, "seconds": args.seconds, "cpus": info["cpus_usable"],
+              "settings": args.settings, "repeats": args.repeats,
+              "load_before": [round(x, 2) for x in os.getloadavg()], "rows": [], "skipped": []}
+    print(f"load average {report['load_before']} on {report['cpus']} CPU(s)", flush=True)
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend not in BACKENDS:
+            p.error(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        python = interpreter(backend, args.tox_dir)
+        if python is None or not can_import(python, backend):
+            report["skipped"].append(f"{backend}: no environment that imports it")
+            continue
+        report["rows"].append(measure(python, backend, args))
+    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "contention.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "contention.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""How many threads a training uses, and how its idle threads wait.
+
+Imports no framework and reads nothing at import; every function looks at the machine when it
+is called.
+
+**The count** (:func:`resolve_threads`): an explicit argument (``Backend.set_threads(n)``,
+``d2lgru train --threads N``), else ``$D2LGRU_THREADS``, else the policy:
+
+    n = max(1, min(preference, $OMP_NUM_THREADS, usable CPUs, usable CPUs - busy CPUs))
+
+* *usable CPUs*: this process's CPU affinity (``os.sched_getaffinity``), capped by a cgroup CPU
+  quota (``cpu.max`` / ``cpu.cfs_quota_us``, read at call time);
+* *busy CPUs*: the 1-minute load average, rounded -- what other processes hold right now;
+* ``$OMP_NUM_THREADS``, where set, as a cap: the user's standing choice for OpenMP runtimes;
+* *preference*: the backend's measured choice at the book's shapes (batch 32, hidden 256:
+  ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
+  ``_thread_preference``): NumPy 1 (its OpenBLAS workers spin while they wait and cannot be
+  told otherwise once numpy has loaded), Paddle 1 and MXNet one per two CPUs (their own
+  defaults, measured in those adapters), MindSpore ``min(4, CPUs - 1)``, torch and TensorFlow
+  every usable CPU.
+
+**Waiting** (:func:`wait_passively`): the load average cannot see a training that starts later,
+so a count above 1 is only safe where idle workers sleep instead of spinning. Measured on the
+2-core reference machine, busy with other jobs (5 epochs each, issue #20): NumPy scratch 1.6k
+tokens/s with its default two OpenBLAS threads vs 19k with one; torch native 0.4k vs 15k. Every
+OpenMP runtime the frameworks ship honours ``OMP_WAIT_POLICY=PASSIVE`` (GNU libgomp reads it
+when it loads: spin count 0; Intel/LLVM libomp reads it at its first parallel region: block
+time 0), so the adapters whose framework runs on OpenMP (torch, MXNet, Paddle, MindSpore)
+set it with ``os.environ.setdefault`` right before they import their framework: a user's own
+value is kept, and a framework imported before d2lgru's adapter keeps whatever it read then.
+OpenBLAS's pool has no such switch after load, hence NumPy's preference of 1; TensorFlow's
+(Eigen's) spins only briefly before it sleeps.
+
+``benchmarks/contention.py`` measures both halves: one training alone against two started
+together. Its run on the 2-core reference machine while other jobs kept the load at 1-12
+(default impls: scratch; medians of two alternated rounds, tokens/s; solo, then each of two
+at once):
+
+* NumPy: policy (1 thread) 31k solo, 14k + 14k together; 2 threads with passive waiting 6k solo,
+  1.5k together; the old default (2 threads) 6k solo, 1.2k together. OpenBLAS ignores
+  OMP_WAIT_POLICY, and even alone two threads lost 5x to the other jobs' load.
+* torch: 2 threads with passive waiting (the policy's choice on idle cores) 20k solo,
+  26k + 26k together; the old default (2 threads, GNU OpenMP spinning) 13k solo, 1.1k together
+  (0.2k in one round): passive waiting is what removes the collapse. The policy chose 1 thread
+  (the machine was busy): 28k solo, 24k + 28k together.
+* TensorFlow: no collapse with 2 threads either way (Eigen), see the adapter.
+
+The load moved between and within the runs (pairs sometimes beat their solo run), so these
+show collapse or its absence, not speed; a quiet-machine run of the benchmark gives the speeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Mapping
+
+from .errors import InvalidArgumentError
+
+ENV_VAR = "D2LGRU_THREADS"
+
+#: what every OpenMP runtime (GNU libgomp, Intel libiomp5, LLVM libomp) reads as "sleep, don't
+#: spin, when idle"; set with setdefault by the adapters whose framework runs on OpenMP
+PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def wait_passively(extra: Mapping[str, str] | None = None) -> dict:
+    """Set :data:`PASSIVE_WAIT` (and ``extra``) in ``os.environ`` where the user has not set
+    them; call it before the framework's first import. Returns what it set."""
+    wanted = {**PASSIVE_WAIT, **(extra or {})}
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    return added
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def _cgroup_quota() -> int | None:
+    """``ceil(quota / period)`` of this process's cgroup (v2, else v1), or None when unlimited."""
+    for path, split in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", None)):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            if split:
+                quota, period = split(text)
+            else:
+                with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                    quota, period = text, f.read().strip()
+            if quota in ("max", "-1"):
+                return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def busy_cpus() -> int:
+    """CPUs other processes keep busy now: the 1-minute load average, rounded half up."""
+    try:
+        return int(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):
+        return 0
+
+
+def policy_threads(preference: int | None = None) -> int:
+    """The policy's count (see the module docstring): between 1 and the usable CPUs."""
+    cpus = usable_cpus()
+    wanted = cpus if preference is None else preference
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:  # not ours to validate: the OpenMP runtimes read it
+        wanted = min(wanted, int(omp))
+    return max(1, min(wanted, cpus, cpus - busy_cpus()))
+
+
+def parse_threads(value, source: str) -> int:
+    """A thread count from ``source`` (an argument or a variable): a positive integer, else one
+    ``InvalidArgumentError`` that echoes the value and says what is valid."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise InvalidArgumentError(f"invalid thread count {value!r} (from {source}); valid: a "
+                                   f"positive integer such as 1, or unset for the policy "
+                                   f"(this process may use {usable_cpus()} CPU(s))")
+    return int(text)
+
+
+def resolve_threads(requested: int | None = None, *,
+                    preference: Callable[[int], int] | int | None = None) -> tuple[int, str]:
+    """``(count, source)``: ``requested``, else ``$D2LGRU_THREADS``, else
+    :func:`policy_threads` with the backend's ``preference`` (an int, or a function of the
+    usable CPUs). ``source`` says which: ``argument``, ``$D2LGRU_THREADS`` or ``policy``."""
+    if requested is not None:
+        return parse_threads(requested, "argument"), "argument"
+    env = os.environ.get(ENV_VAR, "")
+    if env.strip():
+        return parse_threads(env, f"${ENV_VAR}"), f"${ENV_VAR}"
+    if callable(preference):
+        preference = preference(usable_cpus())
+    return policy_threads(preference), "policy"
+
+
+def limit_blas(n: int) -> None:
+    """Every BLAS library loaded in this process (NumPy's OpenBLAS, a framework's own) to ``n``
+    threads, through threadpoolctl's calls into each library, not variables read at load."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def blas_threads() -> dict:
+    """``{library file name: threads}`` for every BLAS library loaded, as the libraries say."""
+    from threadpoolctl import threadpool_info
+
+    return {os.path.basename(i["filepath"]): i["num_threads"] for i in threadpool_info()
+            if i["user_api"] == "blas"}
+
+
+__all__ = ["ENV_VAR", "PASSIVE_WAIT", "blas_threads", "busy_cpus", "limit_blas", "parse_threads",
+           "policy_threads", "resolve_threads", "usable_cpus", "wait_passively"]

@@ -1,0 +1,100 @@
+"""The thread policy (d2lgru/threads.py) and NumPy's side of it: where a count comes from, what
+is refused, and that NumPy's BLAS really runs the count in force. Timing is never checked here;
+benchmarks/contention.py measures it."""
+
+import os
+
+import pytest
+import threadpoolctl
+
+import d2lgru
+from d2lgru import threads
+from d2lgru.errors import InvalidArgumentError
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in (threads.ENV_VAR, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _numpy_blas_threads():
+    return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_selection_order(clean_env):
+    assert threads.resolve_threads(3) == (3, "argument")
+    clean_env.setenv(threads.ENV_VAR, "2")
+    assert threads.resolve_threads() == (2, "$D2LGRU_THREADS")
+    assert threads.resolve_threads(1) == (1, "argument")  # the argument wins
+    clean_env.delenv(threads.ENV_VAR)
+    n, source = threads.resolve_threads(preference=64)
+    assert source == "policy" and 1 <= n <= threads.usable_cpus()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", " "])
+def test_invalid_variable_is_one_error_that_echoes_it(clean_env, value):
+    clean_env.setenv(threads.ENV_VAR, value)
+    if not value.strip():  # empty means unset
+        assert threads.resolve_threads()[1] == "policy"
+        return
+    with pytest.raises(InvalidArgumentError) as err:
+        threads.resolve_threads()
+    assert f"invalid thread count {value!r} (from $D2LGRU_THREADS)" in str(err.value)
+    assert "valid: a positive integer" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", True])
+def test_invalid_argument(value):
+    with pytest.raises(InvalidArgumentError, match=r"\(from argument\)"):
+        threads.resolve_threads(value)
+
+
+def test_policy_stays_between_one_and_the_usable_cpus(clean_env):
+    cpus = threads.usable_cpus()
+    assert 1 <= cpus <= (os.cpu_count() or 1)
+    for preference in (None, 1, cpus, 10 * cpus):
+        assert 1 <= threads.policy_threads(preference) <= cpus
+    assert threads.policy_threads(1) == 1
+    clean_env.setenv("OMP_NUM_THREADS", "1")  # the user's OpenMP choice caps the policy
+    assert threads.policy_threads(cpus) == 1
+
+
+def test_the_policy_gives_way_to_busy_cpus(clean_env):
+    clean_env.setattr(threads, "usable_cpus", lambda: 8)
+    clean_env.setattr(threads, "busy_cpus", lambda: 0)
+    assert threads.policy_threads() == 8
+    clean_env.setattr(threads, "busy_cpus", lambda: 6)
+    assert threads.policy_threads() == 2
+    clean_env.setattr(threads, "busy_cpus", lambda: 12)
+    assert threads.policy_threads() == 1
+
+
+def test_wait_passively_keeps_the_users_values(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("D2LGRU_TEST_KNOB", raising=False)
+    added = threads.wait_passively({"D2LGRU_TEST_KNOB": "0"})
+    assert added == {"D2LGRU_TEST_KNOB": "0"}
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_numpy_set_threads_reaches_its_blas(clean_env):
+    be = d2lgru.get_backend("numpy")
+    try:
+        assert be.set_threads(1) == 1 and be.threads == 1 and be.threads_source == "argument"
+        assert _numpy_blas_threads() == {1}
+        assert be.set_threads(2) == 2 and _numpy_blas_threads() == {2}
+        clean_env.setenv(threads.ENV_VAR, "1")
+        assert be.set_threads() == 1 and be.threads_source == "$D2LGRU_THREADS"
+        assert _numpy_blas_threads() == {1}
+    finally:
+        clean_env.delenv(threads.ENV_VAR, raising=False)
+        be.set_threads()
+
+
+def test_numpy_policy_is_one_thread(clean_env):
+    # OpenBLAS spins while it waits and cannot be told otherwise after numpy loads (threads.py)
+    be = d2lgru.get_backend("numpy")
+    assert be.set_threads() == 1 and be.threads_source == "policy"
+    assert _numpy_blas_threads() == {1}
