@@ -15,6 +15,7 @@ imports numpy (d2lgru's registry names the backends); every step runs as ``pytho
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -94,7 +95,9 @@ def main(argv=None) -> int:
         (ran if status == 0 else skipped).append(backend if status == 0 else
                                                   f"{backend}: run.py failed (status {status})")
     keras_jax = interpreter("jax") if "jax" not in BACKENDS and args.device == "cpu" else None
-    if keras_jax and can_import(keras_jax, "keras"):  # Keras 3 on JAX: its rows only
+    if keras_jax and subprocess.run(  # Keras 3 on JAX: its rows only
+            [str(keras_jax), "-c", "import keras"], capture_output=True, cwd="/",
+            env={**os.environ, "KERAS_BACKEND": "jax"}).returncode == 0:
         cmd = [str(keras_jax), "-m", "benchmarks.run", "--keras-only", "jax", "--out", str(out),
                "--label", label, *(["--quick"] if args.quick else [])]
         print(f"== keras on jax: {' '.join(cmd)}", flush=True)
