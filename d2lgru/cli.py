@@ -52,7 +52,8 @@ def _num_preds(text):
 
 
 def _add_backend_args(p):
-    p.add_argument("--backend", help="numpy, torch, tensorflow, mxnet, paddle, mindspore "
+    from .backends import BACKENDS
+    p.add_argument("--backend", help=f"{', '.join(BACKENDS)} "
                                      "(default: $D2LGRU_BACKEND, else numpy)")
     p.add_argument("--impl", default="scratch", help="scratch (the book's loop) or native "
                                                      "(the framework's fused GRU layer)")
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", metavar="DIR", help="instead of checking: build DIR/matrix.md and "
                                                    "DIR/matrix.png from DIR/*/report.json")
     _add_onnx_commands(sub)
+    _add_gates_parser(sub)
+    _add_sweep_parser(sub)
     return parser
 
 
@@ -179,6 +182,31 @@ def _add_onnx_commands(sub):
                    help="the checkpoint's model file format (npz)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in the --out directory")
+
+
+def _add_gates_parser(sub):
+    p = sub.add_parser("gates", help="draw the update and reset gates of a trained checkpoint on "
+                                     "a text (values from the NumPy float64 oracle)")
+    _add_backend_args(p)
+    p.add_argument("--checkpoint", required=True,
+                   help="a directory written by `d2lgru train --out`")
+    p.add_argument("--text", default="the time traveller (for so it will be convenient to speak "
+                                     "of him)", help="the text to run (cleaned as the corpus was)")
+    p.add_argument("--out", required=True, help="the figure (PNG)")
+    p.add_argument("--json", help="also write the gate values here")
+
+
+def _add_sweep_parser(sub):
+    p = sub.add_parser("sweep", help="train a grid of settings (the book's exercises 2 and 3) "
+                                     "into OUT/<name=value,...>/ and compare them")
+    _add_train_args(p)
+    p.add_argument("--vary", metavar="NAME=V1,V2,...", action="append", required=True,
+                   help="an axis of the grid (repeatable); names: hidden, layers, lr, clip, "
+                        "batch-size, num-steps, cell, gates, seed")
+    p.add_argument("--out", required=True, help="the sweep directory: one run per setting, "
+                                                "sweep.md, sweep.png, sweep.json")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="settings trained at once, in subprocesses with one thread each (1)")
 
 
 def main(argv=None) -> int:
@@ -269,11 +297,22 @@ def cmd_backends(args) -> int:
     return 0
 
 
-def _progress_bar(quiet):
+def _progress_bar(quiet, header):
+    """The progress callback (and the tqdm bar to close): a bar on a terminal, else a log line
+    every tenth of the run. ``header`` (backend, impl, mode, device, threads) goes first, once
+    the first epoch has run: an error before that stays the only line on stderr."""
     if quiet:
         return None, None
+    first = [True]
+
+    def say_header(write):
+        if first[0]:
+            first[0] = False
+            write(header)
+
     if not sys.stderr.isatty():  # logs get a line every tenth of the run instead of a bar
         def log(epoch, total, record):
+            say_header(lambda line: print(line, file=sys.stderr, flush=True))
             if epoch % max(1, total // 10) == 0 or epoch == total:
                 print(f"epoch {epoch}/{total}: perplexity {record['perplexity']:.2f}, "
                       f"{record['tokens_per_sec']:.0f} tokens/sec", file=sys.stderr, flush=True)
@@ -282,6 +321,7 @@ def _progress_bar(quiet):
     bar = tqdm(unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
     def update(epoch, total, record):
+        say_header(bar.write)
         bar.total = total
         bar.n = epoch
         bar.set_postfix(perplexity=f"{record['perplexity']:.2f}",
@@ -326,12 +366,10 @@ def cmd_train(args) -> int:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
     out = args.out or args.resume
     backend.set_threads(args.threads)  # None: $D2LGRU_THREADS, else the policy
-    if not args.quiet:
-        mode = backend.check_mode(args.impl, args.mode)
-        print(f"d2lgru {args.command}: {backend.name} {args.impl} ({mode}) on "
-              f"{args.device or 'cpu'}, {backend.threads} thread(s) ({backend.threads_source})",
-              file=sys.stderr, flush=True)
-    update, bar = _progress_bar(args.quiet)
+    header = (f"d2lgru {args.command}: {backend.name} {args.impl} "
+              f"({backend.check_mode(args.impl, args.mode)}) on {args.device or 'cpu'}, "
+              f"{backend.threads} thread(s) ({backend.threads_source})")
+    update, bar = _progress_bar(args.quiet, header)
     with open_run(out, resume=args.resume, overwrite=args.overwrite, format=args.format) as writer:
         try:
             result = train(config, backend=backend, impl=args.impl, mode=args.mode,
@@ -447,9 +485,55 @@ def cmd_reproduce(args) -> int:
     return cmd_train(args)
 
 
+def cmd_gates(args) -> int:
+    from .checkpoint import load
+    from .gates import checkpoint_gates, plot_gates, write_json
+    ckpt = load(args.checkpoint)
+    record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
+                              name=Path(args.checkpoint).resolve().name)
+    plot = plot_gates(record, args.out)
+    check = record["backend_check"]
+    print(f"{len(record['tokens'])} tokens through a {record['checkpoint']['spec']}; gates from "
+          f"the NumPy float64 oracle ({check['backend']} {check['impl']} agrees within "
+          f"{check['max_abs_diff_Y']:.1e}); figure: {plot}"
+          + (f", values: {write_json(record, args.json)}" if args.json else ""))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .backends import get_backend
+    from .sweep import AXES, check_settings, grid, parse_vary, run_sweep, write_report
+    from .train import TrainingInterrupted
+    backend = get_backend(args.backend)
+    vary = parse_vary(args.vary)
+    both = [n for n in vary if getattr(args, AXES[n][1]) is not None]
+    if both:
+        raise InvalidArgumentError(f"{', '.join(both)} is both fixed (--{both[0]}) and varied "
+                                   f"(--vary {both[0]}=...); give one of them")
+    args.resume = None  # the sweep resumes each setting that holds a checkpoint itself
+    config, expect = _config(args, backend)
+    settings = grid(config, expect, vary)
+    check_settings(settings, backend, args.impl, args.mode, args.device)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        records = run_sweep(settings, args.out, backend=backend, impl=args.impl, mode=args.mode,
+                            device=args.device, jobs=args.jobs, overwrite=args.overwrite,
+                            data_changed_ok=args.data_changed_ok, log=log)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        print(f"d2lgru sweep: interrupted; every finished setting and checkpoint in {args.out} is "
+              f"kept: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    md, png, js = write_report(args.out, records, backend=backend.name, impl=args.impl,
+                               base=config, vary=vary, jobs=args.jobs)
+    print(md.read_text(), end="")
+    print(f"table, figure and values written: {md}, {png}, {js}")
+    return 0
+
+
 COMMANDS = {"backends": cmd_backends, "train": cmd_train, "predict": cmd_predict,
-            "conformance": cmd_conformance, "reproduce": cmd_reproduce}
-COMMANDS.update({"export": cmd_export, "import": cmd_import})  # d2lgru.onnx_io, the onnx extra
+            "conformance": cmd_conformance, "reproduce": cmd_reproduce,
+            "export": cmd_export, "import": cmd_import,  # d2lgru.onnx_io, the onnx extra
+            "gates": cmd_gates, "sweep": cmd_sweep}
 
 
 if __name__ == "__main__":

@@ -82,9 +82,16 @@ class LMParams:
         return model
 
 
-def trained(spec: GRUSpec) -> list[bool]:
-    """Which arrays of :meth:`LMParams.flat` (per cell ``W_x, W_h, b_x, b_h``, then ``W_hq,
-    b_q``) training updates: all but ``b_h`` of a reset-before cell.
+def lm_keys(spec: GRUSpec) -> list[str]:
+    """The keys of :meth:`LMParams.to_arrays` (and so the order of :meth:`LMParams.flat`) for
+    ``spec``: per cell ``gru.l{l}.d{d}.W_x, W_h, b_x, b_h``, then ``head.W_hq, head.b_q``."""
+    return [f"gru.l{l}.d{d}.{k}" for l, d in spec.cells() for k in ("W_x", "W_h", "b_x", "b_h")] \
+        + ["head.W_hq", "head.b_q"]
+
+
+def trained(spec: GRUSpec) -> frozenset[str]:
+    """The parameters training updates, by :func:`lm_keys` name (e.g. ``gru.l0.d0.b_h``): all
+    but ``b_h`` of a reset-before cell.
 
     A reset-before cell only ever adds ``b_x + b_h`` (the book's cell has one bias per gate, as
     Keras' reset-before layer does), so updating both would move that sum at twice the learning
@@ -92,8 +99,7 @@ def trained(spec: GRUSpec) -> list[bool]:
     ``b_h`` as it came. A reset-after cell keeps the candidate's ``b_h`` inside ``r * (...)``,
     and trains both biases of every gate as the cuDNN-style layers do.
     """
-    cell = [True, True, True, spec.reset_after]
-    return cell * (spec.num_layers * spec.num_directions) + [True, True]
+    return frozenset(k for k in lm_keys(spec) if spec.reset_after or not k.endswith(".b_h"))
 
 
 def init_lm(vocab_size: int, hidden_size: int = 256, *, num_layers: int = 1,

@@ -14,8 +14,8 @@ and differ in where the reset gate acts on the candidate ``H~``:
 
       H~ = tanh(X W_xh + b_xh + (R * H) W_hh + b_hh)
 
-* reset-after (``reset_after=True``; cuDNN, what torch, mxnet, paddle, mindspore and
-  Keras' default compute; ONNX ``linear_before_reset=1``)::
+* reset-after (``reset_after=True``; cuDNN, what torch, mxnet, paddle, mindspore, Flax
+  and Keras' default compute; ONNX ``linear_before_reset=1``)::
 
       H~ = tanh(X W_xh + b_xh + R * (H W_hh + b_hh))
 

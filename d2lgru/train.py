@@ -29,7 +29,7 @@ from .checkpoint import (FORMAT_CHECKPOINT, RESULT_FILE, STATE_FILE, VOCAB_FILE,
                          CheckpointBusyError, CheckpointError, CheckpointWriter, open_run)
 from .checkpoint import load as load_checkpoint  # noqa: F401  (public since 0.1)
 from .errors import D2lgruError, InvalidArgumentError
-from .model import LMParams, init_lm, one_hot
+from .model import LMParams, init_lm
 
 #: the largest number of tokens :func:`predict` emits in one call
 MAX_PREDS = 100_000
@@ -40,7 +40,8 @@ class TrainResult:
     model: LMParams
     vocab: object
     config: TrainConfig
-    history: list          # one dict per epoch: epoch, perplexity, tokens_per_sec, backend, impl
+    history: list          # one dict per epoch: epoch, perplexity, tokens_per_sec, seconds
+                           # (the epoch's training time; absent in older runs), backend, impl
     epoch: int             # completed epochs
     epochs_run: int        # epochs run by this call (0 when the checkpoint already had them)
     tokens_per_sec: float  # over the epochs run in this call
@@ -236,7 +237,8 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
             tokens += n
             run_time += elapsed
             history.append({"epoch": epoch, "perplexity": perplexity(mean_loss),
-                            "tokens_per_sec": n / elapsed, "backend": backend.name, "impl": impl})
+                            "tokens_per_sec": n / elapsed, "seconds": elapsed,
+                            "backend": backend.name, "impl": impl})
             if writer is not None:
                 params = trainer.params()
                 bad = _first_non_finite(params)
@@ -292,41 +294,42 @@ def normalize_prefix(prefix: str, token: str = "char") -> list[str]:
     return list(text) if token == "char" else text.split()
 
 
-def predict(prefix: str, num_preds: int, model: LMParams, vocab, *, backend=None,
-            impl="scratch", token="char") -> str:
-    """The book's ``predict_ch8``: warm the state up on the prefix, then greedily emit
-    ``num_preds`` tokens, running the GRU on ``backend``. The prefix is cleaned as the corpus
-    was (``"Time Traveller!"`` reads as ``"time traveller "``)."""
-    backend = get_backend(backend)
-    pieces = normalize_prefix(prefix, token)
+def encode_text(text: str, vocab, token: str = "char", what: str = "the prefix") -> list[int]:
+    """The ids of ``text`` cleaned as the corpus was (:func:`normalize_prefix`); a text with no
+    letters, or with tokens ``vocab`` lacks, is an :class:`InvalidArgumentError` that says so
+    (``what`` names the text in it)."""
+    pieces = normalize_prefix(text, token)
     if not any(p.strip() for p in pieces):
-        raise InvalidArgumentError(f"the prefix {prefix!r} has no letters; give at least one "
+        raise InvalidArgumentError(f"{what} {text!r} has no letters; give at least one "
                                    f"{'character' if token == 'char' else 'word'} of the corpus")
     unknown = sorted({p for p in pieces if p not in vocab.token_to_idx})
     if unknown:
         known = "".join(t for t in vocab.idx_to_token if len(t) == 1) if token == "char" else None
         valid = f"; valid characters: {known!r}" if known else ""
-        raise InvalidArgumentError(f"the prefix has tokens the model never saw: "
+        raise InvalidArgumentError(f"{what} has tokens the model never saw: "
                                    f"{', '.join(map(repr, unknown))}{valid}")
+    return [vocab[p] for p in pieces]
+
+
+def predict(prefix: str, num_preds: int, model: LMParams, vocab, *, backend=None,
+            impl="scratch", token="char") -> str:
+    """The book's ``predict_ch8``: warm the state up on the prefix, then greedily emit
+    ``num_preds`` tokens, running the model on ``backend`` (its :meth:`make_predictor`). The
+    prefix is cleaned as the corpus was (``"Time Traveller!"`` reads as ``"time traveller "``)."""
+    backend = get_backend(backend)
+    ids = encode_text(prefix, vocab, token)
     if isinstance(num_preds, bool) or not isinstance(num_preds, int) or \
             not 0 <= num_preds <= MAX_PREDS:
         raise InvalidArgumentError(f"num_preds must be an integer in [0, {MAX_PREDS}], got "
                                    f"{num_preds!r}")
-    ids = [vocab[p] for p in pieces]
-    V = model.vocab_size
-
-    def step(seq_ids, state):
-        X = one_hot(np.asarray([seq_ids]), V, model.dtype)
-        Y, state = backend.gru(model.gru, X, state, impl=impl)
-        return Y[-1, 0] @ model.W_hq + model.b_q, state
-
+    predictor = backend.make_predictor(model, impl=impl)  # the model enters the framework once
     state = None
     if len(ids) > 1:
-        _, state = step(ids[:-1], state)
+        _, state = predictor.step(np.asarray([ids[:-1]]), state)
     outputs = list(ids)
     for _ in range(num_preds):
-        logits, state = step([outputs[-1]], state)
-        outputs.append(int(np.argmax(logits)))
+        logits, state = predictor.step(np.asarray([[outputs[-1]]]), state)
+        outputs.append(int(np.argmax(logits[0])))
     sep = "" if token == "char" else " "
     return sep.join(vocab.idx_to_token[i] for i in outputs)
 

@@ -229,19 +229,21 @@ def test_a_reader_racing_the_writer_always_loads(tmp_path, data_dir):
     out = tmp_path / "run"
     train(small(data_dir, epochs=1, hidden_size=8, num_steps=3, max_tokens=200), backend="numpy",
           out=out)
+    # a writer that outlives the test: it is stopped once the reader has raced it long enough
     writer = subprocess.Popen(
-        [sys.executable, "-m", "d2lgru.cli", "train", "--resume", str(out), "--epochs", "400",
+        [sys.executable, "-m", "d2lgru", "train", "--resume", str(out), "--epochs", "1000000",
          "--quiet"], env={**os.environ, "D2LGRU_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    loads, deadline = 0, time.time() + 60
+    loads, epochs, deadline = 0, set(), time.time() + 240
     try:
-        while writer.poll() is None and time.time() < deadline:
-            assert load(out)["epoch"] >= 1
+        while (loads < 200 or len(epochs) < 30) and time.time() < deadline:
+            assert writer.poll() is None, writer.stderr.read()
+            epochs.add(load(out)["epoch"])  # must never fail while the writer replaces files
             loads += 1
     finally:
         writer.kill()
         writer.wait()
-    assert loads >= 50, f"only {loads} loads while the writer ran"
+    assert len(epochs) >= 30, f"the writer saved only {len(epochs)} epochs while {loads} loads ran"
 
 
 # -- 11. files follow the umask ------------------------------------------------------------

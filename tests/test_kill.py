@@ -27,6 +27,13 @@ def d2lgru(*args, data_dir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _saved_after(out, epoch: int) -> bool:
+    try:
+        return load(out)["epoch"] > epoch
+    except CheckpointError:
+        return False
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_the_run(tmp_path, data_dir):
     kills = int(os.environ.get("D2LGRU_KILLS", "8"))
@@ -34,10 +41,17 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path, data_dir):
     rng = random.Random(20261202)
     out = tmp_path / "killed"
     seen_epochs = []
-    for _ in range(kills):
+    for i in range(kills):
         args = ["train", "--resume", str(out)] if has_run(out) else ["train", "--out", str(out)]
+        before = load(out)["epoch"] if (out / "state.json").exists() else 0
         proc = d2lgru(*args, "--epochs", str(target), data_dir=data_dir)
-        time.sleep(rng.uniform(0.05, 1.2))
+        if i % 2 == 0:  # anywhere: start-up, reading, training or saving
+            time.sleep(rng.uniform(0.05, 1.2))
+        else:  # once this process has saved an epoch (start-up takes longer on a busy machine)
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline and not _saved_after(out, before):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode in (-signal.SIGKILL, 0), stderr

@@ -29,13 +29,14 @@ _REGISTRY = {
     "mxnet": ("d2lgru.backends.mxnet_backend", "mxnet", "mxnet"),
     "paddle": ("d2lgru.backends.paddle_backend", "paddle", "paddle"),
     "mindspore": ("d2lgru.backends.mindspore_backend", "mindspore", "mindspore"),
+    "jax": ("d2lgru.backends.jax_backend", "jax", "jax"),
 }
 
 #: every built-in backend, in order (third-party ones: :func:`plugin_backends`)
 BACKENDS = tuple(_REGISTRY)
 
 ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet",
-           "paddlepaddle": "paddle", "ms": "mindspore"}
+           "paddlepaddle": "paddle", "ms": "mindspore", "flax": "jax"}
 
 
 def _plugins_found() -> dict:

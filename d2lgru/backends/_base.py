@@ -1,19 +1,24 @@
 """What every backend adapter shares: declared capabilities, argument checks, the public surface.
 
 An adapter subclasses :class:`Backend`, declares its implementations in ``impls`` and fills in
-the ``_gru`` / ``_gru_backward`` / ``_lm_loss_and_grads`` / ``_make_trainer`` hooks. The public
-methods here check arguments once, so every backend fails the same way on the same mistake.
+the ``_gru`` / ``_gru_backward`` / ``_lm_loss_and_grads`` / ``_make_trainer`` hooks (and, with a
+``native`` impl, its module's ``to_native`` / ``from_native`` converters). Its trainer subclasses
+:class:`Trainer`, whose epoch loop is written once here, and fills in the per-step hooks. The
+public methods here check arguments once, so every backend fails the same way on the same
+mistake.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import sys
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from ..model import LMParams
+from ..model import LMParams, one_hot
 from ..spec import GRUParams, GRUSpec, non_finite_count
 from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError, NonFiniteError
 from .. import threads as _threads
@@ -137,6 +142,15 @@ class Backend:
         (see d2lgru/threads.py); adapters override it with what they measured."""
         return cpus
 
+    #: whether the framework runs on an OpenMP runtime, so that the adapter sets passive waiting
+    #: (:func:`d2lgru.threads.wait_passively`) before the framework loads
+    openmp: bool = False
+
+    def framework_threads(self) -> int | None:
+        """The thread count the framework itself says it runs with (None where it cannot say):
+        what the tests hold :attr:`threads` to."""
+        return None
+
     def _set_threads(self, n: int) -> int | None:
         """Apply ``n`` to the framework; return None, or the count the framework keeps when
         it cannot change (explained by :meth:`_why_threads_fixed`). This base applies ``n`` to
@@ -231,6 +245,17 @@ class Backend:
         return self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
                                   device=device)
 
+    def make_predictor(self, model: LMParams, *, impl: str = "scratch",
+                       device: str | None = None) -> "Predictor":
+        """A :class:`Predictor` that holds ``model`` in the framework on ``device``, built once,
+        and steps it a few tokens at a time (the book's ``predict_ch8``)."""
+        if not isinstance(model, LMParams):
+            raise InvalidTypeError(f"model must be d2lgru.LMParams, got {type(model).__name__}")
+        self.check_impl(impl, model.spec, model.dtype)
+        device = self.check_device(device)
+        self._ensure_ready()
+        return self._make_predictor(model, impl=impl, device=device)
+
     # -- the native layer's layout (backends with impl "native") ------------------------
     def to_native(self, params: GRUParams) -> dict:
         """Canonical -> the framework layer's own parameter names and layout (NumPy arrays)."""
@@ -263,11 +288,16 @@ class Backend:
         self.check_impl("native", spec, dtype)
 
     # -- hooks for the adapter ----------------------------------------------------------
+    def _adapter_module(self):
+        return sys.modules[type(self).__module__]
+
     def _to_native(self, params):
-        raise NotImplementedError
+        """The adapter module's ``to_native(params) -> dict``."""
+        return self._adapter_module().to_native(params)
 
     def _from_native(self, native, spec):
-        raise NotImplementedError
+        """The adapter module's ``from_native(native, spec) -> GRUParams``."""
+        return self._adapter_module().from_native(native, spec)
 
     def _native_reference(self, spec, X, h0, seed):
         raise NotImplementedError
@@ -287,11 +317,19 @@ class Backend:
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
         raise NotImplementedError
 
+    def _make_predictor(self, model, *, impl, device):
+        return GRUPredictor(self, model, impl)
+
 
 class Trainer:
     """Trains the book's model inside one framework. Weights enter as :class:`LMParams` at
     construction and leave through :meth:`params`; nothing crosses to NumPy per step but the
-    losses."""
+    losses.
+
+    :meth:`train_epoch` is the one epoch loop; an adapter's trainer supplies the hooks it calls:
+    ``_zeros_state(N)``, ``_to_device(X, Y)``, ``_step(ids, labels, state)``,
+    ``_fetch_losses(handles)`` and, where it needs them, ``_epoch_context()`` and
+    ``_device_batches(batches)``."""
 
     backend: str
     impl: str
@@ -300,12 +338,76 @@ class Trainer:
 
     def train_epoch(self, batches: Iterable, *, random_iter: bool = False) -> np.ndarray:
         """One epoch, the book's ``train_epoch_ch8``: the state starts at zeros, is carried
-        (detached) from batch to batch for the sequential iterator and restarted for every
-        batch of the random one. Returns each batch's mean cross-entropy."""
-        raise NotImplementedError
+        (detached) from batch to batch for the sequential iterator, restarted for every batch
+        of the random one, and restarted when the batch size changes (a carried state has the
+        previous batch's rows). Returns each batch's mean cross-entropy (float64)."""
+        batches = [(np.asarray(X), np.asarray(Y)) for X, Y in batches]
+        if not batches:
+            return np.zeros(0)
+        handles, state, rows = [], None, None
+        with self._epoch_context():
+            for (X, _), (ids, labels) in zip(batches, self._device_batches(batches)):
+                if state is None or random_iter or X.shape[0] != rows:
+                    rows = X.shape[0]
+                    state = self._zeros_state(rows)
+                loss, state = self._step(ids, labels, state)
+                handles.append(loss)
+            return np.asarray(self._fetch_losses(handles), np.float64)
 
     def params(self) -> LMParams:
         raise NotImplementedError
+
+    # -- hooks for the adapter's trainer ----------------------------------------------------
+    def _epoch_context(self):
+        """Entered around the epoch (a device scope, an error state); by default nothing."""
+        return contextlib.nullcontext()
+
+    def _device_batches(self, batches):
+        """``(ids, labels)`` per batch where the step wants them; by default each batch is
+        converted by :meth:`_to_device` when the loop reaches it."""
+        return (self._to_device(X, Y) for X, Y in batches)
+
+    def _to_device(self, X, Y):
+        """One batch ``X, Y [N, T]`` (NumPy ids) -> what :meth:`_step` takes as ids and labels."""
+        raise NotImplementedError
+
+    def _zeros_state(self, N: int):
+        """The zero state ``[L*D, N, H]`` in the framework, on the device."""
+        raise NotImplementedError
+
+    def _step(self, ids, labels, state):
+        """Forward, backward, the book's global-norm clipping and SGD on one batch ->
+        ``(loss handle, new state detached from the graph)``. The loss may stay on the device."""
+        raise NotImplementedError
+
+    def _fetch_losses(self, handles) -> np.ndarray:
+        """Every step's loss handle -> NumPy (one transfer where the framework allows)."""
+        return np.asarray([float(h) for h in handles])
+
+
+class Predictor:
+    """The book's model held in a framework for greedy prediction. ``step(ids, state)`` runs the
+    GRU and the head on ``ids [N, T]`` (NumPy ints) from ``state`` (None: zeros; otherwise what
+    the previous step returned, kept in the framework) and returns ``(logits [N, V] of the last
+    step as NumPy, new state)``."""
+
+    def step(self, ids: np.ndarray, state=None):
+        raise NotImplementedError
+
+
+class GRUPredictor(Predictor):
+    """The fallback for backends without their own predictor: :meth:`Backend.gru` on the one-hot
+    input each step (which loads the weights into the framework every call) and the head in
+    NumPy."""
+
+    def __init__(self, backend: Backend, model: LMParams, impl: str):
+        self.backend, self.model, self.impl = backend, model, impl
+
+    def step(self, ids, state=None):
+        m = self.model
+        Y, state = self.backend.gru(m.gru, one_hot(ids, m.vocab_size, m.dtype), state,
+                                    impl=self.impl)
+        return Y[-1] @ m.W_hq + m.b_q, state
 
 
 # -- shared checks ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The cuDNN GRU parameter layout, shared by ``torch.nn.GRU``, ``paddle.nn.GRU`` and
-``mindspore.nn.GRU``: per layer ``l`` and direction (``_reverse`` for the backward one)
+"""The cuDNN GRU parameter layout, shared by ``torch.nn.GRU``, ``paddle.nn.GRU``,
+``mindspore.nn.GRU`` and ``mxnet.gluon.rnn.GRU``: per layer ``l`` and direction
 ``weight_ih_l{l}`` ``[3H, in]``, ``weight_hh_l{l}`` ``[3H, H]``, ``bias_ih_l{l}`` and
-``bias_hh_l{l}`` ``[3H]``, each stacking the gates' row blocks in the order r, z, n (n is the
-candidate, the canonical h). NumPy only: the adapters turn framework tensors into arrays first.
+``bias_hh_l{l}`` ``[3H]`` (``_reverse`` for the backward direction; Gluon names the same arrays
+``{l|r}{layer}_i2h_weight`` etc., see ``names=``), each stacking the gates' row blocks in the
+order r, z, n (n is the candidate, the canonical h). NumPy only: the adapters turn framework
+tensors into arrays first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ def names(layer: int, direction: int) -> dict[str, str]:
             "b_x": "bias_ih" + sfx, "b_h": "bias_hh" + sfx}
 
 
-def shapes(spec: GRUSpec) -> dict[str, tuple[int, ...]]:
+def keys(spec: GRUSpec, names=names) -> dict[str, str]:
+    """Native parameter name -> its canonical :func:`d2lgru.model.lm_keys` name
+    (``weight_hh_l0`` -> ``gru.l0.d0.W_h``)."""
+    return {n: f"gru.l{l}.d{d}.{k}" for l, d in spec.cells() for k, n in names(l, d).items()}
+
+
+def shapes(spec: GRUSpec, names=names) -> dict[str, tuple[int, ...]]:
     """Every native parameter of a ``spec`` layer and its shape, in the layer's order."""
     H3, out = 3 * spec.hidden_size, {}
     for l, d in spec.cells():
@@ -36,9 +44,10 @@ def shapes(spec: GRUSpec) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def to_native(params: GRUParams) -> dict[str, np.ndarray]:
+def to_native(params: GRUParams, names=names) -> dict[str, np.ndarray]:
     """Canonical ``W [3, in, H]`` (gates z, r, h) -> ``[3H, in]`` with row blocks r, z, n;
-    biases ``[3, H]`` -> ``[3H]`` the same way. Exact: only a reordering."""
+    biases ``[3, H]`` -> ``[3H]`` the same way. Exact: only a reordering. ``names(l, d)`` maps
+    a cell's canonical arrays to the framework's parameter names."""
     H = params.spec.hidden_size
     native = {}
     for l, d in params.spec.cells():
@@ -51,11 +60,11 @@ def to_native(params: GRUParams) -> dict[str, np.ndarray]:
     return native
 
 
-def from_native(native: dict, spec: GRUSpec, layer: str) -> GRUParams:
+def from_native(native: dict, spec: GRUSpec, layer: str, names=names) -> GRUParams:
     """The native arrays (parameters or their gradients) by name -> canonical
     :class:`GRUParams`. ``layer`` names the framework's layer in the errors: a missing,
     unknown or misshapen array is a ``ValueError`` that names it."""
-    expected = shapes(spec)
+    expected = shapes(spec, names)
     check_native_names(native, expected, layer, spec)
     arrays = {}
     for k, shape in expected.items():

@@ -27,10 +27,10 @@ _threads.wait_passively()
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from ..model import LMParams, trained  # noqa: E402
-from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec  # noqa: E402
-from . import _cudnn_layout  # noqa: E402
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
+from ..model import LMParams, lm_keys, trained  # noqa: E402
+from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
+from . import _cudnn_layout, _layout  # noqa: E402
+from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError  # noqa: E402
 
 # PyNative (with launch_blocking, see _setup) first: on the reference machine it trained faster
 # and steadier than GRAPH_MODE on both impls (scratch 7.6k vs 4.4k, native 11.1k vs 5.9k tokens/s,
@@ -44,12 +44,12 @@ def _tensor(a) -> Tensor:
 
 
 # -- the native layout: cuDNN's (see _cudnn_layout), rows r | z | n ------------------------
-def _to_native(params: GRUParams) -> dict[str, np.ndarray]:
+def to_native(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> ``nn.GRU``'s parameters by name: ``[3H, in]`` weights, rows r | z | n."""
     return _cudnn_layout.to_native(params)
 
 
-def _from_native(native, spec: GRUSpec) -> GRUParams:
+def from_native(native, spec: GRUSpec) -> GRUParams:
     """``nn.GRU``'s parameters (or their gradients) by name -> canonical."""
     return _cudnn_layout.from_native(native, spec, "mindspore.nn.GRU")
 
@@ -73,43 +73,18 @@ def _short(name: str) -> str:
 
 
 def _load_native(layer: nn.GRU, params: GRUParams):
-    native = _to_native(params)
+    native = to_native(params)
     for p in layer.get_parameters():
         p.set_data(_tensor(native[_short(p.name)]))
 
 
 def _read_native(layer: nn.GRU, spec: GRUSpec) -> GRUParams:
-    return _from_native({_short(p.name): p.asnumpy() for p in layer.get_parameters()}, spec)
+    return from_native({_short(p.name): p.asnumpy() for p in layer.get_parameters()}, spec)
 
 
 # -- the book's loop in MindSpore ops ------------------------------------------------------
-# Weights are fused per cell: Wx [I, 3H] and Wh [H, 3H] with columns z | r | h, and biases
-# [3H] -- a pure relayout of the canonical [3, I, H], so gradients convert back exactly.
-def _fuse(w):
-    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
-
-
-def _unfuse(w):
-    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
-
-
-def _fused_arrays(params: GRUParams) -> list[np.ndarray]:
-    """Per cell, in ``spec.cells()`` order: Wx, Wh, bx, bh."""
-    out = []
-    for l, d in params.spec.cells():
-        c = params.cell(l, d)
-        out += [_fuse(c.W_x), _fuse(c.W_h), c.b_x.reshape(-1).copy(), c.b_h.reshape(-1).copy()]
-    return out
-
-
-def _unfused(spec: GRUSpec, arrays) -> GRUParams:
-    H, cells, it = spec.hidden_size, [], iter(arrays)
-    for _ in range(spec.num_layers):
-        cells.append([CellParams(_unfuse(next(it)), _unfuse(next(it)), next(it).reshape(3, H),
-                                 next(it).reshape(3, H)) for _ in range(spec.num_directions)])
-    return GRUParams(spec, cells)
-
-
+# Weights are fused per cell (d2lgru/backends/_layout.py): Wx [I, 3H] and Wh [H, 3H] with
+# columns z | r | h, and biases [3H] -- a pure relayout, so gradients convert back exactly.
 # MindSpore's CPU float32 tanh (PyNative and graph alike) is a clamped rational approximation,
 # off by up to 1e-4 for 4 < |x| < 6; its sigmoid is good to 1e-6. The loop therefore computes
 # the candidate as tanh(a) = 2 sigmoid(2a) - 1, with the factor 2 folded into the candidate's
@@ -195,38 +170,54 @@ class _LM(nn.Cell):
             self.gru = _new_native_layer(spec)
             _load_native(self.gru, model.gru)
             self.eye = _tensor(np.eye(model.vocab_size, dtype=model.dtype))
-        else:
+        else:  # the scratch layout's arrays, one parameter each, named after their lm_keys name
             self.gru_weights = ms.ParameterTuple([
-                ms.Parameter(_tensor(a), name=f"gru_{i}")
-                for i, a in enumerate(_fused_arrays(model.gru))])
+                ms.Parameter(_tensor(a), name=k.replace(".", "_"))
+                for k, a in zip(lm_keys(spec), _layout.cell_arrays(model.gru))])
         self.W_hq = ms.Parameter(_tensor(model.W_hq), name="W_hq")
         self.b_q = ms.Parameter(_tensor(model.b_q), name="b_q")
 
-    def construct(self, X, Y, state):
-        ids = X.T
+    def run(self, ids, state):
+        """Time-major ids ``[T, N]`` -> ``(logits [T*N, V], h_n)``."""
         if self.impl == "native":
             out, h_n = self.gru(ops.gather(self.eye, ids, 0), state)
         else:
             out, h_n = _scratch_forward(self.gru_weights, state, self.cell, self.num_layers,
                                         self.num_dirs, ids=ids)
         T, N = ids.shape[0], ids.shape[1]
-        logits = ops.matmul(out.reshape(T * N, -1), self.W_hq) + self.b_q
+        return ops.matmul(out.reshape(T * N, -1), self.W_hq) + self.b_q, h_n
+
+    def construct(self, X, Y, state):
+        logits, h_n = self.run(X.T, state)
         return _cross_entropy(logits, Y.T.reshape(-1)), logits, h_n
+
+    def keys(self) -> list[str]:
+        """The :func:`d2lgru.model.lm_keys` name of each of ``trainable_params()``."""
+        by_name = {**_cudnn_layout.keys(self.spec), "W_hq": "head.W_hq", "b_q": "head.b_q",
+                   **{k.replace(".", "_"): k for k in lm_keys(self.spec)}}
+        return [by_name[_short(p.name)] for p in self.trainable_params()]
 
     def read(self) -> LMParams:
         return self.to_lm([p.asnumpy() for p in self.trainable_params()])
 
     def to_lm(self, arrays) -> LMParams:
         """Arrays (weights or gradients) in ``trainable_params()`` order -> canonical."""
-        names = [_short(p.name) for p in self.trainable_params()]
-        by_name = dict(zip(names, arrays))
+        by_key = dict(zip(self.keys(), arrays, strict=True))
         if self.impl == "native":
-            gru = _from_native({k: v for k, v in by_name.items()
-                                if k not in ("W_hq", "b_q")}, self.spec)
+            gru = from_native({n: by_key[k] for n, k in _cudnn_layout.keys(self.spec).items()},
+                              self.spec)
         else:
-            cells = self.num_layers * self.num_dirs
-            gru = _unfused(self.spec, [by_name[f"gru_{i}"] for i in range(4 * cells)])
-        return LMParams(gru, by_name["W_hq"], by_name["b_q"])
+            gru = _layout.cell_params(self.spec, [by_key[k] for k in lm_keys(self.spec)[:-2]])
+        return LMParams(gru, by_key["head.W_hq"], by_key["head.b_q"])
+
+
+def clip_and_sgd(params, grads, lr, clip):
+    """The book's ``grad_clipping`` (the global L2 norm of ``grads`` scaled down to ``clip``
+    when above it) then ``sgd`` (``p -= lr * g``), in place, on the device: no sync."""
+    norm = ops.sqrt(ops.addn([(g * g).sum() for g in grads]))
+    scale = lr * ops.minimum(ops.ones_like(norm), clip / norm)
+    for p, g in zip(params, grads):
+        ops.assign_sub(p, scale * g)
 
 
 class _TrainStep(nn.Cell):
@@ -235,22 +226,21 @@ class _TrainStep(nn.Cell):
     def __init__(self, lm: _LM, lr: float, clip: float, dtype):
         super().__init__()
         self.lm = lm
-        params = lm.trainable_params()
-        if not lm.spec.reset_after:  # a reset-before cell's b_h stays put (model.trained)
-            params = [p for p, k in zip(params, trained(lm.spec), strict=True) if k]
-        self.weights = ms.ParameterTuple(params)
+        keep = trained(lm.spec)  # a reset-before cell's b_h stays put
+        self.weights = ms.ParameterTuple([p for p, k in zip(lm.trainable_params(), lm.keys(),
+                                                             strict=True) if k in keep])
         self.grad_fn = ms.value_and_grad(lm, None, self.weights, has_aux=True)
         self.lr = Tensor(lr, dtype)
         self.clip = Tensor(clip, dtype)
-        self.one = Tensor(1.0, dtype)
 
     def construct(self, X, Y, state):
         (loss, _, h_n), grads = self.grad_fn(X, Y, state)
-        norm = ops.sqrt(ops.addn([(g * g).sum() for g in grads]))
-        scale = self.lr * ops.minimum(self.one, self.clip / norm)
-        for p, g in zip(self.weights, grads):
-            ops.assign_sub(p, scale * g)
+        clip_and_sgd(self.weights, grads, self.lr, self.clip)
         return loss, ops.stop_gradient(h_n)
+
+
+def _zeros_state(spec: GRUSpec, N: int, dtype) -> Tensor:
+    return _tensor(np.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size), dtype))
 
 
 class MindSporeTrainer(Trainer):
@@ -260,24 +250,35 @@ class MindSporeTrainer(Trainer):
         self.lm = _LM(impl, model)
         step = _TrainStep(self.lm, lr, clip, _MS_DTYPES[model.dtype])
         # graph: the whole step compiled once per batch shape (ms.jit caches by input shape)
-        self.step = ms.jit(step.construct) if mode == "graph" else step
+        self._train_step = ms.jit(step.construct) if mode == "graph" else step
 
-    def train_epoch(self, batches, *, random_iter=False):
-        losses, state = [], None
-        for X, Y in batches:
-            X, Y = np.ascontiguousarray(X, np.int64), np.ascontiguousarray(Y, np.int64)
-            if state is None or random_iter or state.shape[1] != X.shape[0]:
-                shape = (self.spec.num_layers * self.spec.num_directions, X.shape[0],
-                         self.spec.hidden_size)
-                state = _tensor(np.zeros(shape, self.dtype))
-            loss, state = self.step(Tensor(X), Tensor(Y), state)
-            losses.append(loss)
-        if not losses:
-            return np.zeros(0)
-        return ops.stack(losses).asnumpy().astype(np.float64)
+    def _to_device(self, X, Y):
+        return Tensor(np.ascontiguousarray(X, np.int64)), Tensor(np.ascontiguousarray(Y, np.int64))
+
+    def _zeros_state(self, N):
+        return _zeros_state(self.spec, N, self.dtype)
+
+    def _step(self, ids, labels, state):
+        return self._train_step(ids, labels, state)
+
+    def _fetch_losses(self, handles):
+        return ops.stack(handles).asnumpy()
 
     def params(self) -> LMParams:
         return self.lm.read()
+
+
+class MindSporePredictor(Predictor):
+    """The model as the trainer's Cell, run in PyNative a few tokens at a time."""
+
+    def __init__(self, model: LMParams, impl: str):
+        self.lm, self.spec, self.dtype = _LM(impl, model), model.spec, model.dtype
+
+    def step(self, ids, state=None):
+        if state is None:
+            state = _zeros_state(self.spec, ids.shape[0], self.dtype)
+        logits, h_n = self.lm.run(Tensor(np.ascontiguousarray(ids.T, np.int64)), state)
+        return logits[-ids.shape[0]:].asnumpy(), h_n
 
 
 # -- the backend ---------------------------------------------------------------------------
@@ -334,6 +335,12 @@ class MindSporeBackend(Backend):
         # machine; the book's ops are small, so a few suffice (one beside the dispatcher on 2)
         return max(1, min(4, cpus - 1))
 
+    openmp = True
+
+    def framework_threads(self):
+        # MindSpore has no getter for its kernel threads; every BLAS it loaded must agree
+        return max(_threads.blas_threads().values())
+
     def _set_threads(self, n):
         # MindSpore's public setter (op_tuning.threads_num) refuses a second call, so later
         # counts go to the runtime's own setter. A count the user set through MindSpore before
@@ -369,7 +376,7 @@ class MindSporeBackend(Backend):
         def fn(X, h0, *weights):
             return _scratch_forward(weights, h0, _cell(spec), spec.num_layers,
                                     spec.num_directions, X=X)
-        return fn, [_tensor(a) for a in _fused_arrays(params)], None
+        return fn, [_tensor(a) for a in _layout.cell_arrays(params)], None
 
     def _gru(self, impl, params, X, h0):
         fn, weights, _ = self._gru_fn(impl, params.spec, params)
@@ -388,14 +395,14 @@ class MindSporeBackend(Backend):
         if layer is not None:
             grads = ms.grad(scalar, grad_position=(0, 1), weights=weights)(_tensor(X), _tensor(h0))
             (dX, dh0), dw = grads
-            dparams = _from_native({_short(p.name): g.asnumpy() for p, g in zip(weights, dw)},
+            dparams = from_native({_short(p.name): g.asnumpy() for p, g in zip(weights, dw)},
                                    spec)
         else:
             n = len(weights)
             grads = ms.grad(scalar, grad_position=tuple(range(2 + n)))(
                 _tensor(X), _tensor(h0), *weights)
             dX, dh0 = grads[0], grads[1]
-            dparams = _unfused(spec, [g.asnumpy() for g in grads[2:]])
+            dparams = _layout.cell_params(spec, [g.asnumpy() for g in grads[2:]])
         return dparams, dX.asnumpy(), dh0.asnumpy()
 
     def _lm_loss_and_grads(self, impl, model, X, Y, state):
@@ -409,13 +416,10 @@ class MindSporeBackend(Backend):
     def _make_trainer(self, model, **kw):
         return MindSporeTrainer(model, **kw)
 
+    def _make_predictor(self, model, *, impl, device):
+        return MindSporePredictor(model, impl)
+
     # -- the native layout hooks -----------------------------------------------------------
-    def _to_native(self, params):
-        return _to_native(params)
-
-    def _from_native(self, native, spec):
-        return _from_native(native, spec)
-
     def _native_reference(self, spec, X, h0, seed):
         layer = _new_native_layer(spec, seed)
         Y, h_n = layer(_tensor(X), _tensor(h0))

@@ -61,70 +61,32 @@ with warnings.catch_warnings():
     import mxnet as mx
     from mxnet import autograd, gluon, nd
 
-from ..model import LMParams, trained
-from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
-from ..errors import InvalidArgumentError
+from ..model import LMParams, lm_keys, one_hot, trained
+from ..spec import GATE_SETS, GRUParams, GRUSpec
+from . import _cudnn_layout, _layout
+from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError
 
-#: canonical gate order (z, r, h) <-> the fused operator's row blocks (r, z, n); its own inverse
-_NATIVE_GATES = [1, 0, 2]
-_NATIVE_KINDS = ("i2h_weight", "h2h_weight", "i2h_bias", "h2h_bias")
 _BULK_NODES = 1000
 
 
-# -- the native layer's layout ------------------------------------------------------------
-def _native_prefix(layer: int, direction: int) -> str:
-    return f"{'lr'[direction]}{layer}_"
+# -- the native layer's layout: cuDNN's (see _cudnn_layout), named as Gluon names it -------
+def _gluon_names(layer: int, direction: int) -> dict[str, str]:
+    """Canonical array -> ``mxnet.gluon.rnn.GRU`` parameter name for one cell."""
+    pre = f"{'lr'[direction]}{layer}_"
+    return {"W_x": pre + "i2h_weight", "W_h": pre + "h2h_weight",
+            "b_x": pre + "i2h_bias", "b_h": pre + "h2h_bias"}
 
 
-def to_gluon_gru(params: GRUParams) -> dict[str, np.ndarray]:
+def to_native(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> ``mxnet.gluon.rnn.GRU`` parameters: ``{l|r}{layer}_i2h_weight [3H, I]``,
     ``_h2h_weight [3H, H]``, ``_i2h_bias [3H]``, ``_h2h_bias [3H]``, row blocks r, z, n."""
-    spec = params.spec
-    H = spec.hidden_size
-    out = {}
-    for l, d in spec.cells():
-        c, pre = params.cell(l, d), _native_prefix(l, d)
-        out[pre + "i2h_weight"] = np.ascontiguousarray(
-            c.W_x[_NATIVE_GATES].transpose(0, 2, 1).reshape(3 * H, -1))
-        out[pre + "h2h_weight"] = np.ascontiguousarray(
-            c.W_h[_NATIVE_GATES].transpose(0, 2, 1).reshape(3 * H, H))
-        out[pre + "i2h_bias"] = c.b_x[_NATIVE_GATES].reshape(-1)
-        out[pre + "h2h_bias"] = c.b_h[_NATIVE_GATES].reshape(-1)
-    return out
+    return _cudnn_layout.to_native(params, _gluon_names)
 
 
-def from_gluon_gru(native, spec: GRUSpec) -> GRUParams:
-    """``mxnet.gluon.rnn.GRU`` parameters (as :func:`to_gluon_gru` names them) -> canonical.
+def from_native(native, spec: GRUSpec) -> GRUParams:
+    """``mxnet.gluon.rnn.GRU`` parameters (as :func:`to_native` names them) -> canonical.
     Gradients with respect to those parameters convert the same way."""
-    H = spec.hidden_size
-    expected = {_native_prefix(l, d) + k for l, d in spec.cells() for k in _NATIVE_KINDS}
-    if set(native) != expected:
-        missing, extra = sorted(expected - set(native)), sorted(set(native) - expected)
-        raise InvalidArgumentError(f"a {spec.describe()} has gluon GRU parameters {sorted(expected)}; "
-                                   f"missing {missing}, unexpected {extra}")
-    rows = []
-    for l in range(spec.num_layers):
-        row = []
-        for d in range(spec.num_directions):
-            pre, I = _native_prefix(l, d), spec.layer_input_size(l)
-            arrays = {}
-            for kind, shape in (("i2h_weight", (3 * H, I)), ("h2h_weight", (3 * H, H)),
-                                ("i2h_bias", (3 * H,)), ("h2h_bias", (3 * H,))):
-                a = np.asarray(native[pre + kind])
-                if a.shape != shape:
-                    raise InvalidArgumentError(f"gluon GRU parameter {pre + kind} must have shape {shape} "
-                                               f"for a {spec.describe()}, got {a.shape}")
-                arrays[kind] = a
-            row.append(CellParams(
-                W_x=np.ascontiguousarray(
-                    arrays["i2h_weight"].reshape(3, H, I)[_NATIVE_GATES].transpose(0, 2, 1)),
-                W_h=np.ascontiguousarray(
-                    arrays["h2h_weight"].reshape(3, H, H)[_NATIVE_GATES].transpose(0, 2, 1)),
-                b_x=arrays["i2h_bias"].reshape(3, H)[_NATIVE_GATES],
-                b_h=arrays["h2h_bias"].reshape(3, H)[_NATIVE_GATES]))
-        rows.append(row)
-    return GRUParams(spec, rows)
+    return _cudnn_layout.from_native(native, spec, "mxnet.gluon.rnn.GRU", _gluon_names)
 
 
 def _new_gluon_gru(spec: GRUSpec, dtype, ctx):
@@ -136,40 +98,24 @@ def _new_gluon_gru(spec: GRUSpec, dtype, ctx):
 
 
 def _load_gluon_gru(layer, params: GRUParams):
-    for name, a in to_gluon_gru(params).items():
+    for name, a in to_native(params).items():
         getattr(layer, name).set_data(nd.array(a, dtype=a.dtype))
 
 
 def _read_gluon_gru(layer, spec: GRUSpec, grad=False) -> GRUParams:
-    names = [_native_prefix(l, d) + k for l, d in spec.cells() for k in _NATIVE_KINDS]
     read = (lambda p: p.grad()) if grad else (lambda p: p.data())
-    return from_gluon_gru({n: read(getattr(layer, n)).asnumpy() for n in names}, spec)
+    return from_native({n: read(getattr(layer, n)).asnumpy()
+                        for n in _cudnn_layout.shapes(spec, _gluon_names)}, spec)
 
 
-# -- the scratch implementation's own layout: FullyConnected weights, gates z | r | h ------
+# -- the scratch implementation's own layout: FullyConnected weights [3H, in], gates z | r | h
 def _scratch_arrays(params: GRUParams) -> list[np.ndarray]:
     """Per cell (``h_n`` order): ``W_x [3H, I]``, ``W_h [3H, H]``, ``b_x [3H]``, ``b_h [3H]``."""
-    H = params.spec.hidden_size
-    out = []
-    for l, d in params.spec.cells():
-        c = params.cell(l, d)
-        out += [np.ascontiguousarray(c.W_x.transpose(0, 2, 1).reshape(3 * H, -1)),
-                np.ascontiguousarray(c.W_h.transpose(0, 2, 1).reshape(3 * H, H)),
-                c.b_x.reshape(-1), c.b_h.reshape(-1)]
-    return out
+    return _layout.cell_arrays(params, rows=True)
 
 
 def _scratch_params(arrays, spec: GRUSpec) -> GRUParams:
-    H = spec.hidden_size
-    it = iter(arrays)
-    rows = [[None] * spec.num_directions for _ in range(spec.num_layers)]
-    for l, d in spec.cells():
-        Wx, Wh, bx, bh = (np.asarray(next(it)) for _ in range(4))
-        rows[l][d] = CellParams(
-            W_x=np.ascontiguousarray(Wx.reshape(3, H, -1).transpose(0, 2, 1)),
-            W_h=np.ascontiguousarray(Wh.reshape(3, H, H).transpose(0, 2, 1)),
-            b_x=bx.reshape(3, H).copy(), b_h=bh.reshape(3, H).copy())
-    return GRUParams(spec, rows)
+    return _layout.cell_params(spec, arrays, rows=True)
 
 
 def _unstack(F, x, n):
@@ -325,11 +271,12 @@ def _onehot_table(spec: GRUSpec, dtype, ctx) -> list:
 
 
 # -- the trainer ----------------------------------------------------------------------------
-def _clip_and_sgd(pairs, lr, clip):
-    """The book's ``grad_clipping`` over every parameter then ``sgd``, on device: no sync."""
-    norm = nd.sqrt(nd.add_n(*[nd.sum(nd.square(g)) for _, g in pairs]))
+def clip_and_sgd(params, grads, lr: float, clip: float):
+    """The book's ``grad_clipping`` (the global L2 norm of ``grads`` scaled down to ``clip``
+    when above it) then ``sgd`` (``p -= lr * g``), in place, on the device: no sync."""
+    norm = nd.sqrt(nd.add_n(*[nd.sum(nd.square(g)) for g in grads]))
     scale = nd.minimum(clip / norm, 1.0) * lr
-    for w, g in pairs:
+    for w, g in zip(params, grads):
         w -= nd.broadcast_mul(g, scale)
 
 
@@ -356,16 +303,17 @@ class MXNetTrainer(Trainer):
             _hybridize(net, mode)
             self._native = net
             self._inputs = _onehot_table(self._spec, self._dtype, self._ctx)
-            self._pairs = [(p.data(self._ctx), p.grad(self._ctx))
-                           for p in net.collect_params().values()]
+            self._params = [p.data(self._ctx) for p in net.collect_params().values()]
+            self._grads = [p.grad(self._ctx) for p in net.collect_params().values()]
         else:
             arrays = _scratch_arrays(model.gru) + [model.W_hq.T, model.b_q]
             self._inputs = [nd.array(a, ctx=self._ctx, dtype=self._dtype) for a in arrays]
             keep = trained(model.spec)  # a reset-before cell's b_h stays put
-            for w, k in zip(self._inputs, keep, strict=True):
-                if k:
-                    w.attach_grad()
-            self._pairs = [(w, w.grad) for w, k in zip(self._inputs, keep) if k]
+            self._params = [w for w, k in zip(self._inputs, lm_keys(model.spec), strict=True)
+                            if k in keep]
+            for w in self._params:
+                w.attach_grad()
+            self._grads = [w.grad for w in self._params]
             self._blocks = {}
 
     def _net(self, T):
@@ -377,27 +325,23 @@ class MXNetTrainer(Trainer):
             self._blocks[T] = block
         return self._blocks[T]
 
-    def train_epoch(self, batches, *, random_iter=False):
-        spec, ctx, dt = self._spec, self._ctx, self._dtype
-        losses, state = [], None
-        for X, Y in batches:
-            X, Y = np.asarray(X), np.asarray(Y)
-            N, T = X.shape
-            if state is None or random_iter or state.shape[1] != N:
-                state = nd.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size),
-                                 ctx=ctx, dtype=dt)
-            ids = nd.array(X.T, ctx=ctx, dtype=dt)
-            labels = nd.array(Y.T, ctx=ctx, dtype=dt)
-            net = self._net(T)
-            with autograd.record():
-                loss, h_n = net(ids, labels, state, *self._inputs)
-            loss.backward()
-            _clip_and_sgd(self._pairs, self.lr, self.clip)
-            state = h_n.detach()  # not in place in MXNet: the carried state is the new array
-            losses.append(loss)
-        if not losses:
-            return np.zeros(0)
-        return nd.concat(*losses, dim=0).asnumpy().astype(np.float64)
+    def _to_device(self, X, Y):
+        return (nd.array(X.T, ctx=self._ctx, dtype=self._dtype),
+                nd.array(Y.T, ctx=self._ctx, dtype=self._dtype))
+
+    def _zeros_state(self, N):
+        return _zeros_state(self._spec, N, self._ctx, self._dtype)
+
+    def _step(self, ids, labels, state):
+        net = self._net(ids.shape[0])
+        with autograd.record():
+            loss, h_n = net(ids, labels, state, *self._inputs)
+        loss.backward()
+        clip_and_sgd(self._params, self._grads, self.lr, self.clip)
+        return loss, h_n.detach()  # not in place in MXNet: the carried state is the new array
+
+    def _fetch_losses(self, handles):
+        return nd.concat(*handles, dim=0).asnumpy()
 
     def params(self) -> LMParams:
         if self.impl == "native":
@@ -409,6 +353,30 @@ class MXNetTrainer(Trainer):
             gru = _scratch_params(arrays[:-2], self._spec)
             W_q, b_q = self._inputs[-2:]
         return LMParams(gru, np.ascontiguousarray(W_q.asnumpy().T), b_q.asnumpy().copy())
+
+
+def _zeros_state(spec: GRUSpec, N: int, ctx, dtype):
+    return nd.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size), ctx=ctx,
+                    dtype=dtype)
+
+
+class MXNetPredictor(Predictor):
+    """The GRU loaded once (as :meth:`MXNetBackend._gru` loads it per call) and run eagerly on
+    the one-hot input; the head as one ``FullyConnected``."""
+
+    def __init__(self, backend, model: LMParams, impl: str, ctx):
+        self._spec, self._dtype, self._ctx, self._V = model.spec, model.dtype, ctx, model.vocab_size
+        self._run, _ = backend._prepare(impl, model.gru, need_grads=False, ctx=ctx)
+        self._W_q = nd.array(model.W_hq.T, ctx=ctx, dtype=model.dtype)
+        self._b_q = nd.array(model.b_q, ctx=ctx, dtype=model.dtype)
+
+    def step(self, ids, state=None):
+        if state is None:
+            state = _zeros_state(self._spec, ids.shape[0], self._ctx, self._dtype)
+        X = nd.array(one_hot(ids, self._V, self._dtype), ctx=self._ctx, dtype=self._dtype)
+        Y, h_n = self._run(X, state)
+        logits = nd.FullyConnected(Y[-1], self._W_q, self._b_q, num_hidden=self._V)
+        return logits.asnumpy(), h_n
 
 
 # -- the backend ----------------------------------------------------------------------------
@@ -438,6 +406,12 @@ class MXNetBackend(Backend):
     def _thread_preference(self, cpus):
         return _LOADED_THREADS or _default_omp_threads(cpus)
 
+    openmp = True
+
+    def framework_threads(self):
+        # MXNet has no getter; libmxnet reads this variable once, when it loads
+        return int(os.environ["MXNET_OMP_MAX_THREADS"])
+
     def _set_threads(self, n):
         super()._set_threads(n)  # NumPy's OpenBLAS and the one MXNet ships
         return _LOADED_THREADS
@@ -448,18 +422,18 @@ class MXNetBackend(Backend):
                 f"D2LGRU_THREADS set to the count you want")
 
     # -- GRU forward and its vector-Jacobian product -----------------------------------
-    def _prepare(self, impl, params, need_grads):
+    def _prepare(self, impl, params, need_grads, ctx=None):
         """Load ``params`` (outside any recording): ``(run(X, h0) -> (Y, h_n), read_grads)``."""
-        spec, dt = params.spec, params.dtype
+        spec, dt, ctx = params.spec, params.dtype, ctx or mx.cpu()
         if impl == "native":
-            layer = _new_gluon_gru(spec, dt, mx.cpu())
+            layer = _new_gluon_gru(spec, dt, ctx)
             _load_gluon_gru(layer, params)
 
             def run_native(X, h0):
                 Y, (h_n,) = layer(X, [h0])
                 return Y, h_n
             return run_native, lambda: _read_gluon_gru(layer, spec, grad=True)
-        weights = [nd.array(a, dtype=dt) for a in _scratch_arrays(params)]
+        weights = [nd.array(a, ctx=ctx, dtype=dt) for a in _scratch_arrays(params)]
         if need_grads:
             for w in weights:
                 w.attach_grad()
@@ -511,20 +485,25 @@ class MXNetBackend(Backend):
         grads = LMParams(gru, np.ascontiguousarray(dW_q.asnumpy().T), db_q.asnumpy())
         return LMResult(float(loss.asscalar()), grads, logits.asnumpy(), h_n.asnumpy())
 
-    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
-        if device == "gpu" and mx.context.num_gpus() == 0:
+    @staticmethod
+    def _context(device):
+        if device != "gpu":
+            return mx.cpu()
+        if mx.context.num_gpus() == 0:
             raise UnsupportedError(
                 "backend 'mxnet' was asked for device 'gpu' but MXNet sees no GPU "
                 "(mx.context.num_gpus() == 0; the PyPI mxnet wheel is CPU-only, GPU builds are "
                 "the mxnet-cuXXX packages)")
+        return mx.gpu(0)
+
+    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+        self._context(device)
         return MXNetTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)
 
-    # -- the native layer's layout -------------------------------------------------------
-    def _to_native(self, params):
-        return to_gluon_gru(params)
+    def _make_predictor(self, model, *, impl, device):
+        return MXNetPredictor(self, model, impl, self._context(device))
 
-    def _from_native(self, native, spec):
-        return from_gluon_gru(native, spec)
+    # -- the native layer's layout -------------------------------------------------------
 
     def _native_reference(self, spec, X, h0, seed):
         dt = X.dtype

@@ -3,7 +3,7 @@
 ``paddle.nn.GRU`` (the fused ``rnn`` op; not the legacy ``dynamic_gru``/``gru_unit`` ops with
 their ``origin_mode``) stores, per layer and direction, ``weight_ih_l{k}[_reverse]`` ``[3H, I]``,
 ``weight_hh_l{k}[_reverse]`` ``[3H, H]`` and two biases ``[3H]``, rows stacked in the gate order
-reset, update, candidate (:data:`PADDLE_GATES`). Its CPU kernel (paddle/phi/kernels/cpu/
+reset, update, candidate (cuDNN's layout, ``_cudnn_layout.NATIVE_GATES``). Its CPU kernel (paddle/phi/kernels/cpu/
 rnn_kernel.cc with funcs/detail/gru_cpu_kernel.h, ``forward_reset_outputV2`` /
 ``forward_final_outputV2``) computes the reset-after cell, ``c = tanh(x W_ic + b_ic +
 r * (h W_hc + b_hc))``, and ``h' = (1 - z) * c + z * h`` -- the canonical update, not flipped.
@@ -48,40 +48,27 @@ with warnings.catch_warnings():
     import paddle
     import paddle.nn.functional as F
 
-from ..model import LMParams, trained
-from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
-from . import _cudnn_layout
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
-
-#: the gate order of paddle.nn.GRU's stacked rows (GRUCell.forward: ``x_r, x_z, x_c = split``),
-#: cuDNN's layout (see _cudnn_layout)
-PADDLE_GATES = _cudnn_layout.NATIVE_GATES
+from ..model import LMParams, lm_keys, trained
+from ..spec import GATE_SETS, GRUParams, GRUSpec
+from . import _cudnn_layout, _layout
+from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError
 
 
 # -- the native layout: cuDNN's, named as paddle.nn.GRU's named_parameters() names it ---------
-def to_paddle_gru(params: GRUParams) -> dict[str, np.ndarray]:
+# (the gate order of its stacked rows: GRUCell.forward's ``x_r, x_z, x_c = split``)
+def to_native(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> ``paddle.nn.GRU`` parameters: ``W [3, A, H]`` in gates z, r, h becomes
     ``[3H, A]`` with row blocks r, z, h; biases ``[3, H]`` become ``[3H]`` the same way."""
     return _cudnn_layout.to_native(params)
 
 
-def from_paddle_gru(native: dict, spec: GRUSpec) -> GRUParams:
-    """``paddle.nn.GRU`` parameters (or their gradients), as :func:`to_paddle_gru` names them,
+def from_native(native: dict, spec: GRUSpec) -> GRUParams:
+    """``paddle.nn.GRU`` parameters (or their gradients), as :func:`to_native` names them,
     -> canonical :class:`GRUParams`."""
     return _cudnn_layout.from_native(native, spec, "paddle.nn.GRU")
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _cat(w):
-    """``[3, A, H]`` gate-stacked -> ``[A, 3H]`` with columns z | r | h."""
-    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
-
-
-def _uncat(w):
-    """``[A, 3H]`` -> ``[3, A, H]``."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
-
-
 @contextlib.contextmanager
 def _default_dtype(dtype):
     """Layers create their parameters in Paddle's default dtype."""
@@ -195,16 +182,16 @@ class _ScratchLM(paddle.nn.Layer):
 
     def __init__(self, model: LMParams):
         super().__init__()
-        self.spec = spec = model.spec
-        self.cell_params = []
-        for l, d in spec.cells():
-            c = model.gru.cell(l, d)
-            cell = [self._param(f"l{l}_d{d}_{n}", a) for n, a in (
-                ("W_x", _cat(c.W_x)), ("W_h", _cat(c.W_h)),
-                ("b_x", c.b_x.reshape(-1)), ("b_h", c.b_h.reshape(-1)))]
-            self.cell_params.append(cell)
+        self.spec = model.spec
+        # the scratch layout's arrays, one parameter each, named after their lm_keys name
+        self.cell_params = [self._param(k.replace(".", "_"), a) for k, a in
+                            zip(lm_keys(model.spec), _layout.cell_arrays(model.gru))]
         self.W_hq = self._param("W_hq", model.W_hq)
         self.b_q = self._param("b_q", model.b_q)
+
+    def keyed_parameters(self):
+        """``(lm_keys name, parameter)`` of every parameter."""
+        return list(zip(lm_keys(self.spec), self.cell_params + [self.W_hq, self.b_q]))
 
     def _param(self, name, value):
         p = self.create_parameter(list(value.shape), dtype=value.dtype.name)
@@ -212,13 +199,13 @@ class _ScratchLM(paddle.nn.Layer):
         self.add_parameter(name, p)
         return p
 
-    def _cells(self):
-        D = self.spec.num_directions
-        return [self.cell_params[l * D:(l + 1) * D] for l in range(self.spec.num_layers)]
+    def run(self, ids, state):
+        """The GRU on time-major ids ``[T, N]`` -> ``(Y [T, N, D*H], h_n)``."""
+        return _scratch_gru(_layout.nest(self.cell_params, self.spec), self.spec, state, ids=ids)
 
     def forward(self, ids, labels, state):
         """``ids, labels [T, N]`` time-major -> ``(mean loss, logits [T*N, V], h_n)``."""
-        Y, h_n = _scratch_gru(self._cells(), self.spec, state, ids=ids)
+        Y, h_n = self.run(ids, state)
         return self._head(Y, labels, h_n)
 
     def _head(self, Y, labels, h_n):
@@ -227,17 +214,11 @@ class _ScratchLM(paddle.nn.Layer):
         return loss, logits, h_n
 
     def lm_params(self) -> LMParams:
-        def cell(W_x, W_h, b_x, b_h):
-            return CellParams(_uncat(W_x.numpy()), _uncat(W_h.numpy()),
-                              b_x.numpy().reshape(3, -1), b_h.numpy().reshape(3, -1))
-        gru = GRUParams(self.spec, [[cell(*c) for c in row] for row in self._cells()])
+        gru = _layout.cell_params(self.spec, [p.numpy() for p in self.cell_params])
         return LMParams(gru, self.W_hq.numpy(), self.b_q.numpy())
 
     def lm_grads(self) -> LMParams:
-        grads = [[[_grad_np(p, p.numpy()) for p in c] for c in row] for row in self._cells()]
-        gru = GRUParams(self.spec, [[CellParams(_uncat(a), _uncat(b), c.reshape(3, -1),
-                                                e.reshape(3, -1)) for a, b, c, e in row]
-                                    for row in grads])
+        gru = _layout.cell_params(self.spec, [_grad_np(p, p.numpy()) for p in self.cell_params])
         return LMParams(gru, _grad_np(self.W_hq, self.W_hq.numpy()),
                         _grad_np(self.b_q, self.b_q.numpy()))
 
@@ -250,14 +231,14 @@ def _native_gru_layer(spec: GRUSpec, dtype) -> paddle.nn.GRU:
 
 
 def _load_native(layer: paddle.nn.GRU, params: GRUParams):
-    values = to_paddle_gru(params)
+    values = to_native(params)
     for name, p in layer.named_parameters():
         p.set_value(values[name])
 
 
 def _read_native(layer: paddle.nn.GRU, spec: GRUSpec, *, grads=False) -> GRUParams:
-    return from_paddle_gru({name: _grad_np(p, p.numpy()) if grads else p.numpy()
-                            for name, p in layer.named_parameters()}, spec)
+    return from_native({name: _grad_np(p, p.numpy()) if grads else p.numpy()
+                        for name, p in layer.named_parameters()}, spec)
 
 
 class _NativeLM(_ScratchLM):
@@ -271,10 +252,13 @@ class _NativeLM(_ScratchLM):
         self.W_hq = self._param("W_hq", model.W_hq)
         self.b_q = self._param("b_q", model.b_q)
 
-    def forward(self, ids, labels, state):
-        X = F.one_hot(ids, self.spec.input_size).astype(self.W_hq.dtype)
-        Y, h_n = self.gru(X, state)
-        return self._head(Y, labels, h_n)
+    def keyed_parameters(self):
+        keys = _cudnn_layout.keys(self.spec)
+        return [(keys[n], p) for n, p in self.gru.named_parameters()] + \
+            [("head.W_hq", self.W_hq), ("head.b_q", self.b_q)]
+
+    def run(self, ids, state):
+        return self.gru(F.one_hot(ids, self.spec.input_size).astype(self.W_hq.dtype), state)
 
     def lm_params(self) -> LMParams:
         return LMParams(_read_native(self.gru, self.spec), self.W_hq.numpy(), self.b_q.numpy())
@@ -289,6 +273,21 @@ _LM_CLASSES = {"scratch": _ScratchLM, "native": _NativeLM}
 
 
 # -- training --------------------------------------------------------------------------------
+@paddle.no_grad()
+def clip_and_sgd(params, grads, lr: float, clip: float):
+    """The book's ``grad_clipping`` (the global L2 norm of ``grads`` scaled down to ``clip``
+    when above it) then ``sgd`` (``p -= lr * g``), in place, on the device: no sync."""
+    norm = paddle.sqrt(paddle.add_n([paddle.sum(g * g) for g in grads]))
+    # clip / max(norm, clip) is exactly 1 when norm <= clip, else clip / norm
+    scale = (clip / paddle.maximum(norm, paddle.full_like(norm, clip))) * lr
+    for p, g in zip(params, grads):
+        p.subtract_(g * scale)
+
+
+def _zeros_state(spec: GRUSpec, N: int, dtype):
+    return paddle.zeros([spec.num_layers * spec.num_directions, N, spec.hidden_size], dtype)
+
+
 class PaddleTrainer(Trainer):
     """The book's ``train_epoch_ch8`` with the model, the state, clipping and SGD as Paddle
     tensors on the device; the losses are read once per epoch. Mode ``eager`` runs op by op in
@@ -303,12 +302,10 @@ class PaddleTrainer(Trainer):
         self._place = "cpu" if device == "cpu" else "gpu"
         with _on_device(self._place):
             self.net = _LM_CLASSES[impl](model)
-            self._params = list(self.net.parameters())
-            if not model.spec.reset_after:  # the scratch cells' b_h stay put (model.trained)
-                keep = trained(model.spec)
-                for p, k in zip(self._params, keep, strict=True):
-                    p.stop_gradient = not k
-                self._params = [p for p, k in zip(self._params, keep) if k]
+            keep = trained(model.spec)  # a reset-before cell's b_h stays put
+            for k, p in self.net.keyed_parameters():
+                p.stop_gradient = k not in keep
+            self._params = [p for k, p in self.net.keyed_parameters() if k in keep]
             if mode == "static":
                 static = paddle.jit.to_static(self.net.forward, full_graph=True)
 
@@ -317,44 +314,57 @@ class PaddleTrainer(Trainer):
                         # Paddle's own dynamic-to-static code asks a graph value for .place
                         warnings.filterwarnings("ignore", message="Tensor do not have 'place'")
                         return static(*args)
-                self._step = step
+                self._forward = step
             else:
-                self._step = self.net.forward
+                self._forward = self.net.forward
 
-    def train_epoch(self, batches, *, random_iter=False):
-        spec = self.spec
-        losses, state = [], None
-        with _on_device(self._place):
-            for X, Y in batches:
-                X, Y = np.asarray(X), np.asarray(Y)
-                if random_iter or state is None:
-                    state = paddle.zeros([spec.num_layers * spec.num_directions, X.shape[0],
-                                          spec.hidden_size], self.net.W_hq.dtype)
-                ids = paddle.to_tensor(np.ascontiguousarray(X.T, dtype=np.int64))
-                labels = paddle.to_tensor(np.ascontiguousarray(Y.T, dtype=np.int64))
-                loss, _, state = self._step(ids, labels, state)
-                state = state.detach()
-                loss.backward()
-                self._clip_and_sgd()
-                losses.append(loss.detach())
-            if not losses:
-                return np.zeros(0)
-            return paddle.stack(losses).reshape([-1]).numpy().astype(np.float64)
+    def _epoch_context(self):
+        return _on_device(self._place)
 
-    @paddle.no_grad()
-    def _clip_and_sgd(self):
-        """The book's ``grad_clipping`` (global L2 norm over every parameter) then ``sgd``."""
-        pairs = [(p, p.grad) for p in self._params if p.grad is not None]
-        norm = paddle.sqrt(paddle.add_n([paddle.sum(g * g) for _, g in pairs]))
-        # clip / max(norm, clip) is exactly 1 when norm <= clip, else clip / norm
-        scale = (self.clip / paddle.maximum(norm, paddle.full_like(norm, self.clip))) * self.lr
-        for p, g in pairs:
-            p.subtract_(g * scale)
+    def _to_device(self, X, Y):
+        return (paddle.to_tensor(np.ascontiguousarray(X.T, dtype=np.int64)),
+                paddle.to_tensor(np.ascontiguousarray(Y.T, dtype=np.int64)))
+
+    def _zeros_state(self, N):
+        return _zeros_state(self.spec, N, self.net.W_hq.dtype)
+
+    def _step(self, ids, labels, state):
+        loss, _, state = self._forward(ids, labels, state)
+        state = state.detach()
+        loss.backward()
+        params = [p for p in self._params if p.grad is not None]
+        clip_and_sgd(params, [p.grad for p in params], self.lr, self.clip)
+        for p in params:
             p.clear_gradient(False)
+        self._last_step = ids, labels, loss  # held until the next step: see NumpyTrainer._step
+        return loss.detach(), state
+
+    def _fetch_losses(self, handles):
+        return paddle.stack(handles).reshape([-1]).numpy()
 
     def params(self) -> LMParams:
         with _on_device(self._place):
             return self.net.lm_params()
+
+
+class PaddlePredictor(Predictor):
+    """The model as Paddle layers (as the trainer builds them), run in dygraph without
+    gradients a few tokens at a time."""
+
+    def __init__(self, model: LMParams, impl: str, place: str):
+        self._place = place
+        with _on_device(place):
+            self.net = _LM_CLASSES[impl](model)
+        self.net.eval()
+
+    @paddle.no_grad()
+    def step(self, ids, state=None):
+        with _on_device(self._place):
+            if state is None:
+                state = _zeros_state(self.net.spec, ids.shape[0], self.net.W_hq.dtype)
+            Y, h_n = self.net.run(_tensor(np.ascontiguousarray(ids.T, np.int64)), state)
+            logits = paddle.matmul(Y[-1], self.net.W_hq) + self.net.b_q
+            return logits.numpy(), h_n
 
 
 # -- the backend -----------------------------------------------------------------------------
@@ -404,6 +414,13 @@ class PaddleBackend(Backend):
         flag = os.environ.get("FLAGS_paddle_num_threads", "").strip()
         return int(flag) if flag.isdigit() and int(flag) > 0 else 1
 
+    openmp = True
+
+    def framework_threads(self):
+        # paddle.base.core.set_num_threads sizes MKL's Intel OpenMP pool
+        from threadpoolctl import threadpool_info
+        return min(i["num_threads"] for i in threadpool_info() if "iomp" in i["filepath"])
+
     def _set_threads(self, n):
         super()._set_threads(n)
         paddle.base.core.set_num_threads(n)
@@ -420,12 +437,6 @@ class PaddleBackend(Backend):
         return device
 
     # -- native layout ------------------------------------------------------------------
-    def _to_native(self, params):
-        return to_paddle_gru(params)
-
-    def _from_native(self, native, spec):
-        return from_paddle_gru(native, spec)
-
     def _native_reference(self, spec, X, h0, seed):
         rng = paddle.get_rng_state()
         try:
@@ -446,15 +457,14 @@ class PaddleBackend(Backend):
                 layer.eval()
                 Y, h_n = layer(_tensor(X), _tensor(h0))
             else:
-                Y, h_n = _scratch_gru(self._cell_tensors(params), params.spec, _tensor(h0),
-                                      X=_tensor(X))
+                Y, h_n = _scratch_gru(_layout.nest(self._cell_tensors(params), params.spec),
+                                      params.spec, _tensor(h0), X=_tensor(X))
         return Y.numpy(), h_n.numpy()
 
     @staticmethod
     def _cell_tensors(params, grad=False):
-        return [[tuple(_tensor(a, grad=grad) for a in (
-            _cat(c.W_x), _cat(c.W_h), c.b_x.reshape(-1), c.b_h.reshape(-1)))
-            for c in row] for row in params.cells]
+        """The scratch layout's tensors, flat (:func:`_layout.cell_arrays` order)."""
+        return [_tensor(a, grad=grad) for a in _layout.cell_arrays(params)]
 
     def _gru_backward(self, impl, params, X, h0, dY, dh_n):
         spec = params.spec
@@ -465,17 +475,12 @@ class PaddleBackend(Backend):
             Y, h_n = layer(Xt, h0t)
         else:
             cells = self._cell_tensors(params, grad=True)
-            Y, h_n = _scratch_gru(cells, spec, h0t, X=Xt)
+            Y, h_n = _scratch_gru(_layout.nest(cells, spec), spec, h0t, X=Xt)
         (paddle.sum(Y * _tensor(dY)) + paddle.sum(h_n * _tensor(dh_n))).backward()
         if impl == "native":
             dparams = _read_native(layer, spec, grads=True)
         else:
-            dparams = GRUParams(spec, [[CellParams(
-                _uncat(_grad_np(W_x, _cat(c.W_x))), _uncat(_grad_np(W_h, _cat(c.W_h))),
-                _grad_np(b_x, c.b_x.reshape(-1)).reshape(3, -1),
-                _grad_np(b_h, c.b_h.reshape(-1)).reshape(3, -1))
-                for (W_x, W_h, b_x, b_h), c in zip(trow, prow)]
-                for trow, prow in zip(cells, params.cells)])
+            dparams = _layout.cell_params(spec, [_grad_np(t, t.numpy()) for t in cells])
         return dparams, _grad_np(Xt, X), _grad_np(h0t, h0)
 
     # -- the language model -------------------------------------------------------------
@@ -488,6 +493,9 @@ class PaddleBackend(Backend):
 
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
         return PaddleTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)
+
+    def _make_predictor(self, model, *, impl, device):
+        return PaddlePredictor(model, impl, "cpu" if device == "cpu" else "gpu")
 
 
 backend = PaddleBackend()

@@ -6,8 +6,8 @@
   instead of multiplying by a one-hot matrix, and the biases that only ever add to the input
   projection folded into it.
 * ``native`` -- ``keras.layers.GRU`` (``reset_after`` True or False, stacked, wrapped in
-  ``keras.layers.Bidirectional``), loaded from canonical parameters by :func:`to_keras` and read
-  back by :func:`from_keras`. Keras 3 has no ``time_major``: inputs are transposed explicitly.
+  ``keras.layers.Bidirectional``), loaded from canonical parameters by :func:`to_native` and read
+  back by :func:`from_native`. Keras 3 has no ``time_major``: inputs are transposed explicitly.
 
 Keras' layout (read in ``keras/src/layers/rnn/gru.py``, ``GRUCell.build`` and ``GRUCell.call``):
 ``kernel [I, 3H]`` and ``recurrent_kernel [H, 3H]`` with columns in the gate order z | r | h
@@ -31,11 +31,13 @@ import tempfile
 
 import numpy as np
 
-from ..model import LMParams, trained
+from ..model import LMParams, lm_keys, trained
 from ..spec import CellParams, GRUParams, GRUSpec
 from ..errors import BackendNotInstalledError, InvalidArgumentError
-from ._base import (Backend, ImplInfo, LMResult, Trainer, UnsupportedError,
+from . import _layout
+from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError,
                     check_native_names)
+from ._layout import cat as _cat, uncat as _uncat
 
 # TensorFlow and Keras are imported by the backend's first use (_import_tensorflow), not with
 # this module: what they read at import (log level, Keras' backend) is set right before that,
@@ -116,16 +118,6 @@ _TF_DEVICES = {"cpu": "/CPU:0", "gpu": "/GPU:0"}
 
 
 # -- canonical <-> Keras layout (the only code that knows Keras' layout) -----------------------
-def _cat(w):
-    """``[3, A, H]`` gate-stacked -> ``[A, 3H]`` with columns z | r | h (Keras' kernels)."""
-    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
-
-
-def _uncat(w):
-    """``[A, 3H]`` -> ``[3, A, H]``."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
-
-
 def keras_layer_names(spec: GRUSpec) -> list[list[str]]:
     """The variable-path prefix of every (layer, direction) cell in the stack this backend
     builds: ``gru_{l}/gru_cell`` or ``bidirectional_{l}/{forward|backward}_gru_{l}/gru_cell``."""
@@ -145,7 +137,7 @@ def keras_shapes(spec: GRUSpec) -> dict[str, tuple[int, ...]]:
                                 ("recurrent_kernel", (H, 3 * H)), ("bias", bias))}
 
 
-def to_keras(params: GRUParams) -> dict[str, np.ndarray]:
+def to_native(params: GRUParams) -> dict[str, np.ndarray]:
     """Canonical -> Keras' variables (names are the variable paths of the layers built here).
     Reset-before: Keras' single bias is ``b_x + b_h`` (the one quantity the cell depends on)."""
     spec, native = params.spec, {}
@@ -176,7 +168,7 @@ def _check_keras_dict(native, spec: GRUSpec):
         raise InvalidArgumentError(f"Keras parameters must share one dtype, got {sorted(map(str, dtypes))}")
 
 
-def _from_keras(native, spec: GRUSpec, *, gradients: bool) -> GRUParams:
+def _from_native_layout(native, spec: GRUSpec, *, gradients: bool) -> GRUParams:
     _check_keras_dict(native, spec)
     H, cells = spec.hidden_size, []
     for l, row in enumerate(keras_layer_names(spec)):
@@ -194,39 +186,26 @@ def _from_keras(native, spec: GRUSpec, *, gradients: bool) -> GRUParams:
     return GRUParams(spec, cells)
 
 
-def from_keras(native: dict, spec: GRUSpec) -> GRUParams:
-    """Keras' variables -> canonical (inverse of :func:`to_keras`). Reset-before: the folded
+def from_native(native: dict, spec: GRUSpec) -> GRUParams:
+    """Keras' variables -> canonical (inverse of :func:`to_native`). Reset-before: the folded
     bias comes back as ``b_x`` with ``b_h = 0``."""
-    return _from_keras(native, spec, gradients=False)
+    return _from_native_layout(native, spec, gradients=False)
 
 
-def grads_from_keras(native_grads: dict, spec: GRUSpec) -> GRUParams:
+def grads_from_native(native_grads: dict, spec: GRUSpec) -> GRUParams:
     """Gradients with respect to Keras' variables -> canonical gradients: the transpose of
-    :func:`to_keras` (for the reset-before bias ``b_x + b_h`` both terms get its gradient)."""
-    return _from_keras(native_grads, spec, gradients=True)
+    :func:`to_native` (for the reset-before bias ``b_x + b_h`` both terms get its gradient)."""
+    return _from_native_layout(native_grads, spec, gradients=True)
 
 
 def native_normal_form(params: GRUParams) -> GRUParams:
-    """The canonical parameters Keras' layout holds exactly: ``from_keras(to_keras(p))``. Equal to
+    """The canonical parameters Keras' layout holds exactly: ``from_native(to_native(p))``. Equal to
     ``p`` except in the reset-before cell, where ``(b_x, b_h)`` becomes ``(b_x + b_h, 0)`` -- the
     same function, since that cell only ever adds the two."""
-    return from_keras(to_keras(params), params.spec)
+    return from_native(to_native(params), params.spec)
 
 
 # -- scratch: the book's loop in TensorFlow ops ------------------------------------------------
-def _scratch_cells(params: GRUParams):
-    """Canonical -> per cell ``[kernel [I,3H], recurrent_kernel [H,3H], b_x [3H], b_h [3H]]``."""
-    return [[[_cat(c.W_x), _cat(c.W_h), c.b_x.reshape(-1), c.b_h.reshape(-1)] for c in row]
-            for row in params.cells]
-
-
-def _scratch_to_canonical(spec, cells) -> GRUParams:
-    H = spec.hidden_size
-    return GRUParams(spec, [[CellParams(_uncat(np.asarray(k)), _uncat(np.asarray(rk)),
-                                        np.asarray(bx).reshape(3, H), np.asarray(bh).reshape(3, H))
-                             for k, rk, bx, bh in row] for row in cells])
-
-
 def _direction(xp, h, rk, b_h, reset_after, reverse, loop):
     """One direction over time; ``xp [T, N, 3H]`` already holds ``X W_x + b_x``. Returns the
     outputs in time order and the last state. ``loop``: "unroll" (a Python loop: eager, and
@@ -352,19 +331,16 @@ def _native_values(spec, variables):
     and hands Keras their sum."""
     if spec.reset_after:
         return variables
-    return [v for k, rk, b_x, b_h in _groups(variables, 4) for v in (k, rk, b_x + b_h)]
-
-
-def _groups(seq, n):
-    return [seq[i:i + n] for i in range(0, len(seq), n)]
+    return [v for row in _layout.nest(variables, spec) for k, rk, b_x, b_h in row
+            for v in (k, rk, b_x + b_h)]
 
 
 # -- the language model ------------------------------------------------------------------------
 def _lm_forward(stack, spec, gru_vars, W_hq, b_q, ids, state, loop="unroll"):
     """Time-major token ids ``[T, N]`` -> logits ``[T*N, V]`` (time-major rows) and ``h_n``."""
     if stack is None:
-        Y, h_n = scratch_forward(spec, _groups(_groups(gru_vars, 4), spec.num_directions),
-                                 h0=state, ids=ids, loop=loop)
+        Y, h_n = scratch_forward(spec, _layout.nest(gru_vars, spec), h0=state, ids=ids,
+                                 loop=loop)
     else:
         onehot = tf.transpose(tf.one_hot(ids, spec.input_size, dtype=W_hq.dtype), [1, 0, 2])
         Y, h_n = stack(_native_values(spec, gru_vars), onehot, state)
@@ -390,8 +366,8 @@ def _gru_arrays(impl, params: GRUParams):
     concatenated weights with the two biases apart, so that the native reset-before layer,
     which gets their sum, is trained exactly as the canonical model is)."""
     if impl == "native" and params.spec.reset_after:
-        return list(to_keras(params).values())
-    return [a for row in _scratch_cells(params) for cell in row for a in cell]
+        return list(to_native(params).values())
+    return _layout.cell_arrays(params)
 
 
 def _gru_params_from_arrays(impl, spec, arrays) -> GRUParams:
@@ -399,8 +375,17 @@ def _gru_params_from_arrays(impl, spec, arrays) -> GRUParams:
     shape and meaning)."""
     arrays = [np.asarray(a) for a in arrays]
     if impl == "native" and spec.reset_after:
-        return from_keras(dict(zip(keras_shapes(spec), arrays)), spec)
-    return _scratch_to_canonical(spec, _groups(_groups(arrays, 4), spec.num_directions))
+        return from_native(dict(zip(keras_shapes(spec), arrays)), spec)
+    return _layout.cell_params(spec, arrays)
+
+
+def clip_and_sgd(params, grads, lr, clip):
+    """The book's ``grad_clipping`` (the global L2 norm of ``grads`` scaled down to ``clip``
+    when above it) then ``sgd`` (``p -= lr * g``), in place, on the device: no sync."""
+    norm = tf.linalg.global_norm(grads)
+    scale = lr * tf.minimum(tf.ones_like(norm), clip / norm)
+    for v, g in zip(params, grads):
+        v.assign_sub(scale * g)
 
 
 class TensorFlowTrainer(Trainer):
@@ -413,10 +398,11 @@ class TensorFlowTrainer(Trainer):
             self.gru_vars = [tf.Variable(a) for a in _gru_arrays(impl, model.gru)]
             self.W_hq, self.b_q = tf.Variable(model.W_hq), tf.Variable(model.b_q)
         self.variables = self.gru_vars + [self.W_hq, self.b_q]
-        # reset-before: per cell kernel, recurrent_kernel, b_x, b_h, of which b_h stays put;
-        # reset-after trains every variable (Keras' native one holds three a cell)
+        # reset-before: the variables are the scratch layout's, one per lm_keys name, and each
+        # b_h stays put; reset-after trains every variable (Keras' native one holds three a cell)
         self.trained = self.variables if model.spec.reset_after else [
-            v for v, keep in zip(self.variables, trained(model.spec), strict=True) if keep]
+            v for v, k in zip(self.variables, lm_keys(model.spec), strict=True)
+            if k in trained(model.spec)]
         lr, clip = tf.constant(lr, self.dtype), tf.constant(clip, self.dtype)
         # XLA compiles a tf.while_loop better than 35 unrolled steps; plain graphs the reverse
         loop = "while" if mode == "xla" else "unroll"
@@ -427,30 +413,56 @@ class TensorFlowTrainer(Trainer):
                                             self.b_q, ids, state, loop)
                 loss = _lm_loss(logits, labels)
             grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.trained)]
-            norm = tf.linalg.global_norm(grads)
-            # the book's grad_clipping: scale by clip / norm when the norm exceeds clip
-            scale = lr * tf.minimum(tf.ones_like(norm), clip / norm)
-            for v, g in zip(self.trained, grads):
-                v.assign_sub(scale * g)
+            clip_and_sgd(self.trained, grads, lr, clip)
             return loss, state
 
-        self._step = step if mode == "eager" else tf.function(step, jit_compile=mode == "xla")
+        self._train_step = (step if mode == "eager"
+                            else tf.function(step, jit_compile=mode == "xla"))
 
-    def train_epoch(self, batches, *, random_iter=False):
-        losses, state = [], None
-        with tf.device(self._tf_device):
-            for X, Y in batches:
-                if state is None or random_iter:
-                    state = tf.zeros((self.spec.num_layers * self.spec.num_directions,
-                                      X.shape[0], self.spec.hidden_size), self.dtype)
-                loss, state = self._step(*_batch_tensors(X, Y), state)
-                losses.append(loss)
-            # the losses stay on the device until the epoch ends
-            return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
+    def _epoch_context(self):
+        return tf.device(self._tf_device)
+
+    def _to_device(self, X, Y):
+        return _batch_tensors(X, Y)
+
+    def _zeros_state(self, N):
+        return _zeros_state(self.spec, N, self.dtype)
+
+    def _step(self, ids, labels, state):
+        return self._train_step(ids, labels, state)
+
+    def _fetch_losses(self, handles):
+        return tf.stack(handles).numpy()  # the losses stay on the device until the epoch ends
 
     def params(self) -> LMParams:
         gru = _gru_params_from_arrays(self.impl, self.spec, [v.numpy() for v in self.gru_vars])
         return LMParams(gru, self.W_hq.numpy(), self.b_q.numpy())
+
+
+def _zeros_state(spec: GRUSpec, N: int, dtype):
+    return tf.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size), dtype)
+
+
+class TensorFlowPredictor(Predictor):
+    """The model as constant tensors on the device, run eagerly (the scratch loop unrolled, or
+    the Keras stack) a few tokens at a time."""
+
+    def __init__(self, backend, model: LMParams, impl: str, device: str):
+        self.spec, self.dtype, self._tf_device = model.spec, model.dtype, _TF_DEVICES[device]
+        with tf.device(self._tf_device):
+            self.stack = backend._stack(model.spec, model.dtype) if impl == "native" else None
+            self.gru = [tf.constant(a) for a in _gru_arrays(impl, model.gru)]
+            self.W_hq, self.b_q = tf.constant(model.W_hq), tf.constant(model.b_q)
+
+    def step(self, ids, state=None):
+        N = ids.shape[0]
+        with tf.device(self._tf_device):
+            if state is None:
+                state = _zeros_state(self.spec, N, self.dtype)
+            ids_T = tf.constant(np.ascontiguousarray(ids.T), tf.int32)
+            logits, h_n = _lm_forward(self.stack, self.spec, self.gru, self.W_hq, self.b_q,
+                                      ids_T, state)
+            return logits[-N:].numpy(), h_n
 
 
 class TensorFlowBackend(Backend):
@@ -489,6 +501,9 @@ class TensorFlowBackend(Backend):
     # eager API; but Eigen spins only briefly before it sleeps, and two trainings with two
     # threads each did not collapse (benchmarks/contention.py, 2-core machine, load 5-12).
 
+    def framework_threads(self):
+        return tf.config.threading.get_intra_op_parallelism_threads()
+
     def _set_threads(self, n):
         # Both pools are sized once, when TensorFlow's runtime starts (its first op); after
         # that tf.config.threading refuses any change, so a count that differs from the one in
@@ -516,12 +531,6 @@ class TensorFlowBackend(Backend):
         return self._stacks[key]
 
     # -- native layout ----------------------------------------------------------------------
-    def _to_native(self, params):
-        return to_keras(params)
-
-    def _from_native(self, native, spec):
-        return from_keras(native, spec)
-
     def _native_normal_form(self, params):
         return native_normal_form(params)
 
@@ -529,12 +538,12 @@ class TensorFlowBackend(Backend):
         stack = KerasStack(spec, X.dtype, seed=seed)
         Y, h_n = stack(stack.variables(), tf.transpose(X, [1, 0, 2]), tf.constant(h0))
         native = {v.path: np.asarray(v.numpy()) for v in stack.variables()}
-        return from_keras(native, spec), tf.transpose(Y, [1, 0, 2]).numpy(), h_n.numpy()
+        return from_native(native, spec), tf.transpose(Y, [1, 0, 2]).numpy(), h_n.numpy()
 
     # -- the GRU ----------------------------------------------------------------------------
     def _tensors(self, impl, params):
-        arrays = ([a for row in _scratch_cells(params) for c in row for a in c]
-                  if impl == "scratch" else list(to_keras(params).values()))
+        arrays = (_layout.cell_arrays(params) if impl == "scratch"
+                  else list(to_native(params).values()))
         return [tf.constant(a) for a in arrays]
 
     def _gru(self, impl, params, X, h0):
@@ -544,7 +553,7 @@ class TensorFlowBackend(Backend):
         return Y.numpy(), h_n.numpy()
 
     def _run_scratch(self, spec, values, X, h0):
-        return scratch_forward(spec, _groups(_groups(values, 4), spec.num_directions), X, h0)
+        return scratch_forward(spec, _layout.nest(values, spec), X, h0)
 
     def _run_native(self, spec, values, X, h0):
         Y, h_n = self._stack(spec, X.dtype)(values, tf.transpose(X, [1, 0, 2]), h0)
@@ -562,9 +571,9 @@ class TensorFlowBackend(Backend):
         grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(scalar, values + [X, h0])]
         *gp, dX, dh0 = grads
         if impl == "scratch":
-            dparams = _scratch_to_canonical(spec, _groups(_groups(gp, 4), spec.num_directions))
+            dparams = _layout.cell_params(spec, gp)
         else:
-            dparams = grads_from_keras(dict(zip(keras_shapes(spec), gp)), spec)
+            dparams = grads_from_native(dict(zip(keras_shapes(spec), gp)), spec)
         return dparams, dX, dh0
 
     # -- the language model ------------------------------------------------------------------
@@ -583,13 +592,21 @@ class TensorFlowBackend(Backend):
         grads = LMParams(_gru_params_from_arrays(impl, spec, g_gru), dW_hq, db_q)
         return LMResult(float(loss.numpy()), grads, logits.numpy(), h_n.numpy())
 
-    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+    @staticmethod
+    def _check_gpu(device):
         if device == "gpu" and not tf.config.list_physical_devices("GPU"):
             raise UnsupportedError("backend 'tensorflow' found no GPU (tf.config."
                                    "list_physical_devices('GPU') is empty; the tensorflow-cpu "
                                    "wheel has no GPU support), so use device 'cpu'")
+
+    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+        self._check_gpu(device)
         return TensorFlowTrainer(self, model, impl=impl, lr=lr, clip=clip, mode=mode,
                                  device=device)
+
+    def _make_predictor(self, model, *, impl, device):
+        self._check_gpu(device)
+        return TensorFlowPredictor(self, model, impl, device)
 
 
 backend = TensorFlowBackend()

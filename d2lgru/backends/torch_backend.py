@@ -29,10 +29,11 @@ _threads.wait_passively()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ..model import LMParams, trained  # noqa: E402
-from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec  # noqa: E402
-from . import _cudnn_layout  # noqa: E402
-from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError  # noqa: E402
+from ..model import LMParams, lm_keys, trained  # noqa: E402
+from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
+from . import _cudnn_layout, _layout  # noqa: E402
+from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer,  # noqa: E402
+                    UnsupportedError)
 
 
 # -- the native layout: cuDNN's (see _cudnn_layout), named as named_parameters() names it --
@@ -63,16 +64,6 @@ def _native_gru(spec: GRUSpec, native: dict, dtype, device) -> torch.nn.GRU:
 
 
 # -- the scratch loop ----------------------------------------------------------------------
-def _cat(w: np.ndarray) -> np.ndarray:
-    """``[3, A, H]`` gate-stacked -> ``[A, 3H]`` with columns z | r | h."""
-    return np.ascontiguousarray(w.transpose(1, 0, 2).reshape(w.shape[1], -1))
-
-
-def _uncat(w: np.ndarray) -> np.ndarray:
-    """``[A, 3H]`` -> ``[3, A, H]``."""
-    return np.ascontiguousarray(w.reshape(w.shape[0], 3, -1).transpose(1, 0, 2))
-
-
 def _reset_before_loop(XP: torch.Tensor, h: torch.Tensor, Wh: torch.Tensor,
                        pin: Optional[Tuple[torch.Tensor, torch.Tensor]]):
     """One direction of the book's cell. ``XP [T, N, 3H]`` already holds ``x W_x + b_x + b_h``."""
@@ -165,27 +156,10 @@ class _ScratchGRU:
         return [F.embedding(ids_T, c[0]) + self.input_bias(c) for c in layers[0]]
 
 
-def _scratch_tensors(params: GRUParams, device="cpu", requires_grad=False):
-    def leaf(a):
-        return torch.tensor(a, device=device).requires_grad_(requires_grad)
-    return [[(leaf(_cat(c.W_x)), leaf(_cat(c.W_h)), leaf(c.b_x.reshape(-1)),
-              leaf(c.b_h.reshape(-1))) for c in row] for row in params.cells]
-
-
-def _scratch_params(spec: GRUSpec, layers) -> GRUParams:
-    """Scratch tensors (or their gradients, same nesting) -> canonical GRUParams."""
-    def np_(t):  # a copy: never a view of a tensor that training goes on updating
-        return t.detach().cpu().numpy().copy()
-    H = spec.hidden_size
-    return GRUParams(spec, [[CellParams(_uncat(np_(Wx)), _uncat(np_(Wh)),
-                                        np_(bx).reshape(3, H), np_(bh).reshape(3, H))
-                             for Wx, Wh, bx, bh in row] for row in layers])
-
-
-def _nest(flat, spec: GRUSpec):
-    it = iter(flat)
-    return [[tuple(next(it) for _ in range(4)) for _ in range(spec.num_directions)]
-            for _ in range(spec.num_layers)]
+def _scratch_params(spec: GRUSpec, flat) -> GRUParams:
+    """Scratch tensors (or their gradients), flat in :func:`_layout.cell_arrays` order ->
+    canonical GRUParams (copies: never views of tensors that training goes on updating)."""
+    return _layout.cell_params(spec, [t.detach().cpu().numpy() for t in flat])
 
 
 # -- the language model --------------------------------------------------------------------
@@ -199,22 +173,53 @@ class _LanguageModel:
         self.scratch = _ScratchGRU(spec) if impl == "scratch" else None
         self.gru = gru  # the torch.nn.GRU whose parameters are the flat list's head (native)
 
-    def __call__(self, flat: List[torch.Tensor], ids_T, labels, state):
+    def forward(self, flat: List[torch.Tensor], ids_T, state):
+        """``(logits [T*N, V] with time-major rows, h_n)``."""
         W_hq, b_q = flat[-2], flat[-1]
         if self.scratch is not None:
-            layers = _nest(flat[:-2], self.spec)
+            layers = _layout.nest(flat[:-2], self.spec)
             Y, h_n = self.scratch(layers, None, state,
                                   first_xp=self.scratch.lm_first_xp(layers, ids_T))
         else:
             X = F.one_hot(ids_T, self.V).to(W_hq.dtype)
             Y, h_n = self.gru(X, state)
         T, N = ids_T.shape
-        logits = torch.addmm(b_q, Y.reshape(T * N, -1), W_hq)
+        return torch.addmm(b_q, Y.reshape(T * N, -1), W_hq), h_n
+
+    def __call__(self, flat: List[torch.Tensor], ids_T, labels, state):
+        logits, h_n = self.forward(flat, ids_T, state)
         return F.cross_entropy(logits, labels), logits, h_n
 
 
-def _clip_and_sgd(params: List[torch.Tensor], grads: List[torch.Tensor], lr: float, clip: float):
-    """The book's global-norm clipping, then ``p -= lr * g`` in place, all on the device."""
+class _Model:
+    """The book's model as torch tensors on ``dev``: ``flat`` (the GRU's tensors, then
+    ``W_hq, b_q``), ``keys`` (each one's :func:`d2lgru.model.lm_keys` name) and ``lm``."""
+
+    def __init__(self, model: LMParams, impl: str, device: str):
+        self.spec = spec = model.spec
+        self.dev = dev = torch.device("cuda" if device in ("cuda", "gpu") else "cpu")
+        head = [torch.tensor(model.W_hq, device=dev), torch.tensor(model.b_q, device=dev)]
+        if impl == "scratch":
+            self.gru = None
+            gru_flat = [torch.tensor(a, device=dev) for a in _layout.cell_arrays(model.gru)]
+            keys = lm_keys(spec)[:-2]
+        else:
+            self.gru = _native_gru(spec, to_native(model.gru), head[0].dtype, dev)
+            native_keys = _cudnn_layout.keys(spec)
+            named = list(self.gru.named_parameters())
+            gru_flat, keys = [p for _, p in named], [native_keys[n] for n, _ in named]
+        self.flat, self.keys = gru_flat + head, keys + ["head.W_hq", "head.b_q"]
+        self.lm = _LanguageModel(impl, spec, model.vocab_size, gru=self.gru)
+
+    def zeros_state(self, N: int) -> torch.Tensor:
+        spec = self.spec
+        return torch.zeros(spec.num_layers * spec.num_directions, N, spec.hidden_size,
+                           dtype=self.flat[0].dtype, device=self.dev)
+
+
+def clip_and_sgd(params: List[torch.Tensor], grads: List[torch.Tensor], lr: float, clip: float):
+    """The book's ``grad_clipping`` (the global L2 norm of ``grads`` scaled down to ``clip``
+    when above it) then ``sgd`` (``p -= lr * g``), in place, on the device: no sync."""
     norm = torch.nn.utils.get_total_norm(grads)
     scale = lr * torch.clamp(clip / norm, max=1.0)  # clip/norm when norm > clip, else 1
     for p, g in zip(params, grads):
@@ -225,58 +230,58 @@ class TorchTrainer(Trainer):
     def __init__(self, model: LMParams, *, impl, lr, clip, mode, device):
         self.backend, self.impl, self.mode, self.device = "torch", impl, mode, device
         self.spec, self.lr, self.clip = model.spec, lr, clip
-        self.dev = torch.device("cuda" if device in ("cuda", "gpu") else "cpu")
-        head = [torch.tensor(model.W_hq, device=self.dev), torch.tensor(model.b_q, device=self.dev)]
-        if impl == "scratch":
-            self.gru = None
-            gru_flat = [t for row in _scratch_tensors(model.gru, self.dev) for c in row for t in c]
-        else:
-            self.gru = _native_gru(model.spec, to_native(model.gru), head[0].dtype, self.dev)
-            gru_flat = list(self.gru.parameters())
-        mask = trained(model.spec)  # the native layer's four tensors a cell line up with it too
-        assert len(mask) == len(gru_flat) + 2
-        self.flat = [t.requires_grad_(True) for t in gru_flat + head]  # lm_loss_and_grads: all
-        self.trained = [t for t, keep in zip(self.flat, mask) if keep]
-        self.loss_fn = _LanguageModel(impl, model.spec, model.vocab_size, gru=self.gru)
+        self.model = m = _Model(model, impl, device)
+        self.dev, self.gru, self.loss_fn = m.dev, m.gru, m.lm
+        self.flat = [t.requires_grad_(True) for t in m.flat]  # lm_loss_and_grads: all
+        keep = trained(model.spec)
+        self.trained = [t for t, k in zip(self.flat, m.keys, strict=True) if k in keep]
 
-    def train_epoch(self, batches, *, random_iter=False):
-        batches = list(batches)
-        if not batches:
-            return np.zeros(0)
-        spec = self.spec
+    def _device_batches(self, batches):
+        if len({X.shape for X, _ in batches}) > 1:
+            return super()._device_batches(batches)
         # one host->device copy of the epoch's ids when every batch has the same shape
-        shapes = {X.shape for X, _ in batches}
-        if len(shapes) == 1:
-            ids = torch.from_numpy(np.stack([X.T for X, _ in batches]).astype(np.int64))
-            labels = torch.from_numpy(np.stack([Y.T.reshape(-1) for _, Y in batches])
-                                      .astype(np.int64))
-            ids, labels = ids.to(self.dev), labels.to(self.dev)
-        else:
-            ids = [torch.from_numpy(np.ascontiguousarray(X.T, np.int64)).to(self.dev)
-                   for X, _ in batches]
-            labels = [torch.from_numpy(np.ascontiguousarray(Y.T.reshape(-1), np.int64))
-                      .to(self.dev) for _, Y in batches]
-        losses, state = [], None
-        for i in range(len(batches)):
-            N = batches[i][0].shape[0]
-            if state is None or random_iter or state.shape[1] != N:
-                state = torch.zeros(spec.num_layers * spec.num_directions, N, spec.hidden_size,
-                                    dtype=self.flat[0].dtype, device=self.dev)
-            loss, _, h_n = self.loss_fn(self.flat, ids[i], labels[i], state)
-            grads = torch.autograd.grad(loss, self.trained)
-            with torch.no_grad():
-                _clip_and_sgd(self.trained, list(grads), self.lr, self.clip)
-            state = h_n.detach()
-            losses.append(loss.detach())
-        return torch.stack(losses).cpu().numpy().astype(np.float64)
+        ids = torch.from_numpy(np.stack([X.T for X, _ in batches]).astype(np.int64))
+        labels = torch.from_numpy(np.stack([Y.T.reshape(-1) for _, Y in batches])
+                                  .astype(np.int64))
+        return zip(ids.to(self.dev), labels.to(self.dev))
+
+    def _to_device(self, X, Y):
+        return (torch.from_numpy(np.ascontiguousarray(X.T, np.int64)).to(self.dev),
+                torch.from_numpy(np.ascontiguousarray(Y.T.reshape(-1), np.int64)).to(self.dev))
+
+    def _zeros_state(self, N):
+        return self.model.zeros_state(N)
+
+    def _step(self, ids, labels, state):
+        loss, _, h_n = self.loss_fn(self.flat, ids, labels, state)
+        grads = torch.autograd.grad(loss, self.trained)
+        with torch.no_grad():
+            clip_and_sgd(self.trained, list(grads), self.lr, self.clip)
+        self._last_step = loss, h_n, grads  # held until the next step: see NumpyTrainer._step
+        return loss.detach(), h_n.detach()
+
+    def _fetch_losses(self, handles):
+        return torch.stack(handles).cpu().numpy()
 
     def params(self) -> LMParams:
         gru_flat, (W_hq, b_q) = self.flat[:-2], self.flat[-2:]
         if self.impl == "scratch":
-            gru = _scratch_params(self.spec, _nest(gru_flat, self.spec))
+            gru = _scratch_params(self.spec, gru_flat)
         else:
             gru = from_native(dict(self.gru.named_parameters()), self.spec)
         return LMParams(gru, W_hq.detach().cpu().numpy().copy(), b_q.detach().cpu().numpy().copy())
+
+
+class TorchPredictor(Predictor):
+    def __init__(self, model: LMParams, impl: str, device: str):
+        self.model = _Model(model, impl, device)
+
+    @torch.no_grad()
+    def step(self, ids, state=None):
+        m, N = self.model, ids.shape[0]
+        ids_T = torch.from_numpy(np.ascontiguousarray(ids.T, np.int64)).to(m.dev)
+        logits, h_n = m.lm.forward(m.flat, ids_T, m.zeros_state(N) if state is None else state)
+        return logits[-N:].cpu().numpy(), h_n
 
 
 #: measured through d2lgru at the book's config on two idle cores (median epoch, tokens/s)
@@ -309,6 +314,11 @@ class TorchBackend(Backend):
                                 "RNN, GRU, or LSTM'), so the native layer runs eagerly"}),
     }
 
+    openmp = True
+
+    def framework_threads(self):
+        return torch.get_num_threads()
+
     def _set_threads(self, n):
         # On two idle cores two threads train the book's model at 61k tokens/s against 44k for
         # one; with active waiting two collapsed to 2-4k on cores shared with busy processes
@@ -325,8 +335,9 @@ class TorchBackend(Backend):
     # -- forward and VJP on NumPy arrays ------------------------------------------------
     def _run(self, impl, params, X, h0, requires_grad):
         if impl == "scratch":
-            layers = _scratch_tensors(params, requires_grad=requires_grad)
-            leaves = [t for row in layers for c in row for t in c]
+            leaves = [torch.tensor(a).requires_grad_(requires_grad)
+                      for a in _layout.cell_arrays(params)]
+            layers = _layout.nest(leaves, params.spec)
             Y, h_n = _ScratchGRU(params.spec)(layers, X, h0)
         else:
             gru = _native_gru(params.spec, to_native(params), X.dtype, "cpu")
@@ -354,7 +365,7 @@ class TorchBackend(Backend):
     @staticmethod
     def _gru_grads(impl, spec, holder, grads) -> GRUParams:
         if impl == "scratch":
-            return _scratch_params(spec, _nest(grads, spec))
+            return _scratch_params(spec, grads)
         names = [name for name, _ in holder.named_parameters()]
         return from_native(dict(zip(names, grads)), spec)
 
@@ -368,19 +379,22 @@ class TorchBackend(Backend):
         dmodel = LMParams(gru, grads[-2].numpy(), grads[-1].numpy())
         return LMResult(float(loss.detach()), dmodel, logits.detach().numpy(), h_n.detach().numpy())
 
-    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+    @staticmethod
+    def _check_cuda(device):
         if device in ("cuda", "gpu") and not torch.cuda.is_available():
             raise UnsupportedError(f"backend 'torch' cannot use device {device!r}: "
                                    f"torch {torch.__version__} sees no CUDA GPU "
                                    f"(torch.cuda.is_available() is False)")
+
+    def _make_trainer(self, model, *, impl, lr, clip, mode, device):
+        self._check_cuda(device)
         return TorchTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)
 
-    # -- the native layer's layout -------------------------------------------------------
-    def _to_native(self, params):
-        return to_native(params)
+    def _make_predictor(self, model, *, impl, device):
+        self._check_cuda(device)
+        return TorchPredictor(model, impl, device)
 
-    def _from_native(self, native, spec):
-        return from_native(native, spec)
+    # -- the native layer's layout -------------------------------------------------------
 
     def _native_reference(self, spec, X, h0, seed):
         dtype = torch.float64 if X.dtype == np.float64 else torch.float32

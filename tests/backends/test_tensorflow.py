@@ -14,7 +14,7 @@ import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.data import load_data_time_machine
 from d2lgru.train import TrainConfig, train
-from helpers import random_params
+from helpers import assert_native_reference_is_seeded, random_params
 
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 VARIANTS = pytest.mark.parametrize("reset_after", [False, True],
@@ -178,16 +178,8 @@ def test_keras_gru_matches_the_oracle_through_the_converters(be, oracle, reset_a
 
 @VARIANTS
 def test_native_reference_is_seeded_and_named_like_keras(be, oracle, reset_after):
-    spec = GRUSpec(3, 4, num_layers=2, bidirectional=True, reset_after=reset_after)
-    X = np.random.default_rng(0).standard_normal((5, 2, 3))
-    p1, Y1, h1 = be.native_reference(spec, X, seed=3)
-    p2, Y2, _ = be.native_reference(spec, X, seed=3)
-    p3, _, _ = be.native_reference(spec, X, seed=4)
-    assert p1 == p2 and np.array_equal(Y1, Y2) and not p1 == p3
-    assert not np.array_equal(p1.cell(0, 0).W_x, p1.cell(0, 1).W_x)  # directions differ
-    Y_ref, h_ref = oracle.gru(p1, X)
-    np.testing.assert_allclose(Y1, Y_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(h1, h_ref, rtol=1e-12, atol=1e-12)
+    assert_native_reference_is_seeded(
+        be, oracle, GRUSpec(3, 4, num_layers=2, bidirectional=True, reset_after=reset_after))
 
 
 # -- execution modes -----------------------------------------------------------------------

@@ -1,0 +1,391 @@
+"""A grid of training runs: the book's exercise 2 (hidden units, learning rate, ...), with
+exercise 3's plain RNN as one more axis (``cell``).
+
+``d2lgru sweep --vary hidden=64,128 --vary lr=0.5,1 --out DIR`` trains every setting of the
+grid as a normal run of :func:`d2lgru.train.train` (checkpoint directory, lock, ``result.json``)
+in ``DIR/<name=value,...>/``. Running the same command again keeps the finished settings and
+resumes the others from their checkpoints; ``--jobs N`` trains N settings at once, each in a
+subprocess with one thread (``python -m d2lgru.sweep JOB``). Then ``DIR/sweep.md`` (the table),
+``DIR/sweep.png`` (perplexity per epoch and per second of training) and ``DIR/sweep.json``
+(per setting what the table and figure need) compare them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ._io import write_atomic
+from .checkpoint import RESULT_FILE, STATE_FILE, CheckpointError, has_run, read_state
+from .config import TrainConfig
+from .backends import UnsupportedError, get_backend
+from .errors import D2lgruError, InvalidArgumentError
+from .spec import GATE_SETS, GRUSpec
+from .train import (TrainingDiverged, TrainingInterrupted, predict, settled, train,
+                    write_result)
+
+FORMAT_SWEEP = "d2lgru.Sweep/1"
+SWEEP_FILES = ("sweep.md", "sweep.png", "sweep.json")
+PREFIXES = ("time traveller", "traveller")
+#: what a --jobs child runs with: one thread in every library a backend may use
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                  "MXNET_CPU_WORKER_NTHREADS": "1", "FLAGS_paddle_num_threads": "1"}
+
+
+def _number(kind, text):
+    try:
+        value = kind(text)
+    except ValueError:
+        return None
+    return value if 0 < value < math.inf else None
+
+
+#: --vary NAME -> (TrainConfig field, the train option that fixes it, what a value must be,
+#: value parser returning None for a bad value)
+AXES = {
+    "hidden": ("hidden_size", "hidden", "a positive integer", lambda t: _number(int, t)),
+    "layers": ("num_layers", "layers", "a positive integer", lambda t: _number(int, t)),
+    "lr": ("lr", "lr", "a positive number", lambda t: _number(float, t)),
+    "clip": ("clip", "clip", "a positive number", lambda t: _number(float, t)),
+    "batch-size": ("batch_size", "batch_size", "a positive integer", lambda t: _number(int, t)),
+    "num-steps": ("num_steps", "num_steps", "a positive integer", lambda t: _number(int, t)),
+    "cell": ("gates", "cell", "gru or rnn", lambda t: t if t in ("gru", "rnn") else None),
+    "gates": ("gates", "gates", f"one of {', '.join(GATE_SETS)} (none: the plain RNN)",
+              lambda t: t if t in GATE_SETS else None),
+    "seed": ("seed", "seed", "a non-negative integer",
+             lambda t: int(t) if t.isdigit() else None),
+}
+
+
+class SweepError(D2lgruError):
+    """Some settings of a sweep failed (others may have finished and are kept)."""
+
+
+def _label(value) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def parse_vary(specs) -> dict[str, list]:
+    """``["hidden=64,128", "lr=0.5,1"]`` -> ``{"hidden": [64, 128], "lr": [0.5, 1.0]}``, in the
+    order given; every mistake is one :class:`InvalidArgumentError` saying what is valid."""
+    names = ", ".join(AXES)
+    vary: dict[str, list] = {}
+    for spec in specs:
+        name, sep, values = str(spec).partition("=")
+        name = name.strip()
+        if not sep or name not in AXES:
+            what = f"unknown name {name!r}" if sep else "expected NAME=V1,V2,..."
+            raise InvalidArgumentError(f"--vary {spec!r}: {what}; valid names: {names}")
+        if name in vary:
+            raise InvalidArgumentError(f"--vary {name} is given twice; list all its values in one "
+                                       f"--vary {name}=V1,V2,...")
+        _, _, kind, parse = AXES[name]
+        parsed = []
+        for text in values.split(","):
+            value = parse(text.strip())
+            if value is None:
+                raise InvalidArgumentError(f"--vary {spec!r}: {name} {text.strip()!r} is not "
+                                           f"{kind}")
+            if value in parsed:
+                raise InvalidArgumentError(f"--vary {spec!r}: {name} {_label(value)} is listed "
+                                           f"twice")
+            parsed.append(value)
+        vary[name] = parsed
+    if not vary:
+        raise InvalidArgumentError(f"give at least one --vary NAME=V1,V2,...; valid names: {names}")
+    if "cell" in vary and "gates" in vary:
+        raise InvalidArgumentError("--vary cell and --vary gates cannot both be given (the plain "
+                                   "RNN has no gates); use --vary gates=both,...,none instead")
+    return vary
+
+
+@dataclasses.dataclass
+class Setting:
+    """One cell of the grid: its name (its directory), values and the run's configuration."""
+
+    name: str
+    values: dict
+    config: TrainConfig
+    expect: dict
+
+
+def grid(base: TrainConfig, expect: dict, vary: dict[str, list]) -> list[Setting]:
+    """Every combination of ``vary`` on top of ``base``, in the order the axes were given;
+    ``expect`` (the fields given explicitly) grows by the varied fields, which a resumed
+    setting's checkpoint must agree with."""
+    if base.gates == "none" and "gates" in vary:
+        raise InvalidArgumentError("--vary gates with --cell rnn: the plain RNN has no gates")
+    settings = []
+    for combo in itertools.product(*vary.values()):
+        values = dict(zip(vary, combo))
+        fields = {}
+        for name, value in values.items():
+            field = AXES[name][0]
+            if name == "cell":
+                value = "none" if value == "rnn" else base.gates
+            fields[field] = value
+        name = ",".join(f"{n}={_label(v)}" for n, v in values.items())
+        settings.append(Setting(name, values, dataclasses.replace(base, **fields),
+                                {**expect, **fields}))
+    return settings
+
+
+def check_settings(settings: list[Setting], backend, impl: str, mode, device) -> None:
+    """Fail before training anything when the backend cannot run a setting."""
+    info = backend.check_impl(impl)
+    backend.check_mode(impl, mode)
+    backend.check_device(device)
+    for s in settings:
+        c = s.config
+        # the vocabulary's size is not known yet; no capability depends on it
+        why = info.refusal(GRUSpec(1, c.hidden_size, c.num_layers, False, c.reset_after,
+                                   c.gates), np.float32)
+        if why:
+            raise UnsupportedError(f"backend {backend.name!r} impl {impl!r} cannot train "
+                                   f"setting {s.name}: {why}")
+
+
+def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=None, device=None,
+              jobs: int = 1, overwrite: bool = False, data_changed_ok: bool = False,
+              log=None) -> list[dict]:
+    """Train every setting into ``out/<name>/`` (finished ones are kept, unfinished ones
+    resumed) and return their records (:func:`read_setting`). Settings that fail for a reason
+    of their own (not divergence, which is recorded) do not stop the others; they are raised
+    together at the end as one :class:`SweepError`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = [{"name": s.name, "values": s.values, "config": dataclasses.asdict(s.config),
+              "expect": s.expect, "dir": str(out / s.name), "backend": backend.name,
+              "impl": impl, "mode": mode, "device": device, "overwrite": overwrite,
+              "data_changed_ok": data_changed_ok} for s in settings]
+    log = log or (lambda line: None)
+    records, failed = {}, []
+
+    def done(job, record, error):
+        if error is not None:
+            failed.append(f"{job['name']}: {error}")
+            log(f"[{len(records) + len(failed)}/{len(work)}] {job['name']}: failed: {error}")
+            return
+        records[job["name"]] = record
+        log(f"[{len(records) + len(failed)}/{len(work)}] {describe(record)}")
+
+    if jobs == 1:
+        for job in work:
+            try:
+                done(job, run_setting(job), None)
+            except TrainingInterrupted:
+                raise
+            except D2lgruError as exc:
+                done(job, None, str(exc))
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for job, (record, error) in zip(work, pool.map(_run_child, work)):
+                done(job, record, error)
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(work)} settings failed (the others are kept; "
+                         f"fix and re-run the same command to resume): {'; '.join(failed)}")
+    return [records[job["name"]] for job in work]
+
+
+def _run_child(job) -> tuple[dict | None, str | None]:
+    """``python -m d2lgru.sweep JOB`` with one thread; the same d2lgru as this process."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **ONE_THREAD_ENV,
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root,
+                                                     os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "d2lgru.sweep", json.dumps(job)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), None
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return None, (lines[-1] if lines else f"exit status {proc.returncode}")
+
+
+def run_setting(job: dict) -> dict:
+    """Train one setting as a normal run in ``job["dir"]``: nothing when it is finished,
+    resumed when it holds a checkpoint; then its predictions and ``result.json``."""
+    path, config = Path(job["dir"]), TrainConfig.from_dict(job["config"])
+    overwrite = job["overwrite"]
+    if not overwrite and _finished(path, config.epochs):
+        return read_setting(path, job["name"], job["values"])
+    resume = path if not overwrite and (path / STATE_FILE).is_file() else None
+    # a run directory without state.json completed no epoch: nothing to keep
+    overwrite = overwrite or (resume is None and has_run(path))
+    backend = get_backend(job["backend"])
+    try:
+        result = train(config, backend=backend, impl=job["impl"], mode=job["mode"],
+                       device=job["device"], out=path, resume=resume, overwrite=overwrite,
+                       expect=job["expect"], data_changed_ok=job["data_changed_ok"])
+    except TrainingDiverged as exc:
+        return read_setting(path, job["name"], job["values"], diverged=str(exc))
+    predictions = {p: predict(p, 50, result.model, result.vocab, backend=backend,
+                              impl=job["impl"], token=result.config.token) for p in PREFIXES}
+    write_result(path, result, backend, job["impl"], predictions)
+    return read_setting(path, job["name"], job["values"])
+
+
+def _finished(path: Path, epochs: int) -> bool:
+    try:
+        state = read_state(path)
+        result = json.loads((path / RESULT_FILE).read_text())
+    except (CheckpointError, OSError, ValueError):
+        return False
+    return state["epoch"] >= epochs and isinstance(result, dict) and \
+        result.get("epochs") == state["epoch"]
+
+
+def read_setting(path, name: str, values: dict, diverged: str | None = None) -> dict:
+    """What the table and the figure need of one setting's run directory."""
+    path = Path(path)
+    history = read_state(path)["history"] if (path / STATE_FILE).is_file() else []
+    try:
+        result = json.loads((path / RESULT_FILE).read_text()) if not diverged else {}
+    except (OSError, ValueError):
+        result = {}
+    ppl = [h["perplexity"] for h in history]
+    seconds = [h.get("seconds", math.nan) for h in history]
+    tokens = sum(h["tokens_per_sec"] * s for h, s in zip(history, seconds))
+    total = float(np.sum(seconds)) if seconds else math.nan
+    return {"name": name, "setting": values, "epochs": len(history), "perplexity": ppl,
+            "epoch_seconds": seconds, "settled": settled(ppl), "last": ppl[-1] if ppl else math.nan,
+            "tokens_per_sec": tokens / total if total > 0 else math.nan, "seconds": total,
+            "predictions": result.get("predictions", {}), "diverged": diverged}
+
+
+def describe(record: dict) -> str:
+    if record["diverged"]:
+        return f"{record['name']}: {record['diverged']}"
+    return (f"{record['name']}: perplexity {record['settled']:.3g} (median of the last 10 "
+            f"epochs), {record['epochs']} epochs, {record['seconds']:.0f} s")
+
+
+# -- the report ------------------------------------------------------------------------------
+def write_report(out, records: list[dict], *, backend: str, impl: str, base: TrainConfig,
+                 vary: dict, jobs: int = 1) -> tuple[Path, Path, Path]:
+    out = Path(out)
+    varied = {AXES[n][0] for n in vary}
+    fixed = {k: v for k, v in dataclasses.asdict(base).items()
+             if k not in ("data", "corpus_sha1") and k not in varied}
+    meta = {"format": FORMAT_SWEEP, "backend": backend, "impl": impl, "jobs": jobs, "fixed": fixed,
+            "vary": {n: [_label(v) for v in vs] for n, vs in vary.items()}}
+    md = write_atomic(out / "sweep.md", lambda f: f.write(markdown(records, meta)), "w")
+    png = plot_sweep(records, out / "sweep.png", meta)
+    compact = [dict(r, perplexity=[_rounded(p, 5) for p in r["perplexity"]],
+                    epoch_seconds=[_rounded(s, 4) for s in r["epoch_seconds"]],
+                    settled=_rounded(r["settled"], 5), last=_rounded(r["last"], 5),
+                    tokens_per_sec=_rounded(r["tokens_per_sec"], 1),
+                    seconds=_rounded(r["seconds"], 2)) for r in records]
+    text = json.dumps({**meta, "cells": compact}, separators=(",", ":"), allow_nan=False)
+    js = write_atomic(out / "sweep.json", lambda f: f.write(text), "w")
+    return md, png, js
+
+
+def _rounded(x: float, digits: int):
+    """``x`` rounded, or None (JSON null) when it is not finite."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def _fixed_text(meta: dict) -> str:
+    return ", ".join(f"{k.replace('_', '-')} {_label(v)}" for k, v in meta["fixed"].items())
+
+
+def _varied_text(meta: dict) -> str:
+    return "; ".join(f"{n} = {', '.join(vs)}" for n, vs in meta["vary"].items())
+
+
+def markdown(records: list[dict], meta: dict) -> str:
+    best = min((r["settled"] for r in records if not r["diverged"] and r["perplexity"]),
+               default=None)
+    lines = [f"# Sweep: {meta['backend']} {meta['impl']}", "",
+             f"Varied: {_varied_text(meta)}. Fixed: {_fixed_text(meta)}.", "",
+             "Perplexity is the median of the last 10 epochs (SGD at these rates spikes for a "
+             "few epochs at a time, so one epoch is a draw; the last one is beside it). Seconds "
+             "and tokens/s count training steps only" + (
+                 f", {meta['jobs']} settings at a time with one thread each" if meta["jobs"] > 1
+                 else "") + ". Best in bold.", "",
+             "| setting | perplexity | last epoch | epochs | tokens/s | seconds | "
+             "\"time traveller\" | \"traveller\" |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        preds = [f"`{r['predictions'][p]}`" if p in r["predictions"] else "" for p in PREFIXES]
+        if r["diverged"]:
+            ppl = f"diverged: {r['diverged']}"
+        else:
+            ppl = f"{r['settled']:.3f}"
+            ppl = f"**{ppl}**" if r["settled"] == best else ppl
+        lines.append(f"| {r['name']} | {ppl} | {r['last']:.3f} | {r['epochs']} | "
+                     f"{r['tokens_per_sec']:.0f} | {r['seconds']:.1f} | {preds[0]} | {preds[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(records: list[dict], path, meta: dict) -> Path:
+    """Perplexity per epoch and per second of training, one curve per setting: colour by the
+    other axes, line style by the last one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    names = list(meta["vary"])
+    styles = ["-", "--", ":", "-."]
+    last_axis = meta["vary"][names[-1]] if len(names) > 1 else [None]
+    colour_keys = list(dict.fromkeys(tuple(_label(r["setting"][n]) for n in names[:-1])
+                                     if len(names) > 1 else (_label(r["setting"][names[0]]),)
+                                     for r in records))
+    cmap = plt.get_cmap("tab10" if len(colour_keys) <= 10 else "tab20")
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(13, 5), dpi=110, sharey=True,
+                                            layout="constrained")
+    for r in records:
+        if not r["perplexity"]:
+            continue
+        labels = [_label(r["setting"][n]) for n in names]
+        key = tuple(labels[:-1]) if len(names) > 1 else (labels[0],)
+        style = styles[last_axis.index(labels[-1]) % len(styles)] if len(names) > 1 else "-"
+        kw = dict(color=cmap(colour_keys.index(key) % cmap.N), linestyle=style, linewidth=1.2,
+                  label=r["name"] + (" (diverged)" if r["diverged"] else ""))
+        epochs = np.arange(1, len(r["perplexity"]) + 1)
+        by_epoch.plot(epochs, r["perplexity"], **kw)
+        by_time.plot(np.cumsum(r["epoch_seconds"]), r["perplexity"], **kw)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    by_epoch.set_yscale("log")
+    by_time.set_xscale("log")
+    by_epoch.yaxis.set_major_formatter(plain)
+    by_epoch.yaxis.set_minor_formatter(plain)  # a narrow range of perplexities: label 2, 3, ...
+    by_time.xaxis.set_major_formatter(plain)
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("perplexity (log scale)")
+    by_time.set_xlabel("seconds of training, cumulative (log scale)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3, which="both")
+    by_time.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)
+    fig.suptitle(f"d2lgru sweep on {meta['backend']} {meta['impl']}: {_varied_text(meta)}\n"
+                 f"fixed: {_fixed_text(meta)}", fontsize=9)
+    path = write_atomic(Path(path), lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _child_main(argv) -> int:
+    """``python -m d2lgru.sweep JOB``: run one setting, print its record as one JSON line;
+    a user error is one line on stderr and exit status 2, as in the command line."""
+    try:
+        record = run_setting(json.loads(argv[0]))
+    except D2lgruError as exc:
+        print(f"{' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

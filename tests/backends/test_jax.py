@@ -1,0 +1,241 @@
+"""JAX backend: float64 without touching the process's x64 flag, jit and eager agreeing, one
+compiled step per batch shape, Flax's GRUCell layout (one bias for the reset and update gates),
+a three-leg checkpoint relay with NumPy."""
+
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import traverse_util
+
+import d2lgru
+from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
+from d2lgru.backends import jax_backend
+from d2lgru.data import load_data_time_machine
+from d2lgru.train import TrainConfig, train
+from helpers import assert_native_reference_is_seeded, random_params
+
+SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
+IMPLS = pytest.mark.parametrize("impl", ["scratch", "native"])
+
+
+@pytest.fixture(scope="module")
+def be():
+    return d2lgru.get_backend("jax")
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    return d2lgru.get_backend("numpy")
+
+
+def _batches(data_dir, count=4, num_steps=5):
+    loader, vocab = load_data_time_machine(4, num_steps, max_tokens=300, path=data_dir)
+    loader.set_epoch(0)
+    return list(loader)[:count], len(vocab)
+
+
+def test_the_registry_knows_jax_and_flax():
+    assert d2lgru.get_backend("flax") is d2lgru.get_backend("jax")
+    assert d2lgru.backends.install_hint("jax") == 'pip install "d2lgru[jax]"'
+
+
+# -- float64 without changing what float32 users get ---------------------------------------
+def test_float64_work_leaves_the_x64_flag_and_float32_runs_alone(be, data_dir):
+    assert not jax.config.jax_enable_x64
+    spec = GRUSpec(3, 5, reset_after=True)
+    X = np.random.default_rng(0).standard_normal((4, 2, 3))
+    batches, V = _batches(data_dir, 2)
+    before = be.gru(init_params(spec, dtype=np.float32), X.astype(np.float32))
+    # float64 work of every kind
+    Y64, _ = be.gru(init_params(spec, dtype=np.float64), X)
+    assert Y64.dtype == np.float64
+    trainer = be.make_trainer(init_lm(V, 8, dtype=np.float64))
+    trainer.train_epoch(batches)
+    assert all(a.dtype == np.float64 for a in trainer.params().flat())
+    # the process's flag and defaults are as they were, and float32 computes as before
+    assert not jax.config.jax_enable_x64
+    assert jnp.zeros(3).dtype == jnp.float32 and jnp.arange(3).dtype == jnp.int32
+    after = be.gru(init_params(spec, dtype=np.float32), X.astype(np.float32))
+    for a, b in zip(before, after):
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+    trainer32 = be.make_trainer(init_lm(V, 8))
+    trainer32.train_epoch(batches)
+    assert all(a.dtype == np.float32 for a in trainer32.params().flat())
+
+
+def test_float32_is_float32_even_with_x64_enabled_by_the_user():
+    """A process that enabled x64 itself still gets float32 arithmetic for float32 parameters:
+    the adapter sets the flag per call, it does not inherit it."""
+    code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
+            "import numpy as np, d2lgru\n"
+            "be = d2lgru.get_backend('jax')\n"
+            "p = d2lgru.init_params(d2lgru.GRUSpec(3, 4))\n"
+            "X = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)\n"
+            "Y, _ = be.gru(p, X)\n"
+            "Y64, _ = d2lgru.get_backend('numpy').gru(p.astype(np.float64), X.astype(np.float64))\n"
+            "assert jax.config.jax_enable_x64\n"
+            "print(Y.dtype, float(abs(Y - Y64).max()) > 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["float32", "True"]
+
+
+# -- modes ---------------------------------------------------------------------------------
+def test_capabilities_are_declared(be):
+    caps = be.capabilities()
+    assert caps["scratch"]["reset_before"] and caps["scratch"]["reset_after"]
+    assert not caps["native"]["reset_before"] and caps["native"]["reset_after"]
+    assert caps["scratch"]["gates"] == ["both", "reset-only", "update-only", "none"]
+    assert caps["native"]["gates"] == ["both"]
+    for impl in ("scratch", "native"):
+        assert caps[impl]["modes"] == ["jit", "eager"] and caps[impl]["bidirectional"]
+        assert caps[impl]["dtypes"] == ["float32", "float64"]
+    gpu = any(d.platform == "gpu" for d in jax.devices())
+    assert be.devices == (("cpu", "gpu", "cuda") if gpu else ("cpu",))
+
+
+@pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is present")
+def test_absent_gpu_is_one_clear_error(be):
+    with pytest.raises(UnsupportedError, match="has no device 'gpu'; valid: cpu$"):
+        be.make_trainer(init_lm(5, 4), device="gpu")
+
+
+def test_the_thread_count_is_fixed_once_the_backend_has_started(be):
+    be.gru(init_params(GRUSpec(3, 4)), np.zeros((2, 1, 3), np.float32))  # started
+    assert be.framework_threads() == be.threads
+    assert be.set_threads(be.threads) == be.threads
+    with pytest.raises(UnsupportedError, match="XLA sizes its CPU thread pool when JAX's "
+                                               "backend starts"):
+        be.set_threads(be.threads + 1)
+
+
+@IMPLS
+def test_jit_and_eager_agree_with_the_oracle(be, oracle, data_dir, impl):
+    batches, V = _batches(data_dir)
+    model = init_lm(V, 8, reset_after=impl == "native")
+    default = be.make_trainer(model, impl=impl)
+    eager = be.make_trainer(model, impl=impl, mode="eager")
+    assert default.mode == "jit" and eager.mode == "eager" and default.backend == "jax"
+    losses = default.train_epoch(batches)
+    np.testing.assert_allclose(eager.train_epoch(batches), losses, rtol=1e-5)
+    np.testing.assert_allclose(losses, oracle.make_trainer(model).train_epoch(batches), rtol=1e-5)
+    for a, b in zip(default.params().flat(), eager.params().flat()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_one_compiled_step_per_batch_shape_and_donation_is_quiet(be, data_dir):
+    [five], V = _batches(data_dir, 1, 5)
+    [seven], _ = _batches(data_dir, 1, 7)
+    trainer = be.make_trainer(init_lm(V, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Some donated buffers were not usable"
+        first = trainer.train_epoch([five, five])
+        assert trainer._update._cache_size() == 1
+        trainer.train_epoch([seven])
+        trainer.train_epoch([five])
+    assert trainer._update._cache_size() == 2
+    assert np.isfinite(first).all()
+    # params() copies: later steps (which update donated buffers) do not change it
+    before = trainer.params()
+    trainer.train_epoch([five])
+    assert not before == trainer.params() and before == before.copy()
+
+
+def test_random_iter_restarts_the_state_and_float64_trains(be, oracle, data_dir):
+    batches, V = _batches(data_dir, 3)
+    model = init_lm(V, 8, dtype=np.float64)
+    ours, ref = be.make_trainer(model), oracle.make_trainer(model)
+    for random_iter in (True, False):
+        np.testing.assert_allclose(ours.train_epoch(batches, random_iter=random_iter),
+                                   ref.train_epoch(batches, random_iter=random_iter), rtol=1e-9)
+    for a, b in zip(ours.params().flat(), ref.params().flat()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_checkpoint_relays_numpy_jax_numpy(tmp_path, data_dir):
+    config = dict(data=str(data_dir), **SMALL)
+    straight = train(TrainConfig(epochs=6, **config), backend="numpy")
+    train(TrainConfig(epochs=2, **config), backend="numpy", out=tmp_path)
+    train(TrainConfig(epochs=4), backend="jax", resume=tmp_path)
+    done = train(TrainConfig(epochs=6), backend="numpy", resume=tmp_path)
+    assert [h["backend"] for h in done.history] == ["numpy"] * 2 + ["jax"] * 2 + ["numpy"] * 2
+    np.testing.assert_allclose([h["perplexity"] for h in done.history],
+                               [h["perplexity"] for h in straight.history], rtol=1e-4)
+
+
+# -- Flax's GRUCell layout -----------------------------------------------------------------
+def _flax_paths(spec, dtype=jnp.float32):
+    """The parameter paths and shapes Flax itself gives the stack (from its own init)."""
+    X = np.zeros((2, 1, spec.input_size), dtype)
+    h0 = np.zeros((spec.num_layers * spec.num_directions, 1, spec.hidden_size), dtype)
+    params = jax_backend.FlaxStack(spec).init(jax.random.key(0), X, h0)["params"]
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_converters_and_the_normal_form(be, oracle, dtype):
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
+    params = random_params(spec, dtype)
+    native = be.to_native(params)
+    assert {k: v.shape for k, v in native.items()} == _flax_paths(spec)
+    assert all(v.dtype == dtype for v in native.values())
+    again = be.to_native(be.from_native(native, spec))  # native -> canonical -> native: exact
+    assert list(again) == list(native) and all(np.array_equal(again[k], native[k]) for k in native)
+    back = be.from_native(native, spec)
+    assert back == be.native_normal_form(params) and not back == params
+    for c, n in zip(params.cells[1], back.cells[1]):  # r and z: (b_x + b_h, 0); h kept apart
+        np.testing.assert_array_equal(n.b_x[:2], c.b_x[:2] + c.b_h[:2])
+        assert not n.b_h[:2].any()
+        assert np.array_equal(n.b_x[2], c.b_x[2]) and np.array_equal(n.b_h[2], c.b_h[2])
+    X = np.random.default_rng(1).standard_normal((6, 2, 3))
+    tol = 1e-13 if dtype == np.float64 else 1e-6  # b_x + b_h is rounded to float32 once
+    for a, b in zip(oracle.gru(params.astype(np.float64), X),
+                    oracle.gru(back.astype(np.float64), X)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_native_gate_names(be):
+    spec = GRUSpec(2, 3, reset_after=True)
+    params = init_params(spec).map(np.copy)
+    cell = params.cell(0)
+    for g, v in {"z": 1.0, "r": 2.0, "h": 3.0}.items():
+        i = d2lgru.GATES.index(g)
+        cell.W_x[i], cell.W_h[i], cell.b_x[i], cell.b_h[i] = v, v + 10, v + 20, v + 30
+    native = be.to_native(params)
+    for flax_gate, v in {"z": 1.0, "r": 2.0, "n": 3.0}.items():
+        assert np.all(native[f"gru_0/cell/i{flax_gate}/kernel"] == v)
+        assert np.all(native[f"gru_0/cell/h{flax_gate}/kernel"] == v + 10)
+    assert np.all(native["gru_0/cell/iz/bias"] == 1 + 20 + 1 + 30)  # b_x + b_h
+    assert np.all(native["gru_0/cell/ir/bias"] == 2 + 20 + 2 + 30)
+    assert np.all(native["gru_0/cell/in/bias"] == 23) and np.all(native["gru_0/cell/hn/bias"] == 33)
+    assert "gru_0/cell/hz/bias" not in native and "gru_0/cell/hr/bias" not in native
+
+
+def test_a_plain_flax_rnn_matches_the_oracle_through_the_converters(be, oracle):
+    """nn.RNN(nn.GRUCell) built here (not the backend's stack), loaded from to_native, computes
+    the canonical reset-after cell: asymmetric random weights and biases would expose a swapped
+    gate, a flipped update gate or a misplaced candidate bias."""
+    spec = GRUSpec(3, 5, reset_after=True)
+    params = random_params(spec, seed=1)
+    rng = np.random.default_rng(2)
+    X, h0 = rng.standard_normal((6, 2, 3)), rng.standard_normal((1, 2, 5))
+    tree = {k.split("/", 1)[1]: v for k, v in be.to_native(params).items()}  # cell/...
+    with jax.enable_x64(True):
+        rnn = nn.RNN(nn.GRUCell(5, param_dtype=jnp.float64), time_major=True, return_carry=True)
+        h_n, Y = rnn.apply({"params": traverse_util.unflatten_dict(tree, sep="/")}, X,
+                           initial_carry=h0[0])
+        Y, h_n = np.asarray(Y), np.asarray(h_n)
+    Y_ref, h_ref = oracle.gru(params, X, h0)
+    np.testing.assert_allclose(Y, Y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n, h_ref[0], rtol=1e-12, atol=1e-12)
+
+
+def test_native_reference_is_seeded(be, oracle):
+    assert_native_reference_is_seeded(
+        be, oracle, GRUSpec(3, 4, num_layers=2, bidirectional=True, reset_after=True))

@@ -1,0 +1,88 @@
+"""`d2lgru sweep`: a grid of normal training runs, resumable, compared in one table and figure."""
+
+import json
+
+import pytest
+
+from d2lgru.backends import Backend, ImplInfo, UnsupportedError
+from d2lgru.config import TrainConfig
+from d2lgru.errors import InvalidArgumentError
+from d2lgru.sweep import check_settings, grid, parse_vary
+from test_cli import assert_one_line_error, run
+
+TINY = ["--vary", "hidden=8,16", "--vary", "lr=0.5,1", "--max-tokens", "400", "--batch-size", "4",
+        "--num-steps", "5", "--quiet"]
+NAMES = ["hidden=8,lr=0.5", "hidden=8,lr=1", "hidden=16,lr=0.5", "hidden=16,lr=1"]
+
+
+def history(out, name):
+    return json.loads((out / name / "state.json").read_text())["history"]
+
+
+def test_a_grid_runs_resumes_and_keeps_what_is_finished(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    run("sweep", *TINY, "--epochs", "2", "--out", str(out), data_dir=data_dir, check=True)
+    first = {name: history(out, name) for name in NAMES}
+    assert all(len(h) == 2 for h in first.values())
+    for name in ("sweep.md", "sweep.png", "sweep.json"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "sweep.md").read_text()
+    assert all(f"| {name} |" in table for name in NAMES)
+
+    # more epochs, two at a time in subprocesses: the two finished epochs are kept, not redone
+    proc = run("sweep", *TINY, "--epochs", "3", "--jobs", "2", "--out", str(out),
+               data_dir=data_dir, check=True)
+    assert "hidden=16,lr=1" in proc.stdout
+    for name in NAMES:
+        h = history(out, name)
+        assert [e["epoch"] for e in h] == [1, 2, 3]
+        assert h[:2] == first[name]  # the same perplexities and the same measured seconds
+    record = json.loads((out / "sweep.json").read_text())
+    assert [c["name"] for c in record["cells"]] == NAMES
+    assert all(len(c["perplexity"]) == 3 and set(c["predictions"]) ==
+               {"time traveller", "traveller"} for c in record["cells"])
+    assert record["vary"] == {"hidden": ["8", "16"], "lr": ["0.5", "1"]}
+
+    # the same command again trains nothing
+    states = {name: (out / name / "state.json").stat().st_mtime_ns for name in NAMES}
+    run("sweep", *TINY, "--epochs", "3", "--out", str(out), data_dir=data_dir, check=True)
+    assert states == {name: (out / name / "state.json").stat().st_mtime_ns for name in NAMES}
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--vary", "bogus=1"], ["unknown name 'bogus'", "valid names: hidden, layers, lr"]),
+    (["--vary", "hidden=x"], ["hidden 'x' is not a positive integer"]),
+    (["--vary", "lr=0"], ["lr '0' is not a positive number"]),
+    (["--vary", "hidden"], ["expected NAME=V1,V2", "valid names"]),
+    (["--vary", "hidden=8", "--hidden", "8"], ["both fixed", "and varied"]),
+    (["--vary", "cell=gru,rnn", "--vary", "gates=both"], ["cannot both be given"]),
+    (["--vary", "gates=both", "--cell", "rnn"], ["the plain RNN has no gates"]),
+    (["--vary", "hidden=8", "--backend", "caffe"], ["unknown backend 'caffe'"]),
+])
+def test_bad_grids_are_one_line(args, fragments, tmp_path):
+    out = tmp_path / "sweep"
+    assert_one_line_error(run("sweep", *args, "--out", str(out)), *fragments)
+    assert not out.exists()
+
+
+def test_the_grid_combines_axes_in_order_and_maps_cell_to_gates():
+    vary = parse_vary(["cell=gru,rnn", "lr=2,0.5"])
+    settings = grid(TrainConfig(gates="reset-only"), {}, vary)
+    assert [s.name for s in settings] == ["cell=gru,lr=2", "cell=gru,lr=0.5", "cell=rnn,lr=2",
+                                          "cell=rnn,lr=0.5"]
+    assert [(s.config.gates, s.config.lr) for s in settings] == [
+        ("reset-only", 2.0), ("reset-only", 0.5), ("none", 2.0), ("none", 0.5)]
+    assert settings[2].expect == {"gates": "none", "lr": 2.0}
+    with pytest.raises(InvalidArgumentError, match="listed twice"):
+        parse_vary(["lr=1,1.0"])
+
+
+def test_a_backend_without_the_plain_rnn_is_refused_up_front_naming_the_setting():
+    class GruOnly(Backend):
+        name = "gru-only"
+        impls = {"scratch": ImplInfo("the full GRU only")}
+
+    settings = grid(TrainConfig(), {}, parse_vary(["hidden=8", "cell=gru,rnn"]))
+    with pytest.raises(UnsupportedError,
+                       match=r"cannot train setting hidden=8,cell=rnn: .*gates='none'"):
+        check_settings(settings, GruOnly(), "scratch", None, None)
