@@ -84,9 +84,12 @@ def _setup_framework(task):
 def probe(task) -> dict:
     import d2lgru
     backend = _d2lgru_backend(task["backend"])
-    return {"d2lgru": {"version": d2lgru.__version__, "path": _machine.portable(d2lgru.__file__)},
+    # d2lgru's own keys last: a bare module's info() may name the framework's devices too (jax:
+    # "cpu:0"), and the d2lgru cases ask for d2lgru's device names
+    return {**framework_info(task),
+            "d2lgru": {"version": d2lgru.__version__, "path": _machine.portable(d2lgru.__file__)},
             "framework_version": backend.version(), "devices": list(backend.devices),
-            "impls": backend.capabilities(), **framework_info(task)}
+            "impls": backend.capabilities()}
 
 
 # -- the machine's limit --------------------------------------------------------------------

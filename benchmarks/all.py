@@ -7,7 +7,7 @@ Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for nump
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
 ``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs; ``--quick`` ones
-small), and Keras 3's rows on JAX from ``.tox/jax`` where it imports keras; then ``compare.py`` turns every result there into ``results.md``,
+small); then ``compare.py`` turns every result there into ``results.md``,
 ``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
 imports numpy (d2lgru's registry names the backends); every step runs as ``python -m`` there.
 """
@@ -15,7 +15,6 @@ imports numpy (d2lgru's registry names the backends); every step runs as ``pytho
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -94,16 +93,6 @@ def main(argv=None) -> int:
               f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
         (ran if status == 0 else skipped).append(backend if status == 0 else
                                                   f"{backend}: run.py failed (status {status})")
-    keras_jax = interpreter("jax") if "jax" not in BACKENDS and args.device == "cpu" else None
-    if keras_jax and subprocess.run(  # Keras 3 on JAX: its rows only
-            [str(keras_jax), "-c", "import keras"], capture_output=True, cwd="/",
-            env={**os.environ, "KERAS_BACKEND": "jax"}).returncode == 0:
-        cmd = [str(keras_jax), "-m", "benchmarks.run", "--keras-only", "jax", "--out", str(out),
-               "--label", label, *(["--quick"] if args.quick else [])]
-        print(f"== keras on jax: {' '.join(cmd)}", flush=True)
-        status = subprocess.run(cmd, cwd=REPO).returncode
-        (ran if status == 0 else skipped).append("jax" if status == 0 else
-                                                  f"keras on jax: run.py failed (status {status})")
     for note in skipped:
         print(f"skipped {note}")
     if args.no_compare or not ran:

@@ -115,6 +115,22 @@ def _framework_ops(name):
             a, b = ops.ones((N, H), ms.float32), ops.ones((N, H), ms.float32)
             return lambda: ops.add(a, b)
         return matmul, add
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        from d2lgru.backends import get_backend
+        get_backend("jax")._ensure_ready()  # the adapter's thread settings, as d2lgru runs
+        key = jax.random.PRNGKey(0)
+
+        def matmul(m, k, n):
+            a, b = jax.random.normal(key, (m, k)), jax.random.normal(key, (k, n))
+            return lambda: jnp.matmul(a, b).block_until_ready()
+
+        def add():
+            a, b = jnp.ones((N, H)), jnp.ones((N, H))
+            return lambda: jnp.add(a, b).block_until_ready()
+        return matmul, add
     return None
 
 
