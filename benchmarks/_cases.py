@@ -84,9 +84,12 @@ def _setup_framework(task):
 def probe(task) -> dict:
     import d2lgru
     backend = _d2lgru_backend(task["backend"])
-    return {"d2lgru": {"version": d2lgru.__version__, "path": _machine.portable(d2lgru.__file__)},
+    # d2lgru's own keys last: a bare module's info() may name the framework's devices too (jax:
+    # "cpu:0"), and the d2lgru cases ask for d2lgru's device names
+    return {**framework_info(task),
+            "d2lgru": {"version": d2lgru.__version__, "path": _machine.portable(d2lgru.__file__)},
             "framework_version": backend.version(), "devices": list(backend.devices),
-            "impls": backend.capabilities(), **framework_info(task)}
+            "impls": backend.capabilities()}
 
 
 # -- the machine's limit --------------------------------------------------------------------
@@ -205,6 +208,42 @@ def bare(task) -> dict:
     return out
 
 
+def keras3(task) -> dict:
+    """Keras 3 (``benchmarks/bare/keras3.py``) on ``task["keras_backend"]``, timed like bare."""
+    os.environ["KERAS_BACKEND"] = task["keras_backend"]  # before keras is first imported
+    module = importlib.import_module("benchmarks.bare.keras3")
+    module.setup(task.get("threads"), task.get("device", "cpu"))
+    cfg, made = task["config"], []
+
+    def make():
+        made.append(module.make_trainer(cfg["vocab"], cfg["hidden"], cfg["batch_size"],
+                                        cfg["num_steps"], mode=task["mode"], lr=1.0, clip=1.0,
+                                        seed=0))
+        return made[-1]
+
+    out = _time_training(make, task)
+    out.update(framework=module.info(), jit_compile=made[0].jit_compile)
+    return out
+
+
+def book(task) -> dict:
+    """The book's own PyTorch GRU from scratch (``docs/reproduce/book.py``), framework threads
+    left at torch's default as in the bare rows."""
+    import torch
+
+    from docs.reproduce.book import BookScratchGRU
+    cfg = task["config"]
+
+    def make():
+        torch.manual_seed(0)
+        return BookScratchGRU(cfg["vocab"], cfg["hidden"], lr=1)
+
+    out = _time_training(make, task)
+    out["framework"] = {"framework": "torch", "version": torch.__version__,
+                        "threads": torch.get_num_threads()}
+    return out
+
+
 # -- forward latency --------------------------------------------------------------------------
 def latency(task) -> dict:
     from d2lgru import GRUSpec, init_params
@@ -292,7 +331,7 @@ def pipeline(task) -> dict:
 
 
 CASES = {"probe": probe, "gemm": gemm, "train": train, "bare": bare, "latency": latency,
-         "pipeline": pipeline}
+         "pipeline": pipeline, "keras3": keras3, "book": book}
 
 
 def run_worker(task_json: str, result_path: str) -> None:

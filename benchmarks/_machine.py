@@ -67,6 +67,25 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def cpu_max_mhz(cpus: list[dict]) -> dict:
+    """The CPU's highest clock and where it was read: cpufreq's ``cpuinfo_max_freq``, else a
+    GHz figure in the model name, else ``/proc/cpuinfo``'s ``cpu MHz`` (the clock now, often
+    the base or TSC clock in a virtual machine: the cores may boost above it)."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return {"mhz": khz / 1e3, "source": "cpufreq cpuinfo_max_freq"}
+    except (OSError, ValueError):
+        pass
+    model = cpus[0].get("model name", "") if cpus else ""
+    if (m := re.search(r"(\d+(?:\.\d+)?)\s*GHz", model)):
+        return {"mhz": float(m.group(1)) * 1e3, "source": "the model name"}
+    try:
+        return {"mhz": float(cpus[0]["cpu MHz"]), "source": "/proc/cpuinfo cpu MHz (the clock "
+                "now: base or TSC clock in a VM, boost not counted)"}
+    except (IndexError, KeyError, ValueError):
+        return {"mhz": None, "source": "not found"}
+
+
 def machine() -> dict:
     cpus = _cpuinfo()
     model = cpus[0].get("model name", platform.processor()) if cpus else platform.processor()
@@ -80,6 +99,7 @@ def machine() -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "simd": sorted(f for f in flags if f in {"avx", "avx2", "fma", "avx512f", "avx512_bf16",
                                                   "avx512_vnni", "amx_tile", "amx_bf16"}),
+        "cpu_max_mhz": cpu_max_mhz(cpus),
         "memory_gb": round(mem_kb / 2 ** 20, 1) if mem_kb else None,
         "gpus": gpu_names(),
         "os": f"{platform.system()} {platform.release()}",

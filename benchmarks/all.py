@@ -6,8 +6,8 @@
 Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
-``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs that are not
-quick), then ``compare.py`` turns every result there into ``results.md``,
+``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs; ``--quick`` ones
+small); then ``compare.py`` turns every result there into ``results.md``,
 ``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
 imports numpy (d2lgru's registry names the backends); every step runs as ``python -m`` there.
 """
@@ -85,9 +85,10 @@ def main(argv=None) -> int:
         print(f"== {backend}: {' '.join(cmd)}", flush=True)
         tic = time.perf_counter()
         status = subprocess.run(cmd, cwd=REPO).returncode
-        if status == 0 and not args.quick and args.device == "cpu":  # what bounds the speed
+        if status == 0 and args.device == "cpu":  # what bounds the speed
             status = subprocess.run([str(python), "-m", "benchmarks.limits",
-                                     "--backend", backend, "--out", str(out)], cwd=REPO).returncode
+                                     "--backend", backend, "--out", str(out),
+                                     *(["--quick"] if args.quick else [])], cwd=REPO).returncode
         print(f"== {backend}: {'done' if status == 0 else f'FAILED (status {status})'} in "
               f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
         (ran if status == 0 else skipped).append(backend if status == 0 else

@@ -115,6 +115,22 @@ def _framework_ops(name):
             a, b = ops.ones((N, H), ms.float32), ops.ones((N, H), ms.float32)
             return lambda: ops.add(a, b)
         return matmul, add
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        from d2lgru.backends import get_backend
+        get_backend("jax")._ensure_ready()  # the adapter's thread settings, as d2lgru runs
+        key = jax.random.PRNGKey(0)
+
+        def matmul(m, k, n):
+            a, b = jax.random.normal(key, (m, k)), jax.random.normal(key, (k, n))
+            return lambda: jnp.matmul(a, b).block_until_ready()
+
+        def add():
+            a, b = jnp.ones((N, H)), jnp.ones((N, H))
+            return lambda: jnp.add(a, b).block_until_ready()
+        return matmul, add
     return None
 
 
@@ -136,14 +152,18 @@ def _time(call, target_s=0.3, repeats=5) -> float:
     return statistics.median(times)
 
 
-def measure(label, ops) -> dict:
+def measure(label, ops, quick=False) -> dict:
     matmul, add = ops
     out = {"gemm": {}}
     for name, (m, k, n) in SHAPES.items():
-        seconds = _time(matmul(m, k, n), target_s=1.0 if m == 4096 else 0.3)
+        if quick and m == 4096:  # a smoke run: a small "large" GEMM, figures not measurements
+            m = k = n = 512
+        seconds = _time(matmul(m, k, n), target_s=(0.01 if quick else 1.0) if m >= 512
+                        else (0.01 if quick else 0.3), repeats=2 if quick else 5)
         out["gemm"][name] = {"shape": [m, k, n], "us": seconds * 1e6,
                              "gflops": 2 * m * k * n / seconds / 1e9}
     large = out["gemm"][next(k for k in SHAPES if k.startswith("large"))]["gflops"]
+    out["quick"] = quick
     small = [v for k, v in out["gemm"].items() if not k.startswith("large")]
     for v in small:
         v["share_of_large"] = v["gflops"] / large
@@ -168,11 +188,13 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="numpy",
                    choices=BACKENDS)
     p.add_argument("--out", help="write limits-<backend>.json here")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: a 512 GEMM for the large one, short timings")
     args = p.parse_args(argv)
     result = {"format": "d2lgru.Limits/1", "machine": _machine.machine(), "backend": args.backend,
-              "numpy": measure("numpy", _numpy_ops())}
+              "numpy": measure("numpy", _numpy_ops(), args.quick)}
     if args.backend != "numpy":
-        result[args.backend] = measure(args.backend, _framework_ops(args.backend))
+        result[args.backend] = measure(args.backend, _framework_ops(args.backend), args.quick)
     if args.out:
         path = Path(args.out) / f"limits-{args.backend}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,10 @@ warm-up. What is measured, for every impl x execution mode the backend declares:
 * forward latency of ``backend.gru`` (T=35, input 28, hidden 256) at batch 1 and 32;
 * the same training step written bare against the framework (``benchmarks/bare/<name>.py``), in
   every mode it has, at the book's configuration (``--bare-sweep``: the sweep too);
+* the alternatives a user would pick, at the book's configuration: Keras 3 on the run's
+  framework (``benchmarks/bare/keras3.py``, where keras imports; ``--keras-only jax`` for an
+  environment with no d2lgru backend) and, in the torch run, the book's own PyTorch code
+  (``docs/reproduce/book.py``);
 * a large float32 GEMM with NumPy and with the framework (the machine's FLOP limit);
 * the data pipeline (numpy run only, or ``--pipeline``): d2lgru.data against the book's
   per-character Python on a generated corpus of ``--pipeline-mb`` MB.
@@ -41,7 +45,9 @@ FORMAT = "d2lgru.Benchmark/1"
 RESULTS = _machine.REPO / "benchmarks" / "results"
 LATENCY = ({"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 1},
            {"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 32})
-PARTS = ("train", "sweep", "latency", "bare", "gemm", "pipeline")
+PARTS = ("train", "sweep", "latency", "bare", "gemm", "pipeline", "keras", "book")
+#: the Keras 3 backend a run's environment holds (``--keras-backend`` names another)
+KERAS_BACKENDS = ("tensorflow", "torch", "jax")
 
 FULL = {"repeats": 5, "target_s": 1.0, "warmup_batches": 2, "max_batches": 1000, "gemm_n": 4096,
         "latency_s": 1.0, "latency_min_calls": 10, "latency_max_calls": 5000, "timeout_s": 1800}
@@ -51,7 +57,15 @@ QUICK = {"repeats": 2, "target_s": 0.0, "warmup_batches": 2, "max_batches": 2, "
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--backend", required=True, choices=BACKENDS)
+    # a worker of a --keras-only run gets the Keras backend's name (e.g. jax)
+    p.add_argument("--backend", choices=tuple(dict.fromkeys((*BACKENDS, *KERAS_BACKENDS))),
+                   help="a d2lgru backend; required unless --keras-only")
+    p.add_argument("--keras-backend", choices=KERAS_BACKENDS,
+                   help="KERAS_BACKEND of the Keras 3 rows (default: the run's backend, where "
+                        "Keras has it)")
+    p.add_argument("--keras-only", choices=KERAS_BACKENDS,
+                   help="only the Keras 3 rows on this backend, into <name>.json (for an "
+                        "environment with no d2lgru backend, e.g. jax)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 2 repeats of 2 batches, small GEMM and corpus (figures "
                         "are not measurements); default --out benchmarks/results/<label>-quick")
@@ -163,6 +177,13 @@ def fmt_rate(entry: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.keras_only:
+        args.backend = args.backend or args.keras_only
+        args.keras_backend = args.keras_only
+        args.skip = list(PARTS[:-2]) + ["book"]
+    elif args.backend not in BACKENDS and not args.worker:
+        sys.exit(f"python -m benchmarks.run: --backend must be one of {', '.join(BACKENDS)} "
+                 f"(or pass --keras-only), got {args.backend!r}")
     if args.worker:
         from benchmarks._cases import run_worker
         run_worker(args.worker, args.result)
@@ -192,7 +213,7 @@ def main(argv=None) -> int:
               "checkout": _machine.checkout(), "device": args.device,
               "threads_requested": args.threads, "settings": preset,
               "flops_formula": _metrics.FLOPS_FORMULA,
-              "train": [], "bare": [], "latency": []}
+              "train": [], "bare": [], "latency": [], "alternatives": []}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{args.backend}.json"
 
@@ -224,7 +245,7 @@ def main(argv=None) -> int:
             gen = workdir / "generated.txt"
             gen.write_bytes(generated_text(1 << 20))
             ids, vocab = d2data.load_corpus(gen, "char")
-        np.save(workdir / "ids.npy", ids)
+        np.save(workdir / "ids.npy", ids.astype(np.int64))  # batches are int64, as SeqDataLoader yields
         V = len(vocab)
         source = _machine.portable(text_path) if text_path else "generated words"
         result["corpus"] = {"source": source,
@@ -232,10 +253,13 @@ def main(argv=None) -> int:
         timing = {k: preset[k] for k in ("repeats", "target_s", "warmup_batches", "max_batches")}
         base = {"corpus_ids": str(workdir / "ids.npy"), "timing": timing}
 
-        probe = run_case({"case": "probe"}, args, workdir, timeout)
+        probe = ({"error": "--keras-only: no d2lgru backend measured"} if args.keras_only else
+                 run_case({"case": "probe"}, args, workdir, timeout))
         result["software"] = probe
         impls = {} if "error" in probe else probe["impls"]
-        if "error" in probe:
+        if args.keras_only:
+            pass
+        elif "error" in probe:
             say(f"  d2lgru backend unavailable: {probe['error'].splitlines()[0]}")
         elif not _has_device(probe["devices"], args.device):
             result["software"]["device_refused"] = (
@@ -296,6 +320,11 @@ def main(argv=None) -> int:
                 result["bare"].append(entry)
                 say(f"  {_cfg_name(axis, cfg):<12} {'bare':>7} {mode:>10}  {fmt_rate(entry)}")
 
+        book_cfg = {**_metrics.BOOK, "vocab": V}
+        for entry in run_alternatives(args, skip, book_cfg, base, workdir, timeout):
+            result["alternatives"].append(entry)
+            say(f"  {'book':<12} {entry['script']:>7} {entry['mode']:>10}  {fmt_rate(entry)}")
+
         if "pipeline" not in skip:
             result["pipeline"] = {}
             run_pipeline(args, workdir, text_path, timeout, say, result["pipeline"])
@@ -315,17 +344,36 @@ def _cfg_name(axis, cfg) -> str:
     return "book" if axis is None else f"{short[axis]}={cfg[axis]}"
 
 
-def bare_modes_of(backend: str) -> tuple:
-    """``MODES`` of ``benchmarks/bare/<backend>.py``, read without importing the framework."""
+def bare_modes_of(backend: str, constant: str = "MODES"):
+    """``MODES`` (or another literal ``constant``) of ``benchmarks/bare/<backend>.py``, read
+    without importing the framework."""
     import ast
     path = _machine.REPO / "benchmarks" / "bare" / f"{backend}.py"
     if not path.is_file():
         return ()
     for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODES"
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == constant
                                                 for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
+            value = ast.literal_eval(node.value)
+            return tuple(value) if isinstance(value, (list, tuple)) else value
     return ()
+
+
+def run_alternatives(args, skip, cfg, base, workdir, timeout):
+    """What a user would pick instead of d2lgru, at the book's config: Keras 3 on this
+    environment's framework (where keras imports) and, in the torch run, the book's own code."""
+    import importlib.util
+    keras_backend = args.keras_backend or (args.backend if args.backend in KERAS_BACKENDS
+                                           else None)
+    if "keras" not in skip and keras_backend and importlib.util.find_spec("keras"):
+        for i, mode in enumerate(bare_modes_of("keras3", "MODES_BY_BACKEND")[keras_backend]):
+            entry = run_case({"case": "keras3", "keras_backend": keras_backend, "mode": mode,
+                              "config": cfg, **base}, args, workdir, timeout)
+            yield {**entry, "script": "keras3", "keras_backend": keras_backend, "mode": mode,
+                   "default_mode": i == 0, "config": cfg}
+    if "book" not in skip and args.backend == "torch":
+        entry = run_case({"case": "book", "config": cfg, **base}, args, workdir, timeout)
+        yield {**entry, "script": "book", "mode": "eager", "default_mode": True, "config": cfg}
 
 
 def run_pipeline(args, workdir: Path, text_path, timeout, say, out: dict) -> dict:

@@ -46,6 +46,7 @@ __all__ = [
     "Vocab",
     "load_corpus",
     "load_corpus_time_machine",
+    "index_dtype",
     "seq_data_iter_random",
     "seq_data_iter_sequential",
     "SeqDataLoader",
@@ -475,14 +476,15 @@ _PIECE = 1 << 20  # bytes per piece of a large text: its temporaries stay in cac
 
 
 def _clean_char_codes(data: bytes) -> list[np.ndarray]:
-    """The book's per-line cleaning, joined with no separator, as uint8 codes, in pieces.
+    """The book's per-line cleaning, as uint8 codes in pieces, with the line breaks still in.
 
-    Equivalent to ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``:
-    letters are kept (lowercased); a run of non-letters between two letters becomes one
-    space, unless it holds a line break (then the lines' stripped ends meet directly). Lines
-    are cleaned independently and simply concatenated, so the text is cut after line breaks
-    into pieces of about ``_PIECE`` bytes, each cleaned on its own: the result is the list of
-    the pieces' codes, whose concatenation is the cleaned text.
+    Equivalent, once every break (``'\\n'``) is deleted, to ``''.join(re.sub('[^A-Za-z]+', ' ',
+    l).strip().lower() for l in lines)``: letters are kept (lowercased); a run of non-letters
+    between two letters becomes one space, unless it holds a line break (then the lines'
+    stripped ends meet directly). Lines are cleaned independently and simply concatenated, so
+    the text is cut after line breaks into pieces of about ``_PIECE`` bytes, each cleaned on its
+    own. The breaks stay until the final byte-table pass that maps codes to indices deletes
+    them (:func:`_ids_of`): one compaction instead of two.
     """
     pieces, start, n = [], 0, len(data)
     while start < n:
@@ -494,22 +496,33 @@ def _clean_char_codes(data: bytes) -> list[np.ndarray]:
 
 
 def _clean_piece(codes: np.ndarray) -> np.ndarray:
-    """Two compactions of translated codes (letters, spaces, breaks): keep a space only right
-    after a letter (this collapses runs and strips line starts); then drop the line breaks,
-    and a space right before one or at the end (found from the breaks' positions)."""
+    """One compaction of translated codes (letters, spaces, breaks) keeps a space only right
+    after a letter (this collapses runs and strips line starts); a kept space that a break or
+    the end follows (a line's stripped end) then becomes a break itself, in place."""
     keep = codes != _SPACE
     # letters are the only codes above ' '
     np.logical_or(keep[1:], codes[:-1] > _SPACE, out=keep[1:])
     codes = np.compress(keep, codes)
-    if codes.size == 0:  # nothing but spaces
-        return codes
-    keep = codes != _BREAK
-    breaks = np.flatnonzero(~keep)
-    before = breaks[breaks > 0] - 1
-    keep[before[codes[before] == _SPACE]] = False
-    if codes[-1] == _SPACE:
-        keep[-1] = False
-    return np.compress(keep, codes)
+    if codes.size:
+        # after the compaction a space is followed by a letter, a break or nothing
+        np.copyto(codes[:-1], _BREAK, where=(codes[:-1] == _SPACE) & (codes[1:] == _BREAK))
+        if codes[-1] == _SPACE:
+            codes[-1] = _BREAK
+    return codes
+
+
+def _ids_of(pieces: list[np.ndarray], lut: bytes, out: np.ndarray) -> None:
+    """Fill ``out`` (uint8) with the pieces' codes mapped through ``lut``, their breaks deleted,
+    in one C pass per piece (``bytes.translate``); stops when ``out`` is full. Each piece is
+    released from the list once mapped."""
+    filled = 0
+    for i, codes in enumerate(pieces):
+        pieces[i] = None
+        if filled == out.size:
+            break
+        ids = codes.tobytes().translate(lut, b"\n")[:out.size - filled]
+        out[filled:filled + len(ids)] = np.frombuffer(ids, dtype=np.uint8)
+        filled += len(ids)
 
 
 def _count_bytes(codes: np.ndarray) -> np.ndarray:
@@ -537,6 +550,15 @@ def _first_seen(pieces: list[np.ndarray], present: np.ndarray) -> list[int]:
     return order
 
 
+def index_dtype(size: int) -> np.dtype:
+    """The narrowest unsigned integer dtype that holds every index of a vocabulary of ``size``
+    tokens: uint8 for characters, uint16 for most word vocabularies."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
 def _check_max_tokens(max_tokens) -> int:
     try:
         return operator.index(max_tokens)
@@ -549,7 +571,9 @@ def _check_max_tokens(max_tokens) -> int:
 def load_corpus(
     path: str | os.PathLike, token: str = "char", max_tokens: int = -1
 ) -> tuple[np.ndarray, Vocab]:
-    """Encode a UTF-8 text file: ``(corpus, vocab)``, the corpus a 1-D int64 array.
+    """Encode a UTF-8 text file: ``(corpus, vocab)``, the corpus a 1-D array of indices in the
+    narrowest unsigned dtype that holds them (:func:`index_dtype`: uint8 for characters, 1 byte
+    per token; :class:`SeqDataLoader` and the iterators widen each batch to int64).
 
     The result equals the book's ``[vocab[tok] for line in tokenize(read(...)) for tok in line]``
     with the vocabulary built from the whole text, then truncated to ``max_tokens`` if > 0.
@@ -559,22 +583,19 @@ def load_corpus(
     data = _read_bytes(path)
     if token == "char":
         pieces = _clean_char_codes(data)
+        del data  # the pieces hold all it said: the corpus' peak memory is pieces + corpus
         counts = sum((_count_bytes(codes) for codes in pieces), np.zeros(256, dtype=np.int64))
+        counts[_BREAK] = 0  # breaks are deleted when the codes become indices
         present = np.flatnonzero(counts)
         vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(pieces, present))
-        # cleaned text holds at most 27 symbols, so every index fits a byte table, which maps
-        # the codes at C speed; each piece is then widened into its slice of the corpus
-        lut = bytearray(256)  # bytes not in the vocab map to <unk> = 0
+        # cleaned text holds at most 27 symbols, so a byte table maps codes to indices (bytes not
+        # in the vocab map to <unk> = 0) and the corpus stays one byte per token
+        lut = bytearray(256)
         for c in present.tolist():
             lut[c] = vocab[chr(c)]
         total = int(counts.sum())
-        corpus = np.empty(total if max_tokens <= 0 else min(total, max_tokens), dtype=np.int64)
-        filled = 0
-        for codes in pieces:
-            codes = codes[:corpus.size - filled]
-            corpus[filled:filled + codes.size] = np.frombuffer(
-                codes.tobytes().translate(lut), dtype=np.uint8)
-            filled += codes.size
+        corpus = np.empty(total if max_tokens <= 0 else min(total, max_tokens), dtype=np.uint8)
+        _ids_of(pieces, bytes(lut), corpus)
         return corpus, vocab
     words = data.translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
@@ -582,7 +603,8 @@ def load_corpus(
     index = {w: vocab[w.decode("ascii")] for w in counts}
     if max_tokens > 0:
         words = words[:max_tokens]
-    corpus = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
+    corpus = np.fromiter(map(index.__getitem__, words), dtype=index_dtype(len(vocab)),
+                         count=len(words))
     return corpus, vocab
 
 
@@ -616,7 +638,27 @@ def _as_corpus(corpus) -> np.ndarray:
             "corpus must be a 1-D sequence of token indices, "
             f"got shape {array.shape} dtype {array.dtype}"
         )
-    return array.astype(np.int64, copy=False)
+    if array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64)
+    return array  # narrow indices stay narrow: each batch is widened to int64 when yielded
+
+
+#: bytes of int64 batches widened at once from a narrow corpus: a block stays in cache
+_WIDEN_BYTES = 1 << 20
+
+
+def _int64_batches(windows: np.ndarray) -> Iterator[np.ndarray]:
+    """The ``[batch_size, num_steps]`` batches of ``windows`` (``[num_batches, batch_size,
+    num_steps]``) as read-only int64 arrays: views when the corpus is int64, else widened a block
+    of batches at a time (one C loop per block instead of one per batch)."""
+    if windows.dtype == np.int64:
+        yield from windows
+        return
+    per_block = max(1, _WIDEN_BYTES // (8 * windows[0].size)) if len(windows) else 1
+    for start in range(0, len(windows), per_block):
+        block = windows[start:start + per_block].astype(np.int64)
+        block.flags.writeable = False
+        yield from block
 
 
 def _max_offset(num_steps: int, use_random_iter: bool) -> int:
@@ -661,7 +703,8 @@ def seq_data_iter_random(
     def batches():
         for i in range(0, batch_size * num_batches, batch_size):
             index = starts[i:i + batch_size, None] + steps
-            yield corpus[index], corpus[index + 1]
+            yield corpus[index].astype(np.int64, copy=False), \
+                corpus[index + 1].astype(np.int64, copy=False)
 
     return batches()
 
@@ -672,8 +715,8 @@ def seq_data_iter_sequential(
     """Sequential partitioning: consecutive batches continue each row's text.
 
     Draws ``rng.integers(0, num_steps + 1)`` (offset).  Yields int64 ``(X, Y)`` of shape
-    ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one: read-only views of the corpus
-    (strided, not contiguous; copy one to keep or modify it).
+    ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one, read-only (copy one to modify
+    it): views of an int64 corpus (strided, not contiguous), widened copies of a narrower one.
     """
     corpus = _as_corpus(corpus)
     batch_size, num_steps = _check_shape(len(corpus), batch_size, num_steps, False)
@@ -689,7 +732,7 @@ def seq_data_iter_sequential(
         cols.flags.writeable = False  # a consumer must not edit the corpus through a batch
         return cols
 
-    return zip(windows(xs), windows(ys))
+    return zip(_int64_batches(windows(xs)), _int64_batches(windows(ys)))
 
 
 class SeqDataLoader:

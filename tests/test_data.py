@@ -86,7 +86,7 @@ def test_read_time_machine_matches_book(data_dir, time_machine):
 
 def test_char_facts(char_corpus):
     corpus, vocab = char_corpus
-    assert corpus.dtype == np.int64 and corpus.ndim == 1
+    assert corpus.dtype == np.uint8 and corpus.ndim == 1  # one byte per token
     assert len(corpus) == 170580
     assert len(vocab) == 28
     assert vocab.idx_to_token == BOOK_CHAR_ORDER
@@ -228,6 +228,38 @@ def test_iterators_equal_book(char_corpus, seed, batch_size, num_steps):
             assert x.shape == y.shape == (batch_size, num_steps)
             np.testing.assert_array_equal(x, rx)
             np.testing.assert_array_equal(y, ry)
+
+
+@pytest.mark.parametrize("widen_bytes", [1, 8 * 6 * 5 * 3 + 1, 1 << 20])
+def test_narrow_corpus_gives_the_int64_corpus_batches(char_corpus, monkeypatch, widen_bytes):
+    """A uint8 corpus is widened a block of batches at a time; every block size yields the
+    batches of the int64 corpus, read-only, and the corpus itself stays narrow."""
+    monkeypatch.setattr(data, "_WIDEN_BYTES", widen_bytes)
+    narrow = char_corpus[0][:3000]
+    wide = narrow.astype(np.int64)
+    for iterate in (seq_data_iter_sequential, seq_data_iter_random):
+        got = list(iterate(narrow, 6, 5, np.random.default_rng(3)))
+        want = list(iterate(wide, 6, 5, np.random.default_rng(3)))
+        assert len(got) == len(want) > 0
+        for (x, y), (wx, wy) in zip(got, want):
+            assert x.dtype == y.dtype == np.int64
+            np.testing.assert_array_equal(x, wx)
+            np.testing.assert_array_equal(y, wy)
+        if iterate is seq_data_iter_sequential:
+            assert not got[0][0].flags.writeable
+    loader = SeqDataLoader(narrow, char_corpus[1], 6, 5)
+    assert loader.corpus.dtype == np.uint8
+
+
+@pytest.mark.parametrize("size,dtype", [(1, np.uint8), (256, np.uint8), (257, np.uint16),
+                                        (1 << 16, np.uint16), ((1 << 16) + 1, np.uint32)])
+def test_index_dtype_holds_every_index(size, dtype):
+    assert data.index_dtype(size) == dtype
+
+
+def test_word_corpus_is_uint16(data_dir):
+    corpus, vocab = load_corpus_time_machine(token="word", path=data_dir)
+    assert corpus.dtype == np.uint16 and len(vocab) > 256
 
 
 @pytest.mark.parametrize("use_random_iter", [False, True])

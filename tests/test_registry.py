@@ -62,7 +62,9 @@ def test_missing_framework_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=rf'pip install "d2lgru\[{name}\]"'):
         d2lgru.get_backend(name)
     assert name not in d2lgru.available_backends()
-    assert install_hint(name) == f'pip install "d2lgru[{name}]"'
+    # no index serves d2lgru: a clone installs the extra from its own directory
+    assert install_hint(name) == (f'pip install "d2lgru[{name}]" '
+                                  f'(from a clone: pip install ".[{name}]")')
 
 
 def test_backend_context_leaves_the_variable_alone(monkeypatch):
@@ -140,7 +142,8 @@ def test_a_framework_whose_import_fails_is_one_backend_not_installed_error(fake_
     message = str(info.value)
     assert f"backend {name!r}" in message and repr(FAKE_FRAMEWORK) in message
     assert f"({first_line})" in message and "\n" not in message
-    assert message.endswith(f'install it again with: pip install "d2lgru[{name}]"')
+    assert message.endswith(f'install it again with: pip install "d2lgru[{name}]" '
+                            f'(from a clone: pip install ".[{name}]")')
     assert isinstance(info.value, ImportError) and info.value.__cause__ is not None
 
 

@@ -100,7 +100,9 @@ def install_hint(name: str) -> str:
     if key not in _REGISTRY:
         return f"pip install {_plugins_found()[key].package}"
     extra = _REGISTRY[key][2]
-    return f'pip install "d2lgru[{extra}]"' if extra else "pip install d2lgru"
+    if not extra:
+        return "pip install d2lgru"
+    return f'pip install "d2lgru[{extra}]" (from a clone: pip install ".[{extra}]")'
 
 
 def available_backends() -> list[str]:

@@ -30,30 +30,19 @@ REPO = Path(__file__).resolve().parents[2]
 FORMAT = "d2lgru.BookRun/1"
 
 
-def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
+class BookScratchGRU:
+    """The book's GRU from scratch (9.1) with ``grad_clipping`` and ``sgd`` (8.5, 3.2) and the
+    body of ``train_epoch_ch8`` (sequential partitioning), as one object: ``train_epoch`` is what
+    the benchmarks time (``benchmarks.run``'s ``book`` row) and what ``run_book`` runs."""
 
-    random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-
-    # 8.2 and 8.3, transcribed in benchmarks/_book_pipeline.py (the offset is drawn here)
-    corpus, vocab = book.load_corpus_time_machine(text_file, max_tokens=10000)
-    batch_size, num_steps, num_hiddens, lr = 32, 35, 256, 1
-    vocab_size = len(vocab)
-
-    def seq_data_iter_sequential(corpus, batch_size, num_steps):  # torch's flavour
-        offset = random.randint(0, num_steps)
-        for X, Y in book.seq_data_iter_sequential(corpus, batch_size, num_steps, offset):
-            yield torch.as_tensor(X), torch.as_tensor(Y)
-
-    def get_params(vocab_size, num_hiddens, device):  # 9.1
+    def __init__(self, vocab_size, num_hiddens, lr=1, device=None):
+        import torch
+        self.torch = torch
+        self.vocab_size, self.num_hiddens, self.lr = vocab_size, num_hiddens, lr
+        self.device = device = device or torch.device("cpu")
         num_inputs = num_outputs = vocab_size
 
-        def normal(shape):
+        def normal(shape):  # 9.1 get_params
             return torch.randn(size=shape, device=device) * 0.01
 
         def three():
@@ -65,13 +54,14 @@ def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
         W_xh, W_hh, b_h = three()
         W_hq = normal((num_hiddens, num_outputs))
         b_q = torch.zeros(num_outputs, device=device)
-        params = [W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q]
-        for param in params:
+        self.params = [W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q]
+        for param in self.params:
             param.requires_grad_(True)
-        return params
+        self.loss = torch.nn.CrossEntropyLoss()
 
-    def gru(inputs, state, params):  # 9.1
-        W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q = params
+    def gru(self, inputs, state):  # 9.1
+        torch = self.torch
+        W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q = self.params
         H, = state
         outputs = []
         for X in inputs:
@@ -83,63 +73,88 @@ def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
             outputs.append(Y)
         return torch.cat(outputs, dim=0), (H,)
 
-    params = get_params(vocab_size, num_hiddens, device)
+    def net(self, X, state):  # 8.5 RNNModelScratch.__call__
+        X = self.torch.nn.functional.one_hot(X.T, self.vocab_size).type(self.torch.float32)
+        return self.gru(X, state)
 
-    def net(X, state):  # 8.5 RNNModelScratch.__call__
-        X = F.one_hot(X.T, vocab_size).type(torch.float32)
-        return gru(X, state, params)
+    def begin_state(self, batch_size):  # 9.1 init_gru_state
+        return (self.torch.zeros((batch_size, self.num_hiddens), device=self.device),)
 
-    def begin_state(batch_size):  # 9.1 init_gru_state
-        return (torch.zeros((batch_size, num_hiddens), device=device),)
-
-    def grad_clipping(theta):  # 8.5
-        norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
+    def grad_clipping(self, theta):  # 8.5
+        norm = self.torch.sqrt(sum(self.torch.sum((p.grad ** 2)) for p in self.params))
         if norm > theta:
-            for param in params:
+            for param in self.params:
                 param.grad[:] *= theta / norm
 
-    def sgd(batch_size):  # 3.2
-        with torch.no_grad():
-            for param in params:
-                param -= lr * param.grad / batch_size
+    def sgd(self, batch_size):  # 3.2
+        with self.torch.no_grad():
+            for param in self.params:
+                param -= self.lr * param.grad / batch_size
                 param.grad.zero_()
 
-    loss = nn.CrossEntropyLoss()
-    history, tokens, seconds = [], 0, 0.0
-    for _ in range(epochs):  # 8.5 train_ch8 / train_epoch_ch8, use_random_iter=False
-        state, total, count = None, 0.0, 0
-        tic = time.perf_counter()
-        for X, Y in seq_data_iter_sequential(corpus, batch_size, num_steps):
+    def train_epoch(self, batches) -> list[float]:
+        """8.5 ``train_epoch_ch8`` (``use_random_iter=False``): each batch's mean loss."""
+        state, losses = None, []
+        for X, Y in batches:
+            X, Y = self.torch.as_tensor(X), self.torch.as_tensor(Y)
             if state is None:
-                state = begin_state(X.shape[0])
+                state = self.begin_state(X.shape[0])
             else:
                 for s in state:
                     s.detach_()
             y = Y.T.reshape(-1)
-            y_hat, state = net(X, state)
-            l = loss(y_hat, y.long()).mean()
+            y_hat, state = self.net(X, state)
+            l = self.loss(y_hat, y.long()).mean()
             l.backward()
-            grad_clipping(1)
-            sgd(batch_size=1)
-            total += float(l.detach()) * y.numel()
-            count += y.numel()
+            self.grad_clipping(1)
+            self.sgd(batch_size=1)
+            losses.append(float(l.detach()))
+        return losses
+
+
+def run_book(seed: int, text_file: str, epochs: int = 500) -> dict:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+
+    # 8.2 and 8.3, transcribed in benchmarks/_book_pipeline.py (the offset is drawn here)
+    corpus, vocab = book.load_corpus_time_machine(text_file, max_tokens=10000)
+    batch_size, num_steps, num_hiddens, lr = 32, 35, 256, 1
+    model = BookScratchGRU(len(vocab), num_hiddens, lr)
+
+    def seq_data_iter_sequential(corpus, batch_size, num_steps):  # torch's flavour
+        offset = random.randint(0, num_steps)
+        for X, Y in book.seq_data_iter_sequential(corpus, batch_size, num_steps, offset):
+            yield torch.as_tensor(X), torch.as_tensor(Y)
+
+    history, tokens, seconds = [], 0, 0.0
+    for _ in range(epochs):  # 8.5 train_ch8
+        tic = time.perf_counter()
+        batches = list(seq_data_iter_sequential(corpus, batch_size, num_steps))
+        losses = model.train_epoch(batches)
         seconds += time.perf_counter() - tic
+        total, count = 0.0, 0
+        for l, (_, Y) in zip(losses, batches):
+            total += l * Y.numel()
+            count += Y.numel()
         tokens += count
         history.append(math.exp(total / count))
 
     def predict_ch8(prefix, num_preds):  # 8.5
-        state = begin_state(1)
+        state = model.begin_state(1)
         outputs = [vocab[prefix[0]]]
 
         def get_input():
-            return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
+            return torch.tensor([outputs[-1]], device=model.device).reshape((1, 1))
 
         with torch.no_grad():
             for y in prefix[1:]:
-                _, state = net(get_input(), state)
+                _, state = model.net(get_input(), state)
                 outputs.append(vocab[y])
             for _ in range(num_preds):
-                y, state = net(get_input(), state)
+                y, state = model.net(get_input(), state)
                 outputs.append(int(y.argmax(dim=1).reshape(1)))
         return "".join(vocab.idx_to_token[i] for i in outputs)
 
