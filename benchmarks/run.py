@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks import _machine, _metrics  # standard library only
+from benchmarks.bare.keras_backends import KERAS_BACKENDS, MODES_BY_BACKEND  # no keras imported
 from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
 FORMAT = "d2lgru.Benchmark/1"
@@ -46,8 +47,6 @@ RESULTS = _machine.REPO / "benchmarks" / "results"
 LATENCY = ({"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 1},
            {"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 32})
 PARTS = ("train", "sweep", "latency", "bare", "gemm", "pipeline", "keras", "book")
-#: the Keras 3 backend a run's environment holds (``--keras-backend`` names another)
-KERAS_BACKENDS = ("tensorflow", "torch", "jax")
 
 FULL = {"repeats": 5, "target_s": 1.0, "warmup_batches": 2, "max_batches": 1000, "gemm_n": 4096,
         "latency_s": 1.0, "latency_min_calls": 10, "latency_max_calls": 5000, "timeout_s": 1800}
@@ -366,7 +365,7 @@ def run_alternatives(args, skip, cfg, base, workdir, timeout):
     keras_backend = args.keras_backend or (args.backend if args.backend in KERAS_BACKENDS
                                            else None)
     if "keras" not in skip and keras_backend and importlib.util.find_spec("keras"):
-        for i, mode in enumerate(bare_modes_of("keras3", "MODES_BY_BACKEND")[keras_backend]):
+        for i, mode in enumerate(MODES_BY_BACKEND[keras_backend]):
             entry = run_case({"case": "keras3", "keras_backend": keras_backend, "mode": mode,
                               "config": cfg, **base}, args, workdir, timeout)
             yield {**entry, "script": "keras3", "keras_backend": keras_backend, "mode": mode,

@@ -93,7 +93,9 @@ def test_no_file_but_the_registry_lists_the_backends():
     proc = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         pytest.skip(f"not a git checkout: {proc.stderr.strip()}")
-    allowed = {"d2lgru/backends/__init__.py", "tests/test_registry.py"}
+    # Keras 3's own backends happen to share three names with ours; that list is Keras' fact
+    allowed = {"d2lgru/backends/__init__.py", "tests/test_registry.py",
+               "benchmarks/bare/keras_backends.py"}
     offences = [f"{path}:{line}: {names}" for path in proc.stdout.split() if path not in allowed
                 and (REPO / path).is_file()
                 for line, names in _backend_lists((REPO / path).read_text(encoding="utf-8"))]

@@ -18,7 +18,7 @@ feeds to the next batch), the same model, loss and optimizer.
 Modes: ``fit`` (Keras' default ``jit_compile="auto"``: XLA on jax, and on tensorflow when the
 model allows it; plain on torch), ``jit_compile`` (``True``: XLA, or ``torch.compile`` on
 torch), ``no_jit`` (``False``: a ``tf.function`` graph on tensorflow, eager on torch) and
-``step`` (torch only, see above). ``MODES_BY_BACKEND`` leaves out the modes that repeat ``fit``
+``step`` (torch only, see above). ``keras_backends.MODES_BY_BACKEND`` leaves out the modes that repeat ``fit``
 (or fail) on a backend.
 """
 
@@ -34,8 +34,6 @@ from benchmarks.bare._common import trainer_factory
 
 NAME = "keras3"
 MODES = ("fit", "jit_compile", "no_jit", "step")
-#: what each backend's run times (read by ``benchmarks.run`` without importing keras)
-MODES_BY_BACKEND = {"tensorflow": ("fit", "jit_compile"), "torch": ("step",), "jax": ("fit",)}
 _JIT = {"fit": "auto", "jit_compile": True, "no_jit": False}
 
 
