@@ -90,7 +90,7 @@ def _framework_ops(name):
         import paddle
 
         from d2lgru.backends import get_backend
-        get_backend("paddle")._ensure_ready()  # the adapter's settings (MKL on AMD, threads)
+        get_backend("paddle").set_threads()  # the adapter's settings (MKL on AMD, threads)
 
         def matmul(m, k, n):
             a, b = paddle.randn((m, k)), paddle.randn((k, n))
@@ -105,7 +105,7 @@ def _framework_ops(name):
         from mindspore import ops
 
         from d2lgru.backends import get_backend
-        get_backend("mindspore")._ensure_ready()  # threads, synchronous launches, as d2lgru runs
+        get_backend("mindspore").set_threads()  # threads, synchronous launches, as d2lgru runs
 
         def matmul(m, k, n):
             a, b = ops.randn((m, k), dtype=ms.float32), ops.randn((k, n), dtype=ms.float32)
@@ -120,7 +120,7 @@ def _framework_ops(name):
         import jax.numpy as jnp
 
         from d2lgru.backends import get_backend
-        get_backend("jax")._ensure_ready()  # the adapter's thread settings, as d2lgru runs
+        get_backend("jax").set_threads()  # the adapter's thread settings, as d2lgru runs
         key = jax.random.PRNGKey(0)
 
         def matmul(m, k, n):
