@@ -59,7 +59,7 @@ from jax._src import xla_bridge
 from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ..errors import InvalidArgumentError
-from ._base import Backend, ImplInfo, LMResult, Trainer, check_native_names
+from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, check_native_names
 from ._layout import nest
 
 #: ``lax.scan``'s unroll factor in the scratch loop. Measured at the book's config (hidden 256,
@@ -262,16 +262,22 @@ def _gru_forward(impl, spec, flat, X, h0):
 
 
 # -- the language model ----------------------------------------------------------------------
-def _lm_loss(impl, spec, flat, ids, labels, state):
-    """``flat``: the GRU's canonical arrays then ``W_hq, b_q``; time-major ``ids [T, N]``,
-    labels ``[T*N]`` -> ``(mean cross-entropy, (logits [T*N, V], h_n))``."""
+def _lm_logits(impl, spec, flat, ids, state):
+    """``flat``: the GRU's canonical arrays then ``W_hq, b_q``; time-major ``ids [T, N]`` ->
+    ``(logits [T*N, V], h_n)``."""
     cells, (W_hq, b_q) = nest(flat[:-2], spec), flat[-2:]
     if impl == "scratch":
         Y, h_n = _run_scratch(spec, cells, None, state, ids=ids)
     else:
         Y, h_n = _run_native(spec, cells, jax.nn.one_hot(ids, spec.input_size, dtype=W_hq.dtype),
                              state)
-    logits = Y.reshape(-1, spec.output_size) @ W_hq + b_q
+    return Y.reshape(-1, spec.output_size) @ W_hq + b_q, h_n
+
+
+def _lm_loss(impl, spec, flat, ids, labels, state):
+    """:func:`_lm_logits` and, against labels ``[T*N]``, the mean cross-entropy:
+    ``(loss, (logits, h_n))``."""
+    logits, h_n = _lm_logits(impl, spec, flat, ids, state)
     logp = jax.nn.log_softmax(logits)
     loss = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
     return loss, (logits, h_n)
@@ -290,6 +296,10 @@ def _sgd_step(impl, spec, mask, lr, clip, trained_arrays, frozen, ids, labels, s
     norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads))
     scale = lr * jnp.minimum(1.0, clip / norm)  # clip / norm when norm > clip, else 1
     return [p - scale * g for p, g in zip(trained_arrays, grads)], loss, jax.lax.stop_gradient(h_n)
+
+
+def _jax_device(device):
+    return jax.devices("gpu" if device in ("gpu", "cuda") else "cpu")[0]
 
 
 class JaxTrainer(Trainer):
@@ -339,6 +349,26 @@ class JaxTrainer(Trainer):
         it_t, it_f = iter(self.trained), iter(self.frozen)
         flat = [np.array(next(it_t) if keep else next(it_f)) for keep in self.mask]
         return LMParams(_params_like(self.spec, flat[:-2]), flat[-2], flat[-1])
+
+
+class JaxPredictor(Predictor):
+    """The model on the device once, one jitted forward per prefix length."""
+
+    def __init__(self, model: LMParams, impl, jax_device):
+        self.spec, self.dtype, self._device = model.spec, model.dtype, jax_device
+        with _numerics(self.dtype):
+            self.flat = [jax.device_put(a, jax_device) for a in model.flat()]
+        self._forward = jax.jit(functools.partial(_lm_logits, impl, model.spec))
+
+    def step(self, ids, state=None):
+        spec, (N, T) = self.spec, ids.shape
+        with _numerics(self.dtype):
+            if state is None:
+                state = jax.device_put(np.zeros((spec.num_layers * spec.num_directions, N,
+                                                 spec.hidden_size), self.dtype), self._device)
+            ids_T = jax.device_put(np.ascontiguousarray(ids.T, np.int32), self._device)
+            logits, state = self._forward(self.flat, ids_T, state)
+            return np.asarray(logits).reshape(T, N, -1)[-1], state
 
 
 class JaxBackend(Backend):
@@ -441,16 +471,13 @@ class JaxBackend(Backend):
                             np.asarray(logits), np.asarray(h_n))
 
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
-        jax_device = jax.devices("gpu" if device in ("gpu", "cuda") else "cpu")[0]
         return JaxTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device,
-                          jax_device=jax_device)
+                          jax_device=_jax_device(device))
 
-    # -- the native layer's layout ---------------------------------------------------------
-    def _to_native(self, params):
-        return to_native(params)
+    def _make_predictor(self, model, *, impl, device):
+        return JaxPredictor(model, impl, _jax_device(device))
 
-    def _from_native(self, native, spec):
-        return from_native(native, spec)
+    # -- the native layer's layout (to_native / from_native above) ------------------------
 
     def _native_normal_form(self, params):
         return native_normal_form(params)

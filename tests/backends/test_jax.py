@@ -42,7 +42,7 @@ def _batches(data_dir, count=4, num_steps=5):
 
 def test_the_registry_knows_jax_and_flax():
     assert d2lgru.get_backend("flax") is d2lgru.get_backend("jax")
-    assert d2lgru.backends.install_hint("jax") == 'pip install "d2lgru[jax]"'
+    assert d2lgru.backends.install_hint("jax").startswith('pip install "d2lgru[jax]"')
 
 
 # -- float64 without changing what float32 users get ---------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
-from d2lgru.backends import BACKENDS, framework_of, resolve_name
+from d2lgru.backends import BACKENDS, framework_of, resolve_name, source_of
 from d2lgru.backends._base import GRUPredictor
 from d2lgru.conformance import assert_close, tolerance
 from d2lgru.errors import NonFiniteError
@@ -206,7 +206,9 @@ def test_predict_keeps_the_model_in_the_framework_and_predicts_as_the_gru_did(
     text is what the per-character ``backend.gru`` path (the base GRUPredictor) gives."""
     run = small_runs[reset_after]
     predictor = be.make_predictor(run.model, impl=impl)
-    assert NAME == "numpy" or not isinstance(predictor, GRUPredictor)
+    # every built-in framework backend holds its model itself; numpy and plugins may fall back
+    assert NAME == "numpy" or source_of(NAME) != "built-in" or \
+        not isinstance(predictor, GRUPredictor)
     new = predict("time traveller", 40, run.model, run.vocab, backend=NAME, impl=impl)
     monkeypatch.setattr(be, "_make_predictor",
                         lambda model, *, impl, device: GRUPredictor(be, model, impl))
