@@ -24,16 +24,6 @@ SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 IMPLS = pytest.mark.parametrize("impl", ["scratch", "native"])
 
 
-@pytest.fixture(scope="module")
-def be():
-    return d2lgru.get_backend("jax")
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return d2lgru.get_backend("numpy")
-
-
 def _batches(data_dir, count=4, num_steps=5):
     loader, vocab = load_data_time_machine(4, num_steps, max_tokens=300, path=data_dir)
     loader.set_epoch(0)

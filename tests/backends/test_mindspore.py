@@ -11,21 +11,10 @@ import numpy as np
 import pytest
 from mindspore import Tensor, ops
 
-import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.cli import main
 from d2lgru.data import load_data_time_machine
 from helpers import assert_native_round_trip, random_params
-
-@pytest.fixture(scope="module")
-def be():
-    return d2lgru.get_backend("mindspore")
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return d2lgru.get_backend("numpy")
-
 
 
 # -- one clear error per mistake -----------------------------------------------------------

@@ -14,11 +14,6 @@ import paddle  # noqa: E402
 
 
 
-@pytest.fixture(scope="module")
-def be():
-    return d2lgru.get_backend("paddle")
-
-
 
 def has_gpu():
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0

@@ -28,11 +28,6 @@ NAME = resolve_name(os.environ.get("D2LGRU_BACKEND") or None)
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 
 
-@pytest.fixture(scope="module")
-def be():
-    return d2lgru.get_backend(NAME)
-
-
 def _declared():
     """(impl, reset_after) pairs the backend declares, for the full GRU in float32."""
     be = d2lgru.get_backend(NAME)

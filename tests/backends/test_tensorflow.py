@@ -21,16 +21,6 @@ VARIANTS = pytest.mark.parametrize("reset_after", [False, True],
                                    ids=["reset-before", "reset-after"])
 
 
-@pytest.fixture(scope="module")
-def be():
-    return d2lgru.get_backend("tensorflow")
-
-
-@pytest.fixture(scope="module")
-def oracle():
-    return d2lgru.get_backend("numpy")
-
-
 
 # -- checkpoints cross the NumPy/TensorFlow boundary both ways -----------------------------
 def test_native_reset_before_trains_one_bias_per_gate_as_numpy_does(tmp_path, data_dir, oracle):

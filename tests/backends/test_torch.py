@@ -11,11 +11,6 @@ from helpers import assert_native_round_trip, random_params
 
 
 
-@pytest.fixture(scope="module")
-def be():
-    return d2lgru.get_backend("torch")
-
-
 
 # -- checkpoints cross the NumPy/torch boundary both ways ----------------------------------
 # -- one clear error per mistake -----------------------------------------------------------
