@@ -25,6 +25,7 @@ in ``state.json`` is a plain file name inside the directory; every value read ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -206,22 +207,12 @@ class CheckpointWriter:
         return self.path / name
 
 
-class _NoWriter:
-    """``with open_run(None)``: no directory, nothing written."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
-
-
 def open_run(out, *, resume=None, overwrite: bool = False, format: str | None = None):
     """The writer of run directory ``out`` as a context manager (``None`` without ``out``):
     continuing ``resume`` when it is the same directory, else a new run there; ``format``
     (``npz`` or ``safetensors``) is the model files' format."""
     if out is None:
-        return _NoWriter()
+        return contextlib.nullcontext()  # `with ... as writer`: None, nothing written
     same = resume is not None and os.path.abspath(out) == os.path.abspath(resume)
     return CheckpointWriter(out, overwrite=overwrite, resume=same, format=format)
 
