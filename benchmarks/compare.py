@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import _metrics
 from benchmarks._metrics import median
+from d2lgru._io import save_png
 from d2lgru.backends import BACKENDS as ORDER
 
 SWEEP_COLUMNS = [("book", None, None), ("H=64", "hidden", 64), ("H=1024", "hidden", 1024),
@@ -538,7 +539,7 @@ def charts(results, out: Path, multi) -> list[str]:
         ax.set_title("Training throughput, book config (V 28, H 256, N 32, T 35)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
-        fig.savefig(out / "throughput.png")
+        save_png(fig, out / "throughput.png")
         plt.close(fig)
         written.append("throughput.png")
 
@@ -584,7 +585,7 @@ def charts(results, out: Path, multi) -> list[str]:
         fig.suptitle("Sweep around the book config (solid: scratch, dashed: native, dotted: bare)",
                      fontsize=9)
         fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(labels) // 4), 1, 1))
-        fig.savefig(out / "sweep.png")
+        save_png(fig, out / "sweep.png")
         written.append("sweep.png")
     plt.close(fig)
     return written

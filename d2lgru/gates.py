@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import write_atomic
+from ._io import save_png, write_atomic
 from .backends import get_backend, numpy_backend
 from .backends._base import check_gru_inputs
 from .errors import InvalidArgumentError
@@ -178,7 +178,7 @@ def plot_gates(record: dict, path) -> Path:
              f"({check['dtype']}) gives the same output within {check['max_abs_diff_Y']:.1e}"]
     notes += [f"{p}: not drawn" for p in record["pinned"].values()]
     fig.suptitle("\n".join(notes), fontsize=10)
-    path = write_atomic(Path(path), lambda f: fig.savefig(f, format="png"))
+    path = save_png(fig, path)
     plt.close(fig)
     return path
 
