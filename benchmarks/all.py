@@ -6,8 +6,8 @@
 Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
-``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs; ``--quick`` ones
-small); then ``compare.py`` turns every result there into ``results.md``,
+``<machine-label>-quick``), with ``limits.py``'s figures inside each (key ``limits``; CPU runs,
+``--quick`` ones small); then ``compare.py`` turns every result there into ``results.md``,
 ``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
 imports numpy (d2lgru's registry names the backends); every step runs as ``python -m`` there.
 """

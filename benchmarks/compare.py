@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import _metrics
 from benchmarks._metrics import median
+from benchmarks.run import FORMAT as BENCHMARK_FORMAT
 from d2lgru._io import save_png
 from d2lgru.backends import BACKENDS as ORDER
 
@@ -33,20 +34,26 @@ LIMITS_FORMAT = "d2lgru.Limits/1"  # benchmarks/limits.py
 
 
 def load(paths, limits=None) -> list[dict]:
-    """Benchmark results, ordered by backend; ``limits.py`` files go to the ``limits`` list."""
+    """Benchmark results, ordered by backend; ``limits.py``'s figures (a result's key
+    ``limits``, or a ``limits-<backend>.json`` file of the older layout) go to the ``limits``
+    list."""
     files = []
     for p in map(Path, paths):
         files += sorted(p.glob("*.json")) if p.is_dir() else [p]
     results = []
     for f in files:
         r = json.loads(f.read_text())
-        if r.get("format") == LIMITS_FORMAT and limits is not None:
-            limits.append(r)
+        if r.get("format") == LIMITS_FORMAT:
+            if limits is not None:
+                limits.append(dict(r, _file=f.name))
             continue
-        if r.get("format") != "d2lgru.Benchmark/1":
+        if r.get("format") != BENCHMARK_FORMAT:
             print(f"skipping {f}: not a d2lgru benchmark result", file=sys.stderr)
             continue
         r["_file"] = f.name
+        lim = r.pop("limits", None)
+        if lim is not None and limits is not None:
+            limits.append(dict(lim, _file=f"{f.name} (limits)"))
         results.append(_metrics.derive(r))
     order = {name: i for i, name in enumerate(ORDER)}
     return sorted(results, key=lambda r: (order.get(r["backend"], 99), r["label"]))
@@ -68,7 +75,7 @@ def machine_limit(results, limits) -> dict | None:
             for key, g in (lim.get(lib) or {}).get("gemm", {}).items():
                 if key.startswith("large") and (best is None or g["gflops"] > best["gflops"]):
                     best = {"gflops": g["gflops"], "library": lib,
-                            "file": f"limits-{lim['backend']}.json"}
+                            "file": lim["_file"]}
     return best
 
 
@@ -141,7 +148,7 @@ def limit_lines(limit, steplimit, peak) -> list[str]:
                      "`[256,32]@[32,768]`, `benchmarks/limits.py`); *% step limit* applies it to "
                      "all of a token's FLOPs, book config only.")
     else:
-        lines.append("Step limit: not measured (`benchmarks/limits.py` wrote no file here).")
+        lines.append("Step limit: not measured (no `benchmarks/limits.py` figures here).")
     if peak["gflops"]:
         beyond = (" The measured limit is above it: the clock used is below the one the cores "
                   "ran at." if limit and limit["gflops"] > peak["gflops"] else "")
@@ -462,7 +469,7 @@ def targets(results, pipe) -> list[str]:
 
 
 def limits_section(limits) -> list[str]:
-    """What bounds the speed (``benchmarks/limits.py`` files): each library's GEMM rate at the
+    """What bounds the speed (``benchmarks/limits.py``'s figures): each library's GEMM rate at the
     shapes of one time step, against its large GEMM, and the cost of one small op."""
     if not limits:
         return []
