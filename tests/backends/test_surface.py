@@ -1,6 +1,7 @@
 """What every backend must do the same way, run against the backend of ``$D2LGRU_BACKEND``:
 checkpoints that the NumPy backend continues (and the other way round), capabilities that are
-declared rather than discovered, and one clear error per mistake. Each backend's own file
+declared rather than discovered, one clear error per mistake, and safetensors files that the
+framework's own safetensors API reads. Each backend's own file
 (test_<name>.py) adds what only its framework has."""
 
 import json
@@ -17,6 +18,7 @@ import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.backends import BACKENDS, framework_of, resolve_name, source_of
 from d2lgru.backends._base import GRUPredictor
+from d2lgru.checkpoint import load as load_checkpoint, read_state
 from d2lgru.conformance import assert_close, tolerance
 from d2lgru.errors import NonFiniteError
 from d2lgru.cli import main
@@ -286,3 +288,44 @@ def test_passive_waiting_is_set_before_the_framework_loads_unless_the_user_chose
     got = _python(code, OMP_WAIT_POLICY=user)
     expected = user or ("PASSIVE" if d2lgru.get_backend(NAME).openmp else None)
     assert got == expected
+
+
+# -- safetensors: the framework's own API reads what d2lgru writes; a NumPy safetensors
+#    checkpoint is continued here
+def _framework_load(path):
+    """The file read by the framework's own safetensors module, as NumPy arrays; frameworks
+    that safetensors has no module for (MXNet, MindSpore) read it through its NumPy API."""
+    if NAME == "torch":
+        from safetensors.torch import load_file
+        return {k: v.numpy() for k, v in load_file(str(path)).items()}
+    if NAME == "tensorflow":
+        from safetensors.tensorflow import load_file
+        return {k: v.numpy() for k, v in load_file(str(path)).items()}
+    if NAME == "paddle":
+        from safetensors.paddle import load_file
+        return {k: v.numpy() for k, v in load_file(str(path)).items()}
+    from safetensors.numpy import load_file
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_frameworks_safetensors_api_reads_the_same_arrays(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    model = d2lgru.init_lm(7, 5, num_layers=2, bidirectional=True, dtype=dtype).map(
+        lambda a: rng.standard_normal(a.shape).astype(dtype))
+    loaded = _framework_load(model.save(tmp_path / "lm.safetensors"))
+    expected = model.to_arrays()
+    assert sorted(loaded) == sorted(expected)
+    for name, array in expected.items():
+        assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array), name
+
+
+def test_a_numpy_safetensors_checkpoint_round_trips_and_resumes_here(tmp_path, data_dir):
+    first = train(TrainConfig(epochs=1, data=str(data_dir), **SMALL), backend="numpy",
+                  out=tmp_path, format="safetensors")
+    assert read_state(tmp_path)["model"] == "model-e0001.safetensors"
+    assert load_checkpoint(tmp_path)["model"] == first.model  # bit for bit
+    resumed = train(TrainConfig(epochs=2), backend=NAME, resume=tmp_path)
+    assert [h["backend"] for h in resumed.history] == ["numpy", NAME]
+    assert read_state(tmp_path)["model"] == "model-e0002.safetensors"
+    assert load_checkpoint(tmp_path)["model"] == resumed.model
