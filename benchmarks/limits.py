@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks import _machine
 from benchmarks.run import FORMAT as BENCHMARK_FORMAT
+from d2lgru._io import round_floats
 from d2lgru.backends import BACKENDS
 
 N, H, T, V = 32, 256, 35, 28
@@ -213,10 +214,10 @@ def store(result: dict, out: Path) -> Path:
     record = json.loads(path.read_text()) if path.is_file() else {}
     if record.get("format") == BENCHMARK_FORMAT:
         record["limits"] = result
-        text = json.dumps(record, indent=1) + "\n"
     else:
         path = out / f"limits-{result['backend']}.json"
-        text = json.dumps(result, indent=1) + "\n"
+        record = result
+    text = json.dumps(round_floats(record, 8), indent=1) + "\n"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
