@@ -1,13 +1,16 @@
 """Benchmark every installed backend, one after the other, then write the report and charts.
 
     python -m benchmarks.all [--quick] [--device gpu] [--backends numpy,torch] [--out DIR]
+                             [--tox-dir DIR] [--no-contention]
                              [-- any benchmarks.run option, e.g. --threads 2 --skip sweep]
 
 Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
-``<machine-label>-quick``), with ``limits.py``'s figures beside each (CPU runs; ``--quick`` ones
-small); then ``compare.py`` turns every result there into ``results.md``,
+``<machine-label>-quick``), with ``limits.py``'s figures inside each (key ``limits``; CPU runs,
+``--quick`` ones small); then ``contention.py`` for every backend that ran (CPU runs; one training alone
+against two at once, ``contention.json``); then ``compare.py`` turns every result there into
+``results.md``,
 ``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
 imports numpy (d2lgru's registry names the backends); every step runs as ``python -m`` there.
 """
@@ -58,6 +61,10 @@ def main(argv=None) -> int:
                    help="comma-separated, in this order (default: all six)")
     p.add_argument("--out", help="results folder (default benchmarks/results/<machine-label>)")
     p.add_argument("--label", help="machine label (default: from the CPU model, CPUs and GPU)")
+    p.add_argument("--tox-dir", type=Path, help="where the per-backend environments are "
+                   "(default .tox here; a git worktree can point at the main copy's)")
+    p.add_argument("--no-contention", action="store_true",
+                   help="skip contention.py (two trainings at once) after the per-backend runs")
     p.add_argument("--no-compare", action="store_true", help="only write the JSON files")
     args = p.parse_args(argv)
 
@@ -69,7 +76,7 @@ def main(argv=None) -> int:
             p.error(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     ran, skipped = [], []
     for backend in backends:
-        python = interpreter(backend)
+        python = interpreter(backend, args.tox_dir)
         if python is None:
             env = ".venv or .tox/numpy" if backend == "numpy" else f".tox/{backend}"
             skipped.append(f"{backend}: no environment ({env}); build it with "
@@ -95,13 +102,20 @@ def main(argv=None) -> int:
                                                   f"{backend}: run.py failed (status {status})")
     for note in skipped:
         print(f"skipped {note}")
+    if ran and args.device == "cpu" and not args.no_contention:
+        cmd = [sys.executable, "-m", "benchmarks.contention", "--backends", ",".join(ran),
+               "--out", str(out), "--label", label, *(["--quick"] if args.quick else []),
+               *(["--tox-dir", str(args.tox_dir)] if args.tox_dir else [])]
+        print(f"== contention: {' '.join(cmd)}", flush=True)
+        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            print("skipped contention: contention.py failed", flush=True)
     if args.no_compare or not ran:
         return 0 if ran else 1
     compare_python = sys.executable
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        compare_python = str(interpreter("numpy") or sys.executable)
+        compare_python = str(interpreter("numpy", args.tox_dir) or sys.executable)
     return subprocess.run([compare_python, "-m", "benchmarks.compare", str(out)],
                           cwd=REPO).returncode
 

@@ -14,15 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import _metrics
+from benchmarks import _metrics, contention as _contention
 from benchmarks._metrics import median
+from benchmarks.run import FORMAT as BENCHMARK_FORMAT
+from benchmarks.bare.keras_backends import KERAS_BACKENDS
+from d2lgru._io import save_png
 from d2lgru.backends import BACKENDS as ORDER
 
 SWEEP_COLUMNS = [("book", None, None), ("H=64", "hidden", 64), ("H=1024", "hidden", 1024),
                  ("N=1", "batch_size", 1), ("N=256", "batch_size", 256),
                  ("T=140", "num_steps", 140)]
-TARGET_BARE = 0.95
-TARGET_FLOP = 0.80
+TARGET_BARE = 0.95  # #20: a default mode against its framework's fastest bare mode (#18: JAX)
+TARGET_SPREAD = 4.0  # #20: the slowest backend's default against the fastest's
+TARGET_FLOP = 0.50  # #20: the fastest backend against the machine's limit
 TARGET_NUMPY_VS_TORCH = 0.5
 TARGET_PIPELINE = 100.0
 TARGET_VS_KERAS = 1.0
@@ -31,21 +35,32 @@ TARGET_VS_KERAS = 1.0
 LIMITS_FORMAT = "d2lgru.Limits/1"  # benchmarks/limits.py
 
 
-def load(paths, limits=None) -> list[dict]:
-    """Benchmark results, ordered by backend; ``limits.py`` files go to the ``limits`` list."""
+def load(paths, limits=None, contention=None) -> list[dict]:
+    """Benchmark results, ordered by backend; ``limits.py``'s figures (a result's key
+    ``limits``, or a ``limits-<backend>.json`` file of the older layout) go to the ``limits``
+    list, ``contention.py``'s ``contention.json`` (with or without its format) to
+    ``contention``."""
     files = []
     for p in map(Path, paths):
         files += sorted(p.glob("*.json")) if p.is_dir() else [p]
     results = []
     for f in files:
         r = json.loads(f.read_text())
-        if r.get("format") == LIMITS_FORMAT and limits is not None:
-            limits.append(r)
+        if r.get("format") == LIMITS_FORMAT:
+            if limits is not None:
+                limits.append(dict(r, _file=f.name))
             continue
-        if r.get("format") != "d2lgru.Benchmark/1":
+        if r.get("format") == _contention.FORMAT or f.name == "contention.json":
+            if contention is not None:
+                contention.append(dict(r, _file=f.name))
+            continue
+        if r.get("format") != BENCHMARK_FORMAT:
             print(f"skipping {f}: not a d2lgru benchmark result", file=sys.stderr)
             continue
         r["_file"] = f.name
+        lim = r.pop("limits", None)
+        if lim is not None and limits is not None:
+            limits.append(dict(lim, _file=f"{f.name} (limits)"))
         results.append(_metrics.derive(r))
     order = {name: i for i, name in enumerate(ORDER)}
     return sorted(results, key=lambda r: (order.get(r["backend"], 99), r["label"]))
@@ -67,7 +82,7 @@ def machine_limit(results, limits) -> dict | None:
             for key, g in (lim.get(lib) or {}).get("gemm", {}).items():
                 if key.startswith("large") and (best is None or g["gflops"] > best["gflops"]):
                     best = {"gflops": g["gflops"], "library": lib,
-                            "file": f"limits-{lim['backend']}.json"}
+                            "file": lim["_file"]}
     return best
 
 
@@ -140,7 +155,7 @@ def limit_lines(limit, steplimit, peak) -> list[str]:
                      "`[256,32]@[32,768]`, `benchmarks/limits.py`); *% step limit* applies it to "
                      "all of a token's FLOPs, book config only.")
     else:
-        lines.append("Step limit: not measured (`benchmarks/limits.py` wrote no file here).")
+        lines.append("Step limit: not measured (no `benchmarks/limits.py` figures here).")
     if peak["gflops"]:
         beyond = (" The measured limit is above it: the clock used is below the one the cores "
                   "ran at." if limit and limit["gflops"] > peak["gflops"] else "")
@@ -397,14 +412,75 @@ def pipeline_section(results) -> tuple[list[str], dict | None]:
     return lines + [""], pipe
 
 
-def targets(results, pipe) -> list[str]:
+def _verdict(ratios: dict, target: float) -> str:
+    """met, missed, or missed for the keys under ``target``."""
+    missed = [k for k, x in ratios.items() if x < target]
+    return ("**met**" if not missed else "**missed**"
+            + (f" for {', '.join(missed)}" if len(missed) < len(ratios) else ""))
+
+
+def contention_section(contention) -> list[str]:
+    """Two trainings at once against one alone (``benchmarks/contention.py``'s
+    ``contention.json``), per backend and thread setting."""
+    lines = ["## Under contention", ""] if contention else []
+    for c in contention:
+        lines += [f"`{c['_file']}`: " + _contention.describe(c), ""] + _contention.table(c) + [""]
+    return lines
+
+
+def targets(results, pipe, contention=()) -> list[str]:
+    """Issue #20's targets (and #18's), each with what these files say about it."""
     lines = ["## Targets", ""]
     by_backend = {r["backend"]: r for r in results}
 
     def status(ok):
         return "**met**" if ok else "**missed**"
 
-    lines.append(f"1. Each backend's default mode ≥ {TARGET_BARE}× the fastest bare mode:")
+    # 1. contention, d2lgru's own thread policy
+    policy = {row["backend"]: min(row["policy"]["ratio"]) for c in contention
+              for row in c["rows"] if "policy" in row}
+    if policy:
+        missing = [r["backend"] for r in results if r["backend"] not in policy]
+        lines.append(f"1. Two trainings at once each ≥ {_contention.TARGET}× one alone, every "
+                     f"backend (d2lgru's thread policy; the lower of the two): "
+                     + ", ".join(f"{b} {x:.2f}" for b, x in policy.items()) + " — "
+                     + _verdict(policy, _contention.TARGET)
+                     + (f"; not measured: {', '.join(missing)}" if missing else ""))
+    else:
+        lines.append(f"1. Two trainings at once each ≥ {_contention.TARGET}× one alone: not "
+                     "measured (no contention.json: `python -m benchmarks.contention`)")
+    # 2. every row against the machine's limit
+    entries = [e for r in results for e in book_entries(r) if median(e)]
+    placed = [e for e in entries if e.get("fraction_of_limit")]
+    lines.append(f"2. Every row against the machine's limit (*% limit*): {len(placed)} of "
+                 f"{len(entries)} book-config rows — {status(entries and len(placed) == len(entries))}")
+    # 3. d2lgru's default against Keras 3 on the same framework
+    keras = {}
+    for r in results:
+        alts = [a for a in book_entries(r, "alternatives")
+                if a["script"] == "keras3" and a.get("default_mode") and median(a)]
+        ours = [e for e in book_entries(r) if e.get("default_mode") and median(e)]
+        if alts and ours:
+            alt = max(alts, key=median)
+            keras[r["backend"]] = ({e["impl"]: median(e) / median(alt) for e in ours}, alt)
+    if keras:
+        lines.append(f"3. d2lgru's default ≥ {TARGET_VS_KERAS:.1f}× Keras 3 on its framework:")
+        for backend, (ratios, alt) in keras.items():
+            lines.append(f"   - {backend}: " + ", ".join(f"{impl} {x:.2f}×"
+                                                       for impl, x in ratios.items())
+                         + f" (keras3 {alt['mode']} {median(alt):,.0f} tokens/s) — "
+                         + _verdict(ratios, TARGET_VS_KERAS))
+        unmeasured = [r["backend"] for r in results if r["backend"] not in keras
+                      and r["backend"] in KERAS_BACKENDS]
+        if unmeasured:
+            lines.append(f"   - not measured: {', '.join(unmeasured)} (no Keras 3 rows: "
+                         "keras does not import in that environment, or an older result)")
+    else:
+        lines.append(f"3. d2lgru's default ≥ {TARGET_VS_KERAS:.1f}× Keras 3: not measured (no "
+                     "Keras 3 rows in these files)")
+    # 4. default modes against the framework's fastest bare mode, and the spread of defaults
+    lines.append(f"4. Each backend's default mode ≥ {TARGET_BARE}× the fastest bare mode of its "
+                 "framework:")
     for r in results:
         fb = fastest_bare(r)
         rows = [e for e in book_entries(r) if e.get("default_mode") and median(e)]
@@ -415,37 +491,20 @@ def targets(results, pipe) -> list[str]:
             continue
         ratios = {e["impl"]: median(e) / median(fb) for e in rows}
         parts = [f"{e['impl']} {e['mode']} {ratios[e['impl']]:.2f}×" for e in rows]
-        missed = [impl for impl, x in ratios.items() if x < TARGET_BARE]
-        verdict = status(not missed) + (f" for {', '.join(missed)}" if missed and
-                                        len(missed) < len(ratios) else "")
         lines.append(f"   - {r['backend']}: {', '.join(parts)} (bare {fb['mode']} "
-                     f"{median(fb):,.0f} tokens/s) — {verdict}")
-    fractions = [(e.get("fraction_of_limit"), r["backend"], e["impl"], e["mode"],
-                  e.get("fraction_of_step_limit"))
-                 for r in results for e in book_entries(r) if e.get("fraction_of_limit")]
-    if fractions:
-        f, b, i, m, fs = max(fractions)
-        lines.append(f"2. Fastest backend ≥ {TARGET_FLOP:.0%} of the machine's limit: {b} {i} {m} "
-                     f"at {f:.1%} ({pct(fs)} of the step limit) — {status(f >= TARGET_FLOP)}")
-    else:
-        lines.append(f"2. Fastest backend ≥ {TARGET_FLOP:.0%} of the machine's limit: not measured")
-    pairs = [f"{r['backend']} {x}" for r in results if (x := _scratch_vs_native(r))]
-    lines.append("   Scratch fast path (all-step input projection, fused gates, row lookup): scratch "
-                 "/ native throughput at the book config, default modes: "
-                 + (", ".join(pairs) if pairs else "no backend with both measured")
-                 + " (identical results are the conformance suite's to check)")
-    numpy_r, torch_r = by_backend.get("numpy"), by_backend.get("torch")
-    np_rate = _default_rate(numpy_r, "scratch") if numpy_r else None
-    t_rate = _default_rate(torch_r, "native") if torch_r else None
-    if np_rate and t_rate:
-        lines.append(f"3. NumPy ≥ {TARGET_NUMPY_VS_TORCH}× torch native: {np_rate / t_rate:.2f}× "
-                     f"({np_rate:,.0f} vs {t_rate:,.0f} tokens/s) — "
-                     f"{status(np_rate / t_rate >= TARGET_NUMPY_VS_TORCH)}")
-    else:
-        lines.append("3. NumPy ≥ 0.5× torch native: not measured (needs numpy.json and torch.json)")
+                     f"{median(fb):,.0f} tokens/s) — {_verdict(ratios, TARGET_BARE)}")
+    defaults = {r["backend"]: x for r in results if (x := _default_rate(r, "scratch"))}
+    if len(defaults) > 1:
+        (slow, s), (fast, f) = (min(defaults.items(), key=lambda kv: kv[1]),
+                                max(defaults.items(), key=lambda kv: kv[1]))
+        lines.append(f"   Slowest default (scratch, default mode) within {TARGET_SPREAD:g}× of "
+                     f"the fastest: {slow} {s:,.0f} vs {fast} {f:,.0f} tokens/s, "
+                     f"{f / s:.2f}× — {status(f / s <= TARGET_SPREAD)}")
+    # 5. the data pipeline
     if pipe and "speedup" in pipe:
-        lines.append(f"4. Data pipeline ≥ {TARGET_PIPELINE:.0f}× the per-character Python: "
-                     f"{pipe['speedup']:,.1f}× — {status(pipe['speedup'] >= TARGET_PIPELINE)}"
+        lines.append(f"5. Data pipeline ≥ {TARGET_PIPELINE:.0f}× the book's per-character "
+                     f"Python: {pipe['speedup']:,.1f}× — "
+                     f"{status(pipe['speedup'] >= TARGET_PIPELINE)}"
                      f"{'' if pipe['same_output'] else ' (OUTPUTS DIFFER)'}")
         small, large = pipe.get("bytes_per_token_small_vs_large") or (None, None)
         marginal = pipe.get("marginal_bytes_per_token")
@@ -456,12 +515,52 @@ def targets(results, pipe) -> list[str]:
                          f"added token (slope between the two) — {status(ok)} (slope within ±25% "
                          "of the whole corpus' bytes/token, i.e. little fixed overhead)")
     else:
-        lines.append("4. Data pipeline ≥ 100×: not measured (the numpy run measures it)")
+        lines.append(f"5. Data pipeline ≥ {TARGET_PIPELINE:.0f}×: not measured (the numpy run "
+                     "measures it)")
+    # 6. the fastest backend against the machine's limit
+    fractions = [(e.get("fraction_of_limit"), r["backend"], e["impl"], e["mode"],
+                  e.get("fraction_of_step_limit"))
+                 for r in results for e in book_entries(r) if e.get("fraction_of_limit")]
+    if fractions:
+        f, b, i, m, fs = max(fractions)
+        lines.append(f"6. Fastest backend ≥ {TARGET_FLOP:.0%} of the machine's limit: {b} {i} {m} "
+                     f"at {f:.1%} ({pct(fs)} of the step limit) — {status(f >= TARGET_FLOP)}")
+    else:
+        lines.append(f"6. Fastest backend ≥ {TARGET_FLOP:.0%} of the machine's limit: not measured")
+    pairs = [f"{r['backend']} {x}" for r in results if (x := _scratch_vs_native(r))]
+    lines.append("   Scratch fast path (all-step input projection, fused gates, row lookup): scratch "
+                 "/ native throughput at the book config, default modes: "
+                 + (", ".join(pairs) if pairs else "no backend with both measured")
+                 + " (identical results are the conformance suite's to check)")
+    # #18: JAX
+    jax_r = by_backend.get("jax")
+    jax_fb = fastest_bare(jax_r) if jax_r else None
+    jax_rows = [e for e in book_entries(jax_r) if e.get("default_mode") and median(e)] \
+        if jax_r else []
+    if jax_fb and jax_rows:
+        ratios = {e["impl"]: median(e) / median(jax_fb) for e in jax_rows}
+        lines.append(f"- (#18) JAX's default ≥ {TARGET_BARE}× the fastest bare JAX: "
+                     + ", ".join(f"{e['impl']} {e['mode']} {ratios[e['impl']]:.2f}×"
+                                 for e in jax_rows)
+                     + f" (bare {jax_fb['mode']} {median(jax_fb):,.0f} tokens/s) — "
+                     + _verdict(ratios, TARGET_BARE))
+    else:
+        lines.append(f"- (#18) JAX's default ≥ {TARGET_BARE}× the fastest bare JAX: not measured")
+    numpy_r, torch_r = by_backend.get("numpy"), by_backend.get("torch")
+    np_rate = _default_rate(numpy_r, "scratch") if numpy_r else None
+    t_rate = _default_rate(torch_r, "native") if torch_r else None
+    if np_rate and t_rate:
+        lines.append(f"- NumPy ≥ {TARGET_NUMPY_VS_TORCH}× torch native: {np_rate / t_rate:.2f}× "
+                     f"({np_rate:,.0f} vs {t_rate:,.0f} tokens/s) — "
+                     f"{status(np_rate / t_rate >= TARGET_NUMPY_VS_TORCH)}")
+    else:
+        lines.append(f"- NumPy ≥ {TARGET_NUMPY_VS_TORCH}× torch native: not measured (needs "
+                     "numpy.json and torch.json)")
     return lines + [""]
 
 
 def limits_section(limits) -> list[str]:
-    """What bounds the speed (``benchmarks/limits.py`` files): each library's GEMM rate at the
+    """What bounds the speed (``benchmarks/limits.py``'s figures): each library's GEMM rate at the
     shapes of one time step, against its large GEMM, and the cost of one small op."""
     if not limits:
         return []
@@ -483,7 +582,6 @@ def limits_section(limits) -> list[str]:
             if not m or lib in seen:
                 continue
             seen.add(lib)
-            gemms = list(m["gemm"].values())
             large = next(g for key, g in m["gemm"].items() if key.startswith("large"))
             small = [g for key, g in m["gemm"].items() if not key.startswith("large")]
             cells = [f"{g['gflops']:,.0f} ({g['share_of_large']:.0%})" for g in small]
@@ -538,7 +636,7 @@ def charts(results, out: Path, multi) -> list[str]:
         ax.set_title("Training throughput, book config (V 28, H 256, N 32, T 35)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
-        fig.savefig(out / "throughput.png")
+        save_png(fig, out / "throughput.png")
         plt.close(fig)
         written.append("throughput.png")
 
@@ -584,7 +682,7 @@ def charts(results, out: Path, multi) -> list[str]:
         fig.suptitle("Sweep around the book config (solid: scratch, dashed: native, dotted: bare)",
                      fontsize=9)
         fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(labels) // 4), 1, 1))
-        fig.savefig(out / "sweep.png")
+        save_png(fig, out / "sweep.png")
         written.append("sweep.png")
     plt.close(fig)
     return written
@@ -598,8 +696,8 @@ def main(argv=None) -> int:
                                  "file's folder)")
     p.add_argument("--no-charts", action="store_true")
     args = p.parse_args(argv)
-    limits = []
-    results = load(args.results, limits)
+    limits, contention = [], []
+    results = load(args.results, limits, contention)
     if not results:
         p.error("no d2lgru benchmark results found in " + ", ".join(args.results))
     first = Path(args.results[0])
@@ -612,8 +710,8 @@ def main(argv=None) -> int:
     peak = theoretical_peak(results[0]["machine"])
     lines = (header(results) + main_table(results, multi)
              + gemm_table(results, multi, limit, steplimit, peak) + alternatives_section(results)
-             + sweep_table(results, multi) + pipe_lines + targets(results, pipe)
-             + limits_section(limits))
+             + sweep_table(results, multi) + pipe_lines + contention_section(contention)
+             + targets(results, pipe, contention) + limits_section(limits))
     written = [] if args.no_charts else charts(results, out, multi)
     if written:
         lines += ["## Charts", ""] + [f"![{w[:-4]}]({w})" for w in written] + [""]

@@ -7,15 +7,18 @@ One training step at the book's config (batch N=32, hidden H=256, 35 steps) is d
 three small products per time step: the gates' recurrent product ``[N, H] @ [H, 3H]`` forward,
 and backward ``[N, 3H] @ [3H, H]`` (state gradient) and ``[H, N] @ [N, 3H]`` (weight gradient).
 A large GEMM's rate (the FLOP bound of ``run.py``) is out of reach when those products run
-slower; and every element-wise op costs at least one launch. This prints (and writes
-``DIR/limits-<name>.json``) each product's GFLOP/s and its share of the 4096 GEMM's rate, the
-FLOP-bound tokens/s they allow, and the time of one ``[N, H]`` element-wise add.
+slower; and every element-wise op costs at least one launch. This prints each product's
+GFLOP/s and its share of the 4096 GEMM's rate, the FLOP-bound tokens/s they allow, and the time
+of one ``[N, H]`` element-wise add; ``--out DIR`` stores them under the key ``limits`` of the
+backend's result there (``DIR/<name>.json`` of ``benchmarks.run``: one file per backend), or in
+``DIR/limits-<name>.json`` when there is none.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -24,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import _machine
+from benchmarks.run import FORMAT as BENCHMARK_FORMAT
+from d2lgru._io import round_floats
 from d2lgru.backends import BACKENDS
 
 N, H, T, V = 32, 256, 35, 28
@@ -187,7 +192,8 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="numpy",
                    choices=BACKENDS)
-    p.add_argument("--out", help="write limits-<backend>.json here")
+    p.add_argument("--out", help="add them to <backend>.json here (benchmarks.run's result), "
+                                 "or write limits-<backend>.json")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: a 512 GEMM for the large one, short timings")
     args = p.parse_args(argv)
@@ -196,11 +202,26 @@ def main(argv=None) -> int:
     if args.backend != "numpy":
         result[args.backend] = measure(args.backend, _framework_ops(args.backend), args.quick)
     if args.out:
-        path = Path(args.out) / f"limits-{args.backend}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-        print(f"wrote {path}")
+        print(f"wrote {store(result, Path(args.out))}")
     return 0
+
+
+def store(result: dict, out: Path) -> Path:
+    """``result`` as the ``limits`` of ``out/<backend>.json`` when that is a benchmark result,
+    else as ``out/limits-<backend>.json``; written whole (a temporary file renamed over it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result['backend']}.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if record.get("format") == BENCHMARK_FORMAT:
+        record["limits"] = result
+    else:
+        path = out / f"limits-{result['backend']}.json"
+        record = result
+    text = json.dumps(round_floats(record, 8), indent=1) + "\n"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 if __name__ == "__main__":

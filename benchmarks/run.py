@@ -40,6 +40,7 @@ from pathlib import Path
 
 from benchmarks import _machine, _metrics  # standard library only
 from benchmarks.bare.keras_backends import KERAS_BACKENDS, MODES_BY_BACKEND  # no keras imported
+from d2lgru._io import round_floats  # measurements to 8 significant digits
 from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
 FORMAT = "d2lgru.Benchmark/1"
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
         result["complete"] = complete
         result["wall_s"] = time.perf_counter() - started
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_metrics.derive(result), indent=1) + "\n")
+        tmp.write_text(json.dumps(round_floats(_metrics.derive(result), 8), indent=1) + "\n")
         os.replace(tmp, path)
 
     def say(*a):

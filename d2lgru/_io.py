@@ -31,3 +31,33 @@ def write_atomic(path, write, mode: str = "wb") -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_png(fig, path) -> Path:
+    """A matplotlib figure as a 256-colour palette PNG (a plot has few colours; a palette file
+    is a third of the RGBA one), written whole; RGBA when Pillow is missing (matplotlib needs
+    it, so only a stripped install)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    try:
+        from PIL import Image
+    except ImportError:
+        return write_atomic(Path(path), lambda f: f.write(buffer.getvalue()))
+    image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
+                                                        dither=Image.Dither.NONE)
+    return write_atomic(Path(path), lambda f: image.save(f, format="png", optimize=True))
+
+
+def round_floats(value, digits: int = 6):
+    """``value`` (JSON: dicts, lists, numbers) with every float rounded to ``digits``
+    significant digits: a record's measurements, not the float's last bits, which only make a
+    committed file bigger."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(v, digits) for v in value]
+    return value

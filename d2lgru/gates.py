@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import write_atomic
+from ._io import save_png, write_atomic
 from .backends import get_backend, numpy_backend
 from .backends._base import check_gru_inputs
 from .errors import InvalidArgumentError
@@ -68,9 +68,9 @@ def checkpoint_gates(ckpt: dict, text: str, *, backend=None, impl: str = "scratc
     """The gates of a loaded checkpoint (:func:`d2lgru.checkpoint.load`) on ``text`` (cleaned
     as the corpus was, as ``predict`` reads its prefix), as the JSON record that
     :func:`plot_gates` draws: the tokens, per layer and direction ``Z`` and ``R`` ``[T, H]``
-    (rounded to 4 decimals; null for a pinned gate) with each gate's units sorted by mean
-    activation, where the values come from, and how far ``backend``'s own output on the text
-    is from the oracle's."""
+    (rounded to 3 decimals, finer than the figure's 256 colours; null for a pinned gate) with
+    each gate's units sorted by mean activation, where the values come from, and how far
+    ``backend``'s own output on the text is from the oracle's."""
     from .train import encode_text
     model, vocab, config = ckpt["model"], ckpt["vocab"], ckpt["config"]
     spec = model.spec
@@ -90,7 +90,7 @@ def checkpoint_gates(ckpt: dict, text: str, *, backend=None, impl: str = "scratc
         for g, key in (("z", "Z"), ("r", "R")):
             values = gates[key][l][d][:, 0, :]  # [T, H]
             live = gates["live"][g]
-            cell[key] = np.round(values, 4).tolist() if live else None
+            cell[key] = np.round(values, 3).tolist() if live else None
             cell[f"{g}_unit_order"] = (np.argsort(-values.mean(axis=0), kind="stable").tolist()
                                        if live else None)
         cells.append(cell)
@@ -178,7 +178,7 @@ def plot_gates(record: dict, path) -> Path:
              f"({check['dtype']}) gives the same output within {check['max_abs_diff_Y']:.1e}"]
     notes += [f"{p}: not drawn" for p in record["pinned"].values()]
     fig.suptitle("\n".join(notes), fontsize=10)
-    path = write_atomic(Path(path), lambda f: fig.savefig(f, format="png"))
+    path = save_png(fig, path)
     plt.close(fig)
     return path
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import round_floats, save_png
 from .train import RESULT_FILE, SETTLED_EPOCHS, STATE_FILE, CheckpointError, settled
 from .errors import InvalidArgumentError
 
@@ -75,11 +76,11 @@ def read_runs(path) -> tuple[list[dict], list[dict]]:
 def write_runs(path, runs: list[dict], book: list[dict]) -> Path:
     """``runs`` and ``book`` into the runs file ``path``, without the absolute path of the text
     they trained on (``config.data``: the machine's, not the experiment's); gzip without a
-    timestamp, so the same runs make the same bytes."""
+    timestamp, so the same runs make the same bytes; floats to 6 significant digits."""
     def portable(run):
         return dict(run, config={k: v for k, v in run["config"].items() if k != "data"})
-    record = {"format": RUNS_FORMAT, "runs": [portable(r) for r in runs],
-              "book": [{k: v for k, v in r.items() if k != "history"} for r in book]}
+    record = round_floats({"format": RUNS_FORMAT, "runs": [portable(r) for r in runs],
+                           "book": [{k: v for k, v in r.items() if k != "history"} for r in book]})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(gzip.compress(json.dumps(record, separators=(",", ":")).encode(), mtime=0))
@@ -319,8 +320,7 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
     ax.set_title("GRU on The Time Machine, the book's config, every backend"
                  + (f" (seed {seeds.pop()})" if len(seeds) == 1 else ""))
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
+    path = save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -329,7 +329,7 @@ def write_report(directory) -> tuple[Path, Path]:
     """``results.md`` and ``perplexity.png`` of :func:`gather`'s runs, beside them; a folder's
     runs are recorded in its :data:`RUNS_FILE` too."""
     directory = Path(directory)
-    runs, book = gather(directory)
+    runs, book = round_floats(gather(directory))  # the table says what the runs file records
     if directory.is_file():
         directory = directory.parent
     else:

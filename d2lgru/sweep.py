@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import write_atomic
+from ._io import save_png, write_atomic
 from .checkpoint import RESULT_FILE, STATE_FILE, CheckpointError, has_run, read_state
 from .config import TrainConfig
 from .backends import UnsupportedError, get_backend
@@ -370,7 +370,7 @@ def plot_sweep(records: list[dict], path, meta: dict) -> Path:
     by_time.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, borderaxespad=0)
     fig.suptitle(f"d2lgru sweep on {meta['backend']} {meta['impl']}: {_varied_text(meta)}\n"
                  f"fixed: {_fixed_text(meta)}", fontsize=9)
-    path = write_atomic(Path(path), lambda f: fig.savefig(f, format="png"))
+    path = save_png(fig, path)
     plt.close(fig)
     return path
 

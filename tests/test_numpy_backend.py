@@ -6,8 +6,9 @@ import pytest
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.backends import numpy_backend
+from d2lgru.conformance import CHECKS, tolerance
 
-MAX_REL_ERR = 1e-6
+MAX_REL_ERR = CHECKS["float64_finite_difference"].rtol
 EPS = 1e-5
 
 
@@ -92,7 +93,7 @@ def test_float32_follows_float64():
     Y64, h64 = be.gru(p64, X)
     Y32, h32 = be.gru(p64.astype(np.float32), X.astype(np.float32))
     assert Y32.dtype == np.float32
-    np.testing.assert_allclose(Y32, Y64, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(Y32, Y64, **tolerance("float32", "output").kw)
 
 
 def test_zero_h0_is_the_default():
@@ -148,7 +149,7 @@ def test_no_gates_is_the_books_plain_rnn():
         h = np.tanh(x @ c.W_x[2] + h @ c.W_h[2] + c.b_x[2] + c.b_h[2])
         expected.append(h)
     np.testing.assert_allclose(d2lgru.get_backend("numpy").gru(params, X)[0], np.stack(expected),
-                               rtol=1e-12, atol=1e-12)
+                               **CHECKS["float64_same_math"].kw)
 
 
 def test_ablations_are_declared_not_discovered():

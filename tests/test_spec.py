@@ -12,6 +12,7 @@ from d2lgru._io import write_atomic
 from d2lgru.errors import NonFiniteError
 from d2lgru.model import FORMAT_LM
 from d2lgru.spec import FORMAT_GRU, GATE_SETS, save_npz
+from d2lgru.conformance import CHECKS
 from helpers import random_params
 
 
@@ -51,8 +52,8 @@ def test_onnx_layout_matches_onnx_equations(reset_after):
     X, h0 = rng.standard_normal((6, 2, 5)), rng.standard_normal((1, 2, 3))
     expected = onnx_gru_reference(X, onnx["W"][0], onnx["R"][0], onnx["B"][0], h0[0], reset_after)
     Y, h_n = d2lgru.get_backend("numpy").gru(params, X, h0)
-    np.testing.assert_allclose(Y, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(h_n[0], expected[-1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Y, expected, **CHECKS["float64_same_math"].kw)
+    np.testing.assert_allclose(h_n[0], expected[-1], **CHECKS["float64_same_math"].kw)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -16,9 +16,9 @@ from .compare import Comparison, ConformanceMismatch, assert_close, compare
 from .matrix import MatrixError, build as build_matrix
 from .runner import (KINDS, OUT_ENV, OUTPUTS_FILE, REPORT_FILE, Check, CheckResult, Suite, plan,
                      run_command, summary_lines)
-from .tables import KNOWN_FAILURES, TOLERANCES, Tolerance, tolerance
+from .tables import CHECKS, KNOWN_FAILURES, TOLERANCES, Tolerance, tolerance
 
-__all__ = ["KINDS", "KNOWN_FAILURES", "LAYER_CASES", "LM_CASES", "OUT_ENV", "OUTPUTS_FILE",
+__all__ = ["CHECKS", "KINDS", "KNOWN_FAILURES", "LAYER_CASES", "LM_CASES", "OUT_ENV", "OUTPUTS_FILE",
            "REFERENCE_CASES", "REPORT_FILE", "ROUNDTRIP_CASES", "TOLERANCES", "TRAIN_CASES",
            "Check", "CheckResult", "Comparison", "ConformanceMismatch", "MatrixError", "Suite",
            "Tolerance", "assert_close", "build_matrix", "compare", "plan", "run_command",

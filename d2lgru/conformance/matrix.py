@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import save_png
 from ..spec import ParamsFileError, load_npz
 from .runner import FORMAT_OUTPUTS, FORMAT_REPORT, ORACLE, OUTPUTS_FILE, REPORT_FILE
 from ..errors import D2lgruError
@@ -222,6 +223,6 @@ def render_png(path: Path, rows, tables) -> Path:
                  f"(float32 runs; {ORACLE_LABEL} = NumPy float64)", fontsize=10)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8,
                  label="log10 max |difference|  (grey: no shared case)")
-    fig.savefig(path)
+    save_png(fig, path)
     plt.close(fig)
     return path

@@ -16,6 +16,11 @@ class Tolerance(NamedTuple):
     atol: float
     why: str
 
+    @property
+    def kw(self) -> dict:
+        """``rtol`` and ``atol`` as keyword arguments (``numpy.testing.assert_allclose``)."""
+        return {"rtol": self.rtol, "atol": self.atol}
+
 
 #: (dtype the backend ran in, kind of quantity) -> tolerance against the NumPy float64 oracle.
 #: Kinds: ``output`` (Y, h_n, logits, loss, state, the native layer's own outputs), ``gradient``
@@ -61,6 +66,68 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("float64", "roundtrip"): Tolerance(
         0.0, 0.0, "as in float32, a layout change is bit-exact; float64 also catches a converter "
                   "that rounds through float32"),
+}
+
+
+#: The unit tests' own comparisons (``tests/``), where a conformance kind above does not say it:
+#: name -> tolerance. A test names one (``**CHECKS[name].kw``) instead of writing numbers.
+CHECKS: dict[str, Tolerance] = {
+    "float64_same_math": Tolerance(
+        1e-12, 1e-12,
+        "the same float64 GRU by another route (a hand-written loop, a framework's float64 layer "
+        "loaded through the converters): summation order only, about 1e-15"),
+    "float64_normal_form": Tolerance(
+        1e-13, 1e-13,
+        "a native normal form only adds biases (b_x + b_h) in float64: one rounding per sum, "
+        "then the same float64 math"),
+    "float64_other_kernels": Tolerance(
+        1e-9, 1e-12,
+        "float64 in a framework's own kernels (fused ops, its exp and tanh) against the oracle, a "
+        "forward pass or an epoch of SGD: the float64 bound relatively, 1e-12 for values near 0"),
+    "float64_state_kept": Tolerance(
+        1e-7, 1e-12,
+        "an update gate at sigmoid(30) keeps h0 up to 1e-13 of the candidate (rtol: NumPy's "
+        "default)"),
+    "float64_gates_abs": Tolerance(
+        0.0, 1e-12,
+        "gates and outputs in [-1, 1] recomputed in float64 from the same weights: absolute, a "
+        "few thousand ulps of 1"),
+    "float64_finite_difference": Tolerance(
+        1e-6, 0.0,
+        "hand-written float64 BPTT against central differences of step 1e-5 (truncation of order "
+        "1e-10, rounding of order 1e-16/1e-5): relative, a gradient under 1e-4 taken as 1e-4; a "
+        "wrong term in BPTT is off by far more"),
+    "float64_one_product": Tolerance(
+        0.0, 1e-14, "one gate pre-activation (a single matrix product) recomputed in float64"),
+    "float32_bias_fold": Tolerance(
+        1e-6, 1e-6, "b_x + b_h rounded to float32 once, then the same math in float64"),
+    "float32_small_forward": Tolerance(
+        1e-5, 1e-6,
+        "a float32 forward pass of a few steps and units against float64: float32's 7 digits less "
+        "a few roundings"),
+    "float32_saturated_tanh": Tolerance(
+        0.0, 2e-6,
+        "one float32 cell whose output is tanh of 4..6 (near 1): absolute, a few float32 ulps of "
+        "1 from 2*sigmoid(2x)-1"),
+    "float32_modes": Tolerance(
+        1e-5, 0.0,
+        "the same float32 training in two execution modes or by two routes (eager, graph, jit, "
+        "the book's code, a perplexity from its losses): fused kernels reorder sums, 1e-5 "
+        "relative over an epoch's losses"),
+    "float32_same_kernels": Tolerance(
+        1e-6, 0.0,
+        "MindSpore's graph and PyNative modes run the same float32 kernels: only the graph's "
+        "fusions reorder sums, 1e-6 relative over an epoch's losses"),
+    "float32_same_kernels_weights": Tolerance(
+        1e-5, 1e-7, "the weights after those epochs: each step's rounding compounds 10x"),
+    "float32_jit_weights": Tolerance(
+        1e-4, 1e-6,
+        "the weights after an epoch of float32 SGD, jit against eager: jit fuses the whole "
+        "step, whose rounding compounds over the epoch"),
+    "float32_weights_after_epochs": Tolerance(
+        1e-3, 1e-5,
+        "the weights after a few epochs of float32 SGD by two routes (a resumed run, another "
+        "backend): rounding compounds over every step, as the float32 gradient bound"),
 }
 
 
