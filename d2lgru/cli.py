@@ -382,11 +382,12 @@ def _launch_workers(args, backend) -> int:
                                    "already is one (its environment names a rank and a world "
                                    "size); drop --nproc")
     world = World(0, args.nproc)
-    if args.batch_size is not None:
-        check_batch_size(args.batch_size, world)
-    elif args.resume is None:
+    if args.resume is not None:  # the run's own batch size (a --batch-size that differs is
+        from .checkpoint import load  # refused by the workers, as without --nproc)
+        check_batch_size(load(args.resume)["config"].batch_size, world)
+    else:
         from .config import TrainConfig
-        check_batch_size(TrainConfig.batch_size, world)
+        check_batch_size(args.batch_size or TrainConfig.batch_size, world)
     if backend.distributed_refusal is not None:
         from .backends import UnsupportedError
         raise UnsupportedError(f"backend {backend.name!r} cannot train on {args.nproc} "

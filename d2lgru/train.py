@@ -178,7 +178,8 @@ def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, devic
     number of processes."""
     backend = get_backend(backend)
     world = world if world is not None else World()
-    check_batch_size(config.batch_size, world)
+    if resume is None:  # a resumed run's batch size is its checkpoint's: checked in _train
+        check_batch_size(config.batch_size, world)
     if out is None and resume is not None:
         out = resume
     if not world.is_chief:

@@ -311,3 +311,18 @@ def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
     assert "rank 1 of 2 failed (killed by SIGKILL)" in last, err[-3000:]
     assert load(out)["epoch"] >= 1  # the directory loads
     assert not [p for p in _descendants(os.getpid()) if _worker_rank(p) is not None]
+
+
+def test_a_resumed_runs_own_batch_size_must_divide(tmp_path, data_dir):
+    """--nproc with --resume checks the checkpoint's batch size, before any worker starts."""
+    from d2lgru.checkpoint import write_checkpoint
+    from d2lgru.config import TrainConfig
+    from d2lgru.data import load_data_time_machine
+    from d2lgru.model import init_lm
+    _, vocab = load_data_time_machine(6, 5, max_tokens=400, path=data_dir)
+    write_checkpoint(tmp_path / "run", init_lm(len(vocab), 4, seed=0), vocab,
+                     TrainConfig(hidden_size=4, batch_size=6, num_steps=5, max_tokens=400))
+    code, _, err = run("train", "--nproc", "4", "--resume", str(tmp_path / "run"),
+                       "--epochs", "1", timeout=120)
+    assert code == 2 and "--batch-size 6 does not split across 4 workers" in err, err
+    assert "1, 2, 3, 6 workers" in err
