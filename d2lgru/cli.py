@@ -273,7 +273,9 @@ def cmd_backends(args) -> int:
         if row["installed"]:
             try:
                 be = get_backend(name)
-                row.update(version=be.version(), devices=list(be.devices), impls=be.capabilities())
+                row.update(version=be.version(), devices=list(be.devices), impls=be.capabilities(),
+                           distributed={"supported": be.distributed_refusal is None,
+                                        "why_not": be.distributed_refusal})
             except Exception as exc:  # a broken install is reported, not fatal for the listing
                 row.update(installed=False, error=f"{type(exc).__name__}: {exc}")
         else:
@@ -299,6 +301,9 @@ def cmd_backends(args) -> int:
                   + (f"; gates: {', '.join(info['gates'])}" if info["gates"] != ["both"] else ""))
             for why in info["why_not"].values():
                 print(f"           {why}")
+        if "distributed" in row:
+            why = row["distributed"]["why_not"]
+            print(f"  data-parallel (--nproc): {'yes' if why is None else 'no; ' + why}")
     return 0
 
 

@@ -178,6 +178,14 @@ def test_refusal():
     assert code == 2 and be.distributed_refusal in err, err
 
 
+def test_backends_lists_data_parallel_support():
+    code, out, err = run("backends", "--json", timeout=300)
+    assert code == 0, err
+    row = {r["name"]: r for r in json.loads(out)}[BACKEND]
+    why = get_backend(BACKEND).distributed_refusal
+    assert row["distributed"] == {"supported": why is None, "why_not": why}
+
+
 # -- two workers against one process --------------------------------------------------------
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, data_dir):
