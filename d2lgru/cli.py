@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--out", help="checkpoint directory, written every epoch (and the plot)")
     p.add_argument("--resume", help="continue the checkpoint in this directory up to --epochs")
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel worker processes on this machine, started through the "
+                        "framework's launcher (torchrun) or by d2lgru; each takes batch-size / "
+                        "nproc rows of every batch and one thread unless --threads says (1)")
 
     p = sub.add_parser("reproduce", help="the chapter's experiment into OUT/<backend>-<impl>/, "
                                          "or --collect every run under a directory into one table")
@@ -215,6 +219,7 @@ def main(argv=None) -> int:
     _take_over_sigint()
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         command = f"d2lgru {args.command}"
         debug = debug or args.debug
         return COMMANDS[args.command](args)
@@ -268,7 +273,9 @@ def cmd_backends(args) -> int:
         if row["installed"]:
             try:
                 be = get_backend(name)
-                row.update(version=be.version(), devices=list(be.devices), impls=be.capabilities())
+                row.update(version=be.version(), devices=list(be.devices), impls=be.capabilities(),
+                           distributed={"supported": be.distributed_refusal is None,
+                                        "why_not": be.distributed_refusal})
             except Exception as exc:  # a broken install is reported, not fatal for the listing
                 row.update(installed=False, error=f"{type(exc).__name__}: {exc}")
         else:
@@ -294,6 +301,9 @@ def cmd_backends(args) -> int:
                   + (f"; gates: {', '.join(info['gates'])}" if info["gates"] != ["both"] else ""))
             for why in info["why_not"].values():
                 print(f"           {why}")
+        if "distributed" in row:
+            why = row["distributed"]["why_not"]
+            print(f"  data-parallel (--nproc): {'yes' if why is None else 'no; ' + why}")
     return 0
 
 
@@ -356,35 +366,87 @@ def _resume_hint(args) -> str:
     return f"continue with --resume {args.out or args.resume}"
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line a launched worker runs: the parent's, less ``--nproc N``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _launch_workers(args, backend) -> int:
+    """``d2lgru train --nproc W``: the same command as W data-parallel workers on this machine."""
+    from .distributed import World, check_batch_size, launch
+    if World.from_env().distributed:
+        raise InvalidArgumentError("--nproc starts workers on this machine, but this process "
+                                   "already is one (its environment names a rank and a world "
+                                   "size); drop --nproc")
+    world = World(0, args.nproc)
+    if args.resume is not None:  # the run's own batch size (a --batch-size that differs is
+        from .checkpoint import load  # refused by the workers, as without --nproc)
+        check_batch_size(load(args.resume)["config"].batch_size, world)
+    else:
+        from .config import TrainConfig
+        check_batch_size(args.batch_size or TrainConfig.batch_size, world)
+    if backend.distributed_refusal is not None:
+        from .backends import UnsupportedError
+        raise UnsupportedError(f"backend {backend.name!r} cannot train on {args.nproc} "
+                               f"processes: {backend.distributed_refusal}")
+    env = dict(os.environ, D2LGRU_BACKEND=backend.name)
+    if args.threads is not None:
+        env["D2LGRU_THREADS"] = str(args.threads)
+    return launch(backend.name, args.nproc, _without_nproc(args.argv), env=env)
+
+
 def cmd_train(args) -> int:
     from .backends import get_backend
     from .checkpoint import open_run
+    from .distributed import World
     from .train import TrainingInterrupted, plot_history, predict, train, write_result
     backend = get_backend(args.backend)
+    if getattr(args, "nproc", 1) > 1:
+        return _launch_workers(args, backend)
+    world = World.from_env() if args.command == "train" else World()
     config, expect = _config(args, backend)
     if args.resume is None and args.data_changed_ok:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
     out = args.out or args.resume
-    backend.set_threads(args.threads)  # None: $D2LGRU_THREADS, else the policy
+    if not world.is_chief:
+        out = None  # rank 0 alone opens, writes and reports; the others train their rows
+    if world.distributed and args.threads is None and not os.environ.get("D2LGRU_THREADS"):
+        # W workers share the machine: one thread each unless asked (launch() sets the same)
+        backend.set_threads(1)
+    else:
+        backend.set_threads(args.threads)  # None: $D2LGRU_THREADS, else the policy
     header = (f"d2lgru {args.command}: {backend.name} {args.impl} "
               f"({backend.check_mode(args.impl, args.mode)}) on {args.device or 'cpu'}, "
-              f"{backend.threads} thread(s) ({backend.threads_source})")
-    update, bar = _progress_bar(args.quiet, header)
-    with open_run(out, resume=args.resume, overwrite=args.overwrite, format=args.format) as writer:
+              f"{backend.threads} thread(s) ({backend.threads_source})"
+              + (f", {world.size} processes" if world.distributed else ""))
+    update, bar = _progress_bar(args.quiet or not world.is_chief, header)
+    with open_run(out, resume=args.resume if world.is_chief else None,
+                  overwrite=args.overwrite, format=args.format) as writer:
         try:
             result = train(config, backend=backend, impl=args.impl, mode=args.mode,
                            device=args.device, out=writer, resume=args.resume, progress=update,
-                           expect=expect, data_changed_ok=args.data_changed_ok)
+                           expect=expect, data_changed_ok=args.data_changed_ok, world=world)
         except TrainingInterrupted as exc:
             if bar is not None:
                 bar.close()
                 bar = None
             hint = f"; {_resume_hint(args)}" if exc.saved else ""
-            print(f"d2lgru {args.command}: {exc}{hint}", file=sys.stderr)
+            if world.is_chief:
+                print(f"d2lgru {args.command}: {exc}{hint}", file=sys.stderr)
             return EXIT_INTERRUPTED
         finally:
             if bar is not None:
                 bar.close()
+        if not world.is_chief:
+            return 0
         if result.epochs_run == 0:
             print(f"nothing to train: the checkpoint already holds {result.epoch} epoch(s)",
                   file=sys.stderr)

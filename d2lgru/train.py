@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .checkpoint import (FORMAT_CHECKPOINT, RESULT_FILE, STATE_FILE, VOCAB_FILE,  # noqa: F401
                          CheckpointBusyError, CheckpointError, CheckpointWriter, open_run)
 from .checkpoint import load as load_checkpoint  # noqa: F401  (public since 0.1)
+from .distributed import World, check_batch_size, shard
 from .errors import D2lgruError, InvalidArgumentError
 from .model import LMParams, init_lm
 
@@ -49,6 +50,7 @@ class TrainResult:
     mode: str
     threads: int | None = None         # the framework's thread count during the run
     threads_source: str | None = None  # argument, $D2LGRU_THREADS, policy or fixed
+    world_size: int = 1                # data-parallel processes that trained it (information)
 
     @property
     def perplexity(self) -> float:
@@ -158,7 +160,7 @@ def check_memory(config: TrainConfig, vocab_size: int, dtype=np.float32) -> None
 
 def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, device=None, out=None,
           resume=None, progress=None, overwrite: bool = False, expect: dict | None = None,
-          data_changed_ok: bool = False, format: str | None = None) -> TrainResult:
+          data_changed_ok: bool = False, format: str | None = None, world=None) -> TrainResult:
     """Train the book's model; with ``resume``, continue that checkpoint up to
     ``config.epochs`` total epochs (the rest of the configuration comes from the checkpoint,
     and ``expect``, the fields a caller insists on, must agree with it).
@@ -167,20 +169,31 @@ def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, devic
     every epoch by this process alone: a second writer gets
     :class:`~d2lgru.checkpoint.CheckpointBusyError`, and a directory that already holds a run
     is an error unless it is the one resumed or ``overwrite`` is set. ``format`` (``npz``, the
-    default, or ``safetensors``) is the model files' format; a resumed run keeps its own."""
+    default, or ``safetensors``) is the model files' format; a resumed run keeps its own.
+
+    ``world`` (a :class:`~d2lgru.distributed.World` of several processes, each calling this with
+    the same arguments) trains data-parallel: every rank reads the same corpus and checkpoint
+    and trains its rows of each batch; rank 0 alone opens ``out``, writes it and calls
+    ``progress``. The checkpoint records nothing about the world, so a run continues on any
+    number of processes."""
     backend = get_backend(backend)
+    world = world if world is not None else World()
+    if resume is None:  # a resumed run's batch size is its checkpoint's: checked in _train
+        check_batch_size(config.batch_size, world)
     if out is None and resume is not None:
         out = resume
+    if not world.is_chief:
+        out = progress = None  # rank 0 alone writes and reports
     if isinstance(out, CheckpointWriter):
         return _train(config, backend, impl, mode, device, out, resume, progress,
-                      expect or {}, data_changed_ok)
+                      expect or {}, data_changed_ok, world)
     with open_run(out, resume=resume, overwrite=overwrite, format=format) as writer:
         return _train(config, backend, impl, mode, device, writer, resume, progress,
-                      expect or {}, data_changed_ok)
+                      expect or {}, data_changed_ok, world)
 
 
 def _train(config, backend, impl, mode, device, writer, resume, progress, expect,
-           data_changed_ok):
+           data_changed_ok, world):
     out = writer.path if writer is not None else None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -217,8 +230,12 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
         model = init_lm(len(vocab), config.hidden_size, num_layers=config.num_layers,
                         reset_after=config.reset_after, gates=config.gates, seed=config.seed)
         history, start = [], 0
+    # a resumed run keeps its batch size, which the world must divide too
+    check_batch_size(config.batch_size, world)
     trainer = backend.make_trainer(model, impl=impl, lr=config.lr, clip=config.clip, mode=mode,
-                                   device=device)
+                                   device=device, world=world)
+    if world.distributed:
+        _check_same_start(trainer, start, world)
     tokens = run_time = 0.0
     saved = start if writer is not None and writer.resumed else 0
     epoch = start
@@ -227,18 +244,19 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
             loader.set_epoch(epoch - 1)
             batches = list(loader)
             tic = time.perf_counter()
-            losses = trainer.train_epoch(batches, random_iter=config.use_random_iter)
+            losses = trainer.train_epoch(shard(batches, world) if world.distributed else batches,
+                                         random_iter=config.use_random_iter)
             elapsed = time.perf_counter() - tic
             with np.errstate(all="ignore"):
                 mean_loss = float(np.mean(losses))
             if not math.isfinite(mean_loss):
                 raise TrainingDiverged(epoch, f"its mean loss is {mean_loss}", out, saved, config)
-            n = sum(X.size for X, _ in batches)
+            n = sum(X.size for X, _ in batches)  # the global batches: every rank's tokens
             tokens += n
             run_time += elapsed
             history.append({"epoch": epoch, "perplexity": perplexity(mean_loss),
                             "tokens_per_sec": n / elapsed, "seconds": elapsed,
-                            "backend": backend.name, "impl": impl})
+                            "backend": backend.name, "impl": impl, "world_size": world.size})
             if writer is not None:
                 params = trainer.params()
                 bad = _first_non_finite(params)
@@ -257,7 +275,17 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
         raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
     return TrainResult(final, vocab, config, history, epoch, epoch - start,
                        tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode,
-                       backend.threads, backend.threads_source)
+                       backend.threads, backend.threads_source, world.size)
+
+
+def _check_same_start(trainer, start: int, world) -> None:
+    """Every rank must continue from the same epoch (they read the same checkpoint, but a
+    directory replaced between their reads would split them): one all-reduce says."""
+    mean = float(trainer._all_reduce_host(np.asarray([start], np.float32))[0])
+    if mean != start:
+        raise CheckpointError(f"rank {world.rank} of {world.size} resumes after epoch {start} "
+                              f"but the ranks' mean is {mean:g}: the checkpoint changed while "
+                              f"they read it; start again")
 
 
 def _first_non_finite(model: LMParams) -> str | None:
@@ -276,6 +304,7 @@ def write_result(out, result: TrainResult, backend, impl: str, predictions: dict
         "backend": backend.name, "framework_version": backend.version(), "impl": impl,
         "mode": result.mode, "device": result.device, "epochs": result.epoch,
         "threads": result.threads, "threads_source": result.threads_source,
+        "world_size": result.world_size,
         "perplexity": result.perplexity, "settled_perplexity": result.settled_perplexity,
         "tokens_per_sec": result.tokens_per_sec,
         "predictions": predictions, "config": dataclasses.asdict(result.config),

@@ -234,16 +234,42 @@ class Backend:
         return self._lm_loss_and_grads(impl, model, X, Y, state)
 
     def make_trainer(self, model: LMParams, *, impl: str = "scratch", lr: float = 1.0,
-                     clip: float = 1.0, mode: str | None = None, device: str | None = None):
-        """A :class:`Trainer` that keeps ``model`` as framework tensors on ``device``."""
+                     clip: float = 1.0, mode: str | None = None, device: str | None = None,
+                     world=None):
+        """A :class:`Trainer` that keeps ``model`` as framework tensors on ``device``.
+
+        ``world`` (a :class:`d2lgru.distributed.World` of more than one process) makes it one
+        data-parallel worker: this process joins the framework's process group (every rank must
+        call this with the same world), and each step averages the gradients over the world
+        with the framework's all-reduce before clipping (see :mod:`d2lgru.distributed`)."""
         self.check_impl(impl, model.spec, model.dtype)
         mode = self.check_mode(impl, mode)
         device = self.check_device(device)
         if not lr > 0 or not clip > 0:
             raise InvalidArgumentError(f"lr and clip must be positive, got lr={lr} clip={clip}")
+        distributed = world is not None and world.size > 1
+        if distributed and self.distributed_refusal is not None:
+            raise UnsupportedError(f"backend {self.name!r} cannot train on {world.size} "
+                                   f"processes: {self.distributed_refusal}")
         self._ensure_ready()
-        return self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
-                                  device=device)
+        if distributed:
+            self._init_world(world, device)
+        trainer = self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
+                                     device=device)
+        if distributed:
+            trainer.world = world
+        return trainer
+
+    #: why this backend cannot train data-parallel on several processes (one sentence), or None
+    #: when its adapter implements :meth:`_init_world` and the trainer's ``_all_reduce`` hooks
+    distributed_refusal: str | None = ("its adapter does not implement data-parallel training "
+                                       "yet (Backend._init_world and Trainer._all_reduce)")
+
+    def _init_world(self, world, device: str) -> None:
+        """Join the framework's process group as ``world.rank`` of ``world.size`` (once per
+        process; a second call with the same world does nothing). Called before the trainer is
+        built, on every rank."""
+        raise NotImplementedError
 
     def make_predictor(self, model: LMParams, *, impl: str = "scratch",
                        device: str | None = None) -> "Predictor":
@@ -329,12 +355,16 @@ class Trainer:
     :meth:`train_epoch` is the one epoch loop; an adapter's trainer supplies the hooks it calls:
     ``_zeros_state(N)``, ``_to_device(X, Y)``, ``_step(ids, labels, state)``,
     ``_fetch_losses(handles)`` and, where it needs them, ``_epoch_context()`` and
-    ``_device_batches(batches)``."""
+    ``_device_batches(batches)``; for data-parallel training also ``_all_reduce(tensors,
+    average=...)`` and ``_all_reduce_host(values)``, with ``_step`` passing its gradients
+    through :meth:`_average_gradients` before clipping."""
 
     backend: str
     impl: str
     mode: str
     device: str
+    #: the :class:`d2lgru.distributed.World` this trainer is one worker of (None: one process)
+    world = None
 
     def train_epoch(self, batches: Iterable, *, random_iter: bool = False) -> np.ndarray:
         """One epoch, the book's ``train_epoch_ch8``: the state starts at zeros, is carried
@@ -352,12 +382,45 @@ class Trainer:
                     state = self._zeros_state(rows)
                 loss, state = self._step(ids, labels, state)
                 handles.append(loss)
-            return np.asarray(self._fetch_losses(handles), np.float64)
+            losses = np.asarray(self._fetch_losses(handles), np.float64)
+            if self._distributed:
+                # each rank's loss is its shard's mean; the global batch's is their mean
+                losses = np.asarray(self._all_reduce_host(losses.astype(np.float32)),
+                                    np.float64)
+            return losses
 
     def params(self) -> LMParams:
         raise NotImplementedError
 
+    @property
+    def _distributed(self) -> bool:
+        return self.world is not None and self.world.size > 1
+
+    def _average_gradients(self, grads: list) -> list:
+        """What an adapter's :meth:`_step` calls between the backward pass and the global-norm
+        clip: the gradients averaged over the world by :meth:`_all_reduce` (unchanged in one
+        process). ``$D2LGRU_DIST_REDUCTION`` (``sum``, ``none``) breaks the definition on
+        purpose, for the tests that show the parity check would catch it."""
+        if not self._distributed:
+            return grads
+        from ..distributed import reduction
+        how = reduction()
+        if how == "none":
+            return grads
+        return self._all_reduce(list(grads), average=how == "mean")
+
     # -- hooks for the adapter's trainer ----------------------------------------------------
+    def _all_reduce(self, tensors: list, *, average: bool) -> list:
+        """Data-parallel adapters: ``tensors`` (framework tensors, inside :meth:`_step`, maybe
+        inside a compiled graph) summed over the world by the framework's own collective --
+        divided by ``world.size`` when ``average`` -- in the same order and shapes."""
+        raise NotImplementedError
+
+    def _all_reduce_host(self, values: np.ndarray) -> np.ndarray:
+        """Data-parallel adapters: the mean over the world of a small float32 NumPy vector
+        (the epoch's losses, once an epoch), through the framework's collective."""
+        raise NotImplementedError
+
     def _epoch_context(self):
         """Entered around the epoch (a device scope, an error state); by default nothing."""
         return contextlib.nullcontext()

@@ -270,6 +270,11 @@ class NumpyBackend(Backend):
     impls = {"scratch": ImplInfo(
         "the book's loop with hand-written BPTT in NumPy (the oracle)",
         gates=GATE_SETS, why_not={"native": "NumPy has no fused GRU layer"})}
+    # data-parallel training runs on each framework's own engine (issue #19), never on sockets
+    # or an all-reduce written by hand, and NumPy has none
+    distributed_refusal = ("NumPy has no distributed engine of its own, and d2lgru trains "
+                           "data-parallel only on a framework's (torch.distributed, "
+                           "tf.distribute); use --backend torch or tensorflow")
 
     def _thread_preference(self, cpus):
         # NumPy's OpenBLAS workers spin while they wait (its switch, OPENBLAS_THREAD_TIMEOUT, is

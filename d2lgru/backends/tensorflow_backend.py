@@ -407,17 +407,32 @@ class TensorFlowTrainer(Trainer):
         # XLA compiles a tf.while_loop better than 35 unrolled steps; plain graphs the reverse
         loop = "while" if mode == "xla" else "unroll"
 
-        def step(ids, labels, state):
+        def loss_and_grads(ids, labels, state):
             with tf.GradientTape() as tape:
                 logits, state = _lm_forward(self.stack, self.spec, self.gru_vars, self.W_hq,
                                             self.b_q, ids, state, loop)
                 loss = _lm_loss(logits, labels)
-            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.trained)]
+            return loss, state, [tf.convert_to_tensor(g) for g in
+                                 tape.gradient(loss, self.trained)]
+
+        def step(ids, labels, state):
+            loss, state, grads = loss_and_grads(ids, labels, state)
             clip_and_sgd(self.trained, grads, lr, clip)
             return loss, state
 
-        self._train_step = (step if mode == "eager"
-                            else tf.function(step, jit_compile=mode == "xla"))
+        def replica_step(ids, labels, state):
+            # data-parallel: XLA cannot compile the collective, so only the forward and
+            # backward pass are compiled (an XLA cluster inside the graph); the all-reduce and
+            # the update run in the graph around it
+            loss, state, grads = local_grads(ids, labels, state)
+            clip_and_sgd(self.trained, self._average_gradients(grads), lr, clip)
+            return loss, state
+
+        compiled = (lambda f, **kw: f) if mode == "eager" else tf.function
+        self._train_step = compiled(step, jit_compile=mode == "xla")
+        local_grads = compiled(loss_and_grads, jit_compile=mode == "xla")
+        self._replica_step = replica_step
+        self._distributed_step = None  # built at the first step (make_trainer sets the world)
 
     def _epoch_context(self):
         return tf.device(self._tf_device)
@@ -429,14 +444,61 @@ class TensorFlowTrainer(Trainer):
         return _zeros_state(self.spec, N, self.dtype)
 
     def _step(self, ids, labels, state):
+        if self._distributed:
+            if self._distributed_step is None:
+                self._distributed_step = _in_strategy(self._replica_step, self.mode)
+            return self._distributed_step(ids, labels, state)
         return self._train_step(ids, labels, state)
 
     def _fetch_losses(self, handles):
         return tf.stack(handles).numpy()  # the losses stay on the device until the epoch ends
 
+    # -- data-parallel: tf.distribute.MultiWorkerMirroredStrategy's collectives --------------
+    def _all_reduce(self, tensors, *, average):
+        # inside the strategy's replica function (see _in_strategy): one batched all-reduce
+        summed = _replica_sum(tensors)
+        return [t / self.world.size for t in summed] if average else list(summed)
+
+    def _all_reduce_host(self, values):
+        if self._host_mean is None:
+            size = self.world.size
+
+            def mean(v):
+                return _replica_sum([v])[0] / size
+
+            self._host_mean = tf.function(_in_strategy(mean, "eager"),
+                                          input_signature=[tf.TensorSpec([None], tf.float32)])
+        return self._host_mean(tf.constant(values, tf.float32)).numpy()
+
+    _host_mean = None
+
     def params(self) -> LMParams:
         gru = _gru_params_from_arrays(self.impl, self.spec, [v.numpy() for v in self.gru_vars])
         return LMParams(gru, self.W_hq.numpy(), self.b_q.numpy())
+
+
+#: this process's tf.distribute.MultiWorkerMirroredStrategy (TensorFlowBackend._init_world)
+_strategy = None
+
+
+def _in_strategy(fn, mode):
+    """``fn`` run as this worker's replica of the strategy (its collectives then reach the other
+    workers), on the worker's device, as a graph unless ``mode`` is eager."""
+    def run(*args):
+        # the worker's device by name: without it the collective has no destination in a graph
+        with tf.device(_strategy.extended.worker_devices[0]):
+            out = _strategy.run(fn, args=args)
+        return tf.nest.map_structure(lambda v: _strategy.experimental_local_results(v)[0], out)
+
+    return run if mode == "eager" else tf.function(run)
+
+
+def _replica_sum(tensors):
+    """The tensors summed over every worker's replica (call inside :func:`_in_strategy`). Each
+    is first copied on the replica's device: the collective's destination is its input's
+    device, which a graph's inputs and function results do not carry."""
+    local = [tf.identity(t) for t in tensors]
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
 
 
 def _zeros_state(spec: GRUSpec, N: int, dtype):
@@ -484,9 +546,39 @@ class TensorFlowBackend(Backend):
                      "all the cell depends on), so parameters read back from it have b_h = 0"}),
     }
 
+    distributed_refusal = None
+
     def __init__(self):
         super().__init__()
         self._stacks = {}
+
+    def _init_world(self, world, device):
+        """tf.distribute.MultiWorkerMirroredStrategy over CPU collective ops (ring all-reduce),
+        configured by ``$TF_CONFIG`` (``d2lgru train --nproc`` sets it for each worker). It
+        must be created before TensorFlow's runtime starts, so before any other TF op."""
+        global _strategy
+        if _strategy is not None:
+            return
+        if device != "cpu":
+            raise UnsupportedError("data-parallel training on the tensorflow backend runs on "
+                                   "CPU collective ops only; use --device cpu")
+        from ..distributed import World
+        described = World.from_env({"TF_CONFIG": os.environ.get("TF_CONFIG", "")})
+        if (described.rank, described.size) != (world.rank, world.size):
+            raise UnsupportedError(
+                f"tensorflow's MultiWorkerMirroredStrategy reads the cluster from $TF_CONFIG, "
+                f"which describes rank {described.rank} of {described.size}, not rank "
+                f"{world.rank} of {world.size}; set TF_CONFIG for this worker (d2lgru train "
+                f"--nproc sets it)")
+        ring = tf.distribute.experimental.CommunicationImplementation.RING
+        try:
+            _strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=tf.distribute.experimental.CommunicationOptions(
+                    implementation=ring))
+        except RuntimeError as exc:
+            raise UnsupportedError(f"tensorflow could not start MultiWorkerMirroredStrategy: "
+                                   f"{exc}; it must be created before TensorFlow's runtime "
+                                   f"starts (start a fresh process)") from None
 
     def version(self) -> str:
         _import_tensorflow()

@@ -16,6 +16,8 @@ fastest at the book's config (see ``_WHY_EAGER``).
 
 from __future__ import annotations
 
+import atexit
+import os
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -27,8 +29,10 @@ from .. import threads as _threads
 _threads.wait_passively()
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ..distributed import WorldBrokenError  # noqa: E402
 from ..model import LMParams, lm_keys, trained  # noqa: E402
 from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
 from . import _cudnn_layout, _layout  # noqa: E402
@@ -254,14 +258,38 @@ class TorchTrainer(Trainer):
 
     def _step(self, ids, labels, state):
         loss, _, h_n = self.loss_fn(self.flat, ids, labels, state)
-        grads = torch.autograd.grad(loss, self.trained)
+        grads = self._average_gradients(list(torch.autograd.grad(loss, self.trained)))
         with torch.no_grad():
-            clip_and_sgd(self.trained, list(grads), self.lr, self.clip)
+            clip_and_sgd(self.trained, grads, self.lr, self.clip)
         self._last_step = loss, h_n, grads  # held until the next step: see NumpyTrainer._step
         return loss.detach(), h_n.detach()
 
     def _fetch_losses(self, handles):
         return torch.stack(handles).cpu().numpy()
+
+    # -- data-parallel: torch.distributed (gloo on CPU, nccl on CUDA) -------------------------
+    def _all_reduce(self, tensors, *, average):
+        # one collective for the whole gradient: the tensors flattened into one buffer
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self._sum_over_world(flat)
+        if average:
+            flat /= self.world.size
+        return [piece.view_as(t) for piece, t in
+                zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+    def _all_reduce_host(self, values):
+        t = torch.from_numpy(np.ascontiguousarray(values)).to(self.dev)
+        self._sum_over_world(t)
+        return (t / self.world.size).cpu().numpy()
+
+    def _sum_over_world(self, t):
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        except RuntimeError as exc:  # gloo/nccl: a peer closed its connection or timed out
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise WorldBrokenError(f"rank {self.world.rank} of {self.world.size}: "
+                                   f"torch.distributed's all-reduce failed, so another worker "
+                                   f"has gone ({first[:200]})") from exc
 
     def params(self) -> LMParams:
         gru_flat, (W_hq, b_q) = self.flat[:-2], self.flat[-2:]
@@ -291,6 +319,11 @@ _WHY_EAGER = ("eager is the only mode: torch.compile trained at 52k tokens/s aga
               "(40k vs 49k)")
 
 
+def _leave_world():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class TorchBackend(Backend):
     name = "torch"
     framework = "torch"
@@ -315,9 +348,37 @@ class TorchBackend(Backend):
     }
 
     openmp = True
+    distributed_refusal = None
 
     def framework_threads(self):
         return torch.get_num_threads()
+
+    def _init_world(self, world, device):
+        """torch.distributed's default process group: gloo on CPU, nccl on CUDA. Under torchrun
+        (``MASTER_ADDR``/``MASTER_PORT`` set) it meets at the launcher's store (``env://``);
+        otherwise at ``world.coordinator`` over TCP."""
+        if dist.is_initialized():
+            if (dist.get_rank(), dist.get_world_size()) != (world.rank, world.size):
+                raise UnsupportedError(f"this process already joined torch.distributed as rank "
+                                       f"{dist.get_rank()} of {dist.get_world_size()}, not "
+                                       f"{world.rank} of {world.size}")
+            return
+        engine = "nccl" if device in ("cuda", "gpu") else "gloo"
+        if device in ("cuda", "gpu"):
+            self._check_cuda(device)
+            torch.cuda.set_device(world.local_rank)
+        if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+            init = "env://"
+        elif world.coordinator:
+            init = f"tcp://{world.coordinator}"
+        else:
+            raise UnsupportedError("torch.distributed needs a coordinator: run under torchrun, "
+                                   "or set $D2LGRU_COORDINATOR (host:port of rank 0)")
+        dist.init_process_group(engine, init_method=init, rank=world.rank,
+                                world_size=world.size)
+        # left at exit: a process group still open when the interpreter ends aborts the process
+        # (SIGABRT, "terminate called without an active exception") once its peers are gone
+        atexit.register(_leave_world)
 
     def _set_threads(self, n):
         # On two idle cores two threads train the book's model at 61k tokens/s against 44k for
