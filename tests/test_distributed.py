@@ -258,7 +258,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_rank(pid: int) -> int | None:
-    """The rank of a worker process (from its environment: d2lgru's or torchrun's variable)
+    """The rank of a worker process (from its environment: d2lgru's, torchrun's or Paddle's
+    variable)
     if it is one that trains (runs the d2lgru module)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -268,7 +269,7 @@ def _worker_rank(pid: int) -> int | None:
         return None
     if b"d2lgru" not in cmd or b"torch.distributed.run" in cmd:
         return None
-    rank = env.get(b"D2LGRU_RANK", env.get(b"RANK"))
+    rank = env.get(b"D2LGRU_RANK", env.get(b"RANK", env.get(b"PADDLE_TRAINER_ID")))
     return int(rank) if rank is not None else None
 
 
