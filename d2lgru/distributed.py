@@ -20,10 +20,12 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Iterable, Mapping
 
@@ -173,7 +175,17 @@ def _torchrun(nproc: int, argv: list[str]) -> list[str]:
             f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "d2lgru", *argv]
 
 
-LAUNCHERS = {"torch": _torchrun}
+def _paddle_launch(nproc: int, argv: list[str]) -> list[str]:
+    # the workers' logs (Paddle's default: ./log) go to a fresh temporary directory, removed
+    # when the launch succeeds and named when it fails; a script not ending in .py is run as
+    # given, so the workers run this interpreter on -m d2lgru
+    logs = tempfile.mkdtemp(prefix="d2lgru-paddle-launch-")
+    return [sys.executable, "-W", "ignore::UserWarning", "-m", "paddle.distributed.launch",
+            f"--nproc_per_node={nproc}", "--max_restart=0", f"--log_dir={logs}",
+            "--log_level=WARNING", sys.executable, "-m", "d2lgru", *argv]
+
+
+LAUNCHERS = {"torch": _torchrun, "paddle": _paddle_launch}
 
 
 def free_ports(n: int) -> list[int]:
@@ -227,6 +239,8 @@ def launch(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str] 
 
 _REPORT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
 _REPORT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+#: paddle.distributed.launch's report of the failed worker it saw first
+_PADDLE_REPORT = re.compile(r"^Container rank (\d+) status failed .* code (-?\d+) log ")
 
 
 def _run_launcher(command: list[str], env: dict) -> int:
@@ -245,10 +259,18 @@ def _run_launcher(command: list[str], env: dict) -> int:
             if m and rank is not None:
                 failures.append((rank, int(m.group(1))))
                 rank = None
+            m = _PADDLE_REPORT.match(line)
+            if m:
+                failures.append((int(m.group(1)), int(m.group(2))))
         code = proc.wait()
     except BaseException:
         _stop([proc])
         raise
+    logs = _option(command, "--log_dir")
+    if logs and code == 0:
+        shutil.rmtree(logs, ignore_errors=True)
+    elif logs:
+        print(f"d2lgru: the workers' logs are in {logs}", file=sys.stderr)
     if code and failures:
         rank, status = first_failure(failures)
         raise WorkerFailedError(rank, _size_of(command), status)
@@ -267,10 +289,14 @@ def first_failure(failures: list[tuple[int, int]]) -> tuple[int, int]:
 
 
 def _size_of(command: list[str]) -> int:
+    return int(_option(command, "--nproc-per-node") or _option(command, "--nproc_per_node") or 0)
+
+
+def _option(command: list[str], name: str) -> str | None:
     for arg in command:
-        if arg.startswith("--nproc-per-node="):
-            return int(arg.split("=", 1)[1])
-    return 0
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def spawn(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str],

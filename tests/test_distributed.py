@@ -153,6 +153,20 @@ def test_the_launcher_names_the_failure_it_saw_first():
     assert "killed by SIGKILL" in distributed.describe_status(-9)
 
 
+def test_paddles_launcher_report_names_the_rank(tmp_path, capsys):
+    # what paddle.distributed.launch writes to stderr when a worker fails; its logs are kept
+    report = ("LAUNCH ERROR 2026-12-02 09:43:44,881 Container failed !!!\n"
+              "Container rank 1 status failed cmd ['python', '-m', 'd2lgru'] code -9 log "
+              f"{tmp_path}/workerlog.1\n")
+    command = [sys.executable, "-c", f"import sys; sys.stderr.write({report!r}); sys.exit(1)",
+               "--nproc_per_node=2", f"--log_dir={tmp_path}"]
+    with pytest.raises(distributed.WorkerFailedError, match=r"rank 1 of 2 failed \(killed by "
+                                                            r"SIGKILL\)"):
+        distributed._run_launcher(command, dict(os.environ))
+    assert f"logs are in {tmp_path}" in capsys.readouterr().err
+    assert tmp_path.exists()
+
+
 def test_importing_the_module_imports_no_framework():
     code = ("import sys, d2lgru.distributed; "
             "print([m for m in ('torch', 'tensorflow', 'jax', 'paddle', 'mxnet', 'mindspore') "
@@ -266,7 +280,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_rank(pid: int) -> int | None:
-    """The rank of a worker process (from its environment: d2lgru's or torchrun's variable)
+    """The rank of a worker process (from its environment: d2lgru's, torchrun's or Paddle's
+    variable)
     if it is one that trains (runs the d2lgru module)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -276,7 +291,7 @@ def _worker_rank(pid: int) -> int | None:
         return None
     if b"d2lgru" not in cmd or b"torch.distributed.run" in cmd:
         return None
-    rank = env.get(b"D2LGRU_RANK", env.get(b"RANK"))
+    rank = env.get(b"D2LGRU_RANK", env.get(b"RANK", env.get(b"PADDLE_TRAINER_ID")))
     return int(rank) if rank is not None else None
 
 
@@ -290,7 +305,9 @@ def _epoch_saved(out: Path) -> bool:
 @needs_distributed
 def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
     out = tmp_path / "run"
-    proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS)
+    # TMPDIR: where a launcher that keeps its workers' logs after a failure (Paddle's) puts them
+    proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS,
+                  env={"TMPDIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 300
         while not _epoch_saved(out):  # progress, not a guess at how long start-up takes

@@ -15,7 +15,9 @@ float64) turns every gradient into NaN; the scratch loop has no such limit.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import time
 import warnings
 
 import numpy as np
@@ -46,8 +48,10 @@ with warnings.catch_warnings():
     # paddle.utils.cpp_extension warns at import that no ccache is installed
     warnings.simplefilter("ignore")
     import paddle
+    import paddle.distributed as dist
     import paddle.nn.functional as F
 
+from ..distributed import WorldBrokenError
 from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, GRUParams, GRUSpec
 from . import _cudnn_layout, _layout
@@ -288,6 +292,11 @@ def _zeros_state(spec: GRUSpec, N: int, dtype):
     return paddle.zeros([spec.num_layers * spec.num_directions, N, spec.hidden_size], dtype)
 
 
+#: how long a worker whose all-reduce failed waits before it exits, under Paddle's launcher
+#: (which checks its workers every second and stops the rest once it sees one failed)
+_PEER_GONE_GRACE_S = 5.0
+
+
 class PaddleTrainer(Trainer):
     """The book's ``train_epoch_ch8`` with the model, the state, clipping and SGD as Paddle
     tensors on the device; the losses are read once per epoch. Mode ``eager`` runs op by op in
@@ -333,7 +342,8 @@ class PaddleTrainer(Trainer):
         state = state.detach()
         loss.backward()
         params = [p for p in self._params if p.grad is not None]
-        clip_and_sgd(params, [p.grad for p in params], self.lr, self.clip)
+        grads = self._average_gradients([p.grad for p in params])
+        clip_and_sgd(params, grads, self.lr, self.clip)
         for p in params:
             p.clear_gradient(False)
         self._last_step = ids, labels, loss  # held until the next step: see NumpyTrainer._step
@@ -341,6 +351,38 @@ class PaddleTrainer(Trainer):
 
     def _fetch_losses(self, handles):
         return paddle.stack(handles).reshape([-1]).numpy()
+
+    # -- data-parallel: paddle.distributed (gloo on CPU, nccl on GPU) -------------------------
+    # In dygraph in both modes: the static program is the forward pass, and the backward pass,
+    # this all-reduce, the clip and SGD follow it in dygraph.
+    def _all_reduce(self, tensors, *, average):
+        # one collective for the whole gradient: the tensors flattened into one buffer
+        flat = paddle.concat([t.reshape([-1]) for t in tensors])
+        self._sum_over_world(flat)
+        if average:
+            flat = flat / self.world.size
+        return [piece.reshape(t.shape) for piece, t in
+                zip(paddle.split(flat, [int(np.prod(t.shape)) for t in tensors]), tensors)]
+
+    def _all_reduce_host(self, values):
+        with _on_device(self._place):
+            t = paddle.to_tensor(np.ascontiguousarray(values))
+            self._sum_over_world(t)
+            return (t / self.world.size).numpy()
+
+    def _sum_over_world(self, t):
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        except RuntimeError as exc:  # gloo: "Connection reset by peer", "Connection closed"
+            if os.environ.get("PADDLE_LOG_DIR"):
+                # under paddle.distributed.launch: it polls its workers once a second and names
+                # the first failed one in rank order, so leaving at once could get this
+                # survivor blamed for the peer that died; stay until the launcher stops us
+                time.sleep(_PEER_GONE_GRACE_S)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise WorldBrokenError(f"rank {self.world.rank} of {self.world.size}: "
+                                   f"paddle.distributed's all-reduce failed, so another worker "
+                                   f"has gone ({first[:200]})") from exc
 
     def params(self) -> LMParams:
         with _on_device(self._place):
@@ -424,6 +466,40 @@ class PaddleBackend(Backend):
     def _set_threads(self, n):
         super()._set_threads(n)
         paddle.base.core.set_num_threads(n)
+
+    distributed_refusal = None
+
+    def _init_world(self, world, device):
+        """paddle.distributed's default process group: gloo on CPU, nccl on GPU. Under
+        ``python -m paddle.distributed.launch`` it reads the launcher's ``PADDLE_*`` variables;
+        a world from d2lgru's own variables is written into them (its coordinator becomes
+        ``PADDLE_MASTER``, the TCP store rank 0 serves)."""
+        if dist.is_initialized():
+            if (dist.get_rank(), dist.get_world_size()) != (world.rank, world.size):
+                raise UnsupportedError(f"this process already joined paddle.distributed as rank "
+                                       f"{dist.get_rank()} of {dist.get_world_size()}, not "
+                                       f"{world.rank} of {world.size}")
+            return
+        env = os.environ
+        if (env.get("PADDLE_TRAINER_ID"), env.get("PADDLE_TRAINERS_NUM")) != \
+                (str(world.rank), str(world.size)):
+            if not world.coordinator:
+                raise UnsupportedError("paddle.distributed needs a coordinator: run under "
+                                       "python -m paddle.distributed.launch, or set "
+                                       "$D2LGRU_COORDINATOR (host:port of rank 0)")
+            env.update(PADDLE_TRAINER_ID=str(world.rank), PADDLE_TRAINERS_NUM=str(world.size),
+                       PADDLE_MASTER=world.coordinator,
+                       PADDLE_CURRENT_ENDPOINT=env.get("PADDLE_CURRENT_ENDPOINT",
+                                                       world.coordinator))
+            env.pop("PADDLE_TRAINER_ENDPOINTS", None)
+        if device == "cpu":
+            env["PADDLE_DISTRI_BACKEND"] = "gloo"  # also where a GPU build would pick nccl
+        else:
+            self.check_device(device)
+            env.setdefault("FLAGS_selected_gpus", str(world.local_rank))
+        # init_parallel_env writes a banner of the flags Paddle itself changed to stderr
+        with contextlib.redirect_stderr(io.StringIO()):
+            dist.init_parallel_env()
 
     def check_device(self, device):
         device = super().check_device(device)
