@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks import _metrics, contention as _contention
 from benchmarks._metrics import median
 from benchmarks.run import FORMAT as BENCHMARK_FORMAT
-from benchmarks.bare.keras_backends import KERAS_BACKENDS
+from benchmarks.bare import KERAS_BACKENDS
 from d2lgru._io import save_png
 from d2lgru.backends import BACKENDS as ORDER
 

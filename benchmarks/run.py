@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks import _machine, _metrics  # standard library only
-from benchmarks.bare.keras_backends import KERAS_BACKENDS, MODES_BY_BACKEND  # no keras imported
+from benchmarks.bare import KERAS_BACKENDS, KERAS_MODES  # no keras imported
 from d2lgru._io import round_floats  # measurements to 8 significant digits
 from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
@@ -366,7 +366,7 @@ def run_alternatives(args, skip, cfg, base, workdir, timeout):
     keras_backend = args.keras_backend or (args.backend if args.backend in KERAS_BACKENDS
                                            else None)
     if "keras" not in skip and keras_backend and importlib.util.find_spec("keras"):
-        for i, mode in enumerate(MODES_BY_BACKEND[keras_backend]):
+        for i, mode in enumerate(KERAS_MODES[keras_backend]):
             entry = run_case({"case": "keras3", "keras_backend": keras_backend, "mode": mode,
                               "config": cfg, **base}, args, workdir, timeout)
             yield {**entry, "script": "keras3", "keras_backend": keras_backend, "mode": mode,

@@ -11,3 +11,8 @@ One module per framework, each with the same surface::
 
 ``python -m benchmarks.bare.<name>`` times every mode at the book's configuration.
 """
+
+#: Keras 3's own backends -- Keras' list, not d2lgru's registry -- and the modes each one's
+#: benchmark run times (``benchmarks.run`` reads this without importing keras)
+KERAS_MODES = {"tensorflow": ("fit", "jit_compile"), "torch": ("step",), "jax": ("fit",)}
+KERAS_BACKENDS = tuple(KERAS_MODES)

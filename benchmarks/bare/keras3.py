@@ -18,7 +18,7 @@ feeds to the next batch), the same model, loss and optimizer.
 Modes: ``fit`` (Keras' default ``jit_compile="auto"``: XLA on jax, and on tensorflow when the
 model allows it; plain on torch), ``jit_compile`` (``True``: XLA, or ``torch.compile`` on
 torch), ``no_jit`` (``False``: a ``tf.function`` graph on tensorflow, eager on torch) and
-``step`` (torch only, see above). ``keras_backends.MODES_BY_BACKEND`` leaves out the modes that repeat ``fit``
+``step`` (torch only, see above). ``benchmarks.bare.KERAS_MODES`` leaves out the modes that repeat ``fit``
 (or fail) on a backend.
 """
 
