@@ -1,23 +1,24 @@
 """Benchmark every installed backend, one after the other, then write the report and charts.
 
     python -m benchmarks.all [--quick] [--device gpu] [--backends numpy,torch] [--out DIR]
-                             [--tox-dir DIR] [--no-contention]
+                             [--tox-dir DIR] [--no-contention] [--no-scaling]
                              [-- any benchmarks.run option, e.g. --threads 2 --skip sweep]
 
 Each backend runs in its own environment: ``.venv`` (or ``.tox/numpy``) for numpy and
 ``.tox/<name>`` for the others, as ``tox -e <name>`` builds them. A backend whose environment is
 missing is skipped with a note. Results go to ``benchmarks/results/<machine-label>/`` (quick runs:
 ``<machine-label>-quick``), with ``limits.py``'s figures inside each (key ``limits``; CPU runs,
-``--quick`` ones small); then ``contention.py`` for every backend that ran (CPU runs; one training alone
-against two at once, ``contention.json``); then ``compare.py`` turns every result there into
-``results.md``,
-``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
+``--quick`` ones small); then, on CPU, ``contention.py`` for every backend that ran (one training
+alone against two at once, ``contention.json``) and ``scaling.py`` for those that train
+data-parallel (W=1 and 2 workers, ``scaling.json``); then ``compare.py`` turns every result
+there into ``results.md``, ``throughput.png`` and ``sweep.png``. Run it from the repository root with any Python that
 imports numpy (d2lgru's registry names the backends); every step runs as ``python -m`` there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -50,6 +51,16 @@ def can_import(python: Path, module: str) -> bool:
                           cwd="/").returncode == 0
 
 
+def trains_data_parallel(python: Path, backend: str) -> bool:
+    """Whether ``backend`` declares data-parallel training in the environment of ``python``."""
+    proc = subprocess.run([str(python), "-m", "d2lgru", "backends", "--json"], cwd=REPO,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return False
+    row = next((r for r in json.loads(proc.stdout) if r["name"] == backend), {})
+    return bool(row.get("distributed", {}).get("supported"))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -63,6 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--label", help="machine label (default: from the CPU model, CPUs and GPU)")
     p.add_argument("--tox-dir", type=Path, help="where the per-backend environments are "
                    "(default .tox here; a git worktree can point at the main copy's)")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="skip scaling.py (W=1 and 2 workers) after the per-backend runs")
     p.add_argument("--no-contention", action="store_true",
                    help="skip contention.py (two trainings at once) after the per-backend runs")
     p.add_argument("--no-compare", action="store_true", help="only write the JSON files")
@@ -109,6 +122,14 @@ def main(argv=None) -> int:
         print(f"== contention: {' '.join(cmd)}", flush=True)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print("skipped contention: contention.py failed", flush=True)
+    parallel = [b for b in ran if trains_data_parallel(interpreter(b, args.tox_dir), b)]
+    if parallel and args.device == "cpu" and not args.no_scaling:
+        cmd = [sys.executable, "-m", "benchmarks.scaling", "--backends", ",".join(parallel),
+               "--out", str(out), *(["--tox-dir", str(args.tox_dir)] if args.tox_dir else []),
+               *(["--hidden", "32", "--epochs", "3", "--warmup", "1"] if args.quick else [])]
+        print(f"== scaling: {' '.join(cmd)}", flush=True)
+        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            print("scaling: a backend failed (see above)", flush=True)
     if args.no_compare or not ran:
         return 0 if ran else 1
     compare_python = sys.executable

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import _metrics, contention as _contention
+from benchmarks import _metrics, contention as _contention, scaling as _scaling
 from benchmarks._metrics import median
 from benchmarks.run import FORMAT as BENCHMARK_FORMAT
 from benchmarks.bare import KERAS_BACKENDS
@@ -35,11 +35,11 @@ TARGET_VS_KERAS = 1.0
 LIMITS_FORMAT = "d2lgru.Limits/1"  # benchmarks/limits.py
 
 
-def load(paths, limits=None, contention=None) -> list[dict]:
+def load(paths, limits=None, contention=None, scaling=None) -> list[dict]:
     """Benchmark results, ordered by backend; ``limits.py``'s figures (a result's key
     ``limits``, or a ``limits-<backend>.json`` file of the older layout) go to the ``limits``
     list, ``contention.py``'s ``contention.json`` (with or without its format) to
-    ``contention``."""
+    ``contention``, ``scaling.py``'s ``scaling.json`` to ``scaling``."""
     files = []
     for p in map(Path, paths):
         files += sorted(p.glob("*.json")) if p.is_dir() else [p]
@@ -53,6 +53,10 @@ def load(paths, limits=None, contention=None) -> list[dict]:
         if r.get("format") == _contention.FORMAT or f.name == "contention.json":
             if contention is not None:
                 contention.append(dict(r, _file=f.name))
+            continue
+        if r.get("format") == _scaling.FORMAT:
+            if scaling is not None:
+                scaling.append(dict(r, _file=f.name))
             continue
         if r.get("format") != BENCHMARK_FORMAT:
             print(f"skipping {f}: not a d2lgru benchmark result", file=sys.stderr)
@@ -428,6 +432,71 @@ def contention_section(contention) -> list[str]:
     return lines
 
 
+#: a link between nodes for the on-paper estimate: 10 Gb/s Ethernet, 50 µs per message (TCP)
+LINK_BYTES_PER_S, LINK_LATENCY_S = 10e9 / 8, 50e-6
+
+
+def scaling_section(scaling) -> list[str]:
+    """Data-parallel tokens/s at W = 1 and 2 (``benchmarks/scaling.py``), and W = 8 and 64
+    estimated on paper from what a step all-reduces and how long a step takes."""
+    if not scaling:
+        return []
+    doc = scaling[-1]
+    lines = ["## Data-parallel scaling", "",
+             f"`{doc['_file']}` (`python -m benchmarks.scaling`): `d2lgru train --nproc W "
+             f"--threads 1` on {doc['cpus']} CPUs, global batch {_scaling.BATCH} split by rows "
+             f"over the W workers, the gradients averaged by each framework's own all-reduce. "
+             f"*step*: the global batch's time (B·T over tokens/s); *overhead*: a W=2 step "
+             f"beyond half a W=1 step (what the all-reduce, the workers waiting for each other "
+             f"and sharing the machine cost); *all-reduce*: the float32 gradient every step "
+             f"sums.", "",
+             "| backend | impl / mode | hidden | W=1 tokens/s | W=2 tokens/s | speed-up | step W=1 "
+             "| step W=2 | overhead | all-reduce | load |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    estimates = []
+    for backend, rep in doc["backends"].items():
+        cases = {(c["hidden"], c["nproc"]): c for c in rep["cases"]}
+        for hidden in sorted({h for h, _ in cases}):
+            one, two = cases.get((hidden, 1)), cases.get((hidden, 2))
+            if not (one and two):
+                continue
+            over = two["step_ms"] - one["step_ms"] / 2
+            mb = one["allreduce_bytes"] / 2**20
+            lines.append(
+                f"| {backend} | {one['impl']} / {one['mode']} | {hidden} | "
+                f"{one['tokens_per_sec']:,.0f} | {two['tokens_per_sec']:,.0f} | "
+                f"{two['tokens_per_sec'] / one['tokens_per_sec']:.2f}× | {one['step_ms']:.1f} ms | "
+                f"{two['step_ms']:.1f} ms | {over:.1f} ms | {mb:.2f} MiB | "
+                f"{rep['load_before'][0]:.1f} → {rep['load_after'][0]:.1f} |")
+            estimates.append((backend, hidden, one, over))
+    lines.append("")
+    if estimates:
+        lines += ["**W = 8 and 64, on paper.** A ring all-reduce moves 2(W−1)/W of the gradient "
+                  "through every worker per step. Taking a W=1 step's compute as divisible by "
+                  "rows (optimistic: small GEMMs run below the large ones' rate) and the "
+                  "communication as (a) what W=2 cost here per byte, scaled by 2(W−1)/W, or (b) "
+                  f"a {LINK_BYTES_PER_S * 8 / 1e9:.0f} Gb/s link between nodes with "
+                  f"{LINK_LATENCY_S * 1e6:.0f} µs per message (the ring's 2(W−1) messages a "
+                  "step): the global batch of 32 rows splits over W=8 (4 rows each) "
+                  "but not over 64, which needs a global batch of 64 or more (1 row each: a "
+                  "different training than the book's).", "",
+                  "| backend | hidden | W=8, B=32: step (a) / (b) | tokens/s (a) / (b) | W=64, B=64: "
+                  "step (a) / (b) | tokens/s (a) / (b) |", "|---|--:|--:|--:|--:|--:|"]
+        for backend, hidden, one, over in estimates:
+            row_ms = one["step_ms"] / _scaling.BATCH
+            cells = []
+            for W, B in ((8, 32), (64, 64)):
+                ring = 2 * (W - 1) / W
+                a = row_ms * B / W + ring * max(over, 0.0)
+                b = row_ms * B / W + 1000 * (ring * one["allreduce_bytes"] / LINK_BYTES_PER_S
+                                             + 2 * (W - 1) * LINK_LATENCY_S)
+                tok = lambda ms: f"{B * _scaling.STEPS / (ms / 1000):,.0f}"  # noqa: E731
+                cells.append(f"{a:.1f} / {b:.1f} ms | {tok(a)} / {tok(b)}")
+            lines.append(f"| {backend} | {hidden} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def targets(results, pipe, contention=()) -> list[str]:
     """Issue #20's targets (and #18's), each with what these files say about it."""
     lines = ["## Targets", ""]
@@ -696,8 +765,8 @@ def main(argv=None) -> int:
                                  "file's folder)")
     p.add_argument("--no-charts", action="store_true")
     args = p.parse_args(argv)
-    limits, contention = [], []
-    results = load(args.results, limits, contention)
+    limits, contention, scaling = [], [], []
+    results = load(args.results, limits, contention, scaling)
     if not results:
         p.error("no d2lgru benchmark results found in " + ", ".join(args.results))
     first = Path(args.results[0])
@@ -711,6 +780,7 @@ def main(argv=None) -> int:
     lines = (header(results) + main_table(results, multi)
              + gemm_table(results, multi, limit, steplimit, peak) + alternatives_section(results)
              + sweep_table(results, multi) + pipe_lines + contention_section(contention)
+             + scaling_section(scaling)
              + targets(results, pipe, contention) + limits_section(limits))
     written = [] if args.no_charts else charts(results, out, multi)
     if written:

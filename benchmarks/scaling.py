@@ -1,7 +1,8 @@
 """Scaling: data-parallel training's tokens/s at W=1 and W=2 workers, one thread each.
 
-    python -m benchmarks.scaling --backend torch --out DIR [--hidden 256,1024] [--nproc 1,2]
-                                 [--epochs 12] [--warmup 2] [--tox-dir DIR] [--data DIR]
+    python -m benchmarks.scaling --backends torch,tensorflow --out DIR [--hidden 256,1024]
+                                 [--nproc 1,2] [--epochs 12] [--warmup 2] [--tox-dir DIR]
+                                 [--data DIR]
 
 Each case is one ``d2lgru train --nproc W --threads 1`` (``--nproc`` omitted at W=1) in the
 backend's own environment (found like ``benchmarks/all.py`` finds it), at the book's config
@@ -9,8 +10,10 @@ backend's own environment (found like ``benchmarks/all.py`` finds it), at the bo
 into a temporary directory; its ``result.json`` history gives each epoch's tokens/s (every
 worker's tokens over rank 0's epoch time). The first ``--warmup`` epochs (compilation,
 first-touch allocations, the workers meeting) are dropped and the median of the rest is kept.
-Writes ``DIR/scaling-<backend>.json``: the machine, its load before and after, every case and
-the speed-up of W=2 over W=1 per hidden size. A measurement, never a test: 2 workers on a
+Writes ``DIR/scaling.json`` (one entry per backend, replacing that backend's entry of an earlier
+run): the machine, its load before and after, every case, the speed-up of W=2 over W=1 per hidden
+size, and what a step all-reduces (the trained parameters' float32 bytes) beside the step's time
+at W=1 and W=2, from which ``benchmarks.compare`` estimates larger worlds. A measurement, never a test: 2 workers on a
 2-core machine that other jobs share measure the load as much as the scaling.
 
 This process imports the standard library and d2lgru's registry only; the framework runs in the
@@ -29,12 +32,19 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from benchmarks import _machine
+from benchmarks.all import interpreter
+from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
-from benchmarks import _machine  # noqa: E402
-from benchmarks.all import interpreter  # noqa: E402
-from d2lgru.backends import BACKENDS  # noqa: E402  (the registry: no framework imported)
+FORMAT = "d2lgru.Scaling/1"
+BATCH, STEPS = 32, 35
+
+
+def grad_bytes(vocab: int, hidden: int, reset_after: bool) -> int:
+    """float32 bytes of the book's one-layer model's trained parameters: what every step
+    all-reduces (the GRU's input, recurrent and bias blocks of three gates, the dense head)."""
+    gates = 3 * hidden * (vocab + hidden + (2 if reset_after else 1))
+    return 4 * (gates + hidden * vocab + vocab)
 
 REPO = _machine.REPO
 
@@ -60,20 +70,50 @@ def run_case(python: Path, backend: str, hidden: int, nproc: int, args) -> dict:
             raise RuntimeError(f"{backend} H={hidden} W={nproc} failed (status "
                                f"{proc.returncode}): {proc.stderr[-1500:]}")
         result = json.loads((out / "result.json").read_text())
-        history = json.loads((out / "state.json").read_text())["history"]
+        state = json.loads((out / "state.json").read_text())
+        history, config = state["history"], state["config"]
+        vocab = len(json.loads((out / "vocab.json").read_text())["idx_to_token"])
     speeds = [h["tokens_per_sec"] for h in history[args.warmup:]]
+    speed = statistics.median(speeds)
     return {"hidden": hidden, "nproc": nproc, "threads_per_worker": result["threads"],
             "impl": result["impl"], "mode": result["mode"],
-            "tokens_per_sec": round(statistics.median(speeds), 1),
+            "tokens_per_sec": round(speed, 1),
+            "step_ms": round(1000 * BATCH * STEPS / speed, 3),
+            "allreduce_bytes": grad_bytes(vocab, hidden, bool(config.get("reset_after"))),
             "tokens_per_sec_epochs": [round(s, 1) for s in speeds],
             "perplexity": round(result["perplexity"], 3), "wall_s": round(wall, 1)}
+
+
+def measure(backend: str, args) -> dict:
+    """Every case of one backend, in its environment."""
+    python = interpreter(backend, args.tox_dir)
+    if python is None:
+        raise RuntimeError(f"no environment for {backend} under {args.tox_dir or REPO / '.tox'}")
+    hiddens = [int(h) for h in args.hidden.split(",") if h.strip()]
+    nprocs = [int(w) for w in args.nproc.split(",") if w.strip()]
+    report = {"epochs": args.epochs, "warmup": args.warmup,
+              "config": f"batch {BATCH}, {STEPS} steps, max-tokens 10000, default impl and mode",
+              "load_before": [round(x, 2) for x in os.getloadavg()], "cases": []}
+    for hidden in hiddens:
+        for nproc in nprocs:
+            case = run_case(python, backend, hidden, nproc, args)
+            report["cases"].append(case)
+            print(f"{backend} H={hidden} W={nproc}: {case['tokens_per_sec']:,.0f} tokens/s "
+                  f"({case['impl']}/{case['mode']}, {case['threads_per_worker']} thread(s) per "
+                  f"worker)", flush=True)
+    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    speed = {(c["hidden"], c["nproc"]): c["tokens_per_sec"] for c in report["cases"]}
+    report["speedup"] = {str(h): {str(w): round(speed[h, w] / speed[h, nprocs[0]], 3)
+                                  for w in nprocs} for h in hiddens}
+    return report
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--backend", required=True, help=f"one of {', '.join(BACKENDS)}")
-    p.add_argument("--out", required=True, help="the folder for scaling-<backend>.json")
+    p.add_argument("--backends", "--backend", required=True,
+                   help=f"comma-separated, of {', '.join(BACKENDS)}")
+    p.add_argument("--out", required=True, help="the folder of scaling.json")
     p.add_argument("--hidden", default="256,1024", help="hidden sizes (default 256,1024)")
     p.add_argument("--nproc", default="1,2", help="worker counts (default 1,2)")
     p.add_argument("--epochs", type=int, default=12, help="epochs per case (default 12)")
@@ -84,37 +124,30 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=os.environ.get("D2LGRU_DATA_DIR"),
                    help="the book's text (default $D2LGRU_DATA_DIR)")
     args = p.parse_args(argv)
-    if args.backend not in BACKENDS:
-        p.error(f"unknown backend {args.backend!r}; valid: {', '.join(BACKENDS)}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for b in backends:
+        if b not in BACKENDS:
+            p.error(f"unknown backend {b!r}; valid: {', '.join(BACKENDS)}")
     if not 0 <= args.warmup < args.epochs:
         p.error(f"--warmup must be below --epochs ({args.epochs}), got {args.warmup}")
-    hiddens = [int(h) for h in args.hidden.split(",") if h.strip()]
-    nprocs = [int(w) for w in args.nproc.split(",") if w.strip()]
-    python = interpreter(args.backend, args.tox_dir)
-    if python is None:
-        p.error(f"no environment for {args.backend} under {args.tox_dir or REPO / '.tox'}")
-    info = _machine.machine()
-    report = {"backend": args.backend, "label": _machine.label(info),
-              "cpus": info["cpus_usable"], "epochs": args.epochs, "warmup": args.warmup,
-              "config": "batch 32, 35 steps, max-tokens 10000, default impl and mode",
-              "load_before": [round(x, 2) for x in os.getloadavg()], "cases": []}
-    for hidden in hiddens:
-        for nproc in nprocs:
-            case = run_case(python, args.backend, hidden, nproc, args)
-            report["cases"].append(case)
-            print(f"{args.backend} H={hidden} W={nproc}: {case['tokens_per_sec']:,.0f} tokens/s "
-                  f"({case['impl']}/{case['mode']}, {case['threads_per_worker']} thread(s) per "
-                  f"worker)", flush=True)
-    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    speed = {(c["hidden"], c["nproc"]): c["tokens_per_sec"] for c in report["cases"]}
-    report["speedup"] = {str(h): {str(w): round(speed[h, w] / speed[h, nprocs[0]], 3)
-                                  for w in nprocs} for h in hiddens}
     out = Path(args.out)
+    path = out / "scaling.json"
+    info = _machine.machine()
+    doc = {"format": FORMAT, "label": _machine.label(info), "cpus": info["cpus_usable"],
+           "backends": {}}
+    if path.exists():
+        doc["backends"] = json.loads(path.read_text()).get("backends", {})
+    failed = []
+    for backend in backends:
+        try:
+            doc["backends"][backend] = measure(backend, args)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            failed.append(backend)
+            print(f"{backend}: {exc}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scaling-{args.backend}.json"
-    path.write_text(json.dumps(report, separators=(",", ":")) + "\n")
+    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     print(f"wrote {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
