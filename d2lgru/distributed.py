@@ -224,7 +224,22 @@ def worker_env(backend: str, world: World, ports: list[int]) -> dict:
     if backend == "tensorflow":
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                        "task": {"type": "worker", "index": world.rank}})
+    if backend == "mxnet":  # its KVStore dist_sync: ps-lite's scheduler at the coordinator
+        env.update(DMLC_ROLE="worker", DMLC_PS_ROOT_URI="127.0.0.1",
+                   DMLC_PS_ROOT_PORT=str(ports[0]), DMLC_NUM_SERVER="1",
+                   DMLC_NUM_WORKER=str(world.size))
     return env
+
+
+def services(backend: str, nproc: int, ports: list[int]) -> list[tuple[list[str], dict]]:
+    """The processes a backend's engine needs beside the workers, as ``(command, environment
+    additions)``: MXNet's KVStore scheduler and one server (``import mxnet`` with their
+    ``DMLC_ROLE`` runs them until the workers finish)."""
+    if backend != "mxnet":
+        return []
+    env = worker_env(backend, World(0, nproc), ports)
+    return [([sys.executable, "-c", "import mxnet"], {**env, "DMLC_ROLE": role})
+            for role in ("scheduler", "server")]
 
 
 def describe_status(status: int) -> str:
@@ -308,8 +323,10 @@ def spawn(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str],
     SIGKILL after :data:`STOP_GRACE_S`) and :class:`WorkerFailedError` names it."""
     ports = free_ports(nproc)
     coordinator = f"127.0.0.1:{ports[0]}"
-    procs = []
+    procs, helpers = [], []
     try:
+        for command, extra in services(backend, nproc, ports):
+            helpers.append(subprocess.Popen(command, env={**env, **extra}))
         for rank in range(nproc):
             world = World(rank, nproc, rank, coordinator)
             procs.append(subprocess.Popen([sys.executable, "-m", "d2lgru", *argv],
@@ -319,13 +336,14 @@ def spawn(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str],
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 rank, code = failed[0]
-                _stop(procs)
+                _stop(procs + helpers)
                 raise WorkerFailedError(rank, nproc, code)
             if all(c == 0 for c in codes):
+                _stop(helpers)  # they end by themselves once the workers have
                 return 0
             time.sleep(poll_s)
     except BaseException:
-        _stop(procs)
+        _stop(procs + helpers)
         raise
 
 

@@ -152,6 +152,18 @@ def test_the_worker_command_line_drops_nproc():
         == ["train", "--out", "x", "--epochs", "1"]
 
 
+def test_mxnet_workers_and_their_kvstore_meet_at_the_coordinator_port():
+    ports = [4001, 4002]
+    env = distributed.worker_env("mxnet", World(1, 2, 1, "127.0.0.1:4001"), ports)
+    assert env["DMLC_ROLE"] == "worker" and env["D2LGRU_RANK"] == "1"
+    assert (env["DMLC_PS_ROOT_URI"], env["DMLC_PS_ROOT_PORT"]) == ("127.0.0.1", "4001")
+    assert (env["DMLC_NUM_SERVER"], env["DMLC_NUM_WORKER"]) == ("1", "2")
+    helpers = distributed.services("mxnet", 2, ports)
+    assert [e["DMLC_ROLE"] for _, e in helpers] == ["scheduler", "server"]
+    assert all(e["DMLC_PS_ROOT_PORT"] == "4001" and "d2lgru" not in c for c, e in helpers)
+    assert distributed.services("tensorflow", 2, ports) == []
+
+
 def test_the_launcher_names_the_failure_it_saw_first():
     # torchrun lists the other failures, then its root cause; a signal other than its own
     # SIGTERM is what started it
