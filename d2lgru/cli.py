@@ -411,6 +411,9 @@ def cmd_train(args) -> int:
     backend = get_backend(args.backend)
     if getattr(args, "nproc", 1) > 1:
         return _launch_workers(args, backend)
+    from .distributed import serves_only
+    if args.command == "train" and serves_only():
+        return backend.serve_world()  # msrun's scheduler, started with the workers' command
     world = World.from_env() if args.command == "train" else World()
     config, expect = _config(args, backend)
     if args.resume is None and args.data_changed_ok:

@@ -93,7 +93,8 @@ class World:
         ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``; Paddle's launcher's
         ``PADDLE_TRAINER_ID``/``PADDLE_TRAINERS_NUM`` (``PADDLE_MASTER`` or the first of
         ``PADDLE_TRAINER_ENDPOINTS``); TensorFlow's ``TF_CONFIG`` (``task.index`` among
-        ``cluster.worker``). None of them: one process."""
+        ``cluster.worker``); msrun's (MindSpore) ``RANK_ID`` and ``MS_WORKER_NUM`` in a process
+        whose ``MS_ROLE`` is ``MS_WORKER``. None of them: one process."""
         env = os.environ if environ is None else environ
         if env.get(SIZE_VAR):
             return cls(_int(env, RANK_VAR, "0"), _int(env, SIZE_VAR),
@@ -111,7 +112,19 @@ class World:
                        env.get("PADDLE_MASTER") or (endpoints[0] if endpoints else None))
         if env.get("TF_CONFIG"):
             return _world_from_tf_config(env["TF_CONFIG"])
+        if env.get("MS_ROLE") == "MS_WORKER" and env.get("MS_WORKER_NUM"):
+            coordinator = (f"{env['MS_SCHED_HOST']}:{env['MS_SCHED_PORT']}"
+                           if env.get("MS_SCHED_HOST") and env.get("MS_SCHED_PORT") else None)
+            return cls(_int(env, "RANK_ID"), _int(env, "MS_WORKER_NUM"),
+                       _int(env, "DEVICE_ID", "0"), coordinator)
         return cls()
+
+
+def serves_only(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a launcher started this process to coordinate the workers, not to train: msrun
+    runs the workers' command line as MindSpore's scheduler too (``MS_ROLE=MS_SCHED``)."""
+    env = os.environ if environ is None else environ
+    return env.get("MS_ROLE") == "MS_SCHED"
 
 
 def _int(env, name, default=None) -> int:
@@ -185,7 +198,18 @@ def _paddle_launch(nproc: int, argv: list[str]) -> list[str]:
             "--log_level=WARNING", sys.executable, "-m", "d2lgru", *argv]
 
 
-LAUNCHERS = {"torch": _torchrun, "paddle": _paddle_launch}
+def _msrun(nproc: int, argv: list[str]) -> list[str]:
+    # its scheduler meets the workers at a free port; its logs (each worker's output) go to a
+    # directory of their own, which d2lgru._msrun.run streams and removes
+    log_dir = tempfile.mkdtemp(prefix="d2lgru-msrun-")
+    return [sys.executable, "-m", "mindspore.parallel.cluster.run", f"--worker_num={nproc}",
+            f"--local_worker_num={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={free_ports(1)[0]}", f"--log_dir={log_dir}", "--join=True",
+            f"--tail_worker_log={nproc}", "--cluster_time_out=120", "python", "-m", "d2lgru",
+            *argv]
+
+
+LAUNCHERS = {"torch": _torchrun, "paddle": _paddle_launch, "mindspore": _msrun}
 
 
 def free_ports(n: int) -> list[int]:
@@ -211,7 +235,22 @@ def worker_env(backend: str, world: World, ports: list[int]) -> dict:
     if backend == "tensorflow":
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                        "task": {"type": "worker", "index": world.rank}})
+    if backend == "mxnet":  # its KVStore dist_sync: ps-lite's scheduler at the coordinator
+        env.update(DMLC_ROLE="worker", DMLC_PS_ROOT_URI="127.0.0.1",
+                   DMLC_PS_ROOT_PORT=str(ports[0]), DMLC_NUM_SERVER="1",
+                   DMLC_NUM_WORKER=str(world.size))
     return env
+
+
+def services(backend: str, nproc: int, ports: list[int]) -> list[tuple[list[str], dict]]:
+    """The processes a backend's engine needs beside the workers, as ``(command, environment
+    additions)``: MXNet's KVStore scheduler and one server (``import mxnet`` with their
+    ``DMLC_ROLE`` runs them until the workers finish)."""
+    if backend != "mxnet":
+        return []
+    env = worker_env(backend, World(0, nproc), ports)
+    return [([sys.executable, "-c", "import mxnet"], {**env, "DMLC_ROLE": role})
+            for role in ("scheduler", "server")]
 
 
 def describe_status(status: int) -> str:
@@ -232,6 +271,9 @@ def launch(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str] 
     each worker runs one thread (``D2LGRU_THREADS=1``): W workers share the machine's cores."""
     env = dict(os.environ if env is None else env)
     env.setdefault("D2LGRU_THREADS", "1")
+    if backend == "mindspore":
+        from . import _msrun  # msrun reports a failed worker by its pid, and has no --standalone
+        return _msrun.run(LAUNCHERS[backend](nproc, argv), nproc, env)
     if backend in LAUNCHERS:
         return _run_launcher(LAUNCHERS[backend](nproc, argv), env)
     return spawn(backend, nproc, argv, env=env, poll_s=poll_s)
@@ -306,8 +348,10 @@ def spawn(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str],
     SIGKILL after :data:`STOP_GRACE_S`) and :class:`WorkerFailedError` names it."""
     ports = free_ports(nproc)
     coordinator = f"127.0.0.1:{ports[0]}"
-    procs = []
+    procs, helpers = [], []
     try:
+        for command, extra in services(backend, nproc, ports):
+            helpers.append(subprocess.Popen(command, env={**env, **extra}))
         for rank in range(nproc):
             world = World(rank, nproc, rank, coordinator)
             procs.append(subprocess.Popen([sys.executable, "-m", "d2lgru", *argv],
@@ -317,13 +361,14 @@ def spawn(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str],
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
             if failed:
                 rank, code = failed[0]
-                _stop(procs)
+                _stop(procs + helpers)
                 raise WorkerFailedError(rank, nproc, code)
             if all(c == 0 for c in codes):
+                _stop(helpers)  # they end by themselves once the workers have
                 return 0
             time.sleep(poll_s)
     except BaseException:
-        _stop(procs)
+        _stop(procs + helpers)
         raise
 
 

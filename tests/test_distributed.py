@@ -103,6 +103,13 @@ def test_world_from_each_launchers_variables():
     assert World.from_env({"TF_CONFIG": json.dumps(tf_config)}) == World(2, 3, 0, "a:1")
     assert World.from_env({"PADDLE_TRAINER_ID": "1", "PADDLE_TRAINERS_NUM": "2",
                            "PADDLE_TRAINER_ENDPOINTS": "h:1,h:2"}) == World(1, 2, 0, "h:1")
+    msrun = {"MS_ROLE": "MS_WORKER", "RANK_ID": "1", "MS_WORKER_NUM": "2", "DEVICE_ID": "1",
+             "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118"}
+    assert World.from_env(msrun) == World(1, 2, 1, "127.0.0.1:8118")
+    # msrun's scheduler runs the workers' command line too: it serves, it does not train
+    assert World.from_env({**msrun, "MS_ROLE": "MS_SCHED"}) == World()
+    assert distributed.serves_only({**msrun, "MS_ROLE": "MS_SCHED"})
+    assert not distributed.serves_only(msrun)
     # d2lgru's own variables win over a launcher's
     assert World.from_env({"D2LGRU_RANK": "0", "D2LGRU_WORLD_SIZE": "2",
                            "D2LGRU_COORDINATOR": "h:9", "RANK": "1", "WORLD_SIZE": "4"}) == \
@@ -143,6 +150,18 @@ def test_the_worker_command_line_drops_nproc():
     from d2lgru.cli import _without_nproc
     assert _without_nproc(["train", "--nproc", "2", "--out", "x", "--nproc=3", "--epochs", "1"]) \
         == ["train", "--out", "x", "--epochs", "1"]
+
+
+def test_mxnet_workers_and_their_kvstore_meet_at_the_coordinator_port():
+    ports = [4001, 4002]
+    env = distributed.worker_env("mxnet", World(1, 2, 1, "127.0.0.1:4001"), ports)
+    assert env["DMLC_ROLE"] == "worker" and env["D2LGRU_RANK"] == "1"
+    assert (env["DMLC_PS_ROOT_URI"], env["DMLC_PS_ROOT_PORT"]) == ("127.0.0.1", "4001")
+    assert (env["DMLC_NUM_SERVER"], env["DMLC_NUM_WORKER"]) == ("1", "2")
+    helpers = distributed.services("mxnet", 2, ports)
+    assert [e["DMLC_ROLE"] for _, e in helpers] == ["scheduler", "server"]
+    assert all(e["DMLC_PS_ROOT_PORT"] == "4001" and "d2lgru" not in c for c, e in helpers)
+    assert distributed.services("tensorflow", 2, ports) == []
 
 
 def test_the_launcher_names_the_failure_it_saw_first():
@@ -280,8 +299,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_rank(pid: int) -> int | None:
-    """The rank of a worker process (from its environment: d2lgru's, torchrun's or Paddle's
-    variable)
+    """The rank of a worker process (from its environment: d2lgru's, torchrun's, Paddle's or
+    msrun's variable)
     if it is one that trains (runs the d2lgru module)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -292,6 +311,8 @@ def _worker_rank(pid: int) -> int | None:
     if b"d2lgru" not in cmd or b"torch.distributed.run" in cmd:
         return None
     rank = env.get(b"D2LGRU_RANK", env.get(b"RANK", env.get(b"PADDLE_TRAINER_ID")))
+    if rank is None and env.get(b"MS_ROLE") == b"MS_WORKER":  # msrun's
+        rank = env.get(b"RANK_ID")
     return int(rank) if rank is not None else None
 
 

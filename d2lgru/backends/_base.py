@@ -265,6 +265,11 @@ class Backend:
     distributed_refusal: str | None = ("its adapter does not implement data-parallel training "
                                        "yet (Backend._init_world and Trainer._all_reduce)")
 
+    def serve_world(self) -> int:
+        """Serve a world of workers as its launcher's coordinator, in a process that trains
+        nothing (see :func:`d2lgru.distributed.serves_only`); returns the exit status."""
+        raise UnsupportedError(f"backend {self.name!r} has no coordinator process to serve")
+
     def _init_world(self, world, device: str) -> None:
         """Join the framework's process group as ``world.rank`` of ``world.size`` (once per
         process; a second call with the same world does nothing). Called before the trainer is

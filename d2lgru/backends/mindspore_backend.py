@@ -27,6 +27,7 @@ _threads.wait_passively()
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
+from ..distributed import reduction  # noqa: E402
 from ..model import LMParams, lm_keys, trained  # noqa: E402
 from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
 from . import _cudnn_layout, _layout  # noqa: E402
@@ -220,8 +221,27 @@ def clip_and_sgd(params, grads, lr, clip):
         ops.assign_sub(p, scale * g)
 
 
+def _all_reduce_flat(tensors, all_reduce, divisor):
+    """``tensors`` summed over the world by one ``AllReduce`` of their concatenation, divided
+    by ``divisor``; same order and shapes (also inside a compiled step)."""
+    flat = all_reduce(ops.concat([t.reshape(-1) for t in tensors]))
+    if divisor != 1:
+        flat = flat / divisor
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at:at + t.size].reshape(t.shape))
+        at += t.size
+    return out
+
+
 class _TrainStep(nn.Cell):
-    """loss -> grads -> global-norm clip -> SGD, in place on the LM's parameters."""
+    """loss -> grads -> (data-parallel: the world's mean gradient) -> global-norm clip -> SGD,
+    in place on the LM's parameters."""
+
+    #: set by the trainer before the first step (graph mode compiles them in as constants):
+    #: the world's ``AllReduce`` and what its sum is divided by, or None in one process
+    all_reduce = None
+    divisor = 1
 
     def __init__(self, lm: _LM, lr: float, clip: float, dtype):
         super().__init__()
@@ -235,6 +255,8 @@ class _TrainStep(nn.Cell):
 
     def construct(self, X, Y, state):
         (loss, _, h_n), grads = self.grad_fn(X, Y, state)
+        if self.all_reduce is not None:
+            grads = _all_reduce_flat(grads, self.all_reduce, self.divisor)
         clip_and_sgd(self.weights, grads, self.lr, self.clip)
         return loss, ops.stop_gradient(h_n)
 
@@ -248,9 +270,10 @@ class MindSporeTrainer(Trainer):
         self.backend, self.impl, self.mode, self.device = "mindspore", impl, mode, device
         self.spec, self.dtype = model.spec, model.dtype
         self.lm = _LM(impl, model)
-        step = _TrainStep(self.lm, lr, clip, _MS_DTYPES[model.dtype])
+        self._step_cell = step = _TrainStep(self.lm, lr, clip, _MS_DTYPES[model.dtype])
         # graph: the whole step compiled once per batch shape (ms.jit caches by input shape)
         self._train_step = ms.jit(step.construct) if mode == "graph" else step
+        self._reduction_set = False
 
     def _to_device(self, X, Y):
         return Tensor(np.ascontiguousarray(X, np.int64)), Tensor(np.ascontiguousarray(Y, np.int64))
@@ -259,7 +282,34 @@ class MindSporeTrainer(Trainer):
         return _zeros_state(self.spec, N, self.dtype)
 
     def _step(self, ids, labels, state):
+        if not self._reduction_set:
+            self._set_reduction()
         return self._train_step(ids, labels, state)
+
+    # -- data-parallel: mindspore.communication (msrun's scheduler, MCCL on CPU) -----------
+    def _set_reduction(self):
+        """What Trainer._average_gradients does, decided once before the first step and built
+        into the step cell (its all-reduce runs inside the compiled graph in graph mode): the
+        gradients' sum over the world divided by its size, or per $D2LGRU_DIST_REDUCTION."""
+        how = reduction() if self._distributed else "none"
+        if how != "none":
+            self._step_cell.all_reduce = self._all_reduce_op()
+            self._step_cell.divisor = self.world.size if how == "mean" else 1
+        self._reduction_set = True
+
+    def _all_reduce_op(self):
+        if getattr(self, "_op", None) is None:
+            self._op = ops.AllReduce(ops.ReduceOp.SUM)
+        return self._op
+
+    def _all_reduce(self, tensors, *, average):
+        return _all_reduce_flat(list(tensors), self._all_reduce_op(),
+                                self.world.size if average else 1)
+
+    def _all_reduce_host(self, values):
+        mean, = self._all_reduce([Tensor(np.ascontiguousarray(values, np.float32))],
+                                 average=True)
+        return mean.asnumpy()
 
     def _fetch_losses(self, handles):
         return ops.stack(handles).asnumpy()
@@ -412,6 +462,34 @@ class MindSporeBackend(Backend):
             Tensor(X), Tensor(Y), _tensor(state))
         return LMResult(float(loss.asnumpy()), lm.to_lm([g.asnumpy() for g in grads]),
                         logits.asnumpy(), h_n.asnumpy())
+
+    # -- data-parallel: msrun starts the scheduler and the workers -------------------------
+    distributed_refusal = None
+
+    def _init_world(self, world, device):
+        """Join msrun's world: ``mindspore.communication.init()`` meets the scheduler at
+        ``MS_SCHED_HOST:MS_SCHED_PORT`` (msrun's environment) and sets up MCCL on CPU."""
+        from mindspore.communication import get_group_size, get_rank, init
+
+        if os.environ.get("MS_ROLE") != "MS_WORKER":
+            raise UnsupportedError(
+                "MindSpore's workers meet at msrun's scheduler: start them with d2lgru train "
+                "--nproc N (which runs msrun), or under msrun")
+        if not getattr(self, "_world_joined", False):
+            init()
+            self._world_joined = True
+        if (get_rank(), get_group_size()) != (world.rank, world.size):
+            raise UnsupportedError(f"msrun made this process rank {get_rank()} of "
+                                   f"{get_group_size()}, not {world.rank} of {world.size}")
+
+    def serve_world(self):
+        """msrun's scheduler (``MS_ROLE=MS_SCHED``) runs the workers' command line: here it
+        serves them; MindSpore's ``init()`` ends the process when the workers are done."""
+        from mindspore.communication import init
+
+        self._ensure_ready()
+        init()
+        return 0
 
     def _make_trainer(self, model, **kw):
         return MindSporeTrainer(model, **kw)

@@ -61,6 +61,7 @@ with warnings.catch_warnings():
     import mxnet as mx
     from mxnet import autograd, gluon, nd
 
+from ..distributed import WorldBrokenError
 from ..model import LMParams, lm_keys, one_hot, trained
 from ..spec import GATE_SETS, GRUParams, GRUSpec
 from . import _cudnn_layout, _layout
@@ -292,6 +293,29 @@ def _hybridize(block, mode):
         block.hybridize()
 
 
+_KV = {"store": None, "keys": {}}  # this process's KVStore and its keys by (shape, dtype)
+
+
+def _kv_sum(flat):
+    """``flat`` (1-D) summed over the workers through the KVStore: one key per shape and dtype,
+    initialised by every worker in the same order (the first use of a shape is collective)."""
+    kv = _KV["store"]
+    key = _KV["keys"].get((flat.shape, flat.dtype))
+    if key is None:
+        key = _KV["keys"][(flat.shape, flat.dtype)] = len(_KV["keys"])
+        kv.init(key, nd.zeros(flat.shape, ctx=flat.context, dtype=flat.dtype))
+    out = nd.empty(flat.shape, ctx=flat.context, dtype=flat.dtype)
+    try:
+        kv.push(key, flat)
+        kv.pull(key, out=out)
+        out.wait_to_read()
+    except mx.base.MXNetError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WorldBrokenError(f"MXNet's KVStore push/pull failed, so a worker or its server "
+                               f"has gone ({first[:200]})") from exc
+    return out
+
+
 class MXNetTrainer(Trainer):
     def __init__(self, model: LMParams, *, impl, lr, clip, mode, device):
         self.backend, self.impl, self.mode, self.device = "mxnet", impl, mode, device
@@ -337,11 +361,29 @@ class MXNetTrainer(Trainer):
         with autograd.record():
             loss, h_n = net(ids, labels, state, *self._inputs)
         loss.backward()
-        clip_and_sgd(self._params, self._grads, self.lr, self.clip)
+        clip_and_sgd(self._params, self._average_gradients(self._grads), self.lr, self.clip)
         return loss, h_n.detach()  # not in place in MXNet: the carried state is the new array
 
     def _fetch_losses(self, handles):
         return nd.concat(*handles, dim=0).asnumpy()
+
+    # -- data-parallel: a KVStore dist_sync (ps-lite scheduler and server) ----------------
+    def _all_reduce(self, tensors, *, average):
+        # one key for the whole gradient: pushed by every worker, the server stores their sum
+        # (no optimizer is set on it), which every worker pulls
+        flat = nd.concat(*[t.reshape(-1) for t in tensors], dim=0)
+        summed = _kv_sum(flat)
+        if average:
+            summed /= self.world.size
+        out, at = [], 0
+        for t in tensors:
+            out.append(summed[at:at + t.size].reshape(t.shape))
+            at += t.size
+        return out
+
+    def _all_reduce_host(self, values):
+        summed = _kv_sum(nd.array(np.ascontiguousarray(values, np.float32), ctx=mx.cpu()))
+        return (summed / self.world.size).asnumpy()
 
     def params(self) -> LMParams:
         if self.impl == "native":
@@ -402,6 +444,26 @@ class MXNetBackend(Backend):
                      "gates": "the fused RNN operator computes the full GRU only; use impl "
                               "'scratch' for gate ablations and the plain RNN"}),
     }
+
+    distributed_refusal = None
+
+    def _init_world(self, world, device):
+        """Join the KVStore ``dist_sync`` that d2lgru's spawner started (scheduler and server
+        through the ``DMLC_*`` environment, see :func:`d2lgru.distributed.worker_env`). Its
+        own worker numbering may differ from ``world.rank``, which picks the rows: a sum does
+        not care."""
+        if _KV["store"] is not None:
+            return
+        if os.environ.get("DMLC_ROLE") != "worker":
+            raise UnsupportedError(
+                "MXNet's workers meet at a KVStore scheduler and server: start them with "
+                "d2lgru train --nproc N, or set DMLC_ROLE=worker, DMLC_PS_ROOT_URI, "
+                "DMLC_PS_ROOT_PORT, DMLC_NUM_SERVER and DMLC_NUM_WORKER with those running")
+        kv = mx.kv.create("dist_sync")
+        if kv.num_workers != world.size:
+            raise UnsupportedError(f"the KVStore has {kv.num_workers} workers, not "
+                                   f"{world.size}")
+        _KV["store"] = kv
 
     def _thread_preference(self, cpus):
         return _LOADED_THREADS or _default_omp_threads(cpus)
