@@ -55,11 +55,15 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 from jax._src import xla_bridge
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ..distributed import SIZE_VAR, World, WorldBrokenError
 from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ..errors import InvalidArgumentError
-from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, check_native_names
+from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError,
+                    check_native_names)
 from ._layout import nest
 
 #: ``lax.scan``'s unroll factor in the scratch loop. Measured at the book's config (hidden 256,
@@ -283,9 +287,12 @@ def _lm_loss(impl, spec, flat, ids, labels, state):
     return loss, (logits, h_n)
 
 
-def _sgd_step(impl, spec, mask, lr, clip, trained_arrays, frozen, ids, labels, state):
+def _sgd_step(impl, spec, mask, lr, clip, trained_arrays, frozen, ids, labels, state, *,
+              average=None):
     """The whole training step: loss and gradients of the trained arrays, the book's global-norm
-    clipping, then ``p - lr * g``. Returns ``(new trained arrays, loss, h_n)``."""
+    clipping, then ``p - lr * g``. Returns ``(new trained arrays, loss, h_n)``. ``average``
+    (the trainer's ``_average_gradients``, traced into the step) reduces the gradients over the
+    world before the clip."""
     def loss_fn(tr):
         it_t, it_f = iter(tr), iter(frozen)
         flat = [next(it_t) if keep else next(it_f) for keep in mask]
@@ -293,13 +300,20 @@ def _sgd_step(impl, spec, mask, lr, clip, trained_arrays, frozen, ids, labels, s
         return loss, h_n
 
     (loss, h_n), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained_arrays)
+    if average is not None:
+        grads = average(list(grads))
     norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads))
     scale = lr * jnp.minimum(1.0, clip / norm)  # clip / norm when norm > clip, else 1
     return [p - scale * g for p, g in zip(trained_arrays, grads)], loss, jax.lax.stop_gradient(h_n)
 
 
 def _jax_device(device):
-    return jax.devices("gpu" if device in ("gpu", "cuda") else "cpu")[0]
+    # this process's own device (in a world of processes jax.devices() lists every process's)
+    return jax.local_devices(backend="gpu" if device in ("gpu", "cuda") else "cpu")[0]
+
+
+#: the mesh axis of the data-parallel world: one device per process, in rank order
+_DP = "dp"
 
 
 class JaxTrainer(Trainer):
@@ -312,9 +326,12 @@ class JaxTrainer(Trainer):
             arrays = [jax.device_put(a, jax_device) for a in model.flat()]
         self.trained = [a for a, keep in zip(arrays, self.mask) if keep]
         self.frozen = [a for a, keep in zip(arrays, self.mask) if not keep]
-        update = functools.partial(_sgd_step, impl, model.spec, self.mask, lr, clip)
+        update = functools.partial(_sgd_step, impl, model.spec, self.mask, lr, clip,
+                                   average=self._average_gradients)
         # the trained arrays are donated: each step updates them in place on the device
         self._update = jax.jit(update, donate_argnums=0) if mode == "jit" else update
+        self._step_fn = update
+        self._world_update = None  # the step over the world's mesh, built at the first step
 
     def _numerics(self):
         stack = contextlib.ExitStack()
@@ -338,12 +355,91 @@ class JaxTrainer(Trainer):
         return ids, labels
 
     def _step(self, ids, labels, state):
+        if self._distributed:
+            return self._world_step(ids, labels, state)
         self.trained, loss, state = self._update(self.trained, self.frozen, ids, labels, state)
         return loss, state
 
     def _fetch_losses(self, handles):
         # the losses stay on the device until the epoch ends: one transfer
-        return np.asarray(jnp.stack(handles), np.float64)
+        with self._peers_gone("a training step"):
+            return np.asarray(jnp.stack(handles), np.float64).reshape(-1)
+
+    # -- data-parallel: jax.distributed, one device per process, the step under shard_map ----
+    # The step is the one-process step run by jax.shard_map over a mesh of one device per rank:
+    # each device computes its rows' loss and gradients, _average_gradients (traced into the
+    # step) sums them with one lax.psum of the flattened gradient -- an XLA all-reduce, over
+    # gloo on CPU -- and every device applies the same clip and SGD. One compiled program per
+    # step, collective included; nothing leaves the device but the epoch's losses.
+    def _world_step(self, ids, labels, state):
+        if self._world_update is None:
+            self._build_world_step()
+        put = self._global
+        if state.is_fully_addressable:  # a fresh local state from _zeros_state
+            state = put(state, self._rows3)
+        self.trained, loss, state = self._world_update(
+            self.trained, self.frozen, put(ids, self._rows2), put(labels, self._rows1), state)
+        return loss.addressable_data(0), state
+
+    def _build_world_step(self):
+        devices = {}
+        for d in jax.devices(self._device.platform):  # each process's first: its own device
+            devices.setdefault(d.process_index, d)
+        if sorted(devices) != list(range(self.world.size)):
+            raise UnsupportedError(f"JAX sees the processes {sorted(devices)} in its world, not "
+                                   f"the {self.world.size} ranks d2lgru started")
+        self._mesh = mesh = Mesh(np.array([devices[r] for r in sorted(devices)]), (_DP,))
+        P = PartitionSpec
+        self._replicated, self._rows1, self._rows2, self._rows3 = (
+            NamedSharding(mesh, s) for s in (P(), P(_DP), P(None, _DP), P(None, _DP, None)))
+        self.trained = [self._global(a, self._replicated) for a in self.trained]
+        self.frozen = [self._global(a, self._replicated) for a in self.frozen]
+        update = self._step_fn
+
+        def per_rank(trained_arrays, frozen, ids, labels, state):
+            new, loss, h_n = update(trained_arrays, frozen, ids, labels, state)
+            return new, loss.reshape(1), h_n
+
+        # check_vma=False: under $D2LGRU_DIST_REDUCTION=none the parameters differ by rank on
+        # purpose (each process keeps its own); with the psum they are replicated anyway
+        step = jax.shard_map(per_rank, mesh=mesh, check_vma=False,
+                             in_specs=(P(), P(), P(None, _DP), P(_DP), P(None, _DP, None)),
+                             out_specs=(P(), P(_DP), P(None, _DP, None)))
+        self._world_update = jax.jit(step, donate_argnums=0) if self.mode == "jit" else step
+
+    def _global(self, local, sharding):
+        """This process's array as its part of a world-wide one (no copy): the whole of a
+        replicated array, or this rank's rows."""
+        shape = list(local.shape)
+        for axis, name in enumerate(sharding.spec):
+            if name == _DP:
+                shape[axis] *= self.world.size
+        return jax.make_array_from_single_device_arrays(tuple(shape), sharding, [local])
+
+    def _all_reduce(self, tensors, *, average):
+        # traced inside the shard_map'd step: one psum of the gradients flattened into a buffer
+        flat = jax.lax.psum(jnp.concatenate([t.reshape(-1) for t in tensors]), _DP)
+        if average:
+            flat = flat / self.world.size
+        cuts = np.cumsum([t.size for t in tensors])[:-1]
+        return [piece.reshape(t.shape) for piece, t in zip(jnp.split(flat, cuts), tensors)]
+
+    def _all_reduce_host(self, values):
+        with self._peers_gone("an all-gather of the losses"):
+            gathered = multihost_utils.process_allgather(np.ascontiguousarray(values, np.float32))
+        return np.mean(np.asarray(gathered), axis=0, dtype=np.float32)
+
+    @contextlib.contextmanager
+    def _peers_gone(self, what):
+        try:
+            yield
+        except jax.errors.JaxRuntimeError as exc:  # gloo / the coordination service: a peer
+            if not self._distributed:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise WorldBrokenError(f"rank {self.world.rank} of {self.world.size}: JAX's "
+                                   f"collective in {what} failed, so another worker has gone "
+                                   f"({first[:200]})") from exc
 
     def params(self) -> LMParams:
         it_t, it_f = iter(self.trained), iter(self.frozen)
@@ -417,6 +513,8 @@ class JaxBackend(Backend):
     def _set_threads(self, n):
         super()._set_threads(n)  # NumPy's BLAS, which the adapter's conversions use
         if not xla_bridge.backends_are_initialized():
+            if os.environ.get(SIZE_VAR):  # a spawned worker: join before the backends start
+                _join_world(World.from_env())
             _start_xla(n)
             return None
         fixed = _xla_pool_size()
@@ -429,6 +527,41 @@ class JaxBackend(Backend):
 
     def version(self) -> str:
         return jax.__version__
+
+    # -- data-parallel: jax.distributed (see JaxTrainer._world_step) --------------------------
+    distributed_refusal = None
+
+    #: why eager mode does not train on several processes (jit does)
+    eager_world_refusal = (
+        "in eager mode every operation of the sharded step is its own program compiled and "
+        "run across all the processes (on 2 loaded cores, 2 workers did not finish one step "
+        "of a hidden-8 model in 90 s), so data-parallel training on JAX runs in jit mode only "
+        "(--mode jit)")
+
+    def make_trainer(self, model, *, world=None, **kwargs):
+        if world is not None and world.distributed:
+            impl = kwargs.get("impl", "scratch")
+            if impl in self.impls and self.check_mode(impl, kwargs.get("mode")) == "eager":
+                raise UnsupportedError(f"backend {self.name!r} cannot train on {world.size} "
+                                       f"processes in eager mode: {self.eager_world_refusal}")
+            # jax.distributed.initialize must precede the backends' start, which the base's
+            # make_trainer begins with (threads, devices): a fresh process joins here
+            if not xla_bridge.backends_are_initialized():
+                _join_world(world)
+        return super().make_trainer(model, world=world, **kwargs)
+
+    def _init_world(self, world, device):
+        if not jax.distributed.is_initialized():
+            raise UnsupportedError(
+                "JAX's backend started in this process before it joined the world, and "
+                "jax.distributed.initialize must come first: make the data-parallel trainer "
+                "before any other JAX work, or set $D2LGRU_WORLD_SIZE, $D2LGRU_RANK and "
+                "$D2LGRU_COORDINATOR before the process starts")
+        joined = (jax.process_index(), jax.process_count())
+        if joined != (world.rank, world.size):
+            raise UnsupportedError(f"this process already joined jax.distributed as rank "
+                                   f"{joined[0]} of {joined[1]}, not {world.rank} of "
+                                   f"{world.size}")
 
     # -- jitted functions, one per (what, impl, spec); jit caches one program per shape ------
     def _fn(self, what, impl, spec):
@@ -545,6 +678,26 @@ def _xla_pool_size() -> int:
         except OSError:
             continue
     return names.count(_XLA_POOL_THREAD) or len(os.sched_getaffinity(0))
+
+
+def _join_world(world: World) -> None:
+    """``jax.distributed.initialize`` as ``world.rank`` of ``world.size`` at
+    ``world.coordinator`` (rank 0 runs the coordination service there), with gloo for the CPU
+    collectives (``jax_cpu_collectives_implementation``: JAX 0.10.2's default, set all the same
+    so that the choice does not rest on a default). Must run before JAX's backends start (the
+    CPU client is made with the distributed client and the collectives); once per process."""
+    if jax.distributed.is_initialized():
+        return
+    if not world.coordinator:
+        raise UnsupportedError("jax.distributed needs a coordinator: set $D2LGRU_COORDINATOR "
+                               "(host:port where rank 0 listens)")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # its SIGTERM handler holds the signal for a preemption sync point d2lgru never reaches,
+    # so a worker told to stop (the spawner's SIGTERM when a peer fails) would wait for SIGKILL
+    jax.config.update("jax_enable_preemption_service", False)
+    jax.distributed.initialize(world.coordinator, world.size, world.rank,
+                               local_device_ids=[world.local_rank],  # a GPU per process
+                               cluster_detection_method="deactivate")
 
 
 def _gpus() -> bool:

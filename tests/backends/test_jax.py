@@ -34,6 +34,16 @@ def test_the_registry_knows_jax_and_flax():
     assert d2lgru.backends.install_hint("jax").startswith('pip install "d2lgru[jax]"')
 
 
+def test_data_parallel_training_refuses_eager_mode(be):
+    """jit trains on several processes (tests/test_distributed.py); eager says why not, before
+    it joins any world."""
+    from d2lgru.distributed import World
+    with pytest.raises(UnsupportedError, match=r"cannot train on 2 processes in eager mode: "
+                                               r".*\(--mode jit\)"):
+        be.make_trainer(init_lm(10, 4, seed=0), mode="eager", world=World(0, 2, 0, "127.0.0.1:1"))
+    assert not jax.distributed.is_initialized()
+
+
 # -- float64 without changing what float32 users get ---------------------------------------
 def test_float64_work_leaves_the_x64_flag_and_float32_runs_alone(be, data_dir):
     assert not jax.config.jax_enable_x64
