@@ -6,7 +6,9 @@
   ``jax.value_and_grad``. Exact rewrites on the hot path: one matmul projects every step's input,
   the update and reset gates' recurrent products share one matmul, the biases that only ever add
   to the input projection are folded into it, and the language model looks layer 0's input
-  projection up by row instead of multiplying by a one-hot matrix.
+  projection up by row instead of multiplying by a one-hot matrix. The book's cell with both
+  gates has its backward written out (``jax.custom_vjp``): the reverse scan carries only the
+  state's gradient and the recurrent weights' gradients are one product over all steps.
 * ``native`` -- ``flax.linen.GRUCell`` (Linen, not NNX: ``nnx.GRUCell``'s recurrent projection
   has no bias at all, so it cannot hold the reset-after cell's candidate bias ``b_hn``; Linen's
   ``apply`` is also a pure function of a parameter tree, which ``jit`` and ``grad`` take as is).
@@ -66,11 +68,13 @@ from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer, Unsupported
                     check_native_names)
 from ._layout import nest
 
-#: ``lax.scan``'s unroll factor in the scratch loop. Measured at the book's config (hidden 256,
-#: batch 32, 35 steps, reset-before, jit), alternating in one process on the 2-core reference
-#: machine while other jobs held its load at 5-7, median tokens/s of 3, 5 and 7 rounds: unroll 1
-#: 29k/51k/46k, 5 63k/60k/52k; 2 38k/51k, 10 50k, 35 28k (and compiling takes longer).
-SCRATCH_UNROLL = 5
+#: ``lax.scan``'s unroll factor in the scratch loop. With the hand-written VJP of the book's cell
+#: (:func:`_reset_before_bwd`) at the book's config (hidden 256, batch 32, 35 steps, jit, one
+#: thread), alternating in one process on the 2-core reference machine under load 4-4.5 from
+#: other jobs, median tokens/s of 15 rounds: unroll 1 99k, 2 89k, 5 83k, 7 69k (bare Flax 79k in
+#: the same run). Before that VJP, autodiff's own scan transpose measured best at 5 (unroll 1
+#: 29k/51k/46k, 5 63k/60k/52k; 2 38k/51k, 10 50k, 35 28k in three runs at load 5-7).
+SCRATCH_UNROLL = 1
 #: Flax's ``nn.RNN`` unroll: its default 1, which beat 5 for the native layer in the same runs
 #: (50k against 44k tokens/s)
 NATIVE_UNROLL = 1
@@ -207,6 +211,58 @@ def _cat(w):
     return jnp.concatenate([w[0], w[1], w[2]], axis=1)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _reset_before_scan(xp, h0, Wzr, Whh, reverse, unroll):
+    """The book's cell (both gates) over time: ``xp [T, N, 3H]`` holds every bias and the input
+    projection, ``Wzr = [W_hz | W_hr]``. Returns ``(Y, last)``; its VJP is written out below."""
+    return _reset_before_fwd(xp, h0, Wzr, Whh, reverse, unroll)[0]
+
+
+def _reset_before_fwd(xp, h0, Wzr, Whh, reverse, unroll):
+    H = h0.shape[-1]
+
+    def step(h, x):
+        zr = jax.nn.sigmoid(x[:, :2 * H] + h @ Wzr)
+        n = jnp.tanh(x[:, 2 * H:] + (zr[:, H:] * h) @ Whh)
+        h = n + zr[:, :H] * (h - n)
+        return h, (h, zr, n)
+
+    last, (Y, zr, n) = jax.lax.scan(step, h0, xp, reverse=reverse, unroll=unroll)
+    return (Y, last), (h0, Y, zr, n, Wzr, Whh)
+
+
+def _reset_before_bwd(reverse, unroll, saved, cotangents):
+    """The scan carries only ``dh`` back through time (two products per step); the weights'
+    gradients are two products over all ``T*N`` rows after it. Autodiff's own transpose of the
+    scan instead adds a ``[H, 3H]`` weight gradient into the carry at every step from two
+    ``K = N`` products: ~1.4x slower at the book's config (see ``SCRATCH_UNROLL``)."""
+    h0, Y, zr, n, Wzr, Whh = saved
+    dY, dlast = cotangents
+    H = h0.shape[-1]
+    # the state each step started from, in the same (time) order as Y
+    prev = jnp.concatenate([Y[1:], h0[None]]) if reverse else jnp.concatenate([h0[None], Y[:-1]])
+    WzrT, WhhT = Wzr.T, Whh.T
+
+    def step(dh, xs):
+        dY_t, h, zr_t, n_t = xs
+        g = dh + dY_t
+        z, r = zr_t[:, :H], zr_t[:, H:]
+        da_n = g * (1 - z) * (1 - n_t * n_t)  # through h' = n + z (h - n), n = tanh(a_n)
+        ds = da_n @ WhhT  # s = r * h
+        da_zr = jnp.concatenate([g * (h - n_t), ds * h], axis=1) * zr_t * (1 - zr_t)
+        return g * z + ds * r + da_zr @ WzrT, (da_zr, da_n)
+
+    dh0, (da_zr, da_n) = jax.lax.scan(step, dlast, (dY, prev, zr, n), reverse=not reverse,
+                                      unroll=unroll)
+    rows = Y.shape[0] * Y.shape[1]
+    dWzr = prev.reshape(rows, H).T @ da_zr.reshape(rows, 2 * H)
+    dWhh = (zr[..., H:] * prev).reshape(rows, H).T @ da_n.reshape(rows, H)
+    return jnp.concatenate([da_zr, da_n], axis=-1), dh0, dWzr, dWhh
+
+
+_reset_before_scan.defvjp(_reset_before_fwd, _reset_before_bwd)
+
+
 def _direction(spec: GRUSpec, xp, h0, W_h, b_h, reverse):
     """One direction over time; ``xp [T, N, 3H]`` holds ``X W_x + b_x``. Returns ``Y`` in time
     order and the last state."""
@@ -219,6 +275,8 @@ def _direction(spec: GRUSpec, xp, h0, W_h, b_h, reverse):
     # one [H, 2H] product for z and r: two [H, H] ones measured the same within the noise
     # (29k vs 28k, 51k vs 56k, 52k vs 48k tokens/s in the runs of SCRATCH_UNROLL's note)
     Wzr, Whh = Wh[:, :2 * H], W_h[2]
+    if not spec.reset_after and spec.has_update_gate and spec.has_reset_gate:
+        return _reset_before_scan(xp, h0, Wzr, Whh, reverse, SCRATCH_UNROLL)
 
     def gates(zr):
         z, r = zr[:, :H], zr[:, H:]

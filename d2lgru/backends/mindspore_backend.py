@@ -36,6 +36,17 @@ from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedE
 # PyNative (with launch_blocking, see _setup) first: on the reference machine it trained faster
 # and steadier than GRAPH_MODE on both impls (scratch 7.6k vs 4.4k, native 11.1k vs 5.9k tokens/s,
 # benchmarks/run.py --backend mindspore --skip sweep ...); graph mode's runtime threads contend
+#
+# Why either mode's figure swings 2-3x from run to run: each step is handed from the Python
+# thread to MindSpore's ActorThread_0 and KernelThread_0 (graph mode adds its queue threads),
+# and a waiting thread spins and yields, so under other jobs' load every hand-off waits for a
+# time slice. Read from /proc/self/task/*/schedstat over 3 epochs of 4 batches, one kernel
+# thread, load 6-8 on the 2-core machine: graph 9.3 s wall for 2.9 s of CPU, its Python thread
+# 6.9 s and ActorThread_0 8.2 s runnable but waiting for a core; PyNative 3.3 s wall, 3.5 s CPU
+# (4.0k against 1.5k tokens/s). Alternated in one process at load 10, the order flipped: graph
+# 1.3k, PyNative 0.8k tokens/s (CPU-time rates 3.8k and 2.4k). So the ranking above holds only
+# on a quiet machine; the settings _setup makes (one dispatch thread, launch_blocking, few
+# op threads) leave these hand-offs in place.
 MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
 
