@@ -208,3 +208,33 @@ def test_random_iter_restarts_the_state_and_float64_trains(be, oracle, data_dir,
     for a, b in zip(ours.params().flat(), ref.params().flat()):
         assert a.dtype == np.float64
         np.testing.assert_allclose(a, b, **CHECKS["float64_other_kernels"].kw)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_written_out_backward_is_the_tapes(reverse):
+    """The book's cell's hand-written gradient (``tf.custom_gradient``, mode ``xla``) gives what
+    ``tf.GradientTape`` gives for the same loop without it, in float64, both directions."""
+    from d2lgru.backends import tensorflow_backend as tfb
+    tfb._import_tensorflow()  # the adapter binds its module-level tf on first use
+    rng = np.random.default_rng(3)
+    T, N, H = 6, 3, 5
+    x_zr, x_h, h0, rk_zr, rk_h = (tf.constant(rng.standard_normal(s)) for s in
+                                  ((T, N, 2 * H), (T, N, H), (N, H), (H, 2 * H), (H, H)))
+    dY, dlast = tf.constant(rng.standard_normal((T, N, H))), tf.constant(
+        rng.standard_normal((N, H)))
+    args = [x_zr, x_h, h0, rk_zr, rk_h]
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            Y, last = fn(*args)
+            loss = tf.reduce_sum(Y * dY) + tf.reduce_sum(last * dlast)
+        return (Y, last), tape.gradient(loss, args)
+
+    (Y_t, last_t), tape = grads(lambda *a: tfb._reset_before_while_run(*a, reverse)[0])
+    (Y_w, last_w), written = grads(lambda *a: tfb._reset_before_while(*a, reverse))
+    np.testing.assert_array_equal(Y_w.numpy(), Y_t.numpy())
+    np.testing.assert_array_equal(last_w.numpy(), last_t.numpy())
+    for name, a, w in zip(("x_zr", "x_h", "h0", "rk_zr", "rk_h"), tape, written):
+        np.testing.assert_allclose(w.numpy(), a.numpy(), err_msg=name,
+                                   **CHECKS["float64_same_math"].kw)
