@@ -181,13 +181,26 @@ def reduction() -> str:
 
 # -- the local launcher ------------------------------------------------------------------------
 #: backends whose framework has its own launcher, and how to call it for W local workers
-#: (the rest -- TensorFlow, JAX, ... -- are started by d2lgru's spawner below)
+#: (the rest -- TensorFlow, JAX, ... -- are started by d2lgru's spawner below); each launcher
+#: names its backend where it is defined
+LAUNCHERS: dict = {}
+
+
+def _launcher(backend: str):
+    def register(fn):
+        LAUNCHERS[backend] = fn
+        return fn
+    return register
+
+
+@_launcher("torch")
 def _torchrun(nproc: int, argv: list[str]) -> list[str]:
     # --standalone: a rendezvous on localhost at a free port (no port to pick, none to collide)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "d2lgru", *argv]
 
 
+@_launcher("paddle")
 def _paddle_launch(nproc: int, argv: list[str]) -> list[str]:
     # the workers' logs (Paddle's default: ./log) go to a fresh temporary directory, removed
     # when the launch succeeds and named when it fails; a script not ending in .py is run as
@@ -198,6 +211,7 @@ def _paddle_launch(nproc: int, argv: list[str]) -> list[str]:
             "--log_level=WARNING", sys.executable, "-m", "d2lgru", *argv]
 
 
+@_launcher("mindspore")
 def _msrun(nproc: int, argv: list[str]) -> list[str]:
     # its scheduler meets the workers at a free port; its logs (each worker's output) go to a
     # directory of their own, which d2lgru._msrun.run streams and removes
@@ -207,9 +221,6 @@ def _msrun(nproc: int, argv: list[str]) -> list[str]:
             f"--master_port={free_ports(1)[0]}", f"--log_dir={log_dir}", "--join=True",
             f"--tail_worker_log={nproc}", "--cluster_time_out=120", "python", "-m", "d2lgru",
             *argv]
-
-
-LAUNCHERS = {"torch": _torchrun, "paddle": _paddle_launch, "mindspore": _msrun}
 
 
 def free_ports(n: int) -> list[int]:
