@@ -10,7 +10,11 @@ is called.
 
 * *usable CPUs*: this process's CPU affinity (``os.sched_getaffinity``), capped by a cgroup CPU
   quota (``cpu.max`` / ``cpu.cfs_quota_us``, read at call time);
-* *busy CPUs*: the 1-minute load average, rounded -- what other processes hold right now;
+* *busy CPUs*: what other processes hold right now -- on Linux the fewest runnable threads in
+  five reads of ``/proc/loadavg`` 10 ms apart, less the reader (a training elsewhere runs in
+  every read, a passing burst does not; the 1-minute load average would still count a process
+  that ended a minute ago: back-to-back runs got one thread where two were free), elsewhere
+  the 1-minute load average, rounded;
 * ``$OMP_NUM_THREADS``, where set, as a cap: the user's standing choice for OpenMP runtimes;
 * *preference*: the backend's measured choice at the book's shapes (batch 32, hidden 256:
   ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Callable, Mapping
 
 from .errors import InvalidArgumentError
@@ -103,8 +108,24 @@ def _cgroup_quota() -> int | None:
     return None
 
 
+#: reads of /proc/loadavg for busy_cpus, and the pause between them
+BUSY_READS, BUSY_INTERVAL_S = 5, 0.01
+
+
 def busy_cpus() -> int:
-    """CPUs other processes keep busy now: the 1-minute load average, rounded half up."""
+    """CPUs other processes keep busy now: the fewest runnable threads system-wide over
+    :data:`BUSY_READS` reads of ``/proc/loadavg`` (its fourth field, ``running/total``), less
+    this reader; where that file is missing, the 1-minute load average rounded half up."""
+    try:
+        counts = []
+        for i in range(BUSY_READS):
+            if i:
+                time.sleep(BUSY_INTERVAL_S)
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+        return max(0, min(counts))
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.getloadavg()[0] + 0.5)
     except (AttributeError, OSError):

@@ -71,6 +71,25 @@ def test_the_policy_gives_way_to_busy_cpus(clean_env):
     assert threads.policy_threads() == 1
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="reads Linux's /proc/loadavg")
+def test_busy_cpus_sees_processes_running_now():
+    """Two processes that keep a CPU busy are seen in every read (the 1-minute load average
+    would take a minute to show them, and as long to forget them)."""
+    import subprocess
+    import sys
+    spin = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('go\\n'); "
+                              "sys.stdout.flush()\nwhile True: pass"], stdout=subprocess.PIPE)
+            for _ in range(2)]
+    try:
+        for p in spin:
+            assert p.stdout.readline() == b"go\n"
+        assert threads.busy_cpus() >= 2
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+
+
 def test_wait_passively_keeps_the_users_values(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.delenv("D2LGRU_TEST_KNOB", raising=False)
