@@ -20,8 +20,9 @@ is called.
   ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
   ``_thread_preference``): NumPy 1 (its OpenBLAS workers spin while they wait and cannot be
   told otherwise once numpy has loaded), Paddle 1 and MXNet one per two CPUs (their own
-  defaults, measured in those adapters), MindSpore ``min(4, CPUs - 1)``, torch and TensorFlow
-  every usable CPU.
+  defaults, measured in those adapters), MindSpore ``min(4, CPUs - 1)``, torch 1 (with passive
+  waiting a second thread costs more than it gains at these shapes: see its adapter), TensorFlow
+  and JAX every usable CPU.
 
 **Waiting** (:func:`wait_passively`): the load average cannot see a training that starts later,
 so a count above 1 is only safe where idle workers sleep instead of spinning. Measured on the

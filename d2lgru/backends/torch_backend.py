@@ -380,11 +380,18 @@ class TorchBackend(Backend):
         # (SIGABRT, "terminate called without an active exception") once its peers are gone
         atexit.register(_leave_world)
 
+    def _thread_preference(self, cpus):
+        # One thread at the book's shapes. With GNU OpenMP spinning, two idle cores trained at
+        # 52k tokens/s against 34k for one, but two trainings at once then collapsed to 5.8k each
+        # (each op's barrier waits for a descheduled thread); with passive waiting (set at
+        # import above: what cannot collapse) two threads fell to 18k (scratch; native 26k
+        # against 31k for one): waking the second thread costs more than it gains on
+        # [32,256] @ [256,768] products. Measured on the quiet 2-core reference machine,
+        # 2026-12-02 (benchmarks.run and benchmarks.contention). --threads 2 is there for
+        # bigger shapes.
+        return 1
+
     def _set_threads(self, n):
-        # On two idle cores two threads train the book's model at 61k tokens/s against 44k for
-        # one; with active waiting two collapsed to 2-4k on cores shared with busy processes
-        # (each op's OpenMP barrier waits for a descheduled thread). Passive waiting (set at
-        # import above) is what lets the policy keep two: see benchmarks/contention.py.
         super()._set_threads(n)
         torch.set_num_threads(n)
 
