@@ -149,6 +149,19 @@ def _world_from_tf_config(text: str) -> World:
     return World(rank, len(workers), 0, workers[0] if workers else None)
 
 
+def already_joined(engine: str, joined: tuple[int, int] | None, world: World) -> bool:
+    """Whether this process already belongs to ``world`` in ``engine``'s process group
+    (``joined``: its ``(rank, size)`` there, None when it joined none); a different place is
+    an error, since a process group cannot be left and joined again."""
+    if joined is None:
+        return False
+    if tuple(joined) != (world.rank, world.size):
+        from .backends._base import UnsupportedError
+        raise UnsupportedError(f"this process already joined {engine} as rank {joined[0]} of "
+                               f"{joined[1]}, not {world.rank} of {world.size}")
+    return True
+
+
 def check_batch_size(batch_size: int, world: World) -> None:
     """``batch_size`` must split into ``world.size`` equal shards: else one sentence naming both
     and the world sizes that would work."""

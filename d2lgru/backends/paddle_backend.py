@@ -51,7 +51,7 @@ with warnings.catch_warnings():
     import paddle.distributed as dist
     import paddle.nn.functional as F
 
-from ..distributed import WorldBrokenError
+from ..distributed import WorldBrokenError, already_joined
 from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, GRUParams, GRUSpec
 from . import _cudnn_layout, _layout
@@ -474,11 +474,8 @@ class PaddleBackend(Backend):
         ``python -m paddle.distributed.launch`` it reads the launcher's ``PADDLE_*`` variables;
         a world from d2lgru's own variables is written into them (its coordinator becomes
         ``PADDLE_MASTER``, the TCP store rank 0 serves)."""
-        if dist.is_initialized():
-            if (dist.get_rank(), dist.get_world_size()) != (world.rank, world.size):
-                raise UnsupportedError(f"this process already joined paddle.distributed as rank "
-                                       f"{dist.get_rank()} of {dist.get_world_size()}, not "
-                                       f"{world.rank} of {world.size}")
+        if already_joined("paddle.distributed", (dist.get_rank(), dist.get_world_size())
+                          if dist.is_initialized() else None, world):
             return
         env = os.environ
         if (env.get("PADDLE_TRAINER_ID"), env.get("PADDLE_TRAINERS_NUM")) != \

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ..distributed import WorldBrokenError  # noqa: E402
+from ..distributed import WorldBrokenError, already_joined  # noqa: E402
 from ..model import LMParams, lm_keys, trained  # noqa: E402
 from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
 from . import _cudnn_layout, _layout  # noqa: E402
@@ -357,11 +357,8 @@ class TorchBackend(Backend):
         """torch.distributed's default process group: gloo on CPU, nccl on CUDA. Under torchrun
         (``MASTER_ADDR``/``MASTER_PORT`` set) it meets at the launcher's store (``env://``);
         otherwise at ``world.coordinator`` over TCP."""
-        if dist.is_initialized():
-            if (dist.get_rank(), dist.get_world_size()) != (world.rank, world.size):
-                raise UnsupportedError(f"this process already joined torch.distributed as rank "
-                                       f"{dist.get_rank()} of {dist.get_world_size()}, not "
-                                       f"{world.rank} of {world.size}")
+        if already_joined("torch.distributed", (dist.get_rank(), dist.get_world_size())
+                          if dist.is_initialized() else None, world):
             return
         engine = "nccl" if device in ("cuda", "gpu") else "gloo"
         if device in ("cuda", "gpu"):
