@@ -199,11 +199,22 @@ def reduction() -> str:
 LAUNCHERS: dict = {}
 
 
-def _launcher(backend: str):
+#: how a backend's launcher command is run, where not by :func:`_run_launcher`
+RUNNERS: dict = {}
+
+
+def _launcher(backend: str, runner=None):
     def register(fn):
         LAUNCHERS[backend] = fn
+        if runner is not None:
+            RUNNERS[backend] = runner
         return fn
     return register
+
+
+def _run_msrun(command: list[str], nproc: int, env: dict) -> int:
+    from . import _msrun  # msrun reports a failed worker by its pid only, see there
+    return _msrun.run(command, nproc, env)
 
 
 @_launcher("torch")
@@ -224,7 +235,7 @@ def _paddle_launch(nproc: int, argv: list[str]) -> list[str]:
             "--log_level=WARNING", sys.executable, "-m", "d2lgru", *argv]
 
 
-@_launcher("mindspore")
+@_launcher("mindspore", runner=_run_msrun)
 def _msrun(nproc: int, argv: list[str]) -> list[str]:
     # its scheduler meets the workers at a free port; its logs (each worker's output) go to a
     # directory of their own, which d2lgru._msrun.run streams and removes
@@ -290,16 +301,14 @@ def describe_status(status: int) -> str:
 def launch(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str] | None = None,
            poll_s: float = 0.1) -> int:
     """Run ``python -m d2lgru ARGV`` as ``nproc`` workers on this machine and return the exit
-    status (0 when every worker succeeded). ``backend`` is a canonical backend name: torch goes
-    through torchrun, the others through :func:`spawn`. Unless the caller chose a thread count,
+    status (0 when every worker succeeded). ``backend`` is a canonical backend name: one in
+    :data:`LAUNCHERS` goes through its framework's launcher (run by its :data:`RUNNERS` entry,
+    else :func:`_run_launcher`), the others through :func:`spawn`. Unless the caller chose a thread count,
     each worker runs one thread (``D2LGRU_THREADS=1``): W workers share the machine's cores."""
     env = dict(os.environ if env is None else env)
     env.setdefault("D2LGRU_THREADS", "1")
-    if backend == "mindspore":
-        from . import _msrun  # msrun reports a failed worker by its pid, and has no --standalone
-        return _msrun.run(LAUNCHERS[backend](nproc, argv), nproc, env)
     if backend in LAUNCHERS:
-        return _run_launcher(LAUNCHERS[backend](nproc, argv), env)
+        return RUNNERS.get(backend, _run_launcher)(LAUNCHERS[backend](nproc, argv), nproc, env)
     return spawn(backend, nproc, argv, env=env, poll_s=poll_s)
 
 
@@ -309,8 +318,9 @@ _REPORT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 _PADDLE_REPORT = re.compile(r"^Container rank (\d+) status failed .* code (-?\d+) log ")
 
 
-def _run_launcher(command: list[str], env: dict) -> int:
-    """A framework launcher in the foreground; its stderr passes through, and when it fails,
+def _run_launcher(command: list[str], nproc: int, env: dict) -> int:
+    """A framework launcher for ``nproc`` workers in the foreground; its stderr passes through,
+    and when it fails,
     :class:`WorkerFailedError` says which rank failed and how (read from the launcher's own
     failure report)."""
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -339,7 +349,7 @@ def _run_launcher(command: list[str], env: dict) -> int:
         print(f"d2lgru: the workers' logs are in {logs}", file=sys.stderr)
     if code and failures:
         rank, status = first_failure(failures)
-        raise WorkerFailedError(rank, _size_of(command), status)
+        raise WorkerFailedError(rank, nproc, status)
     return code
 
 
@@ -352,10 +362,6 @@ def first_failure(failures: list[tuple[int, int]]) -> tuple[int, int]:
         if status < 0 and -status not in (signal.SIGTERM, signal.SIGINT):
             return rank, status
     return failures[-1]
-
-
-def _size_of(command: list[str]) -> int:
-    return int(_option(command, "--nproc-per-node") or _option(command, "--nproc_per_node") or 0)
 
 
 def _option(command: list[str], name: str) -> str | None:

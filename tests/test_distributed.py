@@ -181,7 +181,7 @@ def test_paddles_launcher_report_names_the_rank(tmp_path, capsys):
                "--nproc_per_node=2", f"--log_dir={tmp_path}"]
     with pytest.raises(distributed.WorkerFailedError, match=r"rank 1 of 2 failed \(killed by "
                                                             r"SIGKILL\)"):
-        distributed._run_launcher(command, dict(os.environ))
+        distributed._run_launcher(command, 2, dict(os.environ))
     assert f"logs are in {tmp_path}" in capsys.readouterr().err
     assert tmp_path.exists()
 
