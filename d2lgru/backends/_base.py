@@ -82,9 +82,14 @@ class Backend:
     """The surface every backend offers. NumPy arrays in, NumPy arrays out."""
 
     name: str = ""
-    framework: str = ""        # import name of the framework
+    framework: str = ""        # import name of the framework; the backend's name where not set
     impls: dict[str, ImplInfo] = {}
     devices: tuple[str, ...] = ("cpu",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.framework:
+            cls.framework = cls.name
 
     def __init__(self):
         self._ready = False
@@ -260,10 +265,15 @@ class Backend:
             trainer.world = world
         return trainer
 
-    #: why this backend cannot train data-parallel on several processes (one sentence), or None
-    #: when its adapter implements :meth:`_init_world` and the trainer's ``_all_reduce`` hooks
-    distributed_refusal: str | None = ("its adapter does not implement data-parallel training "
-                                       "yet (Backend._init_world and Trainer._all_reduce)")
+    @property
+    def distributed_refusal(self) -> str | None:
+        """Why this backend cannot train data-parallel on several processes (one sentence), or
+        None when its adapter implements :meth:`_init_world` (and the trainer's
+        ``_all_reduce`` hooks). An adapter with its own reason sets it as a class attribute."""
+        if type(self)._init_world is not Backend._init_world:
+            return None
+        return ("its adapter does not implement data-parallel training yet "
+                "(Backend._init_world and Trainer._all_reduce)")
 
     def serve_world(self) -> int:
         """Serve a world of workers as its launcher's coordinator, in a process that trains

@@ -527,7 +527,6 @@ class JaxPredictor(Predictor):
 
 class JaxBackend(Backend):
     name = "jax"
-    framework = "jax"
     impls = {
         "scratch": ImplInfo(
             "the book's loop in jax.numpy under lax.scan (input projection in one matmul, fused "
@@ -587,8 +586,6 @@ class JaxBackend(Backend):
         return jax.__version__
 
     # -- data-parallel: jax.distributed (see JaxTrainer._world_step) --------------------------
-    distributed_refusal = None
-
     #: why eager mode does not train on several processes (jit does)
     eager_world_refusal = (
         "in eager mode every operation of the sharded step is its own program compiled and "

@@ -345,7 +345,6 @@ class MindSporePredictor(Predictor):
 # -- the backend ---------------------------------------------------------------------------
 class MindSporeBackend(Backend):
     name = "mindspore"
-    framework = "mindspore"
     # CPU only, declared: MindSpore's device target is process-wide, this release's GPU plugin
     # is built for CUDA 11.1/11.6, and no machine here can run it (the 2.5 GB wheel cannot
     # travel to the GPU machines), so a GPU path would be untested; "gpu" gets one sentence.
@@ -475,8 +474,6 @@ class MindSporeBackend(Backend):
                         logits.asnumpy(), h_n.asnumpy())
 
     # -- data-parallel: msrun starts the scheduler and the workers -------------------------
-    distributed_refusal = None
-
     def _init_world(self, world, device):
         """Join msrun's world: ``mindspore.communication.init()`` meets the scheduler at
         ``MS_SCHED_HOST:MS_SCHED_PORT`` (msrun's environment) and sets up MCCL on CPU."""

@@ -428,7 +428,6 @@ _MODES = ("hybrid", "hybrid-dynamic", "eager")
 
 class MXNetBackend(Backend):
     name = "mxnet"
-    framework = "mxnet"
     devices = ("cpu", "gpu")
     impls = {
         "scratch": ImplInfo(
@@ -444,8 +443,6 @@ class MXNetBackend(Backend):
                      "gates": "the fused RNN operator computes the full GRU only; use impl "
                               "'scratch' for gate ablations and the plain RNN"}),
     }
-
-    distributed_refusal = None
 
     def _init_world(self, world, device):
         """Join the KVStore ``dist_sync`` that d2lgru's spawner started (scheduler and server

@@ -266,7 +266,6 @@ class NumpyTrainer(Trainer):
 
 class NumpyBackend(Backend):
     name = "numpy"
-    framework = "numpy"
     impls = {"scratch": ImplInfo(
         "the book's loop with hand-written BPTT in NumPy (the oracle)",
         gates=GATE_SETS, why_not={"native": "NumPy has no fused GRU layer"})}

@@ -422,7 +422,6 @@ _NATIVE_MODES = ("eager", "static")
 
 class PaddleBackend(Backend):
     name = "paddle"
-    framework = "paddle"
     devices = ("cpu", "gpu", "cuda")    # "cuda" is an alias of Paddle's "gpu"
     impls = {
         "scratch": ImplInfo(
@@ -466,8 +465,6 @@ class PaddleBackend(Backend):
     def _set_threads(self, n):
         super()._set_threads(n)
         paddle.base.core.set_num_threads(n)
-
-    distributed_refusal = None
 
     def _init_world(self, world, device):
         """paddle.distributed's default process group: gloo on CPU, nccl on GPU. Under

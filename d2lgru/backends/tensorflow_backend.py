@@ -603,7 +603,6 @@ class TensorFlowPredictor(Predictor):
 
 class TensorFlowBackend(Backend):
     name = "tensorflow"
-    framework = "tensorflow"
     devices = ("cpu", "gpu")
     impls = {
         "scratch": ImplInfo(
@@ -619,8 +618,6 @@ class TensorFlowBackend(Backend):
                      "keras' reset-before GRU holds one bias per gate (the canonical b_x + b_h, "
                      "all the cell depends on), so parameters read back from it have b_h = 0"}),
     }
-
-    distributed_refusal = None
 
     def __init__(self):
         super().__init__()

@@ -326,7 +326,6 @@ def _leave_world():
 
 class TorchBackend(Backend):
     name = "torch"
-    framework = "torch"
     devices = ("cpu", "cuda", "gpu")  # "gpu" is an alias of "cuda"
     impls = {
         "scratch": ImplInfo(
@@ -348,7 +347,6 @@ class TorchBackend(Backend):
     }
 
     openmp = True
-    distributed_refusal = None
 
     def framework_threads(self):
         return torch.get_num_threads()
