@@ -304,10 +304,17 @@ def _params_from_file(path, meta, arrays, prefix) -> GRUParams:
                               f"must be a JSON object, got {type(meta.get('spec')).__name__})")
     try:
         spec = GRUSpec.from_dict(meta["spec"])
-        return GRUParams.from_arrays(spec, {k[len(prefix):]: v for k, v in arrays.items()
-                                            if k.startswith(prefix)})
+        own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        params = GRUParams.from_arrays(spec, own)
     except (KeyError, TypeError, ValueError) as exc:
         raise ParamsFileError(f"{path} is not a valid d2lgru parameter file ({exc})") from None
+    extra = sorted(own.keys() - params.to_arrays().keys())
+    if extra:  # e.g. a bidirectional GRU's arrays under a header that says one direction
+        raise ParamsFileError(f"{path} is not a valid d2lgru parameter file (its header's spec, "
+                              f"a {spec.describe()}, has no place for the arrays "
+                              f"{', '.join(prefix + k for k in extra[:4])}"
+                              f"{', ...' if len(extra) > 4 else ''})")
+    return params
 
 
 def init_params(spec: GRUSpec, seed: int = 0, *, dtype=np.float32, sigma: float = 0.01) -> GRUParams:

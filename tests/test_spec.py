@@ -275,6 +275,18 @@ def corruptions(size):
     return truncate | flips | headers().map(lambda h: ("header", h))
 
 
+def test_a_header_that_names_fewer_cells_than_the_file_holds_is_refused(tmp_path, valid_file):
+    """Found by the property test below (1 draw in a few thousand): a unidirectional header
+    over a bidirectional GRU's arrays loaded the first direction and dropped the rest."""
+    params, _ = valid_file
+    header = {"format": FORMAT_GRU, "spec": {"input_size": 3, "hidden_size": 2}}
+    path = tmp_path / "p.npz"
+    np.savez(path, __meta__=np.array(json.dumps(header)), **params.to_arrays())
+    with pytest.raises(ParamsFileError,
+                       match=r"unidirectional .* has no place for the arrays l0\.d1\.W_h, "):
+        GRUParams.load(path)
+
+
 @settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
