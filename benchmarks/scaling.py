@@ -16,8 +16,8 @@ size, and what a step all-reduces (the trained parameters' float32 bytes) beside
 at W=1 and W=2, from which ``benchmarks.compare`` estimates larger worlds. A measurement, never a test: 2 workers on a
 2-core machine that other jobs share measure the load as much as the scaling.
 
-This process imports the standard library and d2lgru's registry only; the framework runs in the
-cases' subprocesses.
+This process imports the standard library, NumPy and d2lgru's registry and model only; the
+framework runs in the cases' subprocesses.
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ BATCH, STEPS = 32, 35
 
 
 def grad_bytes(vocab: int, hidden: int, reset_after: bool) -> int:
-    """float32 bytes of the book's one-layer model's trained parameters: what every step
-    all-reduces (the GRU's input, recurrent and bias blocks of three gates, the dense head)."""
-    gates = 3 * hidden * (vocab + hidden + (2 if reset_after else 1))
-    return 4 * (gates + hidden * vocab + vocab)
+    """float32 bytes of the book's one-layer model's trained parameters (``model.trained``):
+    what every step all-reduces."""
+    from d2lgru.model import init_lm, trained
+    model = init_lm(vocab, hidden, reset_after=reset_after)
+    keep = trained(model.spec)
+    return 4 * sum(a.size for k, a in model.to_arrays().items() if k in keep)
 
 REPO = _machine.REPO
 
