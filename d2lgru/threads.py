@@ -11,21 +11,29 @@ is called.
 * *usable CPUs*: this process's CPU affinity (``os.sched_getaffinity``), capped by a cgroup CPU
   quota (``cpu.max`` / ``cpu.cfs_quota_us``, read at call time);
 * *busy CPUs*: what other processes hold right now -- on Linux the fewest runnable threads in
-  five reads of ``/proc/loadavg`` 10 ms apart, less the reader (a training elsewhere runs in
-  every read, a passing burst does not; the 1-minute load average would still count a process
-  that ended a minute ago: back-to-back runs got one thread where two were free), elsewhere
-  the 1-minute load average, rounded;
+  five reads of ``/proc/loadavg`` 10 ms apart, less this process's own runnable threads (a
+  training elsewhere runs in every read, a passing burst does not; the 1-minute load average
+  would still count a process that ended a minute ago: back-to-back runs got one thread where
+  two were free), elsewhere the 1-minute load average, rounded;
 * ``$OMP_NUM_THREADS``, where set, as a cap: the user's standing choice for OpenMP runtimes;
 * *preference*: the backend's measured choice at the book's shapes (batch 32, hidden 256:
   ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
-  ``_thread_preference``): NumPy 1 (its OpenBLAS workers spin while they wait and cannot be
-  told otherwise once numpy has loaded), Paddle 1 and MXNet one per two CPUs (their own
-  defaults, measured in those adapters), MindSpore ``min(4, CPUs - 1)``, torch 1 (with passive
-  waiting a second thread costs more than it gains at these shapes: see its adapter), TensorFlow
-  and JAX every usable CPU.
+  ``_thread_preference``): Paddle 1 and MXNet one per two CPUs (their own defaults, measured
+  in those adapters), MindSpore ``min(4, CPUs - 1)``, torch 1 (with passive waiting a second
+  thread costs more than it gains at these shapes: see its adapter), NumPy, TensorFlow and JAX
+  every usable CPU.
 
-**Waiting** (:func:`wait_passively`): the load average cannot see a training that starts later,
-so a count above 1 is only safe where idle workers sleep instead of spinning. Measured on the
+**Following the load** (``Backend.retune_threads``): where the framework takes a new count
+between steps (``retunes_threads``: NumPy, whose OpenBLAS workers spin while they wait and
+cannot be told otherwise once numpy has loaded), a count that is the policy's is computed
+again about once a second while a trainer runs (two reads of the load): a job that started
+since gets its CPU at the next look, and a CPU that came free is taken back after three looks
+in a row found it free. A second training that starts later therefore costs the first at
+most about a second of spinning workers.
+
+**Waiting** (:func:`wait_passively`): the first look cannot see a training that starts later,
+so a count above 1 is only safe where idle workers sleep instead of spinning, or where the
+count follows the load. Measured on the
 2-core reference machine, busy with other jobs (5 epochs each, issue #20): NumPy scratch 1.6k
 tokens/s with its default two OpenBLAS threads vs 19k with one; torch native 0.4k vs 15k. Every
 OpenMP runtime the frameworks ship honours ``OMP_WAIT_POLICY=PASSIVE`` (GNU libgomp reads it
@@ -33,8 +41,8 @@ when it loads: spin count 0; Intel/LLVM libomp reads it at its first parallel re
 time 0), so the adapters whose framework runs on OpenMP (torch, MXNet, Paddle, MindSpore)
 set it with ``os.environ.setdefault`` right before they import their framework: a user's own
 value is kept, and a framework imported before d2lgru's adapter keeps whatever it read then.
-OpenBLAS's pool has no such switch after load, hence NumPy's preference of 1; TensorFlow's
-(Eigen's) spins only briefly before it sleeps.
+OpenBLAS's pool has no such switch after load, hence NumPy's count following the load;
+TensorFlow's (Eigen's) spins only briefly before it sleeps.
 
 ``benchmarks/contention.py`` measures both halves: one training alone against two started
 together. Its run on the 2-core reference machine while other jobs kept the load at 1-12
@@ -113,17 +121,34 @@ def _cgroup_quota() -> int | None:
 BUSY_READS, BUSY_INTERVAL_S = 5, 0.01
 
 
-def busy_cpus() -> int:
+def _own_runnable() -> int:
+    """This process's threads that are running or runnable now (state ``R`` in
+    ``/proc/self/task/*/stat``): the reader, and any worker of ours still spinning."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                # the state follows the command name, which is in parentheses
+                count += f.read().rpartition(")")[2].split()[0] == "R"
+        except (OSError, IndexError):
+            continue  # a thread that ended between the listing and the read
+    return max(1, count)
+
+
+def busy_cpus(reads: int = BUSY_READS) -> int:
     """CPUs other processes keep busy now: the fewest runnable threads system-wide over
-    :data:`BUSY_READS` reads of ``/proc/loadavg`` (its fourth field, ``running/total``), less
-    this reader; where that file is missing, the 1-minute load average rounded half up."""
+    ``reads`` reads of ``/proc/loadavg`` (its fourth field, ``running/total``) taken
+    :data:`BUSY_INTERVAL_S` apart, less this process's own runnable threads at each read (a
+    training's spinning workers are not someone else's load); where ``/proc`` is missing,
+    the 1-minute load average rounded half up."""
     try:
         counts = []
-        for i in range(BUSY_READS):
+        for i in range(reads):
             if i:
                 time.sleep(BUSY_INTERVAL_S)
             with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+                running = int(f.read().split()[3].split("/")[0])
+            counts.append(running - _own_runnable())
         return max(0, min(counts))
     except (OSError, ValueError, IndexError):
         pass
@@ -133,14 +158,14 @@ def busy_cpus() -> int:
         return 0
 
 
-def policy_threads(preference: int | None = None) -> int:
+def policy_threads(preference: int | None = None, *, reads: int = BUSY_READS) -> int:
     """The policy's count (see the module docstring): between 1 and the usable CPUs."""
     cpus = usable_cpus()
     wanted = cpus if preference is None else preference
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:  # not ours to validate: the OpenMP runtimes read it
         wanted = min(wanted, int(omp))
-    return max(1, min(wanted, cpus, cpus - busy_cpus()))
+    return max(1, min(wanted, cpus, cpus - busy_cpus(reads)))
 
 
 def parse_threads(value, source: str) -> int:

@@ -48,7 +48,7 @@ class TrainResult:
     tokens_per_sec: float  # over the epochs run in this call
     device: str
     mode: str
-    threads: int | None = None         # the framework's thread count during the run
+    threads: int | None = None         # the thread count at the end (a policy count follows load)
     threads_source: str | None = None  # argument, $D2LGRU_THREADS, policy or fixed
     world_size: int = 1                # data-parallel processes that trained it (information)
 

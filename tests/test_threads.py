@@ -63,11 +63,11 @@ def test_policy_stays_between_one_and_the_usable_cpus(clean_env):
 
 def test_the_policy_gives_way_to_busy_cpus(clean_env):
     clean_env.setattr(threads, "usable_cpus", lambda: 8)
-    clean_env.setattr(threads, "busy_cpus", lambda: 0)
+    clean_env.setattr(threads, "busy_cpus", lambda reads=5: 0)
     assert threads.policy_threads() == 8
-    clean_env.setattr(threads, "busy_cpus", lambda: 6)
+    clean_env.setattr(threads, "busy_cpus", lambda reads=5: 6)
     assert threads.policy_threads() == 2
-    clean_env.setattr(threads, "busy_cpus", lambda: 12)
+    clean_env.setattr(threads, "busy_cpus", lambda reads=5: 12)
     assert threads.policy_threads() == 1
 
 
@@ -88,6 +88,32 @@ def test_busy_cpus_sees_processes_running_now():
         for p in spin:
             p.kill()
             p.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads Linux's /proc")
+def test_this_processs_own_busy_threads_are_not_someone_elses_load():
+    """A training's own workers (here a thread in a long NumPy loop, which releases the GIL)
+    are runnable in /proc/loadavg too; busy_cpus takes them off, so that a training looking at
+    the load while it runs does not give way to itself."""
+    import threading
+    import time
+    import numpy as np
+    stop = threading.Event()
+
+    def work():
+        a = np.ones((300, 300))
+        while not stop.is_set():
+            a = np.sin(a)  # element-wise: no BLAS threads of its own, the GIL released
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while threads._own_runnable() < 2 and time.monotonic() < deadline:
+            pass
+        assert threads._own_runnable() >= 2
+    finally:
+        stop.set()
+        worker.join()
 
 
 def test_wait_passively_keeps_the_users_values(monkeypatch):

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import importlib
 import sys
+import time
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -142,6 +143,28 @@ class Backend:
         self._threads, self._threads_source = count, source
         return count
 
+    #: whether the framework takes a new thread count between steps, so that a training whose
+    #: count is the policy's follows the machine's load (:meth:`retune_threads`)
+    retunes_threads: bool = False
+    _calm_looks = 0  # looks in a row that found more CPUs free than the count in force
+
+    def retune_threads(self) -> int | None:
+        """Apply the policy again, as a trainer does about once a second between steps (only a
+        backend that :attr:`retunes_threads`, and only while the count is the policy's -- an
+        explicit count stays). A job that started since takes its CPUs at once; CPUs that came
+        free are taken back only after :data:`RETUNE_RAISE_AFTER` looks in a row found them
+        free (a load that comes and goes keeps the lower count: more threads than free cores
+        is what collapses). Two quick reads of the load; returns the count in force."""
+        if not (self.retunes_threads and self._threads_source == "policy"):
+            return self._threads
+        count = _threads.policy_threads(self._thread_preference(_threads.usable_cpus()),
+                                        reads=2)
+        self._calm_looks = self._calm_looks + 1 if count > self._threads else 0
+        if count < self._threads or self._calm_looks >= RETUNE_RAISE_AFTER:
+            self._set_threads(count)
+            self._threads, self._calm_looks = count, 0
+        return self._threads
+
     def _thread_preference(self, cpus: int) -> int:
         """The policy's count for this framework at the book's shapes, given the usable CPUs
         (see d2lgru/threads.py); adapters override it with what they measured."""
@@ -263,6 +286,8 @@ class Backend:
                                      device=device)
         if distributed:
             trainer.world = world
+        if self.retunes_threads:
+            trainer._retune = self.retune_threads
         return trainer
 
     @property
@@ -362,6 +387,13 @@ class Backend:
         return GRUPredictor(self, model, impl)
 
 
+#: seconds between two looks at the machine's load while a trainer runs (see
+#: :meth:`Backend.retune_threads`): a second of collapse at most when another job starts
+RETUNE_INTERVAL_S = 1.0
+#: looks in a row that must find CPUs free before a training takes them back
+RETUNE_RAISE_AFTER = 3
+
+
 class Trainer:
     """Trains the book's model inside one framework. Weights enter as :class:`LMParams` at
     construction and leave through :meth:`params`; nothing crosses to NumPy per step but the
@@ -380,6 +412,10 @@ class Trainer:
     device: str
     #: the :class:`d2lgru.distributed.World` this trainer is one worker of (None: one process)
     world = None
+    #: the backend's :meth:`Backend.retune_threads`, called between steps at most every
+    #: :data:`RETUNE_INTERVAL_S` (None: the count stays as it was set)
+    _retune = None
+    _next_retune = 0.0
 
     def train_epoch(self, batches: Iterable, *, random_iter: bool = False) -> np.ndarray:
         """One epoch, the book's ``train_epoch_ch8``: the state starts at zeros, is carried
@@ -395,6 +431,9 @@ class Trainer:
                 if state is None or random_iter or X.shape[0] != rows:
                     rows = X.shape[0]
                     state = self._zeros_state(rows)
+                if self._retune is not None and time.monotonic() >= self._next_retune:
+                    self._next_retune = time.monotonic() + RETUNE_INTERVAL_S
+                    self._retune()
                 loss, state = self._step(ids, labels, state)
                 handles.append(loss)
             losses = np.asarray(self._fetch_losses(handles), np.float64)

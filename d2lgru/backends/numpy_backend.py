@@ -275,11 +275,13 @@ class NumpyBackend(Backend):
                            "data-parallel only on a framework's (torch.distributed, "
                            "tf.distribute); use --backend torch or tensorflow")
 
-    def _thread_preference(self, cpus):
-        # NumPy's OpenBLAS workers spin while they wait (its switch, OPENBLAS_THREAD_TIMEOUT, is
-        # read when numpy loads, before any backend exists), and a second thread gains little
-        # on the book's [32,256]@[256,768] GEMMs: one, unless asked (d2lgru/threads.py)
-        return 1
+    # Every usable CPU, followed while training runs (retune_threads): on the idle 2-core
+    # reference machine two OpenBLAS threads trained the book's config at 65.6k tokens/s
+    # against 45.3k for one, but OpenBLAS's workers spin while they wait (its switch,
+    # OPENBLAS_THREAD_TIMEOUT, is read when numpy loads), so two trainings with two threads
+    # each kept 0.19 of it; a look at the load every second gives a CPU that another job
+    # takes back to it (benchmarks.contention, 2026-12-02).
+    retunes_threads = True
 
     def framework_threads(self):
         return min(_threads.blas_threads().values())
