@@ -21,7 +21,9 @@ kept. The report gives tokens/s and each contended run's ratio to the solo run: 
 trainings share the machine without losing anything, the target is >= 0.4. Measurements, never
 tests: note the machine's load (printed, and kept in the JSON). Writes ``contention.json`` into
 ``--out`` (default ``benchmarks/results/<machine-label>/``), where ``benchmarks.compare`` puts it
-into ``results.md``; ``benchmarks.all`` runs it after the per-backend runs. Run it from the
+into ``results.md``; a run of some backends keeps the other backends' rows of an earlier run
+with the same settings (each row says when it was made). ``benchmarks.all`` runs it after the
+per-backend runs. Run it from the
 repository root as ``python -m``; standard library only in this process.
 """
 
@@ -217,13 +219,37 @@ def main(argv=None) -> int:
         if python is None or not can_import(python, framework_of(backend)):
             report["skipped"].append(f"{backend}: no environment that imports it")
             continue
-        report["rows"].append(measure(python, backend, args))
+        row = measure(python, backend, args)
+        row["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report["rows"].append(row)
     report["load_after"] = [round(x, 2) for x in os.getloadavg()]
     out.mkdir(parents=True, exist_ok=True)
+    kept = _earlier_rows(out / "contention.json", report)
+    if kept:
+        report["rows"] = sorted(report["rows"] + kept, key=lambda r: _order(r["backend"]))
     (out / "contention.json").write_text(json.dumps(report, indent=1) + "\n")
     print("\n".join([describe(report), ""] + table(report)))
     print(f"wrote {out / 'contention.json'}")
     return 0
+
+
+def _order(backend: str) -> int:
+    return BACKENDS.index(backend) if backend in BACKENDS else len(BACKENDS)
+
+
+def _earlier_rows(path: Path, report: dict) -> list[dict]:
+    """The rows of an earlier run in ``path`` for backends this run did not measure, with the
+    same settings and seconds (one entry per backend: a later run of a backend replaces it)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if (earlier.get("quick") != report["quick"] or earlier.get("seconds") != report["seconds"]
+            or earlier.get("settings") != report["settings"]):
+        return []
+    measured = {r["backend"] for r in report["rows"]}
+    return [{"created": earlier.get("created"), **r} for r in earlier.get("rows", [])
+            if r.get("backend") not in measured]
 
 
 if __name__ == "__main__":
