@@ -1,43 +1,25 @@
-"""PaddlePaddle backend: checkpoints shared with NumPy, error messages, paddle.nn.GRU's layout,
-execution modes."""
+"""PaddlePaddle backend: paddle.nn.GRU's layout, its declared modes, a quiet import, gradients
+where the reset gate saturates. test_surface.py covers what every backend does alike."""
 
 import numpy as np
 import pytest
 
 import d2lgru
-from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
-from d2lgru.data import load_data_time_machine
-from d2lgru.conformance import CHECKS, tolerance
-from helpers import (assert_native_layer_is_the_gru, assert_native_round_trip, random_params,
-                     run_fresh)
+from d2lgru import GRUSpec
+from d2lgru.conformance import tolerance
+from helpers import assert_native_layer_is_the_gru, random_params, run_fresh
 
 d2lgru.get_backend("paddle")  # the adapter imports paddle first, with its import-time noise off
 import paddle  # noqa: E402
 
 
-# -- one clear error per mistake -----------------------------------------------------------
-def test_native_has_no_gate_ablations_but_scratch_does(be):
-    spec = GRUSpec(3, 4, reset_after=True, gates="none")
-    with pytest.raises(UnsupportedError, match="always computes both gates"):
-        be.gru(init_params(spec), np.zeros((2, 1, 3), np.float32), impl="native")
-    params = random_params(GRUSpec(3, 4, gates="update-only"))
-    X = np.random.default_rng(0).standard_normal((3, 2, 3))
-    Y, h_n = be.gru(params, X)
-    Y_ref, h_ref = d2lgru.get_backend("numpy").gru(params, X)
-    np.testing.assert_allclose(Y, Y_ref, **CHECKS["float64_same_math"].kw)
-
-
 # -- paddle.nn.GRU's layout ----------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_native_converters_round_trip_bit_exactly(be, dtype):
+def test_native_arrays_are_named_and_shaped_as_paddle_nn_grus(be):
     spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
-    paddle.set_default_dtype(np.dtype(dtype).name)
-    try:
-        gru = paddle.nn.GRU(3, 5, 2, direction="bidirect", time_major=True)
-    finally:
-        paddle.set_default_dtype("float32")
-    assert_native_round_trip(be, random_params(spec, dtype),
-                             {k: tuple(p.shape) for k, p in gru.named_parameters()})
+    native = be.to_native(random_params(spec, np.float32))
+    gru = paddle.nn.GRU(3, 5, 2, direction="bidirect", time_major=True)
+    assert {k: v.shape for k, v in native.items()} == {
+        k: tuple(p.shape) for k, p in gru.named_parameters()}
 
 
 def test_paddle_gru_matches_the_oracle_through_the_converters(be):
@@ -56,36 +38,9 @@ def test_paddle_gru_matches_the_oracle_through_the_converters(be):
     assert_native_layer_is_the_gru(be, run_layer)
 
 
-# -- execution modes -----------------------------------------------------------------------
-@pytest.mark.parametrize("impl", ["scratch", "native"])
-def test_static_and_eager_modes_give_the_same_losses(be, data_dir, impl):
-    loader, vocab = load_data_time_machine(8, 10, max_tokens=2000, path=data_dir)
-    batches = list(loader)[:4]
-    model = init_lm(len(vocab), 16, reset_after=impl == "native", seed=3)
-    modes = be.impls[impl].modes
-    assert set(modes) == {"eager", "static"}
-    losses = {}
-    for mode in modes:
-        trainer = be.make_trainer(model, impl=impl, mode=mode)
-        assert trainer.mode == mode
-        losses[mode] = np.concatenate([trainer.train_epoch(batches) for _ in range(2)])
-        weights = trainer.params()
-    np.testing.assert_allclose(losses["static"], losses["eager"], **CHECKS["float32_modes"].kw)
-    ref = d2lgru.get_backend("numpy").make_trainer(model.astype(np.float64), impl="scratch")
-    ref_losses = np.concatenate([ref.train_epoch(batches) for _ in range(2)])
-    np.testing.assert_allclose(losses["eager"], ref_losses, **tolerance("float32", "train_loss").kw)
-    for a, b in zip(weights.flat(), ref.params().flat()):
-        np.testing.assert_allclose(a, b, **CHECKS["float32_weights_after_epochs"].kw)
-
-
-def test_random_iter_restarts_the_state_every_batch(be, data_dir):
-    loader, vocab = load_data_time_machine(4, 6, use_random_iter=True, max_tokens=600,
-                                           path=data_dir)
-    batches = list(loader)[:3]
-    model = init_lm(len(vocab), 8, seed=1)
-    ours = be.make_trainer(model).train_epoch(batches, random_iter=True)
-    ref = d2lgru.get_backend("numpy").make_trainer(model).train_epoch(batches, random_iter=True)
-    np.testing.assert_allclose(ours, ref, **CHECKS["float32_modes"].kw)
+# -- what it declares ---------------------------------------------------------------------
+def test_both_impls_run_eagerly_by_default_or_as_a_static_graph(be):
+    assert be.impls["scratch"].modes == be.impls["native"].modes == ("eager", "static")
 
 
 def test_import_is_quiet_and_setup_waits_for_first_use():

@@ -1,8 +1,10 @@
 """What every backend must do the same way, run against the backend of ``$D2LGRU_BACKEND``:
 checkpoints that the NumPy backend continues (and the other way round), capabilities that are
-declared rather than discovered, one clear error per mistake, and safetensors files that the
-framework's own safetensors API reads. Each backend's own file
-(test_<name>.py) adds what only its framework has."""
+declared rather than discovered (native converters that lose no bit, every execution mode and
+gate ablation declared trains or computes as the oracle does, the book's state carried or
+restarted in every impl and dtype), one clear error per mistake, and safetensors files that the
+framework's own safetensors API reads. Each backend's own file (test_<name>.py) adds what only
+its framework has."""
 
 import json
 import os
@@ -20,21 +22,29 @@ from d2lgru.backends import BACKENDS, framework_of, resolve_name, source_of
 from d2lgru.backends._base import GRUPredictor
 from d2lgru.checkpoint import load as load_checkpoint, read_state
 from d2lgru.conformance import CHECKS, assert_close, tolerance
+from d2lgru.conformance.cases import DTYPES
 from d2lgru.errors import NonFiniteError
 from d2lgru.cli import main
 from d2lgru.spec import GATE_SETS
 from d2lgru.threads import resolve_threads, usable_cpus
 from d2lgru.train import TrainConfig, predict, train
+from helpers import random_params
 
 NAME = resolve_name(os.environ.get("D2LGRU_BACKEND") or None)
 SMALL = dict(hidden_size=16, batch_size=4, num_steps=5, max_tokens=400)
 
 
+def _declared_in(dtypes):
+    """(impl, reset_after, dtype) for each of ``dtypes`` in which the backend declares the full
+    GRU of that cell."""
+    be = d2lgru.get_backend(NAME)
+    return [(impl, ra, dtype) for impl in be.impls for ra in (False, True) for dtype in dtypes
+            if be.impls[impl].refusal(GRUSpec(3, 4, reset_after=ra), dtype) is None]
+
+
 def _declared():
     """(impl, reset_after) pairs the backend declares, for the full GRU in float32."""
-    be = d2lgru.get_backend(NAME)
-    return [(impl, ra) for impl in be.impls for ra in (False, True)
-            if be.impls[impl].refusal(GRUSpec(3, 4, reset_after=ra), np.float32) is None]
+    return [(impl, ra) for impl, ra, _ in _declared_in(("float32",))]
 
 
 @pytest.mark.parametrize("impl,reset_after", _declared())
@@ -198,6 +208,51 @@ def test_from_native_names_what_is_missing_or_misshapen(be):
         be.from_native({**native, list(native)[0]: np.zeros((1, 1), np.float32)}, params.spec)
 
 
+def _stack(reset_after):
+    """Two bidirectional layers: every name, direction and layer input size a layout has."""
+    return GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=reset_after)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_native_converters_round_trip_bit_exactly(be, oracle, dtype):
+    """``to_native`` / ``from_native`` move bits and compute nothing, in every cell the native
+    impl declares in ``dtype`` (and refuse the others). A layout with one bias where the
+    canonical cell has two (declared as ``why_not["<cell>_bias"]``) reads back the normal form,
+    the same GRU; any other reads back ``params`` itself. (The layer's own names and shapes:
+    each framework's file.)"""
+    info = be.impls.get("native")
+    for reset_after in (False, True):
+        spec = _stack(reset_after)
+        params = random_params(spec, dtype)  # every bias non-zero: a lost or folded one shows
+        why = info.refusal(spec, dtype) if info else "has no impl 'native'"
+        if why:
+            with pytest.raises(UnsupportedError, match=re.escape(why)):
+                be.to_native(params)
+            continue
+        native = be.to_native(params)
+        assert all(a.dtype == dtype for a in native.values())
+        back = be.from_native(native, spec)
+        again = be.to_native(back)  # native -> canonical -> native: exact, names in order
+        assert list(again) == list(native)
+        assert all(np.array_equal(again[k], native[k]) and again[k].dtype == dtype for k in native)
+        normal = be.native_normal_form(params)  # canonical -> native -> canonical
+        assert back == normal
+        folds = f"{'reset_after' if reset_after else 'reset_before'}_bias" in info.why_not
+        assert (back == params) != folds
+        if folds:
+            no_bh = params.map(np.copy)
+            for row in no_bh.cells:
+                for c in row:
+                    c.b_h[...] = 0
+            assert be.from_native(be.to_native(no_bh), spec) == no_bh
+            rng = np.random.default_rng(1)
+            X, h0 = rng.standard_normal((6, 2, 3)), rng.standard_normal((4, 2, 5))
+            tol = CHECKS["float64_normal_form" if dtype == "float64" else "float32_bias_fold"]
+            for a, b in zip(oracle.gru(params.astype(np.float64), X, h0),
+                            oracle.gru(normal.astype(np.float64), X, h0)):
+                np.testing.assert_allclose(a, b, **tol.kw)
+
+
 @pytest.mark.parametrize("impl,reset_after", _declared())
 def test_cli_trains_every_declared_impl(data_dir, capsys, impl, reset_after):
     cell = "--reset-after" if reset_after else "--reset-before"
@@ -207,23 +262,125 @@ def test_cli_trains_every_declared_impl(data_dir, capsys, impl, reset_after):
     assert f"tokens/sec on cpu ({NAME} {impl})" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("impl,reset_after", _declared())
-def test_the_state_restarts_when_the_batch_size_changes_mid_epoch(be, impl, reset_after):
-    """The book's train_epoch_ch8 carries the state between batches; a batch of another size
-    cannot take it (its rows are the previous batch's), so it starts from zeros as the first
-    batch did -- in every backend, as in the NumPy oracle's trainer on the same batches."""
+def _batches(sizes, vocab_size=7, num_steps=5):
+    """Random ids ``X, Y [n, num_steps]``, one batch for each ``n`` in ``sizes``."""
     rng = np.random.default_rng(0)
+    return [tuple(rng.integers(0, vocab_size, (n, num_steps)) for _ in "XY") for n in sizes]
+
+
+def _model(reset_after, dtype, vocab_size=7, hidden_size=8):
+    """The book's model with every weight and bias N(0, 0.3^2) instead of its small init, so
+    that the state moves the losses: a state carried or restarted wrongly shows."""
+    rng = np.random.default_rng(1)
+    return init_lm(vocab_size, hidden_size, reset_after=reset_after).map(
+        lambda a: (rng.standard_normal(a.shape) * 0.3).astype(dtype))
+
+
+#: tolerance of the weights after a few steps against the oracle's, per dtype
+WEIGHTS = {"float32": tolerance("float32", "train_weights"),
+           "float64": CHECKS["float64_other_kernels"]}
+
+
+@pytest.mark.parametrize("impl,reset_after,dtype", _declared_in(DTYPES))
+def test_the_state_is_carried_or_restarted_like_the_book(be, oracle, impl, reset_after, dtype):
+    """The book's train_epoch_ch8: the state starts at zeros, is carried (detached) from batch
+    to batch by the sequential iterator and restarted for every batch by the random one; a
+    batch of another size cannot take it (its rows are the previous batch's), so it restarts
+    too. In every declared impl, cell and dtype, an epoch of each gives the NumPy oracle's
+    trainer's losses and weights."""
     sizes = [4, 4, 3, 3, 4]
-    batches = [(rng.integers(0, 7, (n, 5)), rng.integers(0, 7, (n, 5))) for n in sizes]
-    model = init_lm(7, 8, reset_after=reset_after, seed=1)
-    tol = tolerance("float32", "train_loss")
+    batches, model = _batches(sizes), _model(reset_after, dtype)
+    tol = tolerance(dtype, "train_loss")
+    trainer = be.make_trainer(model, impl=impl)
+    ref = oracle.make_trainer(model.astype(np.float64))
     for random_iter in (False, True):
-        expected = d2lgru.get_backend("numpy").make_trainer(
-            model.astype(np.float64), lr=1.0, clip=1.0).train_epoch(batches, random_iter=random_iter)
-        losses = be.make_trainer(model, impl=impl).train_epoch(batches, random_iter=random_iter)
+        start = ref.params()
+        losses = trainer.train_epoch(batches, random_iter=random_iter)
+        expected = ref.train_epoch(batches, random_iter=random_iter)
         assert losses.dtype == np.float64 and losses.shape == (len(sizes),)
         assert_close(losses, expected, rtol=tol.rtol, atol=tol.atol, quantity="losses",
                      context=f"{NAME} {impl} random_iter={random_iter}")
+        for a, b in zip(trainer.params().flat(), ref.params().flat()):
+            assert a.dtype == dtype
+            np.testing.assert_allclose(a, b, **WEIGHTS[dtype].kw)
+        # not vacuous: the other iterator, from the same weights, moves the second loss (the
+        # first starts from zeros either way) beyond the tolerance
+        other = oracle.make_trainer(start).train_epoch(batches, random_iter=not random_iter)
+        assert other[0] == expected[0]
+        assert not np.isclose(other[1], expected[1], rtol=tol.rtol, atol=tol.atol)
+
+
+#: per backend whose modes run the same kernels: the CHECKS rows (losses, weights) its modes
+#: agree to, closer than those of every other backend: float32_modes, and float32_jit_weights
+#: (a compiled step against an eager one, whose rounding compounds over the steps)
+MODES_AGREE = {"mindspore": ("float32_same_kernels", "float32_same_kernels_weights")}
+
+
+@pytest.mark.parametrize("impl,reset_after", _declared())
+def test_every_mode_trains_like_the_default_mode_and_the_oracle(be, oracle, impl, reset_after):
+    """Each execution mode the impl declares (the default, ``modes[0]``, first) trains a few
+    batches, carrying the state and then restarting it, to the default mode's losses and
+    weights and to the NumPy oracle's (float32, and the float64 oracle)."""
+    modes = be.impls[impl].modes
+    batches, model = _batches([4, 4]), _model(reset_after, np.float32)
+    default = be.make_trainer(model, impl=impl)
+    assert (default.mode, default.impl, default.backend, default.device) == (
+        modes[0], impl, NAME, "cpu")
+    loss_tol, weight_tol = (CHECKS[k] for k in MODES_AGREE.get(
+        NAME, ("float32_modes", "float32_jit_weights")))
+    refs = {dtype: oracle.make_trainer(model.astype(dtype)) for dtype in DTYPES}
+    expected = {dtype: np.concatenate([ref.train_epoch(batches, random_iter=it)
+                                       for it in (False, True)]) for dtype, ref in refs.items()}
+    losses, weights = {}, {}
+    for mode in modes:
+        trainer = be.make_trainer(model, impl=impl, mode=mode)
+        assert trainer.mode == mode
+        losses[mode] = np.concatenate([trainer.train_epoch(batches, random_iter=it)
+                                       for it in (False, True)])
+        weights[mode] = trainer.params()
+        np.testing.assert_allclose(losses[mode], losses[modes[0]], **loss_tol.kw, err_msg=mode)
+        for a, b in zip(weights[mode].flat(), weights[modes[0]].flat()):
+            np.testing.assert_allclose(a, b, **weight_tol.kw, err_msg=mode)
+        np.testing.assert_allclose(losses[mode], expected["float32"],
+                                   **CHECKS["float32_modes"].kw, err_msg=mode)
+        np.testing.assert_allclose(losses[mode], expected["float64"],
+                                   **tolerance("float32", "train_loss").kw, err_msg=mode)
+        for a, b in zip(weights[mode].flat(), refs["float64"].params().flat()):
+            np.testing.assert_allclose(a, b, **WEIGHTS["float32"].kw, err_msg=mode)
+
+
+#: a forward pass against the float64 oracle, per dtype
+FORWARD = {"float32": CHECKS["float32_small_forward"], "float64": CHECKS["float64_same_math"]}
+
+
+@pytest.mark.parametrize("impl", list(d2lgru.get_backend(NAME).impls))
+def test_every_declared_gate_ablation_runs_and_the_others_are_refused_for_their_reason(
+        be, oracle, impl):
+    """A gate ablation or the plain RNN that the impl declares computes the oracle's GRU, in
+    both cells (random weights and biases, so a gate left in or out shows; in float64 where the
+    impl declares it, to float64's precision); one it does not declare is refused with the
+    impl's own reason (``why_not["gates"]``) or by name. (Every dtype, the backward pass and the
+    language model: the conformance suite.)"""
+    info = be.impls[impl]
+    X = np.random.default_rng(0).standard_normal((3, 2, 3))
+    for reset_after in (False, True):
+        dtypes = [d for d in DTYPES
+                  if info.refusal(GRUSpec(3, 4, reset_after=reset_after), d) is None]
+        if not dtypes:
+            continue  # the full GRU is not declared in this cell either
+        dtype = dtypes[-1]  # float64 where declared
+        for gates in (g for g in GATE_SETS if g != "both"):
+            params = random_params(GRUSpec(3, 4, reset_after=reset_after, gates=gates), dtype)
+            if gates not in info.gates:
+                why = info.why_not.get("gates") or f"not gates={gates!r}"
+                with pytest.raises(UnsupportedError, match=re.escape(why)):
+                    be.gru(params, X.astype(dtype), impl=impl)
+                continue
+            got = be.gru(params, X.astype(dtype), impl=impl)
+            for a, b in zip(got, oracle.gru(params.astype(np.float64), X)):
+                assert a.dtype == dtype
+                np.testing.assert_allclose(a, b, **FORWARD[dtype].kw,
+                                           err_msg=f"{gates} reset_after={reset_after}")
 
 
 @pytest.fixture(scope="module")

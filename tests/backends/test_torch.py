@@ -1,34 +1,21 @@
-"""PyTorch backend: checkpoints shared with NumPy, error messages, torch.nn.GRU's layout, modes."""
+"""PyTorch backend: torch.nn.GRU's layout, the native reference, the declared capabilities, the
+book's own code. test_surface.py covers what every backend does alike."""
 
 import numpy as np
-import pytest
 import torch
 
 import d2lgru
-from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
-from d2lgru.data import load_data_time_machine
+from d2lgru import GRUSpec
 from d2lgru.conformance import CHECKS
-from helpers import assert_native_layer_is_the_gru, assert_native_round_trip, random_params
-
-
-# -- one clear error per mistake -----------------------------------------------------------
-def test_native_has_no_gate_ablations(be):
-    params = init_params(GRUSpec(3, 4, reset_after=True, gates="update-only"))
-    with pytest.raises(UnsupportedError, match="always computes both gates"):
-        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
-    Y, _ = be.gru(params, np.ones((2, 1, 3), np.float32))  # scratch runs the ablation
-    Y_ref, _ = d2lgru.get_backend("numpy").gru(params, np.ones((2, 1, 3), np.float32))
-    np.testing.assert_allclose(Y, Y_ref, **CHECKS["float32_small_forward"].kw)
+from helpers import assert_native_layer_is_the_gru, random_params
 
 
 # -- torch.nn.GRU's layout -----------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_native_converters_round_trip_bit_exactly(be, dtype):
+def test_native_arrays_are_named_and_shaped_as_torch_nn_grus(be):
     spec = GRUSpec(3, 5, num_layers=2, bidirectional=True, reset_after=True)
-    gru = torch.nn.GRU(3, 5, 2, bidirectional=True,
-                       dtype=torch.float64 if dtype == np.float64 else torch.float32)
-    assert_native_round_trip(be, random_params(spec, dtype),
-                             {k: tuple(p.shape) for k, p in gru.named_parameters()})
+    native = be.to_native(random_params(spec, np.float32))
+    gru = torch.nn.GRU(3, 5, 2, bidirectional=True)
+    assert {k: v.shape for k, v in native.items()} == {k: p.shape for k, p in gru.named_parameters()}
 
 
 def test_torch_gru_matches_the_oracle_through_the_converters(be):
@@ -53,7 +40,7 @@ def test_native_reference_is_seeded_and_leaves_the_global_generator_alone(be):
     np.testing.assert_allclose(Y1, Y_ref, **CHECKS["float64_same_math"].kw)
 
 
-# -- execution modes -----------------------------------------------------------------------
+# -- what it declares ---------------------------------------------------------------------
 def test_capabilities_are_declared(be):
     caps = be.capabilities()
     assert caps["scratch"]["reset_before"] and caps["scratch"]["reset_after"]
@@ -61,33 +48,7 @@ def test_capabilities_are_declared(be):
     assert caps["native"]["dtypes"] == ["float32", "float64"]
     assert caps["scratch"]["gates"] == ["both", "reset-only", "update-only", "none"]
     assert caps["native"]["gates"] == ["both"]
-
-
-@pytest.mark.parametrize("impl", ["scratch", "native"])
-def test_the_default_mode_is_eager_and_matches_the_oracle(be, data_dir, impl):
-    loader, vocab = load_data_time_machine(4, 5, max_tokens=300, path=data_dir)
-    model = init_lm(len(vocab), 8, reset_after=impl == "native")
-    loader.set_epoch(0)
-    batches = list(loader)[:4]
-    default, eager = be.make_trainer(model, impl=impl), be.make_trainer(model, impl=impl,
-                                                                        mode="eager")
-    assert default.mode == eager.mode == "eager" and be.impls[impl].modes == ("eager",)
-    assert default.backend == "torch" and default.device == "cpu" and default.impl == impl
-    losses = default.train_epoch(batches)
-    np.testing.assert_array_equal(losses, eager.train_epoch(batches))
-    ref = d2lgru.get_backend("numpy").make_trainer(model).train_epoch(batches)
-    np.testing.assert_allclose(losses, ref, **CHECKS["float32_modes"].kw)
-    assert default.params() == eager.params()
-
-
-def test_random_iter_restarts_the_state(be, data_dir):
-    loader, vocab = load_data_time_machine(4, 5, max_tokens=300, path=data_dir)
-    model = init_lm(len(vocab), 8)
-    loader.set_epoch(0)
-    batches = list(loader)[:3]
-    losses = be.make_trainer(model).train_epoch(batches, random_iter=True)
-    ref = d2lgru.get_backend("numpy").make_trainer(model).train_epoch(batches, random_iter=True)
-    np.testing.assert_allclose(losses, ref, **CHECKS["float32_modes"].kw)
+    assert caps["scratch"]["modes"] == caps["native"]["modes"] == ["eager"]
 
 
 # -- the book's own code (docs/reproduce/book.py) is the experiment d2lgru runs -------------
