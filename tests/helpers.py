@@ -18,18 +18,6 @@ def random_params(spec, dtype=np.float64, seed=0, scale=0.5):
         lambda a: (rng.standard_normal(a.shape) * scale).astype(dtype))
 
 
-def assert_native_round_trip(be, params, layer_shapes):
-    """``be.to_native`` names and shapes the arrays as the framework's own layer does
-    (``layer_shapes``: name -> shape), and ``from_native``/``to_native`` lose nothing: both
-    ways are bit-exact and keep the dtype."""
-    native = be.to_native(params)
-    assert {k: tuple(v.shape) for k, v in native.items()} == layer_shapes
-    assert be.from_native(native, params.spec) == params
-    back = be.to_native(be.from_native(native, params.spec))
-    dtype = params.cell(0).W_x.dtype
-    assert all(np.array_equal(back[k], native[k]) and back[k].dtype == dtype for k in native)
-
-
 def assert_native_reference_is_seeded(be, oracle, spec):
     """``be.native_reference`` draws the same weights for the same seed and others for another,
     its two directions differ, and the weights it reads back give the oracle its outputs."""
