@@ -19,17 +19,17 @@ is called.
 * *preference*: the backend's measured choice at the book's shapes (batch 32, hidden 256:
   ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
   ``_thread_preference``): Paddle 1 and MXNet one per two CPUs (their own defaults, measured
-  in those adapters), MindSpore ``min(4, CPUs - 1)``, torch 1 (with passive waiting a second
-  thread costs more than it gains at these shapes: see its adapter), NumPy, TensorFlow and JAX
-  every usable CPU.
+  in those adapters), MindSpore ``min(4, CPUs - 1)``, NumPy, torch, TensorFlow and JAX every
+  usable CPU.
 
 **Following the load** (``Backend.retune_threads``): where the framework takes a new count
 between steps (``retunes_threads``: NumPy, whose OpenBLAS workers spin while they wait and
-cannot be told otherwise once numpy has loaded), a count that is the policy's is computed
-again about once a second while a trainer runs (two reads of the load): a job that started
-since gets its CPU at the next look, and a CPU that came free is taken back after three looks
-in a row found it free. A second training that starts later therefore costs the first at
-most about a second of spinning workers.
+cannot be told otherwise once numpy has loaded, and torch, whose second thread pays at the
+book's shapes only while it spins), a count that is the policy's is computed again about once
+a second while a trainer runs (two reads of the load, 2 ms apart): a job that started since
+gets its CPU at the next look, and a CPU that came free is taken back after three looks in a
+row found it free. A second training that starts later therefore costs the first at most
+about a second of spinning workers.
 
 **Waiting** (:func:`wait_passively`): the first look cannot see a training that starts later,
 so a count above 1 is only safe where idle workers sleep instead of spinning, or where the
@@ -38,28 +38,25 @@ count follows the load. Measured on the
 tokens/s with its default two OpenBLAS threads vs 19k with one; torch native 0.4k vs 15k. Every
 OpenMP runtime the frameworks ship honours ``OMP_WAIT_POLICY=PASSIVE`` (GNU libgomp reads it
 when it loads: spin count 0; Intel/LLVM libomp reads it at its first parallel region: block
-time 0), so the adapters whose framework runs on OpenMP (torch, MXNet, Paddle, MindSpore)
-set it with ``os.environ.setdefault`` right before they import their framework: a user's own
-value is kept, and a framework imported before d2lgru's adapter keeps whatever it read then.
+time 0), so the adapters whose framework runs on OpenMP and does not follow the load (MXNet,
+Paddle, MindSpore: ``waits_passively``) set it with ``os.environ.setdefault`` right before
+they import their framework: a user's own value is kept, and a framework imported before
+d2lgru's adapter keeps whatever it read then.
 OpenBLAS's pool has no such switch after load, hence NumPy's count following the load;
 TensorFlow's (Eigen's) spins only briefly before it sleeps.
 
 ``benchmarks/contention.py`` measures both halves: one training alone against two started
-together. Its run on the 2-core reference machine while other jobs kept the load at 1-12
-(default impls: scratch; medians of two alternated rounds, tokens/s; solo, then each of two
-at once):
+together. Its run on the quiet 2-core reference machine (2026-12-02, default impls: scratch;
+medians of two alternated rounds, tokens/s; solo, then each of two at once):
 
-* NumPy: policy (1 thread) 31k solo, 14k + 14k together; 2 threads with passive waiting 6k solo,
-  1.5k together; the old default (2 threads) 6k solo, 1.2k together. OpenBLAS ignores
-  OMP_WAIT_POLICY, and even alone two threads lost 5x to the other jobs' load.
-* torch: 2 threads with passive waiting (the policy's choice on idle cores) 20k solo,
-  26k + 26k together; the old default (2 threads, GNU OpenMP spinning) 13k solo, 1.1k together
-  (0.2k in one round): passive waiting is what removes the collapse. The policy chose 1 thread
-  (the machine was busy): 28k solo, 24k + 28k together.
+* NumPy: the policy (2 threads, following the load) 50k solo, 37k + 38k together (0.74 /
+  0.76); 2 threads not following it, OpenBLAS spinning: 56k solo, 8k + 9k together (0.15).
+* torch: the policy (2 threads, following the load) 38k solo, 29k + 29k together (0.76 /
+  0.78); 2 threads with passive waiting 37k solo, 8k together (0.22); the old default (2
+  threads, GNU OpenMP spinning, not following the load) 47k solo, 8k together (0.18).
 * TensorFlow: no collapse with 2 threads either way (Eigen), see the adapter.
 
-The load moved between and within the runs (pairs sometimes beat their solo run), so these
-show collapse or its absence, not speed; a quiet-machine run of the benchmark gives the speeds.
+Solo rates on this machine move 10-20% from run to run (the two torch rounds: 35k and 40k).
 """
 
 from __future__ import annotations
@@ -135,20 +132,22 @@ def _own_runnable() -> int:
     return max(1, count)
 
 
-def busy_cpus(reads: int = BUSY_READS) -> int:
+def busy_cpus(reads: int = BUSY_READS, interval_s: float = BUSY_INTERVAL_S) -> int:
     """CPUs other processes keep busy now: the fewest runnable threads system-wide over
     ``reads`` reads of ``/proc/loadavg`` (its fourth field, ``running/total``) taken
-    :data:`BUSY_INTERVAL_S` apart, less this process's own runnable threads at each read (a
+    ``interval_s`` apart, less this process's own runnable threads at each read (the more
+    of two counts, before and after it: a worker may start or stop spinning in between; a
     training's spinning workers are not someone else's load); where ``/proc`` is missing,
     the 1-minute load average rounded half up."""
     try:
         counts = []
         for i in range(reads):
             if i:
-                time.sleep(BUSY_INTERVAL_S)
+                time.sleep(interval_s)
+            before = _own_runnable()
             with open("/proc/loadavg") as f:
                 running = int(f.read().split()[3].split("/")[0])
-            counts.append(running - _own_runnable())
+            counts.append(running - max(before, _own_runnable()))
         return max(0, min(counts))
     except (OSError, ValueError, IndexError):
         pass
@@ -158,14 +157,15 @@ def busy_cpus(reads: int = BUSY_READS) -> int:
         return 0
 
 
-def policy_threads(preference: int | None = None, *, reads: int = BUSY_READS) -> int:
+def policy_threads(preference: int | None = None, *, reads: int = BUSY_READS,
+                   interval_s: float = BUSY_INTERVAL_S) -> int:
     """The policy's count (see the module docstring): between 1 and the usable CPUs."""
     cpus = usable_cpus()
     wanted = cpus if preference is None else preference
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:  # not ours to validate: the OpenMP runtimes read it
         wanted = min(wanted, int(omp))
-    return max(1, min(wanted, cpus, cpus - busy_cpus(reads)))
+    return max(1, min(wanted, cpus, cpus - busy_cpus(reads, interval_s)))
 
 
 def parse_threads(value, source: str) -> int:

@@ -63,11 +63,11 @@ def test_policy_stays_between_one_and_the_usable_cpus(clean_env):
 
 def test_the_policy_gives_way_to_busy_cpus(clean_env):
     clean_env.setattr(threads, "usable_cpus", lambda: 8)
-    clean_env.setattr(threads, "busy_cpus", lambda reads=5: 0)
+    clean_env.setattr(threads, "busy_cpus", lambda reads=5, interval_s=0.01: 0)
     assert threads.policy_threads() == 8
-    clean_env.setattr(threads, "busy_cpus", lambda reads=5: 6)
+    clean_env.setattr(threads, "busy_cpus", lambda reads=5, interval_s=0.01: 6)
     assert threads.policy_threads() == 2
-    clean_env.setattr(threads, "busy_cpus", lambda reads=5: 12)
+    clean_env.setattr(threads, "busy_cpus", lambda reads=5, interval_s=0.01: 12)
     assert threads.policy_threads() == 1
 
 

@@ -158,7 +158,7 @@ class Backend:
         if not (self.retunes_threads and self._threads_source == "policy"):
             return self._threads
         count = _threads.policy_threads(self._thread_preference(_threads.usable_cpus()),
-                                        reads=2)
+                                        reads=2, interval_s=0.002)
         self._calm_looks = self._calm_looks + 1 if count > self._threads else 0
         if count < self._threads or self._calm_looks >= RETUNE_RAISE_AFTER:
             self._set_threads(count)
@@ -170,9 +170,9 @@ class Backend:
         (see d2lgru/threads.py); adapters override it with what they measured."""
         return cpus
 
-    #: whether the framework runs on an OpenMP runtime, so that the adapter sets passive waiting
-    #: (:func:`d2lgru.threads.wait_passively`) before the framework loads
-    openmp: bool = False
+    #: whether the adapter makes its framework's idle OpenMP workers sleep instead of spin
+    #: (:func:`d2lgru.threads.wait_passively`, before the framework loads)
+    waits_passively: bool = False
 
     def framework_threads(self) -> int | None:
         """The thread count the framework itself says it runs with (None where it cannot say):

@@ -395,7 +395,7 @@ class MindSporeBackend(Backend):
         # machine; the book's ops are small, so a few suffice (one beside the dispatcher on 2)
         return max(1, min(4, cpus - 1))
 
-    openmp = True
+    waits_passively = True
 
     def framework_threads(self):
         # MindSpore has no getter for its kernel threads; every BLAS it loaded must agree

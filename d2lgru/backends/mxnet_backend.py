@@ -465,7 +465,7 @@ class MXNetBackend(Backend):
     def _thread_preference(self, cpus):
         return _LOADED_THREADS or _default_omp_threads(cpus)
 
-    openmp = True
+    waits_passively = True
 
     def framework_threads(self):
         # MXNet has no getter; libmxnet reads this variable once, when it loads

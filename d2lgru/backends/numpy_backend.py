@@ -276,11 +276,11 @@ class NumpyBackend(Backend):
                            "tf.distribute); use --backend torch or tensorflow")
 
     # Every usable CPU, followed while training runs (retune_threads): on the idle 2-core
-    # reference machine two OpenBLAS threads trained the book's config at 65.6k tokens/s
-    # against 45.3k for one, but OpenBLAS's workers spin while they wait (its switch,
+    # reference machine two OpenBLAS threads trained the book's config at 54-56k tokens/s
+    # against 43-44k for one, but OpenBLAS's workers spin while they wait (its switch,
     # OPENBLAS_THREAD_TIMEOUT, is read when numpy loads), so two trainings with two threads
-    # each kept 0.19 of it; a look at the load every second gives a CPU that another job
-    # takes back to it (benchmarks.contention, 2026-12-02).
+    # each kept 0.15 of it; following the load they keep 0.74-0.76 (benchmarks.contention,
+    # 2026-12-02).
     retunes_threads = True
 
     def framework_threads(self):

@@ -455,7 +455,7 @@ class PaddleBackend(Backend):
         flag = os.environ.get("FLAGS_paddle_num_threads", "").strip()
         return int(flag) if flag.isdigit() and int(flag) > 0 else 1
 
-    openmp = True
+    waits_passively = True
 
     def framework_threads(self):
         # paddle.base.core.set_num_threads sizes MKL's Intel OpenMP pool

@@ -21,22 +21,15 @@ import os
 from typing import List, Optional, Tuple
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
-from .. import threads as _threads
-
-# torch's CPU kernels run on the GNU OpenMP it ships (torch/lib/libgomp.so.1), which reads
-# OMP_WAIT_POLICY once, when it loads: passive means no spinning at barriers (d2lgru/threads.py)
-_threads.wait_passively()
-
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from ..distributed import WorldBrokenError, already_joined  # noqa: E402
-from ..model import LMParams, lm_keys, trained  # noqa: E402
-from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
-from . import _cudnn_layout, _layout  # noqa: E402
-from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer,  # noqa: E402
+from ..distributed import WorldBrokenError, already_joined
+from ..model import LMParams, lm_keys, trained
+from ..spec import GATE_SETS, GRUParams, GRUSpec
+from . import _cudnn_layout, _layout
+from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer,
                     UnsupportedError)
 
 
@@ -346,8 +339,6 @@ class TorchBackend(Backend):
                                 "RNN, GRU, or LSTM'), so the native layer runs eagerly"}),
     }
 
-    openmp = True
-
     def framework_threads(self):
         return torch.get_num_threads()
 
@@ -375,16 +366,15 @@ class TorchBackend(Backend):
         # (SIGABRT, "terminate called without an active exception") once its peers are gone
         atexit.register(_leave_world)
 
-    def _thread_preference(self, cpus):
-        # One thread at the book's shapes. With GNU OpenMP spinning, two idle cores trained at
-        # 52k tokens/s against 34k for one, but two trainings at once then collapsed to 5.8k each
-        # (each op's barrier waits for a descheduled thread); with passive waiting (set at
-        # import above: what cannot collapse) two threads fell to 18k (scratch; native 26k
-        # against 31k for one): waking the second thread costs more than it gains on
-        # [32,256] @ [256,768] products. Measured on the quiet 2-core reference machine,
-        # 2026-12-02 (benchmarks.run and benchmarks.contention). --threads 2 is there for
-        # bigger shapes.
-        return 1
+    # Every usable CPU, followed while training runs (retune_threads), and GNU OpenMP's own
+    # waiting (it spins a while before it sleeps). At the book's shapes a second thread pays
+    # only while it spins: on two idle cores two threads trained at 42-46k tokens/s against
+    # 33-35k for one, and with passive waiting at 12-18k (waking the second thread costs more
+    # than it gains on [32,256] @ [256,768] products). Spinning threads collapse when another
+    # job takes a core (two trainings at once: 0.18 of one alone each); following the load,
+    # which gives the core back within a second, they keep 0.76-0.78. Measured on the quiet
+    # 2-core reference machine, 2026-12-02 (d2lgru train, benchmarks.contention).
+    retunes_threads = True
 
     def _set_threads(self, n):
         super()._set_threads(n)
