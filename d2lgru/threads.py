@@ -18,14 +18,13 @@ is called.
 * ``$OMP_NUM_THREADS``, where set, as a cap: the user's standing choice for OpenMP runtimes;
 * *preference*: the backend's measured choice at the book's shapes (batch 32, hidden 256:
   ``[32,256] @ [256,768]`` GEMMs, where a second thread gains little; see each adapter's
-  ``_thread_preference``): Paddle 1 and MXNet one per two CPUs (their own defaults, measured
-  in those adapters), MindSpore ``min(4, CPUs - 1)``, NumPy, torch, TensorFlow and JAX every
-  usable CPU.
+  ``_thread_preference``): MXNet one per two CPUs (its own default, measured in its adapter),
+  MindSpore ``min(4, CPUs - 1)``, NumPy, torch, Paddle, TensorFlow and JAX every usable CPU.
 
 **Following the load** (``Backend.retune_threads``): where the framework takes a new count
 between steps (``retunes_threads``: NumPy, whose OpenBLAS workers spin while they wait and
-cannot be told otherwise once numpy has loaded, and torch, whose second thread pays at the
-book's shapes only while it spins), a count that is the policy's is computed again about once
+cannot be told otherwise once numpy has loaded, torch and Paddle, whose second thread pays at
+the book's shapes only while it spins), a count that is the policy's is computed again about once
 a second while a trainer runs (two reads of the load, 2 ms apart): a job that started since
 gets its CPU at the next look, and a CPU that came free is taken back after three looks in a
 row found it free. A second training that starts later therefore costs the first at most
@@ -39,7 +38,7 @@ tokens/s with its default two OpenBLAS threads vs 19k with one; torch native 0.4
 OpenMP runtime the frameworks ship honours ``OMP_WAIT_POLICY=PASSIVE`` (GNU libgomp reads it
 when it loads: spin count 0; Intel/LLVM libomp reads it at its first parallel region: block
 time 0), so the adapters whose framework runs on OpenMP and does not follow the load (MXNet,
-Paddle, MindSpore: ``waits_passively``) set it with ``os.environ.setdefault`` right before
+MindSpore: ``waits_passively``) set it with ``os.environ.setdefault`` right before
 they import their framework: a user's own value is kept, and a framework imported before
 d2lgru's adapter keeps whatever it read then.
 OpenBLAS's pool has no such switch after load, hence NumPy's count following the load;
@@ -49,11 +48,14 @@ TensorFlow's (Eigen's) spins only briefly before it sleeps.
 together. Its run on the quiet 2-core reference machine (2026-12-02, default impls: scratch;
 medians of two alternated rounds, tokens/s; solo, then each of two at once):
 
-* NumPy: the policy (2 threads, following the load) 50k solo, 37k + 38k together (0.74 /
-  0.76); 2 threads not following it, OpenBLAS spinning: 56k solo, 8k + 9k together (0.15).
-* torch: the policy (2 threads, following the load) 38k solo, 29k + 29k together (0.76 /
-  0.78); 2 threads with passive waiting 37k solo, 8k together (0.22); the old default (2
-  threads, GNU OpenMP spinning, not following the load) 47k solo, 8k together (0.18).
+* NumPy: the policy (2 threads, following the load) 57k solo, 38k + 39k together (0.67 /
+  0.68); 2 threads not following it, OpenBLAS spinning: 53k solo, 14k + 14k together (0.26).
+* torch: the policy (2 threads, following the load) 43k solo, 29k + 30k together (0.67 /
+  0.69); the old default (2 threads, GNU OpenMP spinning, not following the load) 37k solo,
+  6k + 6k together (0.16); in another run 2 threads with passive waiting 37k solo, 8k
+  together (0.22).
+* Paddle: the policy (2 threads, following the load) 41k solo, 30k + 32k together (0.74 /
+  0.79); the old default (2 threads, Intel OpenMP's 200 ms block time) 38k solo, 16k + 18k.
 * TensorFlow: no collapse with 2 threads either way (Eigen), see the adapter.
 
 Solo rates on this machine move 10-20% from run to run (the two torch rounds: 35k and 40k).

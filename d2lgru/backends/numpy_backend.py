@@ -279,7 +279,7 @@ class NumpyBackend(Backend):
     # reference machine two OpenBLAS threads trained the book's config at 54-56k tokens/s
     # against 43-44k for one, but OpenBLAS's workers spin while they wait (its switch,
     # OPENBLAS_THREAD_TIMEOUT, is read when numpy loads), so two trainings with two threads
-    # each kept 0.15 of it; following the load they keep 0.74-0.76 (benchmarks.contention,
+    # each kept 0.26 of it; following the load they keep 0.67-0.68 (benchmarks.contention,
     # 2026-12-02).
     retunes_threads = True
 

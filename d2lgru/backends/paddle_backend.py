@@ -22,15 +22,12 @@ import warnings
 
 import numpy as np
 
-from .. import threads as _threads
-
 # Paddle's C++ logging is configured when the library loads, so it is quietened here, right
-# before the import, and only where the user has not chosen otherwise. Paddle's kernels run on
-# GNU OpenMP and Intel's (libiomp5, under MKL and oneDNN); both read OMP_WAIT_POLICY before
-# their first parallel region: passive, so idle workers sleep instead of spinning.
+# before the import, and only where the user has not chosen otherwise. (Its kernels run on GNU
+# OpenMP and Intel's, libiomp5 under MKL and oneDNN, left to wait as they do: the thread count
+# follows the load instead, see PaddleBackend.retunes_threads.)
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("GLOG_v", "0")
-_threads.wait_passively()
 
 
 def _cpu_vendor() -> str:
@@ -44,12 +41,17 @@ def _cpu_vendor() -> str:
     return ""
 
 
+_USER_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")
 with warnings.catch_warnings():
     # paddle.utils.cpp_extension warns at import that no ccache is installed
     warnings.simplefilter("ignore")
     import paddle
     import paddle.distributed as dist
     import paddle.nn.functional as F
+if _USER_OMP_THREADS is None:
+    # Paddle sets OMP_NUM_THREADS=1 when it loads where it was unset: its own default, which
+    # d2lgru's policy would read as the user's cap (its runtimes have read it by now)
+    os.environ.pop("OMP_NUM_THREADS", None)
 
 from ..distributed import WorldBrokenError, already_joined
 from ..model import LMParams, lm_keys, trained
@@ -449,13 +451,17 @@ class PaddleBackend(Backend):
         paddle.set_device("cpu")
 
     def _thread_preference(self, cpus):
-        # Paddle sizes MKL's thread pool from FLAGS_paddle_num_threads (default 1). The book's
-        # matmuls ([32, 256] x [256, 768]) run near one core's peak and got no faster with two
-        # threads on the 2-core reference machine, so one it is unless the user says otherwise.
+        # Paddle sizes MKL's thread pool from FLAGS_paddle_num_threads, which a user's value
+        # still sets; otherwise every usable CPU, followed while training runs. On two idle
+        # cores two threads trained the book's config at 38-46k tokens/s against 31-33k for
+        # one while Intel OpenMP's workers spin (its 200 ms block time), but at 11-17k when
+        # they sleep (passive waiting): at [32,256] x [256,768] a second thread pays only while
+        # it spins, and following the load is what keeps spinning threads from collapsing
+        # when another job takes a core (2026-12-02, d2lgru train, benchmarks.contention).
         flag = os.environ.get("FLAGS_paddle_num_threads", "").strip()
-        return int(flag) if flag.isdigit() and int(flag) > 0 else 1
+        return int(flag) if flag.isdigit() and int(flag) > 0 else cpus
 
-    waits_passively = True
+    retunes_threads = True
 
     def framework_threads(self):
         # paddle.base.core.set_num_threads sizes MKL's Intel OpenMP pool

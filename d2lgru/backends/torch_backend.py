@@ -371,8 +371,8 @@ class TorchBackend(Backend):
     # only while it spins: on two idle cores two threads trained at 42-46k tokens/s against
     # 33-35k for one, and with passive waiting at 12-18k (waking the second thread costs more
     # than it gains on [32,256] @ [256,768] products). Spinning threads collapse when another
-    # job takes a core (two trainings at once: 0.18 of one alone each); following the load,
-    # which gives the core back within a second, they keep 0.76-0.78. Measured on the quiet
+    # job takes a core (two trainings at once: 0.16 of one alone each); following the load,
+    # which gives the core back within a second, they keep 0.67-0.69. Measured on the quiet
     # 2-core reference machine, 2026-12-02 (d2lgru train, benchmarks.contention).
     retunes_threads = True
 
