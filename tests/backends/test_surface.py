@@ -19,7 +19,7 @@ import pytest
 import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.backends import BACKENDS, framework_of, resolve_name, source_of
-from d2lgru.backends._base import GRUPredictor
+from d2lgru.backends._base import RETUNE_RAISE_AFTER, GRUPredictor
 from d2lgru.checkpoint import load as load_checkpoint, read_state
 from d2lgru.conformance import CHECKS, assert_close, tolerance
 from d2lgru.conformance.cases import DTYPES
@@ -474,6 +474,47 @@ def test_the_policy_picks_between_one_and_the_usable_cpus(be, monkeypatch):
     code = _FIRST_USE.format(before="") + "print(json.dumps([be.threads, be.threads_source]))"
     threads, source = _python(code)
     assert 1 <= threads <= usable_cpus() and source in ("policy", "fixed")
+
+
+# -- a policy count follows the load while training runs (Backend.retune_threads, about once a
+# second between steps), in a fresh process with the load and the CPUs played by stand-ins
+_RETUNE_SCRIPT = f"""
+import json, numpy as np, d2lgru
+from d2lgru import threads
+load = [0]
+threads.usable_cpus = lambda: 2
+threads.busy_cpus = lambda *a, **k: load[0]
+be = d2lgru.get_backend({NAME!r})
+trainer = be.make_trainer(d2lgru.init_lm(7, 8))
+batch = np.arange(6).reshape(2, 3)
+seen = []
+for busy in (0, 1, 0, 0, 0, 1, 0, 1):  # another job holds one of the two CPUs, ends, ...
+    load[0] = busy
+    trainer._next_retune = 0.0  # as if a second had passed
+    trainer.train_epoch([(batch, batch)])
+    seen.append([be.threads, be.framework_threads()])
+print(json.dumps([be.retunes_threads, be.threads_source, be._thread_preference(2), seen]))
+"""
+
+
+def test_the_policys_count_follows_the_load_while_training_runs():
+    retunes, source, preference, seen = _python(_RETUNE_SCRIPT)
+    counts = [threads for threads, _ in seen]
+    if retunes and source == "policy":
+        # every CPU free -> the preference (at most 2 here); one taken -> one thread at the
+        # next look; the CPU back only after RETUNE_RAISE_AFTER looks found it free
+        free = min(2, preference)
+        assert RETUNE_RAISE_AFTER == 3
+        assert counts == [free, 1, 1, 1, free, 1, 1, 1]
+        # what the framework itself says it runs (None: a third-party one that cannot say)
+        assert all(reported in (threads, None) for threads, reported in seen)
+    else:
+        assert len(set(counts)) == 1  # a count fixed at first use stays as it was
+
+
+def test_an_explicit_count_stays_whatever_the_load():
+    _, source, _, seen = _python(_RETUNE_SCRIPT, D2LGRU_THREADS="2")
+    assert source == "$D2LGRU_THREADS" and {t for t, _ in seen} == {2}
 
 
 @pytest.mark.parametrize("user", [None, "ACTIVE"])
