@@ -138,8 +138,13 @@ def test_numpy_set_threads_reaches_its_blas(clean_env):
         be.set_threads()
 
 
-def test_numpy_policy_is_one_thread(clean_env):
-    # OpenBLAS spins while it waits and cannot be told otherwise after numpy loads (threads.py)
+def test_numpy_policy_takes_the_cpus_the_load_leaves_and_blas_runs_them(clean_env):
+    # every usable CPU the load leaves free (OpenBLAS spins while it waits, so a training then
+    # follows the load: Backend.retune_threads, tested in tests/backends/test_surface.py)
+    clean_env.setattr(threads, "usable_cpus", lambda: 2)
+    clean_env.setattr(threads, "busy_cpus", lambda *a, **k: 0)
     be = d2lgru.get_backend("numpy")
-    assert be.set_threads() == 1 and be.threads_source == "policy"
-    assert _numpy_blas_threads() == {1}
+    assert be.set_threads() == 2 and be.threads_source == "policy"
+    assert _numpy_blas_threads() == {2}
+    clean_env.setattr(threads, "busy_cpus", lambda *a, **k: 1)
+    assert be.set_threads() == 1 and _numpy_blas_threads() == {1}
