@@ -513,8 +513,10 @@ def test_the_policys_count_follows_the_load_while_training_runs():
 
 
 def test_an_explicit_count_stays_whatever_the_load():
-    _, source, _, seen = _python(_RETUNE_SCRIPT, D2LGRU_THREADS="2")
-    assert source == "$D2LGRU_THREADS" and {t for t, _ in seen} == {2}
+    # one thread, which every framework takes (MXNet fixes its count when it loads); a count
+    # that followed the load would rise to two after three looks at a free CPU
+    _, source, _, seen = _python(_RETUNE_SCRIPT, D2LGRU_THREADS="1")
+    assert source == "$D2LGRU_THREADS" and {t for t, _ in seen} == {1}
 
 
 @pytest.mark.parametrize("user", [None, "ACTIVE"])
