@@ -33,7 +33,7 @@ from pathlib import Path
 
 from benchmarks import _machine, _metrics
 from benchmarks.all import interpreter
-from benchmarks.run import FULL, RESULTS, find_text, worker_env
+from benchmarks.run import FULL, RESULTS, find_text, run_case
 from d2lgru._io import round_floats
 from d2lgru.backends import BACKENDS
 
@@ -61,17 +61,9 @@ def _rev_parse(rev: str) -> str:
 
 
 def _case(python: Path, tree: Path, task: dict, threads: int, workdir: Path) -> dict:
-    result = workdir / f"{task['backend']}-{tree.name}-{task['case']}.json"
-    result.unlink(missing_ok=True)
-    env = worker_env(argparse.Namespace(threads=threads))
-    # benchmarks._cases alone: benchmarks.run imports parts of d2lgru an older one may lack
-    code = "import sys; from benchmarks._cases import run_worker; run_worker(*sys.argv[1:])"
-    proc = subprocess.run([str(python), "-c", code, json.dumps(task), str(result)], cwd=tree,
-                          env=env, capture_output=True, text=True, timeout=FULL["timeout_s"])
-    if result.is_file():
-        return json.loads(result.read_text())
-    return {"error": f"worker exited with status {proc.returncode}",
-            "log_tail": (proc.stdout + proc.stderr)[-1500:]}
+    """``task`` (its backend in it) run by ``python`` in ``tree``, as benchmarks.run runs one."""
+    who = argparse.Namespace(backend=task["backend"], device="cpu", threads=threads or None)
+    return run_case(task, who, workdir, FULL["timeout_s"], python=python, cwd=tree)
 
 
 def main(argv=None) -> int:
@@ -100,7 +92,7 @@ def main(argv=None) -> int:
         trees = {k: _tree(v, workdir) for k, v in revs.items()}
         ids, vocab = d2data.load_corpus(find_text(args.data), "char")
         np.save(workdir / "ids.npy", ids.astype(np.int64))
-        base = {"case": "train", "device": "cpu", "threads": args.threads or None,
+        base = {"case": "train",
                 "config": {**_metrics.BOOK, "vocab": len(vocab)},
                 "corpus_ids": str(workdir / "ids.npy"),
                 "timing": {k: FULL[k] for k in ("repeats", "target_s", "warmup_batches",

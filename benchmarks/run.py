@@ -90,8 +90,6 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, help="timed repeats per figure (5; quick: 2)")
     p.add_argument("--target-s", type=float, help="seconds per timed repeat (1.0; quick: one "
                                                   "2-batch epoch)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -147,7 +145,15 @@ def worker_env(args) -> dict:
     return env
 
 
-def run_case(task: dict, args, workdir: Path, timeout: float) -> dict:
+#: a worker process: benchmarks._cases alone (not this module, which imports parts of d2lgru
+#: that an older revision measured by benchmarks.ab may lack)
+_WORKER = "import sys; from benchmarks._cases import run_worker; run_worker(*sys.argv[1:])"
+
+
+def run_case(task: dict, args, workdir: Path, timeout: float, *, python=None,
+             cwd: Path | None = None) -> dict:
+    """Run one case in a fresh worker process (``python``, default this one, in ``cwd``,
+    default the checkout: the ``d2lgru`` and ``benchmarks`` there are what it imports)."""
     import subprocess
     task = {**task, "backend": args.backend, "device": args.device, "threads": args.threads}
     name = "-".join(str(task.get(k)) for k in ("case", "impl", "mode") if task.get(k))
@@ -155,10 +161,10 @@ def run_case(task: dict, args, workdir: Path, timeout: float) -> dict:
     log = result.with_suffix(".log")
     with open(log, "w") as out:
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--backend",
-                                   args.backend, "--worker", json.dumps(task), "--result",
-                                   str(result)], stdout=out, stderr=subprocess.STDOUT,
-                                  env=worker_env(args), cwd=_machine.REPO, timeout=timeout)
+            proc = subprocess.run([str(python or sys.executable), "-c", _WORKER,
+                                   json.dumps(task), str(result)], stdout=out,
+                                  stderr=subprocess.STDOUT, env=worker_env(args),
+                                  cwd=cwd or _machine.REPO, timeout=timeout)
             status = proc.returncode
         except subprocess.TimeoutExpired:
             status = f"timed out after {timeout:.0f} s"
@@ -181,13 +187,9 @@ def main(argv=None) -> int:
         args.backend = args.backend or args.keras_only
         args.keras_backend = args.keras_only
         args.skip = list(PARTS[:-2]) + ["book"]
-    elif args.backend not in BACKENDS and not args.worker:
+    elif args.backend not in BACKENDS:
         sys.exit(f"python -m benchmarks.run: --backend must be one of {', '.join(BACKENDS)} "
                  f"(or pass --keras-only), got {args.backend!r}")
-    if args.worker:
-        from benchmarks._cases import run_worker
-        run_worker(args.worker, args.result)
-        return 0
     preset = dict(QUICK if args.quick else FULL)
     if args.repeats:
         preset["repeats"] = args.repeats
