@@ -161,8 +161,8 @@ class Backend:
                                         reads=2, interval_s=0.002)
         self._calm_looks = self._calm_looks + 1 if count > self._threads else 0
         if count < self._threads or self._calm_looks >= RETUNE_RAISE_AFTER:
-            self._set_threads(count)
-            self._threads, self._calm_looks = count, 0
+            fixed = self._set_threads(count)  # a count the framework keeps, as in set_threads
+            self._threads, self._calm_looks = count if fixed is None else fixed, 0
         return self._threads
 
     def _thread_preference(self, cpus: int) -> int:
@@ -431,9 +431,11 @@ class Trainer:
                 if state is None or random_iter or X.shape[0] != rows:
                     rows = X.shape[0]
                     state = self._zeros_state(rows)
-                if self._retune is not None and time.monotonic() >= self._next_retune:
-                    self._next_retune = time.monotonic() + RETUNE_INTERVAL_S
-                    self._retune()
+                if self._retune is not None:
+                    now = time.monotonic()
+                    if now >= self._next_retune:
+                        self._next_retune = now + RETUNE_INTERVAL_S
+                        self._retune()
                 loss, state = self._step(ids, labels, state)
                 handles.append(loss)
             losses = np.asarray(self._fetch_losses(handles), np.float64)
