@@ -10,8 +10,10 @@ computes only the reset-after cell ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn
 
 The scratch hot path uses exact rewrites of the book's loop: one matmul projects every time
 step's input, the gates share one matmul, a row lookup replaces the one-hot matmul, and
-``torch.lerp(n, h, z)`` is ``n + z * (h - n)``. Eager is the only execution mode: it is the
-fastest at the book's config (see ``_WHY_EAGER``).
+``torch.lerp(n, h, z)`` is ``n + z * (h - n)``. The book's cell with both gates has its backward
+written out (:class:`_ResetBeforeLoop`, a ``torch.autograd.Function``), as in the JAX and
+TensorFlow adapters; every other cell is differentiated op by op. Eager is the only execution
+mode: it is the fastest at the book's config (see ``_WHY_EAGER``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,55 @@ def _reset_before_loop(XP: torch.Tensor, h: torch.Tensor, Wh: torch.Tensor,
     return torch.stack(outs), h
 
 
+class _ResetBeforeLoop(torch.autograd.Function):
+    """The book's cell with both gates, its backward written out: the reverse loop carries only
+    the state's gradient (two products a step) and the recurrent weights' gradients are one
+    product each over all ``T*N`` rows afterwards, where autograd's own backward of the loop
+    multiplies ``[H, N] @ [N, 3H]`` at every step (torch's slowest shape here: 60 GFLOP/s against
+    157 for a large product, see ``benchmarks.limits``). The same backward as the JAX and
+    TensorFlow adapters'. ``forward(XP, h0, Wzr, Whh) -> (Y [T, N, H], last)``; ``XP [T, N, 3H]``
+    holds every bias and the input projection. At the book's config it trained 1.35x as fast as
+    the op-by-op loop (``benchmarks.ab --backends torch``, default threads, 2026-12-02)."""
+
+    @staticmethod
+    def forward(ctx, XP, h0, Wzr, Whh):
+        T, N, H = XP.shape[0], h0.shape[0], h0.shape[1]
+        Y, ZR, NN, RH = (XP.new_empty(T, N, k * H) for k in (1, 2, 1, 1))
+        h = h0
+        for t in range(T):
+            zr = torch.sigmoid(torch.addmm(XP[t, :, :2 * H], h, Wzr), out=ZR[t])
+            rh = torch.mul(zr[:, H:], h, out=RH[t])
+            n = torch.tanh(torch.addmm(XP[t, :, 2 * H:], rh, Whh), out=NN[t])
+            h = torch.lerp(n, h, zr[:, :H], out=Y[t])
+        ctx.save_for_backward(h0, Y, ZR, NN, RH, Wzr, Whh)
+        return Y, h.clone()  # not a view of Y: autograd keeps the two outputs apart
+
+    @staticmethod
+    def backward(ctx, dY, dlast):
+        h0, Y, ZR, NN, RH, Wzr, Whh = ctx.saved_tensors
+        T, N, H = Y.shape
+        DXP = Y.new_empty(T, N, 3 * H)  # [da_z | da_r | da_n] per step
+        WzrT, WhhT = Wzr.t(), Whh.t()
+        dh = dlast
+        for t in range(T - 1, -1, -1):
+            h = Y[t - 1] if t else h0
+            zr, n = ZR[t], NN[t]
+            z, r = zr[:, :H], zr[:, H:]
+            g = dh + dY[t]
+            gz = g * z
+            # h' = n + z (h - n), n = tanh(a_n): da_n = (g - g z)(1 - n^2)
+            da_n = torch.mul(g - gz, 1 - n * n, out=DXP[t, :, 2 * H:])
+            ds = torch.mm(da_n, WhhT)  # s = r * h
+            dzr = torch.cat([g * (h - n), ds * h], 1)
+            da_zr = torch.mul(dzr, zr - zr * zr, out=DXP[t, :, :2 * H])
+            dh = torch.addmm(torch.addcmul(gz, ds, r), da_zr, WzrT)
+        rows = T * N
+        DZR, DN = DXP[..., :2 * H].reshape(rows, 2 * H), DXP[..., 2 * H:].reshape(rows, H)
+        dWzr = torch.mm(h0.t(), DZR[:N]) + torch.mm(Y[:-1].reshape(rows - N, H).t(), DZR[N:])
+        dWhh = torch.mm(RH.reshape(rows, H).t(), DN)
+        return DXP, dh, dWzr, dWhh
+
+
 def _reset_after_loop(XP: torch.Tensor, h: torch.Tensor, Wh: torch.Tensor, bh: torch.Tensor,
                       pin: Optional[Tuple[torch.Tensor, torch.Tensor]]):
     """One direction of the cuDNN cell. ``XP [T, N, 3H]`` holds ``x W_x + b_x``."""
@@ -127,6 +178,9 @@ class _ScratchGRU:
         pin = _gate_pin(self.spec, XP)
         if self.reset_after:
             return _reset_after_loop(XP, h0, cell[1], cell[3], pin)
+        if pin is None:
+            H = h0.shape[1]
+            return _ResetBeforeLoop.apply(XP, h0, cell[1][:, :2 * H], cell[1][:, 2 * H:])
         return _reset_before_loop(XP, h0, cell[1], pin)
 
     def __call__(self, layers, X, h0, first_xp=None):
@@ -323,7 +377,8 @@ class TorchBackend(Backend):
     impls = {
         "scratch": ImplInfo(
             "the book's loop in torch operations (input projection in one matmul, fused gate "
-            "matmuls, row lookup for the one-hot input), differentiated by autograd",
+            "matmuls, row lookup for the one-hot input), differentiated by autograd (the book's "
+            "cell with both gates through a written-out backward)",
             gates=GATE_SETS,
             why_not={"compile": _WHY_EAGER}),
         "native": ImplInfo(
