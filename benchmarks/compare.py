@@ -497,7 +497,7 @@ def scaling_section(scaling) -> list[str]:
     return lines
 
 
-def targets(results, pipe, contention=()) -> list[str]:
+def targets(results, pipe, contention=(), limit=None, steplimit=None) -> list[str]:
     """Issue #20's targets (and #18's), each with what these files say about it."""
     lines = ["## Targets", ""]
     by_backend = {r["backend"]: r for r in results}
@@ -594,6 +594,14 @@ def targets(results, pipe, contention=()) -> list[str]:
         f, b, i, m, fs = max(fractions)
         lines.append(f"6. Fastest backend ≥ {TARGET_FLOP:.0%} of the machine's limit: {b} {i} {m} "
                      f"at {f:.1%} ({pct(fs)} of the step limit) — {status(f >= TARGET_FLOP)}")
+        if limit and steplimit:
+            ceiling = steplimit["gflops"] / limit["gflops"]
+            lines.append(f"   The step limit is {ceiling:.1%} of the machine's limit: a step doing "
+                         "all its FLOPs at the best rate any library reached at the step's own "
+                         f"shapes would reach {ceiling:.1%}"
+                         + (f"; {TARGET_FLOP:.0%} needs faster products at those shapes (only the "
+                            "weights' gradients can be batched over all steps; the two state "
+                            "products of each step cannot)" if ceiling < TARGET_FLOP else ""))
     else:
         lines.append(f"6. Fastest backend ≥ {TARGET_FLOP:.0%} of the machine's limit: not measured")
     pairs = [f"{r['backend']} {x}" for r in results if (x := _scratch_vs_native(r))]
@@ -781,7 +789,7 @@ def main(argv=None) -> int:
              + gemm_table(results, multi, limit, steplimit, peak) + alternatives_section(results)
              + sweep_table(results, multi) + pipe_lines + contention_section(contention)
              + scaling_section(scaling)
-             + targets(results, pipe, contention) + limits_section(limits))
+             + targets(results, pipe, contention, limit, steplimit) + limits_section(limits))
     written = [] if args.no_charts else charts(results, out, multi)
     if written:
         lines += ["## Charts", ""] + [f"![{w[:-4]}]({w})" for w in written] + [""]
