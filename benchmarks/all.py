@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run (see run.py --quick)")
     p.add_argument("--device", default="cpu", help="cpu (default) or gpu")
     p.add_argument("--backends", default=",".join(BACKENDS),
-                   help="comma-separated, in this order (default: all six)")
+                   help="comma-separated, in this order (default: every registered backend)")
     p.add_argument("--out", help="results folder (default benchmarks/results/<machine-label>)")
     p.add_argument("--label", help="machine label (default: from the CPU model, CPUs and GPU)")
     p.add_argument("--tox-dir", type=Path, help="where the per-backend environments are "

@@ -1,6 +1,6 @@
 """The cross-framework matrix: every implementation against every other on identical inputs.
 
-Reads ``DIR/*/report.json`` and ``DIR/*/outputs.npz`` (one backend or all six), and writes
+Reads ``DIR/*/report.json`` and ``DIR/*/outputs.npz`` (one backend or every one), and writes
 ``DIR/matrix.md`` and ``DIR/matrix.png``. Rows and columns are the float32 runs of each
 backend's implementations (``torch/native``, ...) plus the oracle (NumPy, float64); a cell is
 the largest absolute difference over every case and quantity both ran on the same inputs (the
