@@ -189,7 +189,10 @@ def train(task) -> dict:
         return backend.make_trainer(model, impl=impl, lr=1.0, clip=1.0, mode=mode, device=device)
 
     out = _time_training(make, task)
-    out.update(reset_after=reset_after, device=device)
+    # the count the policy chose when the trainer was made, and the framework's at the end
+    out.update(reset_after=reset_after, device=device, threads=backend.threads,
+               threads_source=backend.threads_source,
+               framework_threads=backend.framework_threads())
     out["framework"] = framework_info(task)
     return out
 
