@@ -190,9 +190,11 @@ def train(task) -> dict:
 
     out = _time_training(make, task)
     # the count the policy chose when the trainer was made, and the framework's at the end
-    out.update(reset_after=reset_after, device=device, threads=backend.threads,
-               threads_source=backend.threads_source,
-               framework_threads=backend.framework_threads())
+    # (where the revision has them: benchmarks.ab runs this against older ones)
+    threads = {k: getattr(backend, k, None) for k in ("threads", "threads_source")}
+    if callable(getattr(backend, "framework_threads", None)):
+        threads["framework_threads"] = backend.framework_threads()
+    out.update(reset_after=reset_after, device=device, **threads)
     out["framework"] = framework_info(task)
     return out
 
