@@ -550,6 +550,16 @@ def _first_seen(pieces: list[np.ndarray], present: np.ndarray) -> list[int]:
     return order
 
 
+def _uint8_buffer(size: int) -> np.ndarray:
+    """A writable uint8 array of ``size`` zeros on memory Python allocates. ``np.empty`` asks
+    the kernel for huge pages on arrays of 4 MB and more (``madvise``), and where the kernel
+    defragments for such requests (``/sys/kernel/mm/transparent_hugepage/defrag`` =
+    ``madvise``, a common default) the first write to each page can wait for memory
+    compaction: loading 100 MB took 0.45-0.81 s (median 0.72) that way against 0.47-0.55 s
+    (median 0.53) this way, alternated in fresh processes on the reference machine."""
+    return np.frombuffer(bytearray(size), dtype=np.uint8)
+
+
 def index_dtype(size: int) -> np.dtype:
     """The narrowest unsigned integer dtype that holds every index of a vocabulary of ``size``
     tokens: uint8 for characters, uint16 for most word vocabularies."""
@@ -594,7 +604,7 @@ def load_corpus(
         for c in present.tolist():
             lut[c] = vocab[chr(c)]
         total = int(counts.sum())
-        corpus = np.empty(total if max_tokens <= 0 else min(total, max_tokens), dtype=np.uint8)
+        corpus = _uint8_buffer(total if max_tokens <= 0 else min(total, max_tokens))
         _ids_of(pieces, bytes(lut), corpus)
         return corpus, vocab
     words = data.translate(_CLEAN_TABLE).split()  # letter runs, lowercased
