@@ -244,10 +244,16 @@ def _earlier_rows(path: Path, report: dict) -> list[dict]:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
+    measured = {r["backend"] for r in report["rows"]}
     if (earlier.get("quick") != report["quick"] or earlier.get("seconds") != report["seconds"]
             or earlier.get("settings") != report["settings"]):
+        dropped = sorted({r.get("backend") for r in earlier.get("rows", [])} - measured)
+        if dropped:
+            print(f"note: {path} held rows of {', '.join(dropped)} measured with other settings "
+                  f"(settings {','.join(earlier.get('settings') or [])}, {earlier.get('seconds')} s"
+                  f"{', quick' if earlier.get('quick') else ''}); they are replaced, not merged: "
+                  "rerun with those settings to keep them", file=sys.stderr)
         return []
-    measured = {r["backend"] for r in report["rows"]}
     return [{"created": earlier.get("created"), **r} for r in earlier.get("rows", [])
             if r.get("backend") not in measured]
 
