@@ -1,5 +1,6 @@
-"""The machine and the checkout a benchmark ran on. Standard library only: every environment
-(and the driver that has no framework) can import it."""
+"""The machine and the checkout a benchmark ran on. Standard library only (and
+``d2lgru.threads``, which is too): every environment, and the driver that has no framework, can
+import it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from d2lgru.threads import busy_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +107,9 @@ def machine() -> dict:
         "gpus": gpu_names(),
         "os": f"{platform.system()} {platform.release()}",
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # the CPUs other processes kept busy as the run started: the 1-minute average above
+        # still holds a run that has just ended, this count does not
+        "busy_cpus_at_start": busy_cpus(),
     }
 
 

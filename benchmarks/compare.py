@@ -241,7 +241,9 @@ def header(results) -> list[str]:
         commit = (co.get("commit") or "?")[:10] + (" (dirty)" if co.get("dirty") else "")
         load = r["machine"].get("load_average_at_start")
         busy = ""
-        if load and r["machine"].get("cpus_usable") and load[0] > 0.5 * r["machine"]["cpus_usable"]:
+        others = r["machine"].get("busy_cpus_at_start")  # older files: the load average only
+        if others is not None and others > 0 or others is None and load and \
+                r["machine"].get("cpus_usable") and load[0] > 0.5 * r["machine"]["cpus_usable"]:
             busy = " ⚠ busy"
         lines.append(f"| `{r['_file']}` | {r['backend']} {version} | {r['device']} | {threads} | "
                      f"`{commit}` | {r['created']} | {num(load[0] if load else None, '{:.2f}')}"
