@@ -9,11 +9,13 @@ is vectorised over the bytes of the file, so a 100 MB text encodes in seconds.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import http.client
 import json
 import math
+import mmap
 import operator
 import os
 import re
@@ -277,25 +279,50 @@ def find_time_machine(path: str | os.PathLike | None = None) -> Path:
     return target
 
 
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    return DataError(f"could not read corpus file {str(path)!r} ({exc.strerror or exc})")
+
+
+def _check_utf8(data: bytes, path: Path, offset: int = 0) -> None:
+    """Raise :class:`DataError` unless ``data`` (the file's bytes from ``offset``) is UTF-8."""
+    if data.isascii():  # ASCII is UTF-8; the check is 10x cheaper than decoding
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"corpus file {str(path)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+            f"at offset {offset + exc.start}); pass a UTF-8 text file"
+        ) from exc
+
+
 def _read_bytes(path: str | os.PathLike) -> bytes:
     """Read a corpus file, which must be UTF-8 text; raises :class:`DataError`."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DataError(
-            f"could not read corpus file {str(path)!r} ({exc.strerror or exc})"
-        ) from exc
-    if data.isascii():  # ASCII is UTF-8; the check is 10x cheaper than decoding
-        return data
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"corpus file {str(path)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
-            f"at offset {exc.start}); pass a UTF-8 text file"
-        ) from exc
+        raise _unreadable(path, exc) from exc
+    _check_utf8(data, path)
     return data
+
+
+@contextlib.contextmanager
+def _mapped_bytes(path: Path):
+    """A corpus file's bytes mapped from the page cache rather than read into a copy of the
+    whole text (``mmap``; a read where the file cannot be mapped: empty, a pipe). Not checked
+    for UTF-8: :func:`_clean_char_codes` checks each piece it slices out."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                yield f.read()
+                return
+            with mapped:
+                yield mapped
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
 
 
 def clean_text(text: str) -> str:
@@ -475,7 +502,7 @@ class Vocab:
 _PIECE = 1 << 20  # bytes per piece of a large text: its temporaries stay in cache
 
 
-def _clean_char_codes(data: bytes) -> list[np.ndarray]:
+def _clean_char_codes(data, path: Path | None = None) -> list[np.ndarray]:
     """The book's per-line cleaning, as uint8 codes in pieces, with the line breaks still in.
 
     Equivalent, once every break (``'\\n'``) is deleted, to ``''.join(re.sub('[^A-Za-z]+', ' ',
@@ -484,13 +511,17 @@ def _clean_char_codes(data: bytes) -> list[np.ndarray]:
     stripped ends meet directly). Lines are cleaned independently and simply concatenated, so
     the text is cut after line breaks into pieces of about ``_PIECE`` bytes, each cleaned on its
     own. The breaks stay until the final byte-table pass that maps codes to indices deletes
-    them (:func:`_ids_of`): one compaction instead of two.
+    them (:func:`_ids_of`): one compaction instead of two. ``data`` is bytes or a mapped file;
+    with ``path``, each piece is checked for UTF-8 (a character never spans a line break).
     """
     pieces, start, n = [], 0, len(data)
     while start < n:
         end = n if start + _PIECE >= n else data.find(b"\n", start + _PIECE - 1) + 1 or n
-        pieces.append(_clean_piece(np.frombuffer(
-            data[start:end].translate(_CLEAN_BREAK_TABLE), dtype=np.uint8)))
+        chunk = data[start:end]
+        if path is not None:
+            _check_utf8(chunk, path, start)
+        pieces.append(_clean_piece(np.frombuffer(chunk.translate(_CLEAN_BREAK_TABLE),
+                                                 dtype=np.uint8)))
         start = end
     return pieces
 
@@ -590,10 +621,12 @@ def load_corpus(
     """
     _check_token_kind(token)
     max_tokens = _check_max_tokens(max_tokens)
-    data = _read_bytes(path)
     if token == "char":
-        pieces = _clean_char_codes(data)
-        del data  # the pieces hold all it said: the corpus' peak memory is pieces + corpus
+        # mapped, not read: the text is never copied whole, and the corpus' peak memory is
+        # pieces + corpus (100 MB loaded in 0.39-0.45 s, median 0.43, against 0.45-0.61 s,
+        # median 0.48, read whole; seven alternated loads in fresh processes)
+        with _mapped_bytes(Path(path)) as data:
+            pieces = _clean_char_codes(data, Path(path))
         counts = sum((_count_bytes(codes) for codes in pieces), np.zeros(256, dtype=np.int64))
         counts[_BREAK] = 0  # breaks are deleted when the codes become indices
         present = np.flatnonzero(counts)
@@ -607,7 +640,7 @@ def load_corpus(
         corpus = _uint8_buffer(total if max_tokens <= 0 else min(total, max_tokens))
         _ids_of(pieces, bytes(lut), corpus)
         return corpus, vocab
-    words = data.translate(_CLEAN_TABLE).split()  # letter runs, lowercased
+    words = _read_bytes(path).translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
     vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())
     index = {w: vocab[w.decode("ascii")] for w in counts}

@@ -642,9 +642,30 @@ def test_non_text_file_rejected(tmp_path):
         load_corpus(tmp_path)
 
 
+def test_a_bad_byte_deep_in_a_large_file_is_named_by_its_offset_and_non_ascii_text_loads(tmp_path):
+    # the text is checked piece by piece as it is sliced out of the mapped file: the offset is
+    # the file's, and a UTF-8 character is never split between two pieces
+    line = "caf\u00e9 na\u00efve text, line\n".encode("utf-8")
+    good = line * (3 * data._PIECE // len(line))
+    path = tmp_path / "big.txt"
+    path.write_bytes(good)
+    corpus, vocab = load_corpus(path)
+    expected, expected_vocab = book.load_corpus_time_machine(path)
+    assert vocab.idx_to_token == expected_vocab.idx_to_token and corpus.tolist() == expected
+    bad_at = 2 * data._PIECE + 5
+    path.write_bytes(good[:bad_at] + b"\xff" + good[bad_at + 1:])
+    with pytest.raises(DataError, match=rf"byte 0xff at offset {bad_at}\)"):
+        load_corpus(path)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    corpus, vocab = load_corpus(empty)
+    assert corpus.size == 0 and len(vocab) == 1
+
+
 def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
-    assert imported <= {"__future__", "collections", "errno", "hashlib", "http.client", "json", "math",
-                        "operator", "os", "re", "stat", "sys", "time", "urllib.request", "pathlib",
-                        "typing", "numpy", "tqdm", "._io", ".errors"}
+    assert imported <= {"__future__", "collections", "contextlib", "errno", "hashlib",
+                        "http.client", "json", "math", "mmap", "operator", "os", "re", "stat",
+                        "sys", "time", "urllib.request", "pathlib", "typing", "numpy", "tqdm",
+                        "._io", ".errors"}
