@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     kept = _earlier_rows(out / "contention.json", report)
     if kept:
         report["rows"] = sorted(report["rows"] + kept, key=lambda r: _order(r["backend"]))
-    (out / "contention.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "contention.json").write_text(json.dumps(report, separators=(",", ":")) + "\n")
     print("\n".join([describe(report), ""] + table(report)))
     print(f"wrote {out / 'contention.json'}")
     return 0

@@ -225,7 +225,9 @@ def main(argv=None) -> int:
         result["complete"] = complete
         result["wall_s"] = time.perf_counter() - started
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(round_floats(_metrics.derive(result), 8), indent=1) + "\n")
+        # compact, as scaling.py writes: committed snapshots count against the repository's size
+        tmp.write_text(json.dumps(round_floats(_metrics.derive(result), 8),
+                                  separators=(",", ":")) + "\n")
         os.replace(tmp, path)
 
     def say(*a):
