@@ -240,11 +240,10 @@ def header(results) -> list[str]:
         co = r.get("checkout", {})
         commit = (co.get("commit") or "?")[:10] + (" (dirty)" if co.get("dirty") else "")
         load = r["machine"].get("load_average_at_start")
-        busy = ""
-        others = r["machine"].get("busy_cpus_at_start")  # older files: the load average only
-        if others is not None and others > 0 or others is None and load and \
-                r["machine"].get("cpus_usable") and load[0] > 0.5 * r["machine"]["cpus_usable"]:
-            busy = " ⚠ busy"
+        others, cpus = r["machine"].get("busy_cpus_at_start"), r["machine"].get("cpus_usable")
+        if others is None:  # older files: the load average only
+            others = 1 if load and cpus and load[0] > 0.5 * cpus else 0
+        busy = " ⚠ busy" if others > 0 else ""
         lines.append(f"| `{r['_file']}` | {r['backend']} {version} | {r['device']} | {threads} | "
                      f"`{commit}` | {r['created']} | {num(load[0] if load else None, '{:.2f}')}"
                      f"{busy} | {r.get('wall_s', 0) / 60:.1f} min |")
