@@ -73,9 +73,8 @@ _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _CLEAN_TABLE = bytes(
     b if b in _LOWER else (b + 32 if b in _UPPER else 32) for b in range(256)
 )
-# The same, but line breaks ('\n', and '\r' as universal newlines read it) stay breaks.
+
 _SPACE, _BREAK = ord(" "), ord("\n")
-_CLEAN_BREAK_TABLE = bytes(_BREAK if b in b"\r\n" else c for b, c in enumerate(_CLEAN_TABLE))
 
 
 class DataError(D2lgruError, RuntimeError):
@@ -504,66 +503,134 @@ class Vocab:
 # --------------------------------------------------------------------------- corpus
 
 
-_PIECE = 1 << 20  # bytes per piece of a large text: its temporaries stay in cache
+_PIECE = 1 << 18  # bytes per piece of a large text: its temporaries stay in cache
+_DROPPED = 0  # the code of a byte the cleaning deletes (no text byte is cleaned into it)
 
 
-def _clean_char_codes(data, path: Path | None = None) -> list[np.ndarray]:
-    """The book's per-line cleaning, as uint8 codes in pieces, with the line breaks still in.
+def _clean_char_codes(data, path: Path | None = None) -> list[bytearray]:
+    """The book's per-line cleaning, as codes in pieces: lowercase letters, spaces, line breaks
+    and ``_DROPPED`` bytes.
 
-    Equivalent, once every break (``'\\n'``) is deleted, to ``''.join(re.sub('[^A-Za-z]+', ' ',
-    l).strip().lower() for l in lines)``: letters are kept (lowercased); a run of non-letters
-    between two letters becomes one space, unless it holds a line break (then the lines'
-    stripped ends meet directly). Lines are cleaned independently and simply concatenated, so
-    the text is cut after line breaks into pieces of about ``_PIECE`` bytes, each cleaned on its
-    own. The breaks stay until the final byte-table pass that maps codes to indices deletes
-    them (:func:`_ids_of`): one compaction instead of two. ``data`` is bytes or a mapped file;
-    with ``path``, each piece is checked for UTF-8 (a character never spans a line break).
+    Equivalent, once every break (``'\\n'``) and dropped byte is deleted, to
+    ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``: letters are kept
+    (lowercased); a run of non-letters between two letters becomes one space, unless it holds
+    a line break (then the lines' stripped ends meet directly). Lines are cleaned independently
+    and simply concatenated, so the text is cut after line breaks into pieces of about
+    ``_PIECE`` bytes, each cleaned on its own. Nothing is deleted yet: the final byte-table
+    pass that maps codes to indices deletes breaks and dropped bytes in the same C loop
+    (:func:`_ids_of`). ``data`` is bytes or a mapped file, read in place; with ``path``, each
+    piece is checked for UTF-8 (a character never spans a line break).
     """
     pieces, start, n = [], 0, len(data)
-    while start < n:
-        end = n if start + _PIECE >= n else data.find(b"\n", start + _PIECE - 1) + 1 or n
-        chunk = data[start:end]
-        if path is not None:
-            _check_utf8(chunk, path, start)
-        pieces.append(_clean_piece(np.frombuffer(chunk.translate(_CLEAN_BREAK_TABLE),
-                                                 dtype=np.uint8)))
-        start = end
+    raw = piece = np.frombuffer(data, dtype=np.uint8)
+    try:
+        cleaner = _PieceCleaner()
+        while start < n:
+            end = n if start + _PIECE >= n else data.find(b"\n", start + _PIECE - 1) + 1 or n
+            piece = raw[start:end]
+            if path is not None and piece.max() >= 0x80:  # ASCII is UTF-8
+                _check_utf8(data[start:end], path, start)
+            pieces.append(cleaner.clean(piece))
+            start = end
+    finally:
+        del raw, piece  # views of a mapped file, which cannot close while they live
     return pieces
 
 
-def _clean_piece(codes: np.ndarray) -> np.ndarray:
-    """One compaction of translated codes (letters, spaces, breaks) keeps a space only right
-    after a letter (this collapses runs and strips line starts); a kept space that a break or
-    the end follows (a line's stripped end) then becomes a break itself, in place."""
-    keep = codes != _SPACE
-    # letters are the only codes above ' '
-    np.logical_or(keep[1:], codes[:-1] > _SPACE, out=keep[1:])
-    codes = np.compress(keep, codes)
-    if codes.size:
-        # after the compaction a space is followed by a letter, a break or nothing
-        np.copyto(codes[:-1], _BREAK, where=(codes[:-1] == _SPACE) & (codes[1:] == _BREAK))
-        if codes[-1] == _SPACE:
-            codes[-1] = _BREAK
-    return codes
+class _PieceCleaner:
+    """Cleans one piece at a time in NumPy operations that write into buffers reused from piece
+    to piece (a fresh temporary per operation faults its pages in again for every piece)."""
+
+    _size = 0
+
+    def _masks(self, n: int) -> list[np.ndarray]:
+        if n > self._size:
+            self._size = max(n, _PIECE + (_PIECE >> 2))
+            self._buffers = [np.empty(self._size, np.bool_) for _ in range(5)]
+            self._low = np.empty(self._size, np.uint8)
+        return [b[:n] for b in self._buffers]
+
+    def clean(self, raw: np.ndarray) -> bytearray:
+        """``raw`` (a piece of the text, uint8) -> its codes, in a new bytearray."""
+        n = raw.size
+        codes = bytearray(n)
+        out = np.frombuffer(codes, dtype=np.uint8)
+        letter, brk, spaced, other, tmp = self._masks(n)
+        low = self._low[:n]
+        np.bitwise_or(raw, 0x20, out=low)  # A-Z -> a-z; no byte but a letter lands in a-z
+        np.subtract(low, ord("a"), out=out)
+        np.less(out, 26, out=letter)
+        np.equal(raw, ord("\n"), out=brk)
+        np.equal(raw, ord("\r"), out=other)  # a lone '\r' ends a line too (universal newlines)
+        brk |= other
+        # the code: a letter's lowercase (>= 'a') or else a break (10) or a space (32), taken
+        # as a maximum: arithmetic is several times as fast as a masked copy
+        np.multiply(low, letter.view(np.uint8), out=low)
+        np.multiply(brk.view(np.uint8), np.uint8(_SPACE - _BREAK), out=out)
+        np.subtract(np.uint8(_SPACE), out, out=out)
+        np.maximum(out, low, out=out)
+        # A space is kept only right after a letter (runs collapse, line starts are stripped),
+        # and not where its run of spaces ends at a line break or at the end
+        solid = np.logical_or(letter, brk, out=other)  # not a space
+        first = spaced  # a letter, then this space
+        first[0] = False
+        np.greater(letter[:-1], solid[1:], out=first[1:])
+        longer = letter  # a kept space followed by another space: the run goes on
+        np.greater(first[:-1], solid[1:], out=longer[:-1])
+        longer[-1] = False
+        np.greater(first[:-1], brk[1:], out=first[:-1])  # followed by a break: dropped
+        first[-1] = False  # followed by the end
+        # two on: most runs end there (", "), so the masks settle them without an index
+        ends = np.logical_and(longer[:-2], brk[2:], out=tmp[:-2])
+        np.greater(first[:-2], ends, out=first[:-2])
+        if n > 1 and longer[-2]:
+            first[-2] = False
+        np.greater(longer[:-2], solid[2:], out=longer[:-2])
+        longer[-2:] = False
+        starts = np.flatnonzero(longer) if longer.any() else ()
+        ahead = 3
+        while len(starts):  # the rest are rare: follow each such run to its end
+            at = starts + ahead
+            past = at >= n
+            if past.any():
+                first[starts[past]] = False
+                starts, at = starts[~past], at[~past]
+            following = out[at]
+            first[starts[following == _BREAK]] = False
+            starts = starts[following == _SPACE]
+            ahead += 1
+        solid |= first
+        np.multiply(out, solid.view(np.uint8), out=out)  # every other byte -> _DROPPED
+        return codes
 
 
-def _ids_of(pieces: list[np.ndarray], lut: bytes, out: np.ndarray) -> None:
-    """Fill ``out`` (uint8) with the pieces' codes mapped through ``lut``, their breaks deleted,
-    in one C pass per piece (``bytes.translate``); stops when ``out`` is full. Each piece is
-    released from the list once mapped."""
-    filled = 0
+def _ids_of(pieces: list[bytearray], lut: bytes, limit: int) -> np.ndarray:
+    """The pieces' codes mapped through ``lut``, their breaks deleted, in one C pass per piece
+    (``bytearray.translate``), joined into one writable uint8 array of at most ``limit`` ids
+    (``limit`` <= 0: all). Each piece is released from the list once mapped. The array lives
+    in a ``bytearray``: ``np.empty`` would ask the kernel for huge pages on arrays of 4 MB
+    and more (``madvise``), and where the kernel defragments for such requests
+    (``/sys/kernel/mm/transparent_hugepage/defrag`` = ``madvise``, a common default) the first
+    write to each page can wait for memory compaction (loading 100 MB took 0.45-0.81 s that
+    way against 0.47-0.55 s this way, alternated in fresh processes on the reference
+    machine)."""
+    parts, filled = [], 0
     for i, codes in enumerate(pieces):
         pieces[i] = None
-        if filled == out.size:
+        if 0 < limit <= filled:
             break
-        ids = codes.tobytes().translate(lut, b"\n")[:out.size - filled]
-        out[filled:filled + len(ids)] = np.frombuffer(ids, dtype=np.uint8)
+        ids = codes.translate(lut, bytes([_BREAK, _DROPPED]))
+        if 0 < limit < filled + len(ids):
+            del ids[limit - filled:]
+        parts.append(ids)
         filled += len(ids)
+    return np.frombuffer(bytearray().join(parts), dtype=np.uint8)
 
 
-def _count_bytes(codes: np.ndarray) -> np.ndarray:
-    """``np.bincount(codes, minlength=256)`` for uint8 ``codes``, counted in byte pairs (a
-    65536-bin count of half as many uint16 values, then summed over each byte of the pair)."""
+def _count_bytes(piece: bytearray) -> np.ndarray:
+    """``np.bincount(codes, minlength=256)`` for the bytes of ``piece``, counted in byte pairs
+    (a 65536-bin count of half as many uint16 values, then summed over each byte of the pair)."""
+    codes = np.frombuffer(piece, dtype=np.uint8)
     n = codes.size - codes.size % 2
     pairs = np.bincount(codes[:n].view(np.uint16), minlength=1 << 16).reshape(256, 256)
     counts = pairs.sum(axis=0) + pairs.sum(axis=1)  # each pair holds one byte of each kind
@@ -572,28 +639,18 @@ def _count_bytes(codes: np.ndarray) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def _first_seen(pieces: list[np.ndarray], present: np.ndarray) -> list[int]:
+def _first_seen(pieces: list[bytearray], present: np.ndarray) -> list[int]:
     """Values of ``present`` in order of first occurrence (usually in the first piece)."""
     remaining = set(present.tolist())
     order: list[int] = []
-    for codes in pieces:
+    for piece in pieces:
         if not remaining:
             break
-        values, first = np.unique(codes, return_index=True)
+        values, first = np.unique(np.frombuffer(piece, dtype=np.uint8), return_index=True)
         found = sorted((f, v) for v, f in zip(values.tolist(), first.tolist()) if v in remaining)
         order.extend(v for _, v in found)
         remaining.difference_update(v for _, v in found)
     return order
-
-
-def _uint8_buffer(size: int) -> np.ndarray:
-    """A writable uint8 array of ``size`` zeros on memory Python allocates. ``np.empty`` asks
-    the kernel for huge pages on arrays of 4 MB and more (``madvise``), and where the kernel
-    defragments for such requests (``/sys/kernel/mm/transparent_hugepage/defrag`` =
-    ``madvise``, a common default) the first write to each page can wait for memory
-    compaction: loading 100 MB took 0.45-0.81 s (median 0.72) that way against 0.47-0.55 s
-    (median 0.53) this way, alternated in fresh processes on the reference machine."""
-    return np.frombuffer(bytearray(size), dtype=np.uint8)
 
 
 def index_dtype(size: int) -> np.dtype:
@@ -634,7 +691,7 @@ def load_corpus(
         with _mapped_bytes(path) as data:
             pieces = _clean_char_codes(data, path)
         counts = sum((_count_bytes(codes) for codes in pieces), np.zeros(256, dtype=np.int64))
-        counts[_BREAK] = 0  # breaks are deleted when the codes become indices
+        counts[[_BREAK, _DROPPED]] = 0  # deleted when the codes become indices
         present = np.flatnonzero(counts)
         vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(pieces, present))
         # cleaned text holds at most 27 symbols, so a byte table maps codes to indices (bytes not
@@ -642,10 +699,7 @@ def load_corpus(
         lut = bytearray(256)
         for c in present.tolist():
             lut[c] = vocab[chr(c)]
-        total = int(counts.sum())
-        corpus = _uint8_buffer(total if max_tokens <= 0 else min(total, max_tokens))
-        _ids_of(pieces, bytes(lut), corpus)
-        return corpus, vocab
+        return _ids_of(pieces, bytes(lut), max_tokens), vocab
     words = _read_bytes(path).translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
     vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())
@@ -696,18 +750,19 @@ def _as_corpus(corpus) -> np.ndarray:
 _WIDEN_BYTES = 1 << 20
 
 
-def _int64_batches(windows: np.ndarray) -> Iterator[np.ndarray]:
-    """The ``[batch_size, num_steps]`` batches of ``windows`` (``[num_batches, batch_size,
-    num_steps]``) as read-only int64 arrays: views when the corpus is int64, else widened a block
-    of batches at a time (one C loop per block instead of one per batch)."""
+def _int64_batches(windows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(X, Y)`` per batch of ``windows`` (``[num_batches, batch_size, num_steps + 1]``: each
+    row's ``num_steps`` inputs and, one further, its labels), read-only int64 views: of the
+    corpus when it is int64, else of a block of batches widened at once (one C loop per block,
+    each token widened once for both ``X`` and ``Y``)."""
     if windows.dtype == np.int64:
-        yield from windows
+        yield from zip(windows[..., :-1], windows[..., 1:])
         return
     per_block = max(1, _WIDEN_BYTES // (8 * windows[0].size)) if len(windows) else 1
     for start in range(0, len(windows), per_block):
         block = windows[start:start + per_block].astype(np.int64)
         block.flags.writeable = False
-        yield from block
+        yield from zip(block[..., :-1], block[..., 1:])
 
 
 def _max_offset(num_steps: int, use_random_iter: bool) -> int:
@@ -765,23 +820,23 @@ def seq_data_iter_sequential(
 
     Draws ``rng.integers(0, num_steps + 1)`` (offset).  Yields int64 ``(X, Y)`` of shape
     ``(batch_size, num_steps)``, ``Y`` = ``X`` shifted by one, read-only (copy one to modify
-    it): views of an int64 corpus (strided, not contiguous), widened copies of a narrower one.
+    it), strided views (not contiguous): of an int64 corpus, or of a widened block of a
+    narrower one.
     """
     corpus = _as_corpus(corpus)
     batch_size, num_steps = _check_shape(len(corpus), batch_size, num_steps, False)
     offset = int(rng.integers(0, num_steps + 1))
-    num_tokens = ((len(corpus) - offset - 1) // batch_size) * batch_size
-    xs = corpus[offset:offset + num_tokens].reshape(batch_size, -1)
-    ys = corpus[offset + 1:offset + 1 + num_tokens].reshape(batch_size, -1)
-    num_batches = xs.shape[1] // num_steps
-
-    def windows(rows):  # [num_batches, batch_size, num_steps] views of the corpus, no copy
-        cols = rows[:, :num_batches * num_steps].reshape(batch_size, num_batches, num_steps)
-        cols = cols.transpose(1, 0, 2)
-        cols.flags.writeable = False  # a consumer must not edit the corpus through a batch
-        return cols
-
-    return zip(_int64_batches(windows(xs)), _int64_batches(windows(ys)))
+    row = (len(corpus) - offset - 1) // batch_size  # tokens per row; each row's labels go one on
+    num_batches = row // num_steps
+    # [num_batches, batch_size, num_steps + 1] views of the corpus, no copy: batch i, row b
+    # starts at offset + b * row + i * num_steps (the last window's last label is at most
+    # offset + batch_size * row <= len(corpus) - 1); read-only, so that a consumer cannot
+    # edit the corpus through a batch
+    step = corpus.strides[0]
+    windows = np.lib.stride_tricks.as_strided(
+        corpus[offset:], shape=(num_batches, batch_size, num_steps + 1),
+        strides=(num_steps * step, row * step, step), writeable=False)
+    return _int64_batches(windows)
 
 
 class SeqDataLoader:

@@ -143,7 +143,10 @@ def test_vectorised_cleaning_on_random_text(tmp_path, monkeypatch, seed, piece):
         np.testing.assert_array_equal(corpus, np.array(ref_corpus, dtype=np.int64))
 
 
-@pytest.mark.parametrize("text", ["", " ", "  ,, \n -- \n", "\n\n", "a", " a ", "a\n", "\nb"])
+@pytest.mark.parametrize("text", ["", " ", "  ,, \n -- \n", "\n\n", "a", " a ", "a\n", "\nb",
+                                  "a" + " " * 50 + "\nb", "a  ,  ,  b" + " ,\t" * 40 + "\r",
+                                  "word" + " " * 300, " " * 10 + "x" + " " * 10 + "\r\ny z  ",
+                                  "A,\n\n  ,B,  \r\r  C. \u2028 d"])
 def test_cleaning_of_texts_with_few_or_no_letters(tmp_path, text):
     path = tmp_path / "few.txt"
     path.write_bytes(text.encode())
