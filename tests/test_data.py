@@ -665,10 +665,35 @@ def test_a_bad_byte_deep_in_a_large_file_is_named_by_its_offset_and_non_ascii_te
     assert corpus.size == 0 and len(vocab) == 1
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_text_of_many_pieces_cleans_the_same_on_one_thread_or_two(tmp_path, monkeypatch,
+                                                                     threads):
+    """Pieces are cleaned by up to $D2LGRU_THREADS threads (the policy's count where unset);
+    the corpus, and the first bad byte's offset, do not depend on how many."""
+    monkeypatch.setattr(data, "_PIECE", 64)
+    monkeypatch.setenv("D2LGRU_THREADS", threads)
+    rng = np.random.default_rng(5)
+    text = "".join(rng.choice(list("aBz ,.\n\r") + ["  ", "\u00e9"], size=40_000))
+    path = tmp_path / "pieces.txt"
+    path.write_bytes(text.encode("utf-8"))
+    assert data._pipeline_workers(len(text) // 64) == int(threads)
+    corpus, vocab = load_corpus(path)
+    expected, expected_vocab = book.load_corpus_time_machine(path)
+    assert vocab.idx_to_token == expected_vocab.idx_to_token and corpus.tolist() == expected
+    raw = text.encode("utf-8")
+    # two ASCII bytes made invalid (a broken two-byte character is reported at its first byte)
+    first, second = (next(i for i in range(at, len(raw)) if raw[i - 1] < 0x80 and raw[i] < 0x80)
+                     for at in (len(raw) // 2, 3 * len(raw) // 4))
+    path.write_bytes(raw[:first] + b"\xff" + raw[first + 1:second] + b"\xfe" + raw[second + 1:])
+    with pytest.raises(DataError, match=rf"byte 0xff at offset {first}\)"):
+        load_corpus(path)
+
+
 def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
-    assert imported <= {"__future__", "collections", "contextlib", "errno", "hashlib",
+    assert imported <= {"__future__", "collections", "concurrent.futures", "contextlib", "errno",
+                        "hashlib", "threading",
                         "http.client", "json", "math", "mmap", "operator", "os", "re", "stat",
                         "sys", "time", "urllib.request", "pathlib", "typing", "numpy", "tqdm",
-                        "._io", ".errors"}
+                        "._io", ".errors", ".threads"}
