@@ -506,7 +506,7 @@ class Vocab:
 # --------------------------------------------------------------------------- corpus
 
 
-_PIECE = 1 << 18  # bytes per piece of a large text: its temporaries stay in cache
+_PIECE = 1 << 19  # bytes per piece of a large text: its buffers stay in cache
 _DROPPED = 0  # the code of a byte the cleaning deletes (no text byte is cleaned into it)
 
 
