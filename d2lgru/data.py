@@ -328,8 +328,16 @@ def _mapped_bytes(path: Path):
                 raise _unreadable(path, exc) from exc
             yield data
             return
-        with mapped:
+        try:
             yield mapped
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                # a NumPy view of it is still held, by the traceback of an error (or Ctrl-C)
+                # raised while the text was read: that error is the one to see, and the mapping
+                # goes when its last view does
+                pass
 
 
 def clean_text(text: str) -> str:

@@ -689,6 +689,26 @@ def test_a_text_of_many_pieces_cleans_the_same_on_one_thread_or_two(tmp_path, mo
         load_corpus(path)
 
 
+def test_an_error_while_a_mapped_text_is_read_is_the_error_seen(tmp_path, monkeypatch):
+    """The text is read through NumPy views of the mapped file; an error raised while one is
+    alive (its frame kept by the traceback) is what the caller sees, not the mapping's refusal
+    to close (BufferError), and a Ctrl-C stays a KeyboardInterrupt."""
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"some text, line\n" * (3 * data._PIECE // 16))
+    clean = data._PieceCleaner.clean
+
+    for error in (RuntimeError("boom"), KeyboardInterrupt()):
+        def failing(self, raw, error=error):
+            clean(self, raw)
+            raise error
+        monkeypatch.setattr(data._PieceCleaner, "clean", failing)
+        with pytest.raises(type(error)):
+            load_corpus(path)
+    monkeypatch.setattr(data._PieceCleaner, "clean", clean)
+    corpus, _ = load_corpus(path)
+    assert corpus.size > 0
+
+
 def test_data_module_imports_no_framework():
     source = Path(data.__file__).read_text()
     imported = set(re.findall(r"^\s*(?:import|from)\s+([\w.]+)", source, flags=re.M))
