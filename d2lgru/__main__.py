@@ -1,9 +1,10 @@
 """``python -m d2lgru`` and the ``d2lgru`` command.
 
 The command's entry point, and the only module that changes process state on import: until
-:func:`d2lgru.cli.main` takes over, a Ctrl-C during start-up (the imports take a tenth of a
-second) ends the process with one line and status 130 instead of a traceback from inside an
-import. Only the interpreter's own start-up, before this file runs, is outside its reach.
+:func:`d2lgru.cli.main` takes over, once the command's imports are made (d2lgru's modules,
+NumPy, the backend's framework: ``cli._preload``), a Ctrl-C during start-up ends the process
+with one line and status 130 instead of a traceback from inside an import. Only the
+interpreter's own start-up, before this file runs, is outside its reach.
 """
 
 import os
