@@ -252,7 +252,7 @@ def _preload(args) -> None:
     KeyboardInterrupt raised inside one does not reliably reach :func:`main` as itself: in
     ``d2lgru train`` interrupted 0.1-0.3 s in, one start-up in 25 to 50 ended in a RuntimeError
     (``__set_name__`` wraps what a class body raises) or printed its line and still ended by
-    SIGINT (status -2, not 130); with the imports made first, none of 245 did."""
+    SIGINT (status -2, not 130); with the imports made first, none of 225 did."""
     import threadpoolctl  # noqa: F401  (the thread count's, imported by its first use)
     import tqdm  # noqa: F401  (the progress bar's)
 
