@@ -1,7 +1,8 @@
 """Before/after: d2lgru's training speed at two revisions, measured side by side in one run.
 
     python -m benchmarks.ab --before REV [--after REV] [--backends numpy,torch]
-                            [--rounds 3] [--threads 1] [--out FILE] [--tox-dir DIR]
+                            [--rounds 3] [--threads 1] [--pipeline-mb MB] [--out FILE]
+                            [--tox-dir DIR]
 
 For every backend (each in its own environment, found as ``benchmarks/all.py`` finds them) and
 every impl, the default mode of each revision trains the book's config (hidden 256, batch 32,
@@ -11,6 +12,11 @@ the working tree) with *this* checkout's ``benchmarks/`` beside it, so only the 
 differs; before and after alternate, ``--rounds`` times, and the medians are compared. A
 refactoring is judged by the ratio after/before of runs made minutes apart on one machine,
 not by figures from different days (this machine's GEMM rate moves 3x from day to day).
+
+``--pipeline-mb MB`` times the data pipeline too (the ``pipeline`` case of ``benchmarks/run.py``
+on a text of MB megabytes, d2lgru's side only, in the numpy environment): seconds to tokenise
+and batch one epoch, and peak RSS, before and after alternated; ``--backends ""`` leaves the
+trainings out.
 
 ``--threads`` (default 1) fixes the thread count of both (``OMP_NUM_THREADS`` and the
 frameworks' own variables), so the figure is the library's code, not the thread policy of one
@@ -33,7 +39,7 @@ from pathlib import Path
 
 from benchmarks import _machine, _metrics
 from benchmarks.all import interpreter
-from benchmarks.run import FULL, RESULTS, find_text, run_case
+from benchmarks.run import FULL, RESULTS, corpus_text, find_text, run_case
 from d2lgru._io import round_floats
 from d2lgru.backends import BACKENDS
 
@@ -77,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="JSON file (default results/<label>/ab.json)")
     p.add_argument("--tox-dir", type=Path, help="where the per-backend environments are")
     p.add_argument("--data", help="The Time Machine (file or directory)")
+    p.add_argument("--pipeline-mb", type=float,
+                   help="also time the data pipeline on a text of this many MB")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -127,11 +135,44 @@ def main(argv=None) -> int:
                       f"{modes['after'] or '-':<8} "
                       + " ".join(f"{med[k]:>9,.0f}" if med[k] else f"{'-':>9}" for k in revs)
                       + (f"  {ratio:.2f}x" if ratio else ""), flush=True)
+        if args.pipeline_mb:
+            report["pipeline"] = _pipeline(args, trees, workdir)
     report["load_after"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(round_floats(report, 6), indent=1) + "\n")
     print(f"wrote {_machine.portable(out)}")
     return 0
+
+
+def _pipeline(args, trees: dict, workdir: Path) -> dict | None:
+    """The ``pipeline`` case (d2lgru's side) of each revision, alternated ``--rounds`` times."""
+    python = interpreter("numpy", args.tox_dir)
+    if python is None:
+        print("pipeline: no numpy environment, skipped", flush=True)
+        return None
+    path = workdir / "pipeline.txt"
+    path.write_bytes(corpus_text(find_text(args.data), int(args.pipeline_mb * 2 ** 20)))
+    task = {"case": "pipeline", "impl": "d2lgru", "backend": "numpy", "path": str(path),
+            "bytes": path.stat().st_size, "batch_size": 32, "num_steps": 35, "offset": None}
+    runs = {k: [] for k in trees}
+    for _ in range(args.rounds):
+        for k, tree in trees.items():
+            r = _case(python, tree, task, args.threads, workdir)
+            if "error" not in r:
+                runs[k].append({"total_s": r["total_s"], "tokenise_s": r["tokenise_s"],
+                                "batch_s": r["batch_s"], "peak_rss_mb": r["peak_rss_mb"],
+                                "corpus_sha256": r["corpus_sha256"]})
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("total_s", "peak_rss_mb")}
+           if v else None for k, v in runs.items()}
+    same = len({x["corpus_sha256"] for v in runs.values() for x in v}) == 1
+    ratio = (med["before"]["total_s"] / med["after"]["total_s"]
+             if med["before"] and med["after"] else None)
+    print(f"  pipeline {args.pipeline_mb:g} MB: "
+          + " ".join(f"{k} {m['total_s']:.3f} s ({m['peak_rss_mb']:,.0f} MB)"
+                     for k, m in med.items() if m)
+          + (f"  {ratio:.2f}x as fast" if ratio else "") + f"; same corpus: {same}", flush=True)
+    return {"mb": args.pipeline_mb, "runs": runs, "median": med, "speedup": ratio,
+            "same_corpus": same}
 
 
 if __name__ == "__main__":
