@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .threads import ENV_VAR as _THREADS_VAR, parse_threads, policy_threads
+from .threads import resolve_threads
 from ._io import write_atomic
 from .errors import D2lgruError, InvalidArgumentError, InvalidTypeError
 
@@ -575,15 +575,14 @@ _PIECES_PER_WORKER = 8
 
 def _pipeline_workers(pieces: int) -> int:
     """Threads that clean a text of ``pieces`` pieces: ``$D2LGRU_THREADS``, else the thread
-    policy's count (the CPUs free now: :func:`d2lgru.threads.policy_threads`, from two quick
-    reads of the load), at most one per :data:`_PIECES_PER_WORKER` pieces."""
+    policy's count (the CPUs free now, from two quick reads of the load:
+    :func:`d2lgru.threads.resolve_threads`), at most one per :data:`_PIECES_PER_WORKER`
+    pieces."""
     most = pieces // _PIECES_PER_WORKER
     if most <= 1:
         return 1
-    env = os.environ.get(_THREADS_VAR, "")
-    if env.strip():
-        return min(most, parse_threads(env, f"${_THREADS_VAR}"))
-    return policy_threads(most, reads=2, interval_s=0.002)
+    count, _ = resolve_threads(preference=most, reads=2, interval_s=0.002)
+    return min(most, count)
 
 
 class _PieceCleaner:

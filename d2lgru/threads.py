@@ -182,10 +182,13 @@ def parse_threads(value, source: str) -> int:
 
 
 def resolve_threads(requested: int | None = None, *,
-                    preference: Callable[[int], int] | int | None = None) -> tuple[int, str]:
+                    preference: Callable[[int], int] | int | None = None,
+                    reads: int = BUSY_READS, interval_s: float = BUSY_INTERVAL_S
+                    ) -> tuple[int, str]:
     """``(count, source)``: ``requested``, else ``$D2LGRU_THREADS``, else
     :func:`policy_threads` with the backend's ``preference`` (an int, or a function of the
-    usable CPUs). ``source`` says which: ``argument``, ``$D2LGRU_THREADS`` or ``policy``."""
+    usable CPUs) and its ``reads`` of the load. ``source`` says which: ``argument``,
+    ``$D2LGRU_THREADS`` or ``policy``."""
     if requested is not None:
         return parse_threads(requested, "argument"), "argument"
     env = os.environ.get(ENV_VAR, "")
@@ -193,7 +196,7 @@ def resolve_threads(requested: int | None = None, *,
         return parse_threads(env, f"${ENV_VAR}"), f"${ENV_VAR}"
     if callable(preference):
         preference = preference(usable_cpus())
-    return policy_threads(preference), "policy"
+    return policy_threads(preference, reads=reads, interval_s=interval_s), "policy"
 
 
 def limit_blas(n: int) -> None:
