@@ -516,6 +516,7 @@ class Vocab:
 
 _PIECE = 1 << 19  # bytes per piece of a large text (128 KB to 4 MB tried: 512 KB-1 MB fastest)
 _DROPPED = 0  # the code of a byte the cleaning deletes (no text byte is cleaned into it)
+_DELETED = bytes([_BREAK, _DROPPED])  # what the cleaned text loses when its codes become ids
 
 
 def _clean_char_codes(data, path: Path | None = None) -> tuple[list[bytearray], np.ndarray]:
@@ -669,7 +670,7 @@ def _ids_of(pieces: list[bytearray], lut: bytes, limit: int) -> np.ndarray:
         pieces[i] = None
         if filled == limit:
             break
-        ids = codes.translate(lut, bytes([_BREAK, _DROPPED]))
+        ids = codes.translate(lut, _DELETED)
         end = min(limit, filled + len(ids))
         corpus[filled:end] = memoryview(ids)[:end - filled]
         filled = end
@@ -746,7 +747,8 @@ def load_corpus(
         for c in present.tolist():
             lut[c] = vocab[chr(c)]
         total = int(counts.sum())
-        return _ids_of(pieces, bytes(lut), total if max_tokens <= 0 else min(total, max_tokens)), vocab
+        limit = total if max_tokens <= 0 else min(total, max_tokens)
+        return _ids_of(pieces, bytes(lut), limit), vocab
     words = _read_bytes(path).translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
     vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())
