@@ -165,7 +165,7 @@ def _time_training(make_trainer, task) -> dict:
         elapsed = time.perf_counter() - tic
         rates.append(tokens / elapsed)
     losses = np.asarray(losses, dtype=np.float64)
-    return {"tokens_per_s": stats(rates),
+    return {"tokens_per_s": stats(rates), "rates": rates,
             "ms_per_step": stats(1e3 * N * T / r for r in rates),
             "batches_per_repeat": count, "repeats": repeats,
             "build_s": build_s, "first_epoch_s": first_epoch_s,

@@ -49,6 +49,41 @@ def median(entry, key="tokens_per_s"):
     return entry[key]["median"]
 
 
+def merge_rounds(runs: list[dict], tokens_per_step: int | None = None) -> dict:
+    """One case run in several interleaved rounds (a fresh worker each, see ``run.py
+    --rounds``) -> one entry: tokens/s over every round's repeats pooled, each round's median
+    in ``round_medians`` (for :func:`side_by_side`; None for a round that failed, which is
+    otherwise left out), the largest peak RSS, the first round's warm-up, ms per step from
+    ``tokens_per_step``. Every round failed: the first round's error."""
+    ok = [r for r in runs if "error" not in r and "rates" in r]
+    if not ok:
+        return runs[0]
+    merged = dict(ok[0])
+    rates = [x for r in ok for x in r["rates"]]
+    merged.update(rates=rates, tokens_per_s=stats(rates), repeats=len(rates),
+                  round_medians=[r["tokens_per_s"]["median"] if any(r is o for o in ok)
+                                 else None for r in runs],
+                  loss_last_epoch=ok[-1]["loss_last_epoch"],
+                  finite=all(r.get("finite", True) for r in ok))
+    if tokens_per_step:
+        merged["ms_per_step"] = stats(1e3 * tokens_per_step / x for x in rates)
+    if any("peak_rss_mb" in r for r in ok):
+        merged["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in ok)
+    return merged
+
+
+def side_by_side(entry, other) -> float | None:
+    """``entry``'s tokens/s over ``other``'s: the median of the per-round ratios where both ran
+    in the same interleaved rounds (so a machine whose speed drifts between cases moves both
+    sides of each ratio alike), else the ratio of the medians; None when either failed."""
+    a, b = (e.get("round_medians") if e else None for e in (entry, other))
+    pairs = [(x, y) for x, y in zip(a, b) if x and y] if a and b and len(a) == len(b) else []
+    if len(pairs) > 1:
+        return statistics.median(x / y for x, y in pairs)
+    ma, mb = median(entry), median(other)
+    return ma / mb if ma and mb else None
+
+
 def derive(result: dict) -> dict:
     """Add FLOP-bound fractions to every training entry and the summary block (overhead ratio
     against the fastest bare mode, the default modes) to one run's result, in place."""
@@ -72,7 +107,7 @@ def derive(result: dict) -> dict:
         summary["rows"].append({
             "impl": entry["impl"], "mode": entry["mode"], "default_mode": entry["default_mode"],
             "tokens_per_s": rate,
-            "vs_fastest_bare": (rate / median(fastest)) if rate and fastest else None,
+            "vs_fastest_bare": side_by_side(entry, fastest) if rate and fastest else None,
             "fraction_of_flop_bound": entry.get("fraction_of_flop_bound")})
     result["summary"] = summary
     return result

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import _metrics, contention as _contention, scaling as _scaling
-from benchmarks._metrics import median
+from benchmarks._metrics import median, side_by_side
 from benchmarks.run import FORMAT as BENCHMARK_FORMAT
 from benchmarks.bare import KERAS_BACKENDS
 from d2lgru._io import save_png
@@ -205,6 +205,20 @@ def _warmup_s(entry):
     return entry["build_s"] + entry["first_epoch_s"]
 
 
+def _ratio_note(results, what: str, without: str) -> str:
+    """How the ratios between rows were taken (ending in a space; ``without``, or nothing, for
+    runs without rounds): round by round where the runs interleaved their cases (``run.py
+    --rounds``)."""
+    rounds = max((len(e.get("round_medians") or ()) for r in results
+                  for kind in ("train", "bare", "alternatives") for e in r.get(kind, [])),
+                 default=0)
+    if rounds > 1:
+        return (f"The book config's cases ran in {rounds} interleaved rounds (`run.py --rounds`),"
+                f" a fresh process each; {what} the median of the {rounds} ratios taken round by "
+                "round, so a machine whose speed drifts between cases moves both sides alike. ")
+    return without + " " if without else ""
+
+
 def fastest_bare(result):
     ok = [e for e in book_entries(result, "bare") if median(e)]
     return max(ok, key=median, default=None)
@@ -257,8 +271,10 @@ def main_table(results, multi) -> list[str]:
              "Vocab 28, hidden 256, batch 32, 35 steps; tokens/s of whole training steps "
              "(forward, loss, backward, clipping, SGD), median (min–max) over repeats. `*` marks "
              "the impl's default mode; `bare` rows are the book's concise model written straight "
-             "against the framework (`benchmarks/bare/`). *× bare*: median over the fastest bare "
-             "mode's median in the same run. *cell*: each impl trains the CLI's cell (the "
+             "against the framework (`benchmarks/bare/`). " + _ratio_note(
+                 results, "*× bare*: against the fastest bare mode,",
+                 "*× bare*: median over the fastest bare mode's median in the same run.")
+             + "*cell*: each impl trains the CLI's cell (the "
              "book's reset-before where the impl has it); every bare model is its framework's "
              "default GRU, the reset-after cell, which fuses the three recurrent products into "
              "one, so a reset-before row against bare compares two cells, not just overhead.", "",
@@ -277,7 +293,7 @@ def main_table(results, multi) -> list[str]:
         for e in book_entries(r) + book_entries(r, "bare") + book_entries(r, "alternatives"):
             is_bare = e in r.get("bare", [])
             is_alt = "script" in e
-            ratio = (median(e) / median(fb)) if (fb and median(e)) else None
+            ratio = side_by_side(e, fb) if fb else None
             impl = "bare" if is_bare else _alt_name(e) if is_alt else e["impl"]
             mode = e["mode"] + ("" if is_bare or not e.get("default_mode") else " *")
             lat1 = "" if is_bare or is_alt else latency_ms(r, e["impl"], 1)
@@ -345,7 +361,7 @@ def alternatives_section(results) -> list[str]:
                 rows.append(f"| {r['backend']} | {_alt_name(alt)} {alt['mode']} | "
                             f"{median(alt):,.0f} | no d2lgru backend measured here | — | n/a | |")
             for e in ours:
-                x = median(e) / median(alt)
+                x = side_by_side(e, alt)
                 why = _why_slower(e, alt) if x < TARGET_VS_KERAS else ""
                 rows.append(f"| {r['backend']} | {_alt_name(alt)} {alt['mode']} | "
                             f"{median(alt):,.0f} | {e['impl']} {e['mode']} {median(e):,.0f} | "
@@ -354,7 +370,8 @@ def alternatives_section(results) -> list[str]:
     if not rows:
         return []
     return ["## d2lgru against what a user would pick instead", "",
-            f"Book config, default modes, tokens/s medians of the same run. Target: d2lgru ≥ "
+            f"Book config, default modes, tokens/s medians of the same run. "
+            + _ratio_note(results, "*d2lgru / it*:", "") + f"Target: d2lgru ≥ "
             f"{TARGET_VS_KERAS:.1f}× the alternative. *why*: what the two rows compute "
             "differently, where a missed target has a known cause.", "",
             "| framework | alternative | its tokens/s | d2lgru default | d2lgru / it | "
@@ -543,7 +560,7 @@ def targets(results, pipe, contention=(), limit=None, steplimit=None) -> list[st
         ours = [e for e in book_entries(r) if e.get("default_mode") and median(e)]
         if alts and ours:
             alt = max(alts, key=median)
-            keras[r["backend"]] = ({e["impl"]: median(e) / median(alt) for e in ours}, alt)
+            keras[r["backend"]] = ({e["impl"]: side_by_side(e, alt) for e in ours}, alt)
     if keras:
         lines.append(f"3. d2lgru's default ≥ {TARGET_VS_KERAS:.1f}× Keras 3 on its framework:")
         for backend, (ratios, alt) in keras.items():
@@ -570,7 +587,7 @@ def targets(results, pipe, contention=(), limit=None, steplimit=None) -> list[st
                 "not measured" if not rows else "bare model failed"
             lines.append(f"   - {r['backend']}: n/a ({why})")
             continue
-        ratios = {e["impl"]: median(e) / median(fb) for e in rows}
+        ratios = {e["impl"]: side_by_side(e, fb) for e in rows}
         parts = [f"{e['impl']} {e['mode']} {ratios[e['impl']]:.2f}×" for e in rows]
         lines.append(f"   - {r['backend']}: {', '.join(parts)} (bare {fb['mode']} "
                      f"{median(fb):,.0f} tokens/s) — {_verdict(ratios, TARGET_BARE)}")
@@ -627,7 +644,7 @@ def targets(results, pipe, contention=(), limit=None, steplimit=None) -> list[st
     jax_rows = [e for e in book_entries(jax_r) if e.get("default_mode") and median(e)] \
         if jax_r else []
     if jax_fb and jax_rows:
-        ratios = {e["impl"]: median(e) / median(jax_fb) for e in jax_rows}
+        ratios = {e["impl"]: side_by_side(e, jax_fb) for e in jax_rows}
         lines.append(f"- (#18) JAX's default ≥ {TARGET_BARE}× the fastest bare JAX: "
                      + ", ".join(f"{e['impl']} {e['mode']} {ratios[e['impl']]:.2f}×"
                                  for e in jax_rows)

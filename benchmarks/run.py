@@ -9,7 +9,8 @@ commit is recorded), not a copy installed in the environment.
 
 Every case runs in its own worker process (fresh interpreter: its own peak RSS, no framework state
 shared between cases), sequentially, and every figure is min / median / max over repeats after
-warm-up. What is measured, for every impl x execution mode the backend declares:
+warm-up. At the book's configuration the cases run in ``--rounds`` interleaved rounds (see
+:func:`run_rounds`), so that ratios between them are taken side by side. What is measured, for every impl x execution mode the backend declares:
 
 * training throughput (tokens/s of whole steps: forward, loss, backward, clipping, SGD) through
   ``backend.make_trainer(...).train_epoch(batches)``, at the book's configuration (vocab 28,
@@ -49,9 +50,9 @@ LATENCY = ({"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 1},
            {"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 32})
 PARTS = ("train", "sweep", "latency", "bare", "gemm", "pipeline", "keras", "book")
 
-FULL = {"repeats": 5, "target_s": 1.0, "warmup_batches": 2, "max_batches": 1000, "gemm_n": 4096,
+FULL = {"repeats": 6, "rounds": 3, "target_s": 1.0, "warmup_batches": 2, "max_batches": 1000, "gemm_n": 4096,
         "latency_s": 1.0, "latency_min_calls": 10, "latency_max_calls": 5000, "timeout_s": 1800}
-QUICK = {"repeats": 2, "target_s": 0.0, "warmup_batches": 2, "max_batches": 2, "gemm_n": 512,
+QUICK = {"repeats": 2, "rounds": 1, "target_s": 0.0, "warmup_batches": 2, "max_batches": 2, "gemm_n": 512,
          "latency_s": 0.0, "latency_min_calls": 3, "latency_max_calls": 3, "timeout_s": 900}
 
 
@@ -87,7 +88,11 @@ def parse_args(argv=None):
     p.add_argument("--pipeline-mb", type=float, help="corpus size in MB (100; quick: 2)")
     p.add_argument("--data", help="The Time Machine (file or directory; default $D2LGRU_DATA_DIR, "
                                   "then ../shared/data, then d2lgru's cache)")
-    p.add_argument("--repeats", type=int, help="timed repeats per figure (5; quick: 2)")
+    p.add_argument("--repeats", type=int, help="timed repeats per figure, over all rounds (6; "
+                                               "quick: 2)")
+    p.add_argument("--rounds", type=int, help="the book config's cases (d2lgru, bare, Keras 3, "
+                   "the book's code) run in this many interleaved rounds, a fresh worker each, "
+                   "so that ratios between them are taken side by side (3; quick: 1)")
     p.add_argument("--target-s", type=float, help="seconds per timed repeat (1.0; quick: one "
                                                   "2-batch epoch)")
     return p.parse_args(argv)
@@ -193,6 +198,8 @@ def main(argv=None) -> int:
     preset = dict(QUICK if args.quick else FULL)
     if args.repeats:
         preset["repeats"] = args.repeats
+    if args.rounds:
+        preset["rounds"] = args.rounds
     if args.target_s is not None:
         preset.update(target_s=args.target_s, max_batches=FULL["max_batches"])
     if args.device.lower() in ("gpu", "cuda"):
@@ -307,27 +314,23 @@ def main(argv=None) -> int:
 
         bare_modes = bare_modes_of(args.backend)
         for axis, cfg in configs:
-            for impl, mode, default in ([] if "train" in skip else combos):
-                entry = run_case({"case": "train", "impl": impl, "mode": mode, "config": cfg,
-                                  **base}, args, workdir, timeout)
-                entry.update(impl=impl, mode=mode, default_mode=default, config=cfg,
-                             sweep_axis=axis)
-                result["train"].append(entry)
-                say(f"  {_cfg_name(axis, cfg):<12} {impl:>7} {mode:>10}{'*' if default else ' '}"
-                    f" {fmt_rate(entry)}")
-            if "bare" in skip or (axis is not None and not args.bare_sweep):
-                continue
-            for mode in bare_modes:
-                entry = run_case({"case": "bare", "mode": mode, "config": cfg, **base},
-                                 args, workdir, timeout)
-                entry.update(mode=mode, config=cfg, sweep_axis=axis)
-                result["bare"].append(entry)
-                say(f"  {_cfg_name(axis, cfg):<12} {'bare':>7} {mode:>10}  {fmt_rate(entry)}")
-
-        book_cfg = {**_metrics.BOOK, "vocab": V}
-        for entry in run_alternatives(args, skip, book_cfg, base, workdir, timeout):
-            result["alternatives"].append(entry)
-            say(f"  {'book':<12} {entry['script']:>7} {entry['mode']:>10}  {fmt_rate(entry)}")
+            # (list in result, task, what the entry records, its line's label): the book
+            # config's cases run in interleaved rounds (run_rounds), the sweep's once each
+            cases = [("train", {"case": "train", "impl": impl, "mode": mode, "config": cfg,
+                                **base},
+                      {"impl": impl, "mode": mode, "default_mode": default, "config": cfg,
+                       "sweep_axis": axis},
+                      f"{impl:>7} {mode:>10}{'*' if default else ' '}")
+                     for impl, mode, default in ([] if "train" in skip else combos)]
+            if "bare" not in skip and (axis is None or args.bare_sweep):
+                cases += [("bare", {"case": "bare", "mode": mode, "config": cfg, **base},
+                           {"mode": mode, "config": cfg, "sweep_axis": axis},
+                           f"{'bare':>7} {mode:>10} ") for mode in bare_modes]
+            if axis is None:
+                cases += [("alternatives", task, meta, f"{meta['script']:>7} {meta['mode']:>10} ")
+                          for task, meta in alternatives(args, skip, cfg, base)]
+            run_rounds(cases, preset["rounds"] if axis is None else 1, args, workdir, timeout,
+                       result, lambda line: say(f"  {_cfg_name(axis, cfg):<12} {line}"))
 
         if "pipeline" not in skip:
             result["pipeline"] = {}
@@ -363,21 +366,51 @@ def bare_modes_of(backend: str, constant: str = "MODES"):
     return ()
 
 
-def run_alternatives(args, skip, cfg, base, workdir, timeout):
-    """What a user would pick instead of d2lgru, at the book's config: Keras 3 on this
-    environment's framework (where keras imports) and, in the torch run, the book's own code."""
+def alternatives(args, skip, cfg, base):
+    """What a user would pick instead of d2lgru, at the book's config, as ``(task, meta)``:
+    Keras 3 on this environment's framework (where keras imports) and, in the torch run, the
+    book's own code."""
     import importlib.util
     keras_backend = args.keras_backend or (args.backend if args.backend in KERAS_BACKENDS
                                            else None)
     if "keras" not in skip and keras_backend and importlib.util.find_spec("keras"):
         for i, mode in enumerate(KERAS_MODES[keras_backend]):
-            entry = run_case({"case": "keras3", "keras_backend": keras_backend, "mode": mode,
-                              "config": cfg, **base}, args, workdir, timeout)
-            yield {**entry, "script": "keras3", "keras_backend": keras_backend, "mode": mode,
-                   "default_mode": i == 0, "config": cfg}
+            yield ({"case": "keras3", "keras_backend": keras_backend, "mode": mode,
+                    "config": cfg, **base},
+                   {"script": "keras3", "keras_backend": keras_backend, "mode": mode,
+                    "default_mode": i == 0, "config": cfg})
     if "book" not in skip and args.backend == "torch":
-        entry = run_case({"case": "book", "config": cfg, **base}, args, workdir, timeout)
-        yield {**entry, "script": "book", "mode": "eager", "default_mode": True, "config": cfg}
+        yield ({"case": "book", "config": cfg, **base},
+               {"script": "book", "mode": "eager", "default_mode": True, "config": cfg})
+
+
+def run_rounds(cases, rounds: int, args, workdir, timeout, result, say) -> None:
+    """Run ``cases`` (``(kind, task, meta, label)``) ``rounds`` times in turn, each time in a
+    fresh worker with ``repeats / rounds`` repeats (rounded up), and keep one entry per case in
+    ``result[kind]``, merged over the rounds so far (:func:`_metrics.merge_rounds`). The machine's
+    speed drifts over minutes (another job, the host, the clock): interleaved, every case sees
+    the same drift, and ratios between cases are taken round by round
+    (:func:`_metrics.side_by_side`), so they compare the cases, not the minutes they ran in."""
+    runs = [[] for _ in cases]
+    slots = {}
+    for r in range(rounds):
+        for i, (kind, task, meta, label) in enumerate(cases):
+            if rounds > 1:
+                timing = dict(task["timing"])
+                timing["repeats"] = -(-timing["repeats"] // rounds)
+                task = {**task, "timing": timing}
+            run = run_case(task, args, workdir, timeout)
+            runs[i].append(run)
+            cfg = meta["config"]
+            entry = {**_metrics.merge_rounds(runs[i], cfg["batch_size"] * cfg["num_steps"]),
+                     **meta}
+            if i not in slots:
+                slots[i] = len(result[kind])
+                result[kind].append(entry)
+            else:
+                result[kind][slots[i]] = entry
+            tag = f" round {r + 1}/{rounds}" if rounds > 1 else ""
+            say(f"{label} {fmt_rate(run)}{tag}")
 
 
 def run_pipeline(args, workdir: Path, text_path, timeout, say, out: dict) -> dict:
