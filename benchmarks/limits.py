@@ -217,7 +217,9 @@ def store(result: dict, out: Path) -> Path:
     else:
         path = out / f"limits-{result['backend']}.json"
         record = result
-    text = json.dumps(round_floats(record, 8), indent=1) + "\n"
+    # compact, as run.py writes the file it adds to (committed snapshots count against the
+    # repository's size; indenting it here had undone run.py's compact write)
+    text = json.dumps(round_floats(record, 8), separators=(",", ":")) + "\n"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
