@@ -41,7 +41,7 @@ from pathlib import Path
 
 from benchmarks import _machine
 from benchmarks.all import can_import, interpreter
-from benchmarks.run import BACKENDS, RESULTS
+from benchmarks.run import BACKENDS, RESULTS, write_result
 from d2lgru.backends import framework_of
 
 REPO = _machine.REPO
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     kept = _earlier_rows(out / "contention.json", report)
     if kept:
         report["rows"] = sorted(report["rows"] + kept, key=lambda r: _order(r["backend"]))
-    (out / "contention.json").write_text(json.dumps(report, separators=(",", ":")) + "\n")
+    write_result(out / "contention.json", report)
     print("\n".join([describe(report), ""] + table(report)))
     print(f"wrote {out / 'contention.json'}")
     return 0

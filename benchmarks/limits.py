@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -27,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import _machine
-from benchmarks.run import FORMAT as BENCHMARK_FORMAT
-from d2lgru._io import round_floats
+from benchmarks.run import FORMAT as BENCHMARK_FORMAT, write_result
 from d2lgru.backends import BACKENDS
 
 N, H, T, V = 32, 256, 35, 28
@@ -217,13 +215,7 @@ def store(result: dict, out: Path) -> Path:
     else:
         path = out / f"limits-{result['backend']}.json"
         record = result
-    # compact, as run.py writes the file it adds to (committed snapshots count against the
-    # repository's size; indenting it here had undone run.py's compact write)
-    text = json.dumps(round_floats(record, 8), separators=(",", ":")) + "\n"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_result(path, record)  # as run.py wrote it (indenting here had undone that)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from benchmarks import _machine, _metrics  # standard library only
 from benchmarks.bare import KERAS_BACKENDS, KERAS_MODES  # no keras imported
-from d2lgru._io import round_floats  # measurements to 8 significant digits
+from d2lgru._io import round_floats, write_atomic
 from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
 FORMAT = "d2lgru.Benchmark/1"
@@ -49,6 +49,14 @@ RESULTS = _machine.REPO / "benchmarks" / "results"
 LATENCY = ({"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 1},
            {"input": 28, "hidden": 256, "num_steps": 35, "batch_size": 32})
 PARTS = ("train", "sweep", "latency", "bare", "gemm", "pipeline", "keras", "book")
+
+
+def write_result(path: Path, record: dict) -> Path:
+    """``record`` as compact JSON, floats to 8 significant digits, written whole (a temporary
+    file renamed over ``path``): the one format of every file in a results folder, which a
+    committed snapshot counts against the repository's size."""
+    text = json.dumps(round_floats(record, 8), separators=(",", ":")) + "\n"
+    return write_atomic(path, lambda f: f.write(text), "w")
 
 FULL = {"repeats": 6, "rounds": 3, "target_s": 1.0, "warmup_batches": 2, "max_batches": 1000, "gemm_n": 4096,
         "latency_s": 1.0, "latency_min_calls": 10, "latency_max_calls": 5000, "timeout_s": 1800}
@@ -231,11 +239,7 @@ def main(argv=None) -> int:
         keeps what it measured."""
         result["complete"] = complete
         result["wall_s"] = time.perf_counter() - started
-        tmp = path.with_suffix(".json.tmp")
-        # compact, as scaling.py writes: committed snapshots count against the repository's size
-        tmp.write_text(json.dumps(round_floats(_metrics.derive(result), 8),
-                                  separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        write_result(path, _metrics.derive(result))
 
     def say(*a):
         print(*a, flush=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from benchmarks import _machine
 from benchmarks.all import interpreter
+from benchmarks.run import write_result
 from d2lgru.backends import BACKENDS  # the registry: no framework imported
 
 FORMAT = "d2lgru.Scaling/1"
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
             failed.append(backend)
             print(f"{backend}: {exc}", file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    write_result(path, doc)
     print(f"wrote {path}")
     return 1 if failed else 0
 
