@@ -379,15 +379,15 @@ def alternatives_section(results) -> list[str]:
 
 
 def sweep_table(results, multi) -> list[str]:
+    heading = ["## Sweep: one axis at a time around the book's configuration", ""]
     if not any(e.get("sweep_axis") for r in results for kind in ("train", "bare")
                for e in r.get(kind, [])):  # a table of dashes says less than one line
-        return ["## Sweep: one axis at a time around the book's configuration", "",
-                "Not measured in these files (`run.py --skip sweep`); `python -m benchmarks.run "
-                "--backend B` runs it.", ""]
-    lines = ["## Sweep: one axis at a time around the book's configuration", "",
-             "Median tokens/s (% of the limit). H: hidden units, N: batch size, T: steps.",
-             "", "| backend | impl | mode | " + " | ".join(c[0] for c in SWEEP_COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
+        return heading + ["Not measured in these files (`run.py --skip sweep`); `python -m "
+                          "benchmarks.run --backend B` runs it.", ""]
+    lines = heading + [
+        "Median tokens/s (% of the limit). H: hidden units, N: batch size, T: steps.",
+        "", "| backend | impl | mode | " + " | ".join(c[0] for c in SWEEP_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(SWEEP_COLUMNS)]
     for r in results:
         rows = {}
         for kind in ("train", "bare"):
