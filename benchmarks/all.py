@@ -34,7 +34,8 @@ REPO = _machine.REPO
 def interpreter(backend: str, tox_dir: Path | None = None) -> Path | None:
     """The Python of the environment that holds ``backend``'s framework, or None; ``tox_dir``:
     where tox built them (default ``.tox`` here; a git worktree can point at the main copy's)."""
-    tox_dir = REPO / ".tox" if tox_dir is None else Path(tox_dir)
+    # absolute: the workers run in other folders, where a relative path names nothing
+    tox_dir = REPO / ".tox" if tox_dir is None else Path(tox_dir).resolve()
     if backend == "numpy":
         candidates = [REPO / ".venv", tox_dir / "numpy"]
     else:
