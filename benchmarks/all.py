@@ -62,6 +62,12 @@ def trains_data_parallel(python: Path, backend: str) -> bool:
     return bool(row.get("distributed", {}).get("supported"))
 
 
+def _step(cmd: list[str]) -> int:
+    """Run one step in the checkout; its exit status. It ends with this driver (see
+    :func:`benchmarks._machine.dies_with_parent`)."""
+    return subprocess.run(cmd, cwd=REPO, preexec_fn=_machine.dies_with_parent()).returncode
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -105,11 +111,10 @@ def main(argv=None) -> int:
             cmd.append("--quick")
         print(f"== {backend}: {' '.join(cmd)}", flush=True)
         tic = time.perf_counter()
-        status = subprocess.run(cmd, cwd=REPO).returncode
+        status = _step(cmd)
         if status == 0 and args.device == "cpu":  # what bounds the speed
-            status = subprocess.run([str(python), "-m", "benchmarks.limits",
-                                     "--backend", backend, "--out", str(out),
-                                     *(["--quick"] if args.quick else [])], cwd=REPO).returncode
+            status = _step([str(python), "-m", "benchmarks.limits", "--backend", backend,
+                            "--out", str(out), *(["--quick"] if args.quick else [])])
         print(f"== {backend}: {'done' if status == 0 else f'FAILED (status {status})'} in "
               f"{(time.perf_counter() - tic) / 60:.1f} min", flush=True)
         (ran if status == 0 else skipped).append(backend if status == 0 else
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
                "--out", str(out), "--label", label, *(["--quick"] if args.quick else []),
                *(["--tox-dir", str(args.tox_dir)] if args.tox_dir else [])]
         print(f"== contention: {' '.join(cmd)}", flush=True)
-        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        if _step(cmd) != 0:
             print("skipped contention: contention.py failed", flush=True)
     parallel = [b for b in ran if trains_data_parallel(interpreter(b, args.tox_dir), b)]
     if parallel and args.device == "cpu" and not args.no_scaling:
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
                "--out", str(out), *(["--tox-dir", str(args.tox_dir)] if args.tox_dir else []),
                *(["--hidden", "32", "--epochs", "3", "--warmup", "1"] if args.quick else [])]
         print(f"== scaling: {' '.join(cmd)}", flush=True)
-        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        if _step(cmd) != 0:
             print("scaling: a backend failed (see above)", flush=True)
     if args.no_compare or not ran:
         return 0 if ran else 1
@@ -138,8 +143,7 @@ def main(argv=None) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         compare_python = str(interpreter("numpy", args.tox_dir) or sys.executable)
-    return subprocess.run([compare_python, "-m", "benchmarks.compare", str(out)],
-                          cwd=REPO).returncode
+    return _step([compare_python, "-m", "benchmarks.compare", str(out)])
 
 
 if __name__ == "__main__":

@@ -100,7 +100,9 @@ def run_together(python: Path, backend: str, setting: str, copies: int, args) ->
         if args.data:
             cmd += ["--data", args.data]
         procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(copies)]
+                                  stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=_machine.dies_with_parent())
+                 for _ in range(copies)]
         results = []
         for p in procs:
             out, err = p.communicate()

@@ -177,7 +177,8 @@ def run_case(task: dict, args, workdir: Path, timeout: float, *, python=None,
             proc = subprocess.run([str(python or sys.executable), "-c", _WORKER,
                                    json.dumps(task), str(result)], stdout=out,
                                   stderr=subprocess.STDOUT, env=worker_env(args),
-                                  cwd=cwd or _machine.REPO, timeout=timeout)
+                                  cwd=cwd or _machine.REPO, timeout=timeout,
+                                  preexec_fn=_machine.dies_with_parent())
             status = proc.returncode
         except subprocess.TimeoutExpired:
             status = f"timed out after {timeout:.0f} s"

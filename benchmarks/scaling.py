@@ -67,7 +67,7 @@ def run_case(python: Path, backend: str, hidden: int, nproc: int, args) -> dict:
             cmd += ["--data", args.data]
         tic = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=args.timeout)
+                              timeout=args.timeout, preexec_fn=_machine.dies_with_parent())
         wall = time.perf_counter() - tic
         if proc.returncode != 0:
             raise RuntimeError(f"{backend} H={hidden} W={nproc} failed (status "
