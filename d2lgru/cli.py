@@ -76,12 +76,13 @@ def _add_train_args(p):
     p.add_argument("--threads", type=_positive_int,
                    help="the framework's threads (default: $D2LGRU_THREADS, else chosen from the "
                         "free CPUs and the backend's measured preference)")
-    p.add_argument("--epochs", type=_positive_int, default=500)
+    p.add_argument("--epochs", type=_positive_int,
+                   help="total epochs (500; train --resume: the run's own)")
     p.add_argument("--hidden", type=_positive_int, help="hidden units (256)")
     p.add_argument("--layers", type=_positive_int, help="(1)")
     p.add_argument("--batch-size", type=_positive_int, help="(32)")
     p.add_argument("--num-steps", type=_positive_int, help="(35)")
-    p.add_argument("--max-tokens", type=int, help="corpus tokens used (-1: all; 10000)")
+    p.add_argument("--max-tokens", type=int, help="corpus tokens used (0 or less: all; 10000)")
     p.add_argument("--token", choices=("char", "word"), help="(char)")
     p.add_argument("--lr", type=_positive_float, help="learning rate (1)")
     p.add_argument("--clip", type=_positive_float, help="global gradient-norm clip (1)")
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the book's GRU language model on The Time Machine")
     _add_train_args(p)
     p.add_argument("--out", help="checkpoint directory, written every epoch (and the plot)")
-    p.add_argument("--resume", help="continue the checkpoint in this directory up to --epochs")
+    p.add_argument("--resume", help="continue the checkpoint in this directory (to its own "
+                                    "epochs, or to --epochs)")
     p.add_argument("--nproc", type=_positive_int, default=1,
                    help="data-parallel worker processes on this machine, started through the "
                         "framework's launcher (torchrun) or by d2lgru; each takes batch-size / "
@@ -195,7 +197,8 @@ def _add_gates_parser(sub):
     p.add_argument("--checkpoint", required=True,
                    help="a directory written by `d2lgru train --out`")
     p.add_argument("--text", default="the time traveller (for so it will be convenient to speak "
-                                     "of him)", help="the text to run (cleaned as the corpus was)")
+                                     "of him)", help="the text to run (cleaned as the corpus was; "
+                                                        "at most 1000 tokens)")
     p.add_argument("--out", required=True, help="the figure (PNG)")
     p.add_argument("--json", help="also write the gate values here")
 
@@ -383,7 +386,24 @@ def _config(args, backend):
     if args.resume is None and "reset_after" not in expect:
         expect["reset_after"] = choose_reset_after(backend, args.impl)
     data = str(Path(args.data).resolve()) if args.data else None
-    return TrainConfig(**expect, epochs=args.epochs, data=data), expect
+    epochs = args.epochs
+    if epochs is None:  # a resumed run's target stands (the Ctrl-C hint says --resume alone)
+        epochs = (_run_epochs(args.resume) if args.command == "train" and args.resume
+                  else TrainConfig.epochs)
+    return TrainConfig(**expect, epochs=epochs, data=data), expect
+
+
+def _run_epochs(run: str) -> int:
+    """The epochs a checkpoint's run was started for (its ``state.json`` config)."""
+    from .checkpoint import CheckpointError, read_state
+    from .train import TrainConfig
+    try:
+        return TrainConfig.from_dict(read_state(run)["config"]).epochs
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {run} is corrupt or incomplete: its config is "
+                              f"invalid ({exc})") from None
 
 
 def _resume_hint(args) -> str:
@@ -434,7 +454,7 @@ def cmd_train(args) -> int:
     from .backends import get_backend
     from .checkpoint import open_run
     from .distributed import World
-    from .train import TrainingInterrupted, plot_history, predict, train, write_result
+    from .train import TrainingInterrupted, train
     backend = get_backend(args.backend)
     if getattr(args, "nproc", 1) > 1:
         return _launch_workers(args, backend)
@@ -442,6 +462,9 @@ def cmd_train(args) -> int:
     if args.command == "train" and serves_only():
         return backend.serve_world()  # msrun's scheduler, started with the workers' command
     world = World.from_env() if args.command == "train" else World()
+    for flag in ("out", "resume"):
+        if getattr(args, flag) == "":  # "--out $DIR" with DIR unset would save nothing
+            raise InvalidArgumentError(f"--{flag} is empty; give a directory")
     config, expect = _config(args, backend)
     if args.resume is None and args.data_changed_ok:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
@@ -457,6 +480,13 @@ def cmd_train(args) -> int:
               f"({backend.check_mode(args.impl, args.mode)}) on {args.device or 'cpu'}, "
               f"{backend.threads} thread(s) ({backend.threads_source})"
               + (f", {world.size} processes" if world.distributed else ""))
+    from .threads import usable_cpus
+    cpus = usable_cpus()
+    if backend.threads_source in ("argument", "$D2LGRU_THREADS") and backend.threads > cpus \
+            and world.is_chief:
+        print(f"note: {backend.threads} threads on {cpus} usable CPU(s): threads that wait for a "
+              f"core make training many times slower; --threads {cpus} or less is faster",
+              file=sys.stderr)
     update, bar = _progress_bar(args.quiet or not world.is_chief, header)
     with open_run(out, resume=args.resume if world.is_chief else None,
                   overwrite=args.overwrite, format=args.format) as writer:
@@ -477,25 +507,38 @@ def cmd_train(args) -> int:
                 bar.close()
         if not world.is_chief:
             return 0
-        if result.epochs_run == 0:
-            print(f"nothing to train: the checkpoint already holds {result.epoch} epoch(s)",
-                  file=sys.stderr)
-        print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
-              f"{result.device} ({backend.name} {args.impl})")
-        spike = spike_note(result.history)
-        if spike:
-            print(spike, file=sys.stderr)
-        predictions = {}
-        for prefix in ("time traveller", "traveller"):
-            predictions[prefix] = predict(prefix, 50, result.model, result.vocab, backend=backend,
-                                          impl=args.impl, token=result.config.token)
-            print(predictions[prefix])
-        if writer is not None:
-            plot = plot_history(result.history, writer.path / "perplexity.png",
-                                f"{backend.name} {args.impl}")
-            write_result(writer, result, backend, args.impl, predictions)
-            print(f"checkpoint, result.json and plot in {out} ({plot.name})")
+        try:
+            _report(args, backend, result, writer, out)
+        except KeyboardInterrupt:
+            where = "" if writer is None else (
+                f": all {result.epoch} epochs are saved in {out}, result.json and the plot may "
+                f"not be; {_resume_hint(args)} to write them")
+            print(f"d2lgru {args.command}: interrupted after training{where}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 0
+
+
+def _report(args, backend, result, writer, out) -> None:
+    """What a finished training prints, and writes beside its checkpoint."""
+    from .train import plot_history, predict, write_result
+    if result.epochs_run == 0:
+        print(f"nothing to train: the checkpoint already holds {result.epoch} epoch(s)",
+              file=sys.stderr)
+    print(f"perplexity {result.perplexity:.1f}, {result.tokens_per_sec:.1f} tokens/sec on "
+          f"{result.device} ({backend.name} {args.impl})")
+    spike = spike_note(result.history)
+    if spike:
+        print(spike, file=sys.stderr)
+    predictions = {}
+    for prefix in ("time traveller", "traveller"):
+        predictions[prefix] = predict(prefix, 50, result.model, result.vocab, backend=backend,
+                                      impl=args.impl, token=result.config.token)
+        print(predictions[prefix])
+    if writer is not None:
+        plot = plot_history(result.history, writer.path / "perplexity.png",
+                            f"{backend.name} {args.impl}")
+        write_result(writer, result, backend, args.impl, predictions)
+        print(f"checkpoint, result.json and plot in {out} ({plot.name})")
 
 
 def spike_note(history, ratio: float = 1.1) -> str | None:
@@ -553,7 +596,7 @@ def cmd_reproduce(args) -> int:
         print(table.read_text())
         print(f"table and figure written: {table} and {plot}")
         return 0
-    if args.out is None:
+    if not args.out:
         raise InvalidArgumentError("reproduce needs --out DIR (where the run goes) or --collect DIR")
     from .backends import get_backend
     exercise = "" if (args.cell or "gru") == "gru" and args.gates in (None, "both") else \

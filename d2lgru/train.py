@@ -45,7 +45,7 @@ class TrainResult:
                            # (the epoch's training time; absent in older runs), backend, impl
     epoch: int             # completed epochs
     epochs_run: int        # epochs run by this call (0 when the checkpoint already had them)
-    tokens_per_sec: float  # over the epochs run in this call
+    tokens_per_sec: float  # over the epochs run in this call (none: the checkpoint's epochs)
     device: str
     mode: str
     threads: int | None = None         # the thread count at the end (a policy count follows load)
@@ -105,7 +105,8 @@ class TrainingInterrupted(D2lgruError):
 
 
 class TrainingDiverged(D2lgruError):
-    """An epoch's loss or weights became NaN or infinite; that epoch was not saved."""
+    """An epoch's loss, perplexity or weights became NaN or infinite; that epoch was not
+    saved."""
 
     def __init__(self, epoch: int, what: str, out, saved_epoch: int, config: TrainConfig):
         self.epoch, self.out, self.saved_epoch = epoch, out, saved_epoch
@@ -113,6 +114,19 @@ class TrainingDiverged(D2lgruError):
                 saved_epoch > 0 else "nothing was saved")
         super().__init__(f"training diverged in epoch {epoch} ({what}); {kept}; try a smaller "
                          f"--lr (now {config.lr:g}) or --clip (now {config.clip:g})")
+
+
+class CheckpointWriteError(D2lgruError, OSError):
+    """An epoch's checkpoint could not be written; the epochs saved before it stand."""
+
+    def __init__(self, epoch: int, out, saved_epoch: int, exc: OSError):
+        kept = (f"the checkpoint keeps epoch {saved_epoch}: fix that, then continue with "
+                f"--resume {out}" if saved_epoch > 0 else "nothing was saved")
+        super().__init__(exc.errno, f"cannot save epoch {epoch} in {out} "
+                                    f"({exc.strerror or exc}); {kept}")
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def corpus_sha1(path) -> str:
@@ -132,9 +146,15 @@ FIXED_ON_RESUME = ("hidden_size", "num_layers", "reset_after", "gates", "batch_s
                    "max_tokens", "token", "use_random_iter", "lr", "clip", "seed")
 
 
+#: the command line's name of a configuration field, where it is not the field's own
+_FLAG_NAMES = {"hidden_size": "hidden", "num_layers": "layers", "use_random_iter": "random-iter",
+               "reset_after": "reset-after/--reset-before", "gates": "gates/--cell"}
+
+
 def resume_conflicts(saved: TrainConfig, expect: dict) -> list[str]:
-    """``name: checkpoint value vs given value`` for every field in ``expect`` that differs."""
-    return [f"{k.replace('_', '-')}: checkpoint {getattr(saved, k)!r}, given {v!r}"
+    """``--flag: checkpoint value, given value`` for every field in ``expect`` that differs."""
+    return [f"--{_FLAG_NAMES.get(k, k.replace('_', '-'))}: checkpoint {getattr(saved, k)!r}, "
+            f"given {v!r}"
             for k, v in expect.items() if k in FIXED_ON_RESUME and getattr(saved, k) != v]
 
 
@@ -155,7 +175,7 @@ def check_memory(config: TrainConfig, vocab_size: int, dtype=np.float32) -> None
         raise InvalidArgumentError(
             f"a model with --hidden {H} and --layers {L} needs about {need / 2**30:.1f} GiB, more "
             f"than the {max(avail, total // 2) / 2**30:.1f} GiB this machine has available; "
-            f"choose a smaller --hidden")
+            f"choose a smaller --hidden or fewer --layers")
 
 
 def train(config: TrainConfig, *, backend=None, impl="scratch", mode=None, device=None, out=None,
@@ -249,8 +269,9 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
             elapsed = time.perf_counter() - tic
             with np.errstate(all="ignore"):
                 mean_loss = float(np.mean(losses))
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(epoch, f"its mean loss is {mean_loss}", out, saved, config)
+            if not math.isfinite(perplexity(mean_loss)):  # a loss past ~710 nats overflows
+                raise TrainingDiverged(epoch, f"its mean loss is {mean_loss:.6g}, its perplexity "
+                                              f"{perplexity(mean_loss)}", out, saved, config)
             n = sum(X.size for X, _ in batches)  # the global batches: every rank's tokens
             tokens += n
             run_time += elapsed
@@ -263,7 +284,10 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
                 if bad:
                     history.pop()
                     raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
-                writer.save(params, vocab, config, history, epoch)
+                try:
+                    writer.save(params, vocab, config, history, epoch)
+                except OSError as exc:  # a full disk, a lost mount: what is saved still stands
+                    raise CheckpointWriteError(epoch, out, saved, exc) from exc
                 saved = epoch
             if progress is not None:
                 progress(epoch, config.epochs, history[-1])
@@ -273,6 +297,11 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
     bad = _first_non_finite(final)
     if bad:
         raise TrainingDiverged(epoch, f"{bad} is not finite", out, saved, config)
+    if not run_time:  # nothing left to train: the rate of every epoch the checkpoint holds
+        timed = [(h["tokens_per_sec"], h["seconds"]) for h in history
+                 if all(isinstance(h.get(k), (int, float)) and math.isfinite(h[k]) and h[k] > 0
+                        for k in ("tokens_per_sec", "seconds"))]
+        tokens, run_time = sum(r * s for r, s in timed), sum(s for _, s in timed)
     return TrainResult(final, vocab, config, history, epoch, epoch - start,
                        tokens / run_time if run_time else float("nan"), trainer.device, trainer.mode,
                        backend.threads, backend.threads_source, world.size)
@@ -329,7 +358,8 @@ def encode_text(text: str, vocab, token: str = "char", what: str = "the prefix")
     (``what`` names the text in it)."""
     pieces = normalize_prefix(text, token)
     if not any(p.strip() for p in pieces):
-        raise InvalidArgumentError(f"{what} {text!r} has no letters; give at least one "
+        raise InvalidArgumentError(f"{what} {text!r} has no letters A-Z (the corpus was cleaned "
+                                   f"to those and spaces); give at least one "
                                    f"{'character' if token == 'char' else 'word'} of the corpus")
     unknown = sorted({p for p in pieces if p not in vocab.token_to_idx})
     if unknown:

@@ -191,8 +191,8 @@ def test_non_finite_weights_in_a_checkpoint_are_refused(run_dir):
 
 def test_resume_refuses_conflicting_options_listing_each(run_dir):
     with pytest.raises(CheckpointError, match=r"conflicts with the options given "
-                                               r"\(hidden-size: checkpoint 16, given 32; "
-                                               r"lr: checkpoint 1.0, given 0.5\)"):
+                                               r"\(--hidden: checkpoint 16, given 32; "
+                                               r"--lr: checkpoint 1.0, given 0.5\)"):
         train(TrainConfig(epochs=4), backend="numpy", resume=run_dir,
               expect={"hidden_size": 32, "lr": 0.5, "batch_size": 4})
     assert state_of(run_dir)["epoch"] == 3

@@ -235,7 +235,7 @@ def test_reproduce_refuses_to_redo_a_run_and_resumes_it(tmp_path, data_dir):
 @pytest.mark.parametrize("args,fragments", [
     (["--lr", "inf"], ["--lr", "positive finite number, got inf"]),
     (["--clip", "nan"], ["--clip", "positive finite number"]),
-    (["--hidden", "100000"], ["--hidden 100000", "GiB", "choose a smaller --hidden"]),
+    (["--hidden", "100000"], ["--hidden 100000", "GiB", "smaller --hidden or fewer --layers"]),
     (["--seed", "-1"], ["seed must be a non-negative integer"]),
 ])
 def test_options_that_cannot_train_are_one_line(args, fragments, data_dir):
@@ -244,13 +244,52 @@ def test_options_that_cannot_train_are_one_line(args, fragments, data_dir):
 
 def test_divergence_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
     out = tmp_path / "r"
-    proc = run("train", "--epochs", "30", *SMALL, "--lr", "8e36", "--out", str(out), "--quiet",
-               data_dir=data_dir)
+    proc = run("train", "--epochs", "30", *SMALL, "--lr", "100", "--clip", "100", "--out", str(out),
+               "--quiet", data_dir=data_dir)
     assert_one_line_error(proc, "training diverged in epoch", "keeps epoch", "smaller --lr")
     assert "RuntimeWarning" not in proc.stderr
     epoch = json.loads((out / "state.json").read_text())["epoch"]
     assert f"diverged in epoch {epoch + 1} " in proc.stderr
     run("predict", "--checkpoint", str(out), check=True)
+
+
+def test_a_perplexity_that_overflows_is_divergence_too(tmp_path, data_dir):
+    """A finite loss past ~710 nats makes exp(loss) infinite: not an epoch to save."""
+    out = tmp_path / "r"
+    proc = run("train", "--epochs", "5", "--max-tokens", "2000", "--lr", "1000", "--clip", "1000",
+               "--out", str(out), "--quiet", data_dir=data_dir)
+    assert_one_line_error(proc, "training diverged in epoch", "perplexity inf")
+    state = json.loads((out / "state.json").read_text())
+    assert all(h["perplexity"] < float("inf") for h in state["history"])
+
+
+def test_resume_without_epochs_keeps_the_runs_own_and_a_finished_run_its_figures(tmp_path,
+                                                                                 data_dir):
+    out = tmp_path / "r"
+    run("train", "--epochs", "2", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
+    first = json.loads((out / "result.json").read_text())
+    proc = run("train", "--resume", str(out), "--quiet", data_dir=data_dir, check=True)
+    assert "nothing to train: the checkpoint already holds 2 epoch(s)" in proc.stderr
+    state = json.loads((out / "state.json").read_text())
+    assert state["epoch"] == 2 and state["config"]["epochs"] == 2  # not the default 500
+    again = json.loads((out / "result.json").read_text())  # strict JSON: no NaN
+    assert again["tokens_per_sec"] == pytest.approx(first["tokens_per_sec"], rel=1e-9)
+    run("train", "--resume", str(out), "--epochs", "3", "--quiet", data_dir=data_dir, check=True)
+    assert json.loads((out / "state.json").read_text())["epoch"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--out", "--resume"])
+def test_an_empty_directory_option_is_refused(flag, data_dir):
+    assert_one_line_error(run("train", "--epochs", "1", *SMALL, flag, "", data_dir=data_dir),
+                          f"{flag} is empty")
+
+
+def test_more_threads_than_cpus_says_so(data_dir):
+    from d2lgru.threads import usable_cpus
+    cpus = usable_cpus()
+    proc = run("train", "--epochs", "1", *SMALL, "--threads", str(cpus + 1), "--quiet",
+               data_dir=data_dir, check=True)
+    assert f"note: {cpus + 1} threads on" in proc.stderr
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file", "in /proc"])
@@ -300,8 +339,8 @@ def test_resume_lists_every_conflicting_option(tmp_path, data_dir):
     run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
     proc = run("train", "--resume", str(out), "--epochs", "2", "--hidden", "32", "--lr", "0.5",
                "--batch-size", "4", data_dir=data_dir)
-    assert_one_line_error(proc, "hidden-size: checkpoint 16, given 32",
-                          "lr: checkpoint 1.0, given 0.5")
+    assert_one_line_error(proc, "--hidden: checkpoint 16, given 32",
+                          "--lr: checkpoint 1.0, given 0.5")
     assert "batch-size" not in proc.stderr  # the same value is no conflict
     run("train", "--resume", str(out), "--epochs", "2", "--batch-size", "4", data_dir=data_dir,
         check=True)
