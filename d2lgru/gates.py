@@ -34,6 +34,8 @@ GATE_SOURCE = ("the NumPy float64 oracle on the checkpoint's weights (no backend
 
 #: the value an ablated gate is pinned at (GRUSpec.gates): Z = 0 keeps only H~, R = 1 resets nothing
 PINNED = {"z": 0.0, "r": 1.0}
+#: the most tokens a figure draws (one column each: 20,000 took 5 minutes and could not be read)
+MAX_TOKENS = 1000
 GATE_NAMES = {"z": "update gate Z", "r": "reset gate R"}
 
 
@@ -78,6 +80,9 @@ def checkpoint_gates(ckpt: dict, text: str, *, backend=None, impl: str = "scratc
         raise InvalidArgumentError(f"the checkpoint holds a {spec.describe()}: the plain RNN has "
                                    f"no update or reset gate to show")
     ids = encode_text(text, vocab, config.token, what="the text")
+    if len(ids) > MAX_TOKENS:
+        raise InvalidArgumentError(f"the text has {len(ids):,} tokens; the figure draws at most "
+                                   f"{MAX_TOKENS:,} (a column each), so give a shorter text")
     X = one_hot(np.asarray([ids]), model.vocab_size, np.float64)
     gates = gate_values(model.gru, X)
     be = get_backend(backend)

@@ -139,6 +139,8 @@ def test_gates_refusals_are_one_line(checkpoints, tmp_path):
                           "plain RNN has no update or reset gate")
     assert_one_line_error(run("gates", *ckpt, "--text", "?! 42", *out), "has no letters")
     assert_one_line_error(run("gates", *ckpt, "--text", "", *out), "has no letters")
+    assert_one_line_error(run("gates", *ckpt, "--text", "ab" * 501, *out),
+                          "1,002 tokens", "at most 1,000")
     assert_one_line_error(run("gates", "--checkpoint", str(checkpoints / "no-z"), "--text",
                               "the zebra", *out), "tokens the model never saw", "'z'")
     assert_one_line_error(run("gates", "--checkpoint", str(tmp_path / "nope"), *out),

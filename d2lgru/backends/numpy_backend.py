@@ -273,7 +273,7 @@ class NumpyBackend(Backend):
     # or an all-reduce written by hand, and NumPy has none
     distributed_refusal = ("NumPy has no distributed engine of its own, and d2lgru trains "
                            "data-parallel only on a framework's (torch.distributed, "
-                           "tf.distribute); use --backend torch or tensorflow")
+                           "tf.distribute, ...); `d2lgru backends` lists the backends that do")
 
     # Every usable CPU, followed while training runs (retune_threads): on the idle 2-core
     # reference machine two OpenBLAS threads trained the book's config at 54-56k tokens/s
