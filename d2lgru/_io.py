@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import OutputIsADirectoryError
 
 
 def _umask() -> int:
@@ -17,8 +21,11 @@ def _umask() -> int:
 def write_atomic(path, write, mode: str = "wb") -> Path:
     """Write ``path`` through ``write(file)`` into a temporary file beside it, flushed to disk
     and then renamed over ``path``; text modes write UTF-8. An exception leaves ``path`` as it
-    was and no temporary file behind."""
+    was and no temporary file behind; a ``path`` that is a directory raises
+    :class:`~d2lgru.errors.OutputIsADirectoryError` naming it."""
     path = Path(path)
+    if _is_directory(path):  # before the write, which may be long (an ONNX export, a plot)
+        raise _directory_error(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask
@@ -26,11 +33,28 @@ def write_atomic(path, write, mode: str = "wb") -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError:  # a directory made there during the write
+            raise _directory_error(path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _is_directory(path: Path) -> bool:
+    """Whether ``path`` itself is a directory (a symlink to one is replaced like a file)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _directory_error(path: Path) -> OutputIsADirectoryError:
+    exc = OutputIsADirectoryError(f"cannot write {path}: it is a directory; give a file path")
+    exc.errno = errno.EISDIR
+    return exc
 
 
 def save_png(fig, path) -> Path:

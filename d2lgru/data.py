@@ -425,12 +425,33 @@ class Vocab:
         return [self.__getitem__(token) for token in tokens]
 
     def to_tokens(self, indices):
-        """Token of an index, or a list of tokens for a list, tuple or NumPy array."""
+        """Token of an index, or a list of tokens for a list, tuple or NumPy array; an index
+        outside 0..len-1 (a negative one included) raises InvalidArgumentError."""
+        self._check_indices(indices)
         if isinstance(indices, np.ndarray):
             indices = indices.tolist()
         if not isinstance(indices, (list, tuple)):
             return self.idx_to_token[indices]
         return [self.idx_to_token[index] for index in indices]
+
+    def _check_indices(self, indices) -> None:
+        """One NumPy pass for the type and range, not a Python comparison per index."""
+        try:
+            array = np.asarray(indices)
+        except ValueError:  # a ragged nested list
+            array = None
+        if array is None or array.ndim > 1 or array.dtype == bool or not (
+                array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+            what = ("ragged lists" if array is None else repr(indices) if array.ndim == 0 else
+                    f"a {type(indices).__name__} of shape {array.shape}, dtype {array.dtype}")
+            raise InvalidTypeError(f"token indices must be integers from 0 to {len(self) - 1} "
+                                   f"(one, or a flat list, tuple or array of them), got {what}")
+        if array.size == 0:
+            return
+        low, high = array.min(), array.max()
+        if low < 0 or high >= len(self):
+            raise InvalidArgumentError(f"token index {low if low < 0 else high} is out of range; "
+                                       f"this vocabulary's indices are 0..{len(self) - 1}")
 
     @property
     def unk(self) -> int:
@@ -783,6 +804,15 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     return value_int
 
 
+def _check_bool(name: str, value) -> bool:
+    """``value`` as a bool: True or False (a NumPy bool too), else InvalidTypeError naming
+    ``name`` (a string such as ``"yes"`` or ``"false"`` would otherwise count as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r} "
+                               f"({type(value).__name__})")
+    return bool(value)
+
+
 def _as_corpus(corpus) -> np.ndarray:
     array = np.asarray(corpus)
     if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
@@ -910,7 +940,7 @@ class SeqDataLoader:
         seed: int = 0,
     ):
         self.corpus = _as_corpus(corpus)
-        self.use_random_iter = bool(use_random_iter)
+        self.use_random_iter = _check_bool("use_random_iter", use_random_iter)
         self.batch_size, self.num_steps = _check_shape(
             len(self.corpus), batch_size, num_steps, self.use_random_iter
         )
@@ -976,5 +1006,6 @@ def load_data_time_machine(
     _check_int("batch_size", batch_size)
     _check_int("num_steps", num_steps)
     _check_int("seed", seed, minimum=0)
+    _check_bool("use_random_iter", use_random_iter)  # before the corpus is read
     corpus, vocab = load_corpus_time_machine(max_tokens, token=token, path=path)
     return SeqDataLoader(corpus, vocab, batch_size, num_steps, use_random_iter, seed=seed), vocab

@@ -42,6 +42,12 @@ class NonFiniteError(InvalidArgumentError):
     """An array or number holds NaN or infinity where finite values are required."""
 
 
+class OutputIsADirectoryError(D2lgruError, IsADirectoryError):
+    """A file to write (a parameter file, ``gates --out``, ``export --onnx``) names an existing
+    directory. An ``IsADirectoryError`` (``errno.EISDIR``), so ``except OSError`` still catches
+    it; its message names the user's path, never the temporary file written beside it."""
+
+
 __all__ = ["BackendNotInstalledError", "BackendPluginError", "D2lgruError",
            "ExtraNotInstalledError", "InvalidArgumentError", "InvalidTypeError",
-           "NonFiniteError"]
+           "NonFiniteError", "OutputIsADirectoryError"]

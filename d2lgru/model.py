@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, \
-    check_loaded_finite, init_params, load_container, save_params
+    check_loaded_finite, check_seed, init_params, load_container, save_params
 
 FORMAT_LM = "d2lgru.LMParams/1"
 
@@ -106,7 +106,9 @@ def init_lm(vocab_size: int, hidden_size: int = 256, *, num_layers: int = 1,
             bidirectional: bool = False, reset_after: bool = False, gates: str = "both",
             seed: int = 0, dtype=np.float32) -> LMParams:
     """The book's init for the whole model: GRU as :func:`init_params`, then ``W_hq`` from
-    N(0, 0.01) and a zero ``b_q``, all from one seeded generator stream."""
+    N(0, 0.01) and a zero ``b_q``, all from one seeded generator stream; ``seed`` is a
+    non-negative integer, as there."""
+    seed = check_seed(seed)
     spec = GRUSpec(vocab_size, hidden_size, num_layers, bidirectional, reset_after, gates)
     gru = init_params(spec, seed, dtype=dtype)
     rng = np.random.default_rng([seed, 1])

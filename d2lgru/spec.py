@@ -39,7 +39,8 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ._io import write_atomic
-from .errors import D2lgruError, ExtraNotInstalledError, InvalidArgumentError, NonFiniteError
+from .errors import D2lgruError, ExtraNotInstalledError, InvalidArgumentError, InvalidTypeError, \
+    NonFiniteError
 
 #: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
 GATES = ("z", "r", "h")
@@ -232,7 +233,9 @@ class GRUParams:
     @classmethod
     def from_onnx(cls, W, R, B=None, *, linear_before_reset=0) -> "GRUParams":
         """From ONNX GRU inputs: ``W [D, 3H, I]``, ``R [D, 3H, H]``, ``B [D, 6H]`` (gates z, r, h;
-        input biases then recurrent biases). One ONNX GRU node is one layer."""
+        input biases then recurrent biases). One ONNX GRU node is one layer. Weights holding NaN
+        or infinity are refused (:class:`~d2lgru.errors.NonFiniteError`), as :meth:`save` and
+        :meth:`load` refuse them."""
         W, R = np.asarray(W), np.asarray(R)
         if W.ndim != 3 or R.ndim != 3 or W.shape[0] not in (1, 2) or W.shape[1] % 3:
             raise InvalidArgumentError(f"ONNX GRU wants W [D, 3H, I] and R [D, 3H, H] with D in (1, 2), "
@@ -253,14 +256,30 @@ class GRUParams:
             W_h=np.ascontiguousarray(R[d].reshape(3, H, H).transpose(0, 2, 1)),
             b_x=B[d, :3 * H].reshape(3, H).copy(),
             b_h=B[d, 3 * H:].reshape(3, H).copy()) for d in range(D)]]
-        return cls(spec, cells)
+        params = cls(spec, cells)  # checks the dtype before isfinite meets it
+        problems = non_finite_report({"W": W, "R": R, "B": B})
+        if problems:
+            raise NonFiniteError(f"ONNX GRU weights cannot be used: {problems}; every weight "
+                                 f"must be finite")
+        return params
 
-    def to_onnx(self, layer: int = 0) -> dict:
+    def to_onnx(self, layer: int | None = None) -> dict:
         """ONNX GRU inputs and attribute for one layer:
-        ``{"W", "R", "B", "linear_before_reset", "hidden_size", "direction"}``."""
+        ``{"W", "R", "B", "linear_before_reset", "hidden_size", "direction"}``. One ONNX GRU
+        node holds one layer, so a multi-layer GRU needs ``layer`` (0 to ``num_layers - 1``);
+        ``None`` means the only layer of a one-layer GRU (since 0.2.0; before, layer 0 of any)."""
         spec = self.spec
-        if not 0 <= layer < spec.num_layers:
-            raise InvalidArgumentError(f"layer must be in [0, {spec.num_layers}), got {layer}")
+        L = spec.num_layers
+        if layer is None:
+            if L > 1:
+                raise InvalidArgumentError(
+                    f"ONNX's GRU operator holds one layer and this is a {spec.describe()}; pass "
+                    f"layer=0..{L - 1} to export one layer at a time")
+            layer = 0
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
+            raise InvalidTypeError(f"layer must be an integer from 0 to {L - 1}, got {layer!r}")
+        if not 0 <= layer < L:
+            raise InvalidArgumentError(f"layer must be an integer from 0 to {L - 1}, got {layer}")
         if spec.gates != "both":
             raise InvalidArgumentError(f"ONNX's GRU has every gate; a {spec.describe()} has no ONNX form")
         H = spec.hidden_size
@@ -317,10 +336,23 @@ def _params_from_file(path, meta, arrays, prefix) -> GRUParams:
     return params
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int: a Python or NumPy integer >= 0 (not a bool), else
+    :class:`~d2lgru.errors.InvalidTypeError` (not an integer) or
+    :class:`~d2lgru.errors.InvalidArgumentError` (negative)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise InvalidTypeError(f"seed must be a non-negative integer, got {seed!r} "
+                               f"({type(seed).__name__})")
+    if seed < 0:
+        raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed}")
+    return int(seed)
+
+
 def init_params(spec: GRUSpec, seed: int = 0, *, dtype=np.float32, sigma: float = 0.01) -> GRUParams:
     """The book's initialisation: every weight from N(0, sigma=0.01), every bias zero,
-    drawn from ``numpy.random.default_rng(seed)`` (float64 draws, then cast)."""
-    rng = np.random.default_rng(seed)
+    drawn from ``numpy.random.default_rng(seed)`` (float64 draws, then cast); ``seed`` is a
+    non-negative integer (:func:`check_seed`)."""
+    rng = np.random.default_rng(check_seed(seed))
     cells = []
     for l in range(spec.num_layers):
         row = []

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from d2lgru import data
+from d2lgru.errors import InvalidArgumentError, InvalidTypeError
 from d2lgru.data import (DataError, SeqDataLoader, Vocab, find_time_machine, load_corpus,
                          load_corpus_time_machine, load_data_time_machine, read_time_machine,
                          seq_data_iter_random, seq_data_iter_sequential, tokenize)
@@ -183,6 +184,29 @@ def test_vocab_matches_book_with_min_freq_and_reserved():
     assert vocab.to_tokens(np.array([2, 1])) == ['x', 'y']
     assert vocab.to_tokens(1) == 'y'
     assert len(Vocab()) == 1
+
+
+def test_to_tokens_refuses_an_index_outside_the_vocabulary(char_corpus):
+    vocab = Vocab(['x', 'y', 'y'])  # indices 0..2
+    for bad, shown in (([-1], -1), ([999], 999), ([1, -2, 5], -2), (3, 3), (-1, -1),
+                       (np.array([0, 2, 3]), 3), (np.array([2, 1], np.int8) - 5, -4),
+                       ((0, 7), 7)):
+        with pytest.raises(InvalidArgumentError, match=rf"token index {shown} is out of range; "
+                                                       rf"this vocabulary's indices are 0\.\.2$"):
+            vocab.to_tokens(bad)
+    for bad in (1.0, "x", [1.5], [True, False], np.array([[1, 2]]), [[1, 2], [1]], None):
+        with pytest.raises(InvalidTypeError, match=r"token indices must be integers from 0 to 2"):
+            vocab.to_tokens(bad)
+    assert vocab.to_tokens(np.uint8(2)) == 'x' and vocab.to_tokens(np.array(1)) == 'y'
+    assert vocab.to_tokens([]) == [] and vocab.to_tokens(np.array([], np.int64)) == []
+    assert vocab.to_tokens((2, 0)) == ['x', '<unk>']
+    # a whole corpus is checked in one NumPy pass: a bad index at its end is found
+    corpus, book_vocab = char_corpus
+    assert "".join(book_vocab.to_tokens(corpus[:9])) == "the time "
+    bad = corpus.astype(np.int64)
+    bad[-1] = len(book_vocab)
+    with pytest.raises(InvalidArgumentError, match=rf"token index {len(book_vocab)} is out"):
+        book_vocab.to_tokens(bad)
 
 
 def test_vocab_json_roundtrip(tmp_path, char_corpus):
@@ -352,6 +376,19 @@ def test_non_positive_sizes_rejected(char_corpus, data_dir):
         load_data_time_machine(-1, 35, path=data_dir)
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -2"):
         SeqDataLoader(corpus, vocab, 2, 3, seed=-2)
+
+
+def test_use_random_iter_must_be_a_bool(char_corpus, data_dir):
+    corpus, vocab = char_corpus
+    for bad in ("yes", "False", 1, 0, None, 1.0):
+        with pytest.raises(InvalidTypeError, match=rf"use_random_iter must be True or False, got "
+                                                   rf"{re.escape(repr(bad))} \("):
+            load_data_time_machine(4, 5, bad, path=data_dir)
+        with pytest.raises(InvalidTypeError, match="use_random_iter must be True or False"):
+            SeqDataLoader(corpus, vocab, 4, 5, bad)
+    for flag in (True, False, np.bool_(True), np.False_):
+        loader, _ = load_data_time_machine(4, 5, flag, max_tokens=400, path=data_dir)
+        assert loader.use_random_iter is bool(flag) and len(list(loader)) >= 1
 
 
 def test_too_short_corpus_rejected():

@@ -132,6 +132,15 @@ def test_an_ablation_draws_the_gate_it_has_and_says_the_other_is_pinned(checkpoi
     assert "update gate Z pinned at 0" in record["pinned"]["z"]
 
 
+def test_gates_out_naming_a_directory_is_one_line_naming_only_it(checkpoints, tmp_path):
+    target = tmp_path / "g.png"
+    target.mkdir()
+    assert_one_line_error(run("gates", "--checkpoint", str(checkpoints / "two-layer"), "--out",
+                              str(target)),
+                          f"cannot write {target}: it is a directory; give a file path")
+    assert [p.name for p in tmp_path.iterdir()] == ["g.png"] and not any(target.iterdir())
+
+
 def test_gates_refusals_are_one_line(checkpoints, tmp_path):
     out = ["--out", str(tmp_path / "g.png")]
     ckpt = ["--checkpoint", str(checkpoints / "two-layer")]

@@ -11,6 +11,7 @@ import safetensors.numpy
 from d2lgru import GRUParams, GRUSpec, LMParams, init_lm
 from d2lgru.checkpoint import CheckpointError, has_run, load as load_checkpoint, read_state
 from d2lgru.cli import main
+from d2lgru.errors import OutputIsADirectoryError
 from d2lgru.spec import NonFiniteParamsError, ParamsFileError
 from d2lgru.train import TrainConfig, train
 
@@ -78,6 +79,17 @@ def test_non_finite_weights_are_refused_on_save_and_on_load(tmp_path):
     _rewrite(path, arrays=lambda a: {**a, "l0.d0.b_h": np.full_like(a["l0.d0.b_h"], np.inf)})
     with pytest.raises(NonFiniteParamsError, match="l0.d0.b_h holds 12 NaN/inf values"):
         GRUParams.load(path)
+
+
+def test_a_safetensors_save_over_a_directory_names_only_that_path(tmp_path):
+    target = tmp_path / "gru.safetensors"
+    target.mkdir()
+    for save in (random_params(GRUSpec(3, 4), np.float32).save, init_lm(5, 4).save):
+        with pytest.raises(OutputIsADirectoryError) as err:
+            save(target)
+        assert str(err.value) == f"cannot write {target}: it is a directory; give a file path"
+        assert isinstance(err.value, IsADirectoryError)  # an OSError too, as before
+    assert [p.name for p in tmp_path.iterdir()] == ["gru.safetensors"] and target.is_dir()
 
 
 def test_an_unknown_format_name_is_refused():

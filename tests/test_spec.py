@@ -1,5 +1,6 @@
 """The spec: parameter shapes, ONNX layout (checked against ONNX's own equations), .npz files."""
 
+import errno
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import d2lgru
 from d2lgru import GRUParams, GRUSpec, ParamsFileError, init_params
 from d2lgru._io import write_atomic
-from d2lgru.errors import NonFiniteError
+from d2lgru.errors import (D2lgruError, InvalidArgumentError, InvalidTypeError, NonFiniteError,
+                           OutputIsADirectoryError)
 from d2lgru.model import FORMAT_LM
 from d2lgru.spec import FORMAT_GRU, GATE_SETS, save_npz
 from d2lgru.conformance import CHECKS
@@ -76,6 +78,46 @@ def test_from_onnx_without_bias_and_bad_shapes():
         GRUParams.from_onnx(W, R, linear_before_reset=2)
 
 
+@pytest.mark.parametrize("array", ["W", "R", "B"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_from_onnx_refuses_non_finite_weights_as_save_and_load_do(array, bad):
+    onnx = random_params(GRUSpec(3, 2), dtype=np.float32).to_onnx()
+    weights = {k: onnx[k].copy() for k in ("W", "R", "B")}
+    weights[array].flat[1] = bad
+    with pytest.raises(NonFiniteError, match=rf"{array} holds 1 NaN/inf value; every weight "
+                                             rf"must be finite") as info:
+        GRUParams.from_onnx(**weights)
+    assert "\n" not in str(info.value)
+    with pytest.raises(NonFiniteError, match=r"W holds 18 NaN/inf values"):
+        GRUParams.from_onnx(onnx["W"] * np.nan, onnx["R"])  # B defaults to zeros
+
+
+def test_to_onnx_of_a_multi_layer_gru_needs_the_layer():
+    params = random_params(GRUSpec(3, 2, num_layers=3, bidirectional=True), dtype=np.float32)
+    with pytest.raises(InvalidArgumentError, match=r"ONNX's GRU operator holds one layer and "
+                                                   r"this is a 3-layer .*pass layer=0\.\.2"):
+        params.to_onnx()
+    for layer in range(3):  # each layer its own ONNX node, with that layer's input size
+        onnx = params.to_onnx(layer)
+        assert onnx["W"].shape == (2, 6, 3 if layer == 0 else 4)
+        back = GRUParams.from_onnx(onnx["W"], onnx["R"], onnx["B"])
+        for d in range(2):
+            assert all(np.array_equal(a, b) for a, b in zip(
+                back.cell(0, d).arrays().values(), params.cell(layer, d).arrays().values()))
+    assert params.to_onnx(np.int64(2))["R"].shape == (2, 6, 2)
+    for layer in (-1, 3):
+        with pytest.raises(InvalidArgumentError, match=rf"layer must be an integer from 0 to 2, "
+                                                       rf"got {layer}"):
+            params.to_onnx(layer)
+    for layer in (True, 1.0, "0"):
+        with pytest.raises(InvalidTypeError, match="layer must be an integer from 0 to 2"):
+            params.to_onnx(layer)
+    one = random_params(GRUSpec(3, 2), dtype=np.float32)  # one layer: as before, layer optional
+    assert all(np.array_equal(one.to_onnx()[k], one.to_onnx(0)[k]) for k in ("W", "R", "B"))
+    with pytest.raises(InvalidArgumentError, match="from 0 to 0, got 1"):
+        one.to_onnx(1)
+
+
 def test_gate_order_lives_in_one_place():
     assert d2lgru.GATES == ("z", "r", "h")
     params = random_params(GRUSpec(2, 3))
@@ -100,6 +142,24 @@ def test_init_params_is_the_books_init_and_reproducible():
     assert cell.W_x.dtype == np.float32
     assert abs(cell.W_h.std() - 0.01) < 2e-4 and abs(cell.W_h.mean()) < 1e-4
     assert not cell.b_x.any() and not cell.b_h.any()
+
+
+def test_init_params_and_init_lm_take_a_non_negative_integer_seed():
+    spec = GRUSpec(3, 2)
+    assert init_params(spec, np.int64(5)) == init_params(spec, 5)
+    assert d2lgru.init_lm(5, 4, seed=np.uint8(5)) == d2lgru.init_lm(5, 4, seed=5)
+    init = [lambda seed: init_params(spec, seed), lambda seed: init_params(spec, seed=seed),
+            lambda seed: d2lgru.init_lm(5, 4, seed=seed)]
+    for make in init:
+        for seed in (-1, np.int32(-3)):
+            with pytest.raises(InvalidArgumentError,
+                               match=rf"seed must be a non-negative integer, got {int(seed)}"):
+                make(seed)
+        for seed, kind in (("a", "str"), (True, "bool"), (1.0, "float"), (None, "NoneType"),
+                           ([1, 2], "list")):
+            with pytest.raises(InvalidTypeError,
+                               match=rf"seed must be a non-negative integer, got .* \({kind}\)"):
+                make(seed)
 
 
 def test_params_reject_wrong_shapes_and_dtypes():
@@ -132,6 +192,27 @@ def test_a_failed_save_leaves_the_previous_file_whole(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         write_atomic(path, write_half_then_fail)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.npz"]
+
+
+def test_saving_over_a_directory_names_the_path_and_not_the_temporary_file(tmp_path):
+    params = random_params(GRUSpec(3, 2), dtype=np.float32)
+    target = tmp_path / "run1"
+    (target / "inside").mkdir(parents=True)
+    for save in (lambda: params.save(target), lambda: params.save(target, format="npz"),
+                 lambda: write_atomic(target, lambda f: f.write(b"x")),
+                 lambda: write_atomic(str(target) + "/", lambda f: f.write("x"), "w")):
+        with pytest.raises(OutputIsADirectoryError) as info:
+            save()
+        assert str(info.value) == f"cannot write {target}: it is a directory; give a file path"
+        # what a caller catches without knowing d2lgru still catches it; the CLI prints its one line
+        assert all(isinstance(info.value, t) for t in (D2lgruError, IsADirectoryError, OSError))
+        assert info.value.errno == errno.EISDIR and ".tmp" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run1"]  # no temporary file left
+    assert [p.name for p in target.iterdir()] == ["inside"]
+    link = tmp_path / "link"  # a symlink to a directory is a name, replaced like any file
+    link.symlink_to(target)
+    params.save(link)
+    assert not link.is_symlink() and GRUParams.load(link) == params
 
 
 def test_load_rejects_truncated_foreign_and_missing_files(tmp_path):

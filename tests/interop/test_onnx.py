@@ -159,6 +159,27 @@ def test_a_model_trained_by_torch_exports(tmp_path, data_dir):
     assert_close_to_oracle(logits, oracle_lm(result.model, tokens, h0)[0], "torch-trained logits")
 
 
+def test_a_two_layer_model_exports_each_layer_as_its_own_gru_node(tmp_path):
+    model = random_lm(6, 4, 2, True, False)  # to_onnx() alone refuses it; the export names layers
+    with pytest.raises(d2lgru.D2lgruError, match="pass layer=0..1"):
+        model.gru.to_onnx()
+    proto = build_model(model)
+    grus = [n for n in proto.graph.node if n.op_type == "GRU"]
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for layer, node in enumerate(grus):
+        np.testing.assert_array_equal(weights[node.input[1]], model.gru.to_onnx(layer)["W"])
+
+
+def test_export_to_a_directory_is_one_line_naming_it(trained_run, tmp_path, capsys):
+    target = tmp_path / "m.onnx"
+    target.mkdir()
+    assert main(["export", "--checkpoint", str(trained_run), "--onnx", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"cannot write {target}: it is a directory; give a file path")
+    assert "\n" not in err and ".tmp" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"] and not any(target.iterdir())
+
+
 @pytest.mark.parametrize("gates", ["reset-only", "update-only", "none"])
 def test_gate_ablations_and_the_plain_rnn_are_refused_in_one_sentence(gates):
     model = d2lgru.init_lm(5, 4, gates=gates)
@@ -211,6 +232,21 @@ def test_what_d2lgru_cannot_compute_is_named(tmp_path, attrs, message):
     with pytest.raises(OnnxImportError, match=message) as err:
         read_onnx(path)
     assert "\n" not in str(err.value)
+
+
+def test_an_onnx_gru_with_non_finite_weights_is_refused(tmp_path):
+    path = _gru_only_model(tmp_path)
+    proto = onnx.load(str(path))
+    R = onnx.numpy_helper.to_array(proto.graph.initializer[1]).copy()
+    R[0, 2, 1] = np.inf
+    proto.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(R, "R"))
+    onnx.save(proto, str(path))
+    with pytest.raises(OnnxImportError, match="R holds 1 NaN/inf value; every weight must be "
+                                              "finite") as err:
+        read_onnx(path)
+    assert "\n" not in str(err.value)
+    assert main(["import", "--onnx", str(path), "--out", str(tmp_path / "gru.npz")]) == 2
+    assert not (tmp_path / "gru.npz").exists()
 
 
 def test_a_model_without_vocabulary_needs_one(trained_run, tmp_path):
