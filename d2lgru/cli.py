@@ -406,6 +406,21 @@ def _run_epochs(run: str) -> int:
                               f"invalid ({exc})") from None
 
 
+def _saved_so_far(args) -> str:
+    """What the checkpoint of an interrupted run holds now, and how to go on."""
+    from .checkpoint import CheckpointError, read_state
+    out = args.out or args.resume
+    if not out:
+        return "no --out was given, so nothing was saved"
+    try:
+        epoch = read_state(out)["epoch"]
+    except CheckpointError:
+        epoch = 0
+    if not epoch:
+        return f"no epoch had finished, so nothing was saved in {out}"
+    return f"the checkpoint in {out} keeps epoch {epoch}; {_resume_hint(args)}"
+
+
 def _resume_hint(args) -> str:
     if args.command == "reproduce":
         return (f"continue with the same `d2lgru reproduce` command plus --resume "
@@ -457,7 +472,11 @@ def cmd_train(args) -> int:
     from .train import TrainingInterrupted, train
     backend = get_backend(args.backend)
     if getattr(args, "nproc", 1) > 1:
-        return _launch_workers(args, backend)
+        try:
+            return _launch_workers(args, backend)
+        except KeyboardInterrupt:  # the workers are stopped: say what their checkpoint holds
+            print(f"d2lgru {args.command}: interrupted; {_saved_so_far(args)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     from .distributed import serves_only
     if args.command == "train" and serves_only():
         return backend.serve_world()  # msrun's scheduler, started with the workers' command

@@ -359,6 +359,38 @@ def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
     assert not [p for p in _descendants(os.getpid()) if _worker_rank(p) is not None]
 
 
+@needs_distributed
+def test_interrupting_the_launch_says_what_the_checkpoint_keeps(tmp_path):
+    """SIGINT to the `--nproc` process alone (as `timeout -s INT` sends it): the workers are
+    stopped, and its one line says which epoch the checkpoint keeps and how to resume."""
+    out = tmp_path / "run"
+    proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS,
+                  env={"TMPDIR": str(tmp_path)})
+    try:
+        deadline = time.monotonic() + 300
+        while not _epoch_saved(out):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no epoch saved in 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=KILL_BOUND_S)
+    finally:
+        if proc.poll() is None:
+            for p in _descendants(proc.pid):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    epoch = load(out)["epoch"]
+    assert last == (f"d2lgru train: interrupted; the checkpoint in {out} keeps epoch {epoch}; "
+                    f"continue with --resume {out}"), err[-3000:]
+    assert not [p for p in _descendants(os.getpid()) if _worker_rank(p) is not None]
+
+
 def test_a_resumed_runs_own_batch_size_must_divide(tmp_path, data_dir):
     """--nproc with --resume checks the checkpoint's batch size, before any worker starts."""
     from d2lgru.checkpoint import write_checkpoint
