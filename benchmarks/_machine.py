@@ -19,26 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def dies_with_parent():
-    """A ``preexec_fn`` for a process a benchmark starts: on Linux the kernel sends the child
-    SIGTERM when the process that started it ends (``prctl(PR_SET_PDEATHSIG)``), so a benchmark
-    stopped by ``kill`` or a CI timeout leaves no worker measuring on and slowing whatever runs
-    next (a killed ``benchmarks.run`` used to leave its ``run_worker`` behind). None elsewhere.
-    Call it for each child, in the process that starts it."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    import signal
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent, sigterm = os.getpid(), int(signal.SIGTERM)
-
-    def arm():  # in the child, between fork and exec
-        prctl(1, sigterm)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent ended before the signal was armed
-            os._exit(1)
-    return arm
+    """``preexec_fn`` for every process a benchmark starts: it ends with the process that
+    started it (:func:`d2lgru._io.dies_with_parent`). Imported when called, by a driver: the
+    workers of ``benchmarks.ab`` import this module beside older revisions' d2lgru."""
+    from d2lgru._io import dies_with_parent as arm
+    return arm()
 
 
 def portable(path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,3 +86,27 @@ def round_floats(value, digits: int = 6):
     if isinstance(value, (list, tuple)):
         return [round_floats(v, digits) for v in value]
     return value
+
+
+def dies_with_parent():
+    """A ``preexec_fn`` for a child process that must not outlive the one starting it: on Linux
+    the kernel sends the child SIGTERM when its parent ends (``prctl(PR_SET_PDEATHSIG)``), so
+    a sweep's or a benchmark's driver stopped by ``kill`` or a CI timeout leaves no training
+    behind (a killed ``sweep --jobs 2`` left its two, which then held their settings' locks;
+    a killed ``benchmarks.run`` its worker, measuring on). None elsewhere. Call it for each
+    child, in the process that starts it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, sigterm = os.getpid(), int(signal.SIGTERM)
+
+    def arm():  # in the child, between fork and exec
+        prctl(1, sigterm)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent ended before the signal was armed
+            os._exit(1)
+    return arm

@@ -623,11 +623,15 @@ def cmd_reproduce(args) -> int:
     args.out_root = args.out
     run_dir = str(Path(args.out) / run_name(get_backend(args.backend).name, args.impl,
                                             exercise, args.seed or 0))
+    from .checkpoint import describe_run, has_run
+    if not args.resume and not args.overwrite and has_run(run_dir):
+        raise InvalidArgumentError(f"{run_dir} already holds a run ({describe_run(run_dir)}); "
+                                   f"continue it with the same command plus --resume, start over "
+                                   f"with --overwrite, or choose another --out")
     if args.resume:
         if args.overwrite:
             raise InvalidArgumentError("--resume continues the run and --overwrite starts it "
                                        "over; give one of them")
-        from .checkpoint import has_run
         if not has_run(run_dir):
             args.resume = None  # nothing to continue yet: start the run
         else:
@@ -672,7 +676,8 @@ def cmd_sweep(args) -> int:
     try:
         records = run_sweep(settings, args.out, backend=backend, impl=args.impl, mode=args.mode,
                             device=args.device, jobs=args.jobs, overwrite=args.overwrite,
-                            data_changed_ok=args.data_changed_ok, log=log)
+                            data_changed_ok=args.data_changed_ok, log=log,
+                            threads=args.threads, format=args.format)
     except (KeyboardInterrupt, TrainingInterrupted):
         print(f"d2lgru sweep: interrupted; every finished setting and checkpoint in {args.out} is "
               f"kept: run the same command again to resume", file=sys.stderr)

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import save_png, write_atomic
-from .checkpoint import RESULT_FILE, STATE_FILE, CheckpointError, has_run, read_state
+from ._io import dies_with_parent, save_png, write_atomic
+from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, has_run, model_format,
+                         read_state)
 from .config import TrainConfig
 from .backends import UnsupportedError, get_backend
 from .errors import D2lgruError, InvalidArgumentError
 from .spec import GATE_SETS, GRUSpec
-from .train import (TrainingDiverged, TrainingInterrupted, predict, settled, train,
-                    write_result)
+from .train import (FIXED_ON_RESUME, TrainingDiverged, TrainingInterrupted, _resolve_corpus,
+                    corpus_sha1, predict, resume_conflicts, settled, train, write_result)
 
 FORMAT_SWEEP = "d2lgru.Sweep/1"
 SWEEP_FILES = ("sweep.md", "sweep.png", "sweep.json")
@@ -42,6 +43,8 @@ ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_
 
 
 def _number(kind, text):
+    if not text.isascii():  # int() and float() also read other scripts' digits ('٣' is 3)
+        return None
     try:
         value = kind(text)
     except ValueError:
@@ -62,7 +65,7 @@ AXES = {
     "gates": ("gates", "gates", f"one of {', '.join(GATE_SETS)} (none: the plain RNN)",
               lambda t: t if t in GATE_SETS else None),
     "seed": ("seed", "seed", "a non-negative integer",
-             lambda t: int(t) if t.isdigit() else None),
+             lambda t: int(t) if t.isascii() and t.isdigit() else None),
 }
 
 
@@ -98,6 +101,11 @@ def parse_vary(specs) -> dict[str, list]:
             if value in parsed:
                 raise InvalidArgumentError(f"--vary {spec!r}: {name} {_label(value)} is listed "
                                            f"twice")
+            same = [v for v in parsed if _label(v) == _label(value)]
+            if same:  # a setting's name (its directory) holds 6 significant digits
+                raise InvalidArgumentError(f"--vary {spec!r}: {name} {same[0]!r} and {value!r} "
+                                           f"both name the setting {name}={_label(value)}; give "
+                                           f"values that differ in their first 6 digits")
             parsed.append(value)
         vary[name] = parsed
     if not vary:
@@ -134,8 +142,11 @@ def grid(base: TrainConfig, expect: dict, vary: dict[str, list]) -> list[Setting
                 value = "none" if value == "rnn" else base.gates
             fields[field] = value
         name = ",".join(f"{n}={_label(v)}" for n, v in values.items())
-        settings.append(Setting(name, values, dataclasses.replace(base, **fields),
-                                {**expect, **fields}))
+        config = dataclasses.replace(base, **fields)
+        # every field a run keeps, not only those given: the report's header states them all,
+        # so a setting kept from an earlier sweep must have been trained with them
+        settings.append(Setting(name, values, config,
+                                {**expect, **{k: getattr(config, k) for k in FIXED_ON_RESUME}}))
     return settings
 
 
@@ -156,7 +167,7 @@ def check_settings(settings: list[Setting], backend, impl: str, mode, device) ->
 
 def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=None, device=None,
               jobs: int = 1, overwrite: bool = False, data_changed_ok: bool = False,
-              log=None) -> list[dict]:
+              log=None, threads: int | None = None, format: str | None = None) -> list[dict]:
     """Train every setting into ``out/<name>/`` (finished ones are kept, unfinished ones
     resumed) and return their records (:func:`read_setting`). Settings that fail for a reason
     of their own (not divergence, which is recorded) do not stop the others; they are raised
@@ -166,7 +177,8 @@ def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=Non
     work = [{"name": s.name, "values": s.values, "config": dataclasses.asdict(s.config),
               "expect": s.expect, "dir": str(out / s.name), "backend": backend.name,
               "impl": impl, "mode": mode, "device": device, "overwrite": overwrite,
-              "data_changed_ok": data_changed_ok} for s in settings]
+              "data_changed_ok": data_changed_ok, "threads": threads, "format": format}
+             for s in settings]
     log = log or (lambda line: None)
     records, failed = {}, []
 
@@ -203,7 +215,7 @@ def _run_child(job) -> tuple[dict | None, str | None]:
            "PYTHONPATH": os.pathsep.join(p for p in (package_root,
                                                      os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, "-m", "d2lgru.sweep", json.dumps(job)], env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, preexec_fn=dies_with_parent())
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1]), None
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -216,21 +228,44 @@ def run_setting(job: dict) -> dict:
     path, config = Path(job["dir"]), TrainConfig.from_dict(job["config"])
     overwrite = job["overwrite"]
     if not overwrite and _finished(path, config.epochs):
+        _check_kept(path, config, job)
         return read_setting(path, job["name"], job["values"])
     resume = path if not overwrite and (path / STATE_FILE).is_file() else None
     # a run directory without state.json completed no epoch: nothing to keep
     overwrite = overwrite or (resume is None and has_run(path))
     backend = get_backend(job["backend"])
+    if job.get("threads") is not None:
+        backend.set_threads(job["threads"])
     try:
         result = train(config, backend=backend, impl=job["impl"], mode=job["mode"],
                        device=job["device"], out=path, resume=resume, overwrite=overwrite,
-                       expect=job["expect"], data_changed_ok=job["data_changed_ok"])
+                       expect=job["expect"], data_changed_ok=job["data_changed_ok"],
+                       format=job.get("format"))
     except TrainingDiverged as exc:
         return read_setting(path, job["name"], job["values"], diverged=str(exc))
     predictions = {p: predict(p, 50, result.model, result.vocab, backend=backend,
                               impl=job["impl"], token=result.config.token) for p in PREFIXES}
     write_result(path, result, backend, job["impl"], predictions)
     return read_setting(path, job["name"], job["values"])
+
+
+def _check_kept(path: Path, config: TrainConfig, job: dict) -> None:
+    """A finished setting is kept only if it is the run this sweep asks for: the same fixed
+    fields and corpus as a resumed one would need, its epochs, and its model files' format."""
+    state = read_state(path)
+    saved = TrainConfig.from_dict(state["config"])
+    why = resume_conflicts(saved, job["expect"])
+    if state["epoch"] != config.epochs:
+        why.append(f"--epochs: the run has {state['epoch']}, given {config.epochs}")
+    if job.get("format") and model_format(state["model"]) != job["format"]:
+        why.append(f"--format: the run has {model_format(state['model'])}, given {job['format']}")
+    sha1 = corpus_sha1(_resolve_corpus(config))
+    if not job["data_changed_ok"] and saved.corpus_sha1 not in (None, sha1):
+        why.append(f"the corpus: the run's has SHA-1 {saved.corpus_sha1}, this one {sha1}")
+    if why:
+        raise CheckpointError(f"{path} holds a finished run that is not this sweep's setting "
+                              f"({'; '.join(why)}); give the options it was trained with, more "
+                              f"--epochs to continue it, or --overwrite to train it again")
 
 
 def _finished(path: Path, epochs: int) -> bool:

@@ -225,7 +225,8 @@ def test_reproduce_refuses_to_redo_a_run_and_resumes_it(tmp_path, data_dir):
     run("reproduce", "--backend", "numpy", "--epochs", "2", *SMALL, "--out", str(out),
         data_dir=data_dir, check=True)
     assert_one_line_error(run("reproduce", "--backend", "numpy", "--epochs", "3", *SMALL, "--out",
-                              str(out), data_dir=data_dir), "already holds a run", "--resume")
+                              str(out), data_dir=data_dir), "already holds a run",
+                          "the same command plus --resume")  # reproduce's --resume takes no DIR
     run("reproduce", "--backend", "numpy", "--epochs", "3", *SMALL, "--out", str(out), "--resume",
         data_dir=data_dir, check=True)
     state = json.loads((out / "numpy-scratch" / "state.json").read_text())

@@ -8,6 +8,7 @@ from d2lgru.backends import Backend, ImplInfo, UnsupportedError
 from d2lgru.config import TrainConfig
 from d2lgru.errors import InvalidArgumentError
 from d2lgru.sweep import check_settings, grid, parse_vary
+from d2lgru.train import FIXED_ON_RESUME
 from test_cli import assert_one_line_error, run
 
 TINY = ["--vary", "hidden=8,16", "--vary", "lr=0.5,1", "--max-tokens", "400", "--batch-size", "4",
@@ -58,6 +59,9 @@ def test_a_grid_runs_resumes_and_keeps_what_is_finished(tmp_path, data_dir):
     (["--vary", "cell=gru,rnn", "--vary", "gates=both"], ["cannot both be given"]),
     (["--vary", "gates=both", "--cell", "rnn"], ["the plain RNN has no gates"]),
     (["--vary", "hidden=8", "--backend", "caffe"], ["unknown backend 'caffe'"]),
+    (["--vary", "seed=\u00b2"], ["seed '\u00b2' is not a non-negative integer"]),
+    (["--vary", "hidden=\u0663"], ["is not a positive integer"]),
+    (["--vary", "lr=1,1.0000001"], ["both name the setting lr=1", "first 6 digits"]),
 ])
 def test_bad_grids_are_one_line(args, fragments, tmp_path):
     out = tmp_path / "sweep"
@@ -72,7 +76,9 @@ def test_the_grid_combines_axes_in_order_and_maps_cell_to_gates():
                                           "cell=rnn,lr=0.5"]
     assert [(s.config.gates, s.config.lr) for s in settings] == [
         ("reset-only", 2.0), ("reset-only", 0.5), ("none", 2.0), ("none", 0.5)]
-    assert settings[2].expect == {"gates": "none", "lr": 2.0}
+    # every field a kept run must share, the given ones and the defaults alike
+    assert settings[2].expect == {**{k: getattr(settings[2].config, k) for k in FIXED_ON_RESUME},
+                                  "gates": "none", "lr": 2.0}
     with pytest.raises(InvalidArgumentError, match="listed twice"):
         parse_vary(["lr=1,1.0"])
 
@@ -86,3 +92,72 @@ def test_a_backend_without_the_plain_rnn_is_refused_up_front_naming_the_setting(
     with pytest.raises(UnsupportedError,
                        match=r"cannot train setting hidden=8,cell=rnn: .*gates='none'"):
         check_settings(settings, GruOnly(), "scratch", None, None)
+
+
+def test_a_kept_setting_must_be_the_one_asked_for(tmp_path, data_dir):
+    """A finished setting is kept only when it was trained as this sweep asks: another --lr,
+    fewer --epochs or another --format is refused, naming what differs (a table headed "lr 2"
+    over runs trained at lr 1 was the result before)."""
+    out = tmp_path / "sweep"
+    args = ["--vary", "hidden=8", "--max-tokens", "400", "--batch-size", "4", "--num-steps", "5",
+            "--quiet", "--out", str(out)]
+    run("sweep", *args, "--epochs", "2", data_dir=data_dir, check=True)
+    proc = run("sweep", *args, "--epochs", "2", "--lr", "2", data_dir=data_dir)
+    assert proc.returncode == 2 and "--lr: checkpoint 1.0, given 2.0" in proc.stderr, proc.stderr
+    proc = run("sweep", *args, "--epochs", "1", data_dir=data_dir)
+    assert proc.returncode == 2 and "--epochs: the run has 2, given 1" in proc.stderr, proc.stderr
+    proc = run("sweep", *args, "--epochs", "2", "--format", "safetensors", data_dir=data_dir)
+    assert proc.returncode == 2 and "--format: the run has npz" in proc.stderr, proc.stderr
+    run("sweep", *args, "--epochs", "2", data_dir=data_dir, check=True)  # the same: kept
+
+
+def test_a_sweep_passes_format_and_threads_to_its_runs(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    run("sweep", "--vary", "hidden=8", "--max-tokens", "400", "--batch-size", "4", "--num-steps",
+        "5", "--epochs", "1", "--format", "safetensors", "--threads", "1", "--quiet", "--out",
+        str(out), data_dir=data_dir, check=True,
+        env={"D2LGRU_THREADS": ""})
+    assert [p.name for p in (out / "hidden=8").glob("model-e*")] == ["model-e0001.safetensors"]
+    result = json.loads((out / "hidden=8" / "result.json").read_text())
+    assert (result["threads"], result["threads_source"]) == (1, "argument")
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
+                    reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_started_with_dies_with_parent_ends_with_it(tmp_path):
+    """What keeps `sweep --jobs` (and the benchmarks) from leaving trainings behind when the
+    process that started them is killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    code = ("import subprocess, sys; from d2lgru._io import dies_with_parent; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+            "preexec_fn=dies_with_parent()); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); p.wait()")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        try:
+            with open(f"/proc/{child}/stat") as f:  # a zombie awaiting its reaping is gone too
+                if f.read().split(") ")[1].startswith("Z"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the child outlived its parent by 10 s")
