@@ -796,6 +796,8 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum`` (1 or 0), else ValueError naming ``name``."""
     kind = "a positive" if minimum == 1 else "a non-negative"
     try:
+        if isinstance(value, (bool, np.bool_)):  # an int to Python, never a count here
+            raise TypeError
         value_int = operator.index(value)
     except TypeError:
         raise InvalidArgumentError(f"{name} must be {kind} integer, got {value!r}") from None

@@ -376,6 +376,8 @@ def test_non_positive_sizes_rejected(char_corpus, data_dir):
         load_data_time_machine(-1, 35, path=data_dir)
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -2"):
         SeqDataLoader(corpus, vocab, 2, 3, seed=-2)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got True"):
+        load_data_time_machine(True, 35, path=data_dir)  # a bool is no count (True was 1)
 
 
 def test_use_random_iter_must_be_a_bool(char_corpus, data_dir):
