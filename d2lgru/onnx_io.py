@@ -207,6 +207,13 @@ class _Graph:
             if bad:
                 self.fail(f"GRU node {label} uses {what}, which d2lgru cannot import")
         W, R, B = (self.weight(node, i, what) for i, what in ((1, "W"), (2, "R"), (3, "B")))
+        # from_onnx reads the directions off W's first dimension; the attribute must agree
+        # (onnxruntime refuses a node where they differ), or the import changes the model
+        needed = 2 if direction == "bidirectional" else 1
+        if W is not None and W.ndim >= 1 and W.shape[0] != needed:
+            self.fail(f"GRU node {label} has direction {direction!r} but its W has first "
+                      f"dimension {W.shape[0]} (W [D, 3H, I]: forward and reverse need D = 1, "
+                      f"bidirectional D = 2)")
         if len(node.input) > 5 and node.input[5] in self.const and \
                 np.any(self.const[node.input[5]]):
             self.fail(f"GRU node {label} has a constant non-zero initial_h; d2lgru's parameters "

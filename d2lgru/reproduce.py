@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,17 +44,31 @@ def run_name(backend: str, impl: str, exercise: str = "", seed: int = 0) -> str:
 
 
 def collect(directory) -> list[dict]:
-    """Every finished run directory under ``directory``: result.json merged with its history."""
+    """Every finished run directory under ``directory``: result.json merged with its history.
+
+    A run whose result.json records other epochs than its state.json holds (an earlier finish,
+    then a ``--resume`` to more epochs that was interrupted) is not finished as recorded: its
+    history and its result belong to different models, so it is left out, with one line on
+    stderr that says how to finish it."""
     directory = Path(directory)
     runs = []
     for result_file in sorted(directory.glob(f"*/{RESULT_FILE}")):
+        run_dir = result_file.parent
         try:
             result = json.loads(result_file.read_text())
-            state = json.loads((result_file.parent / STATE_FILE).read_text())
+            state = json.loads((run_dir / STATE_FILE).read_text())
             result["history"] = [h["perplexity"] for h in state["history"]]
-            result["run"] = result_file.parent.name
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{result_file.parent} is not a finished run ({exc})") from None
+            result["run"] = run_dir.name
+            recorded, trained = result["epochs"], state["epoch"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{run_dir} is not a finished run ({exc})") from None
+        if recorded != trained:
+            print(f"reproduce --collect: leaving out {run_dir}: its {RESULT_FILE} records "
+                  f"{recorded} epoch(s) but its {STATE_FILE} holds {trained} (a --resume that "
+                  f"did not finish); `d2lgru train --resume {run_dir} --backend "
+                  f"{result.get('backend', 'NAME')} --impl {result.get('impl', 'scratch')}` "
+                  f"finishes it and writes {RESULT_FILE}", file=sys.stderr)
+            continue
         runs.append(result)
     return runs
 

@@ -372,6 +372,48 @@ def test_matrix_without_reports_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "no conformance reports in" in err[0]
 
 
+MATRIX_REPORT = {"format": "d2lgru.ConformanceReport/1", "backend": "numpy", "framework": "numpy",
+                 "framework_version": "2.0", "d2lgru_version": "0.1", "python": "3.11",
+                 "platform": "Linux", "timestamp": "2024-01-01T00:00:00+00:00", "ran": 1,
+                 "counts": {"passed": 1}, "complete": False,
+                 "checks": [{"case": "gru/c", "inputs_sha1": None}]}
+
+
+@pytest.mark.parametrize("report, npz, match", [
+    ("{not json", None, "Expecting property name"),
+    (dict(MATRIX_REPORT, format="other/1"), None, "format 'other/1', expected"),
+    (MATRIX_REPORT, b"not a zip file", "outputs.npz"),
+    ([], None, "report.json holds an array, expected an object"),
+    ({k: v for k, v in MATRIX_REPORT.items() if k != "backend"}, None,
+     "report.json has no 'backend', expected a string there"),
+    (dict(MATRIX_REPORT, backend=7), None, "'backend' is an integer, expected a string"),
+    (dict(MATRIX_REPORT, ran="1"), None, "'ran' is a string, expected an integer"),
+    (dict(MATRIX_REPORT, checks=None), None, "'checks' is null, expected an array of checks"),
+    (dict(MATRIX_REPORT, checks=[{"inputs_sha1": None}]), None,
+     "checks\\[0\\] is .* expected an object with a string 'case'"),
+    (dict(MATRIX_REPORT, counts={"passed": "1"}), None, "'counts' is .* expected an object of "
+                                                         "integers"),
+], ids=["bad-json", "format", "broken-npz", "array", "no-backend", "backend-int", "ran-str",
+        "checks-null", "check-without-case", "counts-str"])
+def test_a_report_the_matrix_cannot_read_is_one_line_and_exit_2(tmp_path, capsys, report, npz,
+                                                                 match):
+    from d2lgru.conformance.runner import FORMAT_OUTPUTS
+    from d2lgru.spec import save_npz
+    run_dir = tmp_path / "numpy"
+    save_npz(run_dir / "outputs.npz", FORMAT_OUTPUTS, {"backend": "numpy"},
+             {"oracle/float64/gru/c/Y": np.zeros(3), "scratch/float32/gru/c/Y": np.zeros(3)})
+    (run_dir / "report.json").write_text(json.dumps(MATRIX_REPORT))
+    assert main(["conformance", "--matrix", str(tmp_path)]) == 0   # the well-formed report works
+    capsys.readouterr()
+    (run_dir / "report.json").write_text(report if isinstance(report, str) else json.dumps(report))
+    if npz is not None:
+        (run_dir / "outputs.npz").write_bytes(npz)
+    assert main(["conformance", "--matrix", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"cannot read the report in {run_dir}: " in err[0] and re.search(match, err[0]), err[0]
+
+
 # -- the suite under pytest refuses to test nothing -------------------------------------------
 
 def run_conformance_pytest(backend):

@@ -84,7 +84,8 @@ def write_run_dir(directory, name, r):
     result = {k: v for k, v in r.items() if k not in ("history", "run")}
     (run_dir / RESULT_FILE).write_text(json.dumps(result))
     (run_dir / STATE_FILE).write_text(json.dumps(
-        {"history": [{"epoch": e + 1, "perplexity": p} for e, p in enumerate(r["history"])]}))
+        {"epoch": len(r["history"]),
+         "history": [{"epoch": e + 1, "perplexity": p} for e, p in enumerate(r["history"])]}))
 
 
 def absolute_paths(value) -> list[str]:
@@ -127,6 +128,43 @@ def test_the_runs_file_rebuilds_the_table_of_the_run_directories(tmp_path):
     again, _ = read_runs(only_file / RUNS_FILE)
     assert [r["run"] for r in again] == [r["run"] for r in recorded] and len(book) == 1
     assert [r["history"][-1] for r in again if r["run"] == "torch-scratch"] == [1.2]
+
+
+def test_a_run_resumed_past_its_result_and_interrupted_is_left_out(tmp_path, capsys):
+    """A run finished at 3 epochs, then `reproduce --resume --epochs 400` stopped at epoch 60:
+    result.json (3 epochs: that model's predictions and tokens/s) and state.json (60 epochs)
+    describe different models, so the run makes no row and stderr says how to finish it."""
+    early = result(0, 5.0)
+    early.update(epochs=3, history=[9.0, 7.0, 5.0])
+    write_run_dir(tmp_path, "numpy-scratch", early)
+    state_file = tmp_path / "numpy-scratch" / STATE_FILE
+    state = json.loads(state_file.read_text())
+    state.update(epoch=60, history=[{"epoch": e, "perplexity": 10 - e / 10} for e in range(1, 61)])
+    state_file.write_text(json.dumps(state))
+    write_run_dir(tmp_path, "torch-scratch", result(0, 1.07, backend="torch"))
+    table, _ = write_report(tmp_path)
+    text = table.read_text()
+    assert "| torch | scratch |" in text and "| numpy | scratch |" not in text
+    assert [r["run"] for r in read_runs(tmp_path / RUNS_FILE)[0]] == ["torch-scratch"]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert f"leaving out {tmp_path / 'numpy-scratch'}:" in lines[0]
+    assert "records 3 epoch(s) but its state.json holds 60" in lines[0]
+    assert f"`d2lgru train --resume {tmp_path / 'numpy-scratch'} --backend numpy --impl " \
+           "scratch`" in lines[0]
+    # finished (result.json rewritten at epoch 60), it is a row again
+    early.update(epochs=60, history=[10 - e / 10 for e in range(1, 61)])
+    (tmp_path / "numpy-scratch" / RESULT_FILE).write_text(
+        json.dumps({k: v for k, v in early.items() if k not in ("history", "run")}))
+    text = write_report(tmp_path)[0].read_text()
+    assert "| numpy | scratch |" in text and "| 60 | 0 | 4.00 |" in text
+    assert capsys.readouterr().err == ""
+    # only unfinished runs: nothing to tabulate is the one-line error it always was
+    shutil.rmtree(tmp_path / "torch-scratch")
+    (tmp_path / RUNS_FILE).unlink()
+    state_file.write_text(json.dumps(dict(state, epoch=61)))
+    with pytest.raises(CheckpointError, match="no finished runs"):
+        write_report(tmp_path)
 
 
 def test_a_file_that_is_not_a_runs_file_is_an_error(tmp_path):

@@ -40,6 +40,54 @@ def category(quantity: str) -> str:
     return "gradients" if head in ("dX", "dh0", "dparams", "grads") else "outputs"
 
 
+#: the fields of report.json that the matrix reads, and their JSON types (all required)
+REPORT_FIELDS = {"backend": str, "framework": str, "framework_version": str,
+                 "d2lgru_version": str, "python": str, "platform": str, "timestamp": str,
+                 "ran": int}
+
+
+def _json_type(value) -> str:
+    """``value``'s type in JSON's words (what a user sees in the file)."""
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
+                       (str, "a string"), (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def check_report_shape(report) -> None:
+    """Raise ``ValueError`` naming the first part of a parsed report.json the matrix cannot use:
+    not an object, another format, a field of :data:`REPORT_FIELDS` missing or of another type,
+    ``counts`` not an object of integers, ``checks`` not an array of objects with a string
+    ``case`` (and a string or null ``inputs_sha1``)."""
+    if not isinstance(report, dict):
+        raise ValueError(f"{REPORT_FILE} holds {_json_type(report)}, expected an object")
+    if report.get("format") != FORMAT_REPORT:
+        raise ValueError(f"format {report.get('format')!r}, expected {FORMAT_REPORT!r}")
+    for key, kind in REPORT_FIELDS.items():
+        if key not in report:
+            raise ValueError(f"{REPORT_FILE} has no {key!r}, expected "
+                             f"{_json_type(kind())} there")
+        if not isinstance(report[key], kind) or isinstance(report[key], bool):
+            raise ValueError(f"{REPORT_FILE}'s {key!r} is {_json_type(report[key])}, expected "
+                             f"{_json_type(kind())}")
+    counts = report.get("counts", {})
+    if not isinstance(counts, dict) or any(not isinstance(n, int) or isinstance(n, bool)
+                                           for n in counts.values()):
+        raise ValueError(f"{REPORT_FILE}'s 'counts' is {json.dumps(counts)[:60]}, expected an "
+                         f"object of integers (status: number of checks)")
+    checks = report.get("checks", [])
+    if not isinstance(checks, list):
+        raise ValueError(f"{REPORT_FILE}'s 'checks' is {_json_type(checks)}, expected an array "
+                         f"of checks")
+    for i, check in enumerate(checks):
+        if not isinstance(check, dict) or not isinstance(check.get("case"), str) or \
+                not isinstance(check.get("inputs_sha1"), (str, type(None))):
+            raise ValueError(f"{REPORT_FILE}'s checks[{i}] is {json.dumps(check)[:60]}, expected "
+                             f"an object with a string 'case' and a string or null "
+                             f"'inputs_sha1'")
+
+
 def load_reports(directory) -> list[dict]:
     directory = Path(directory)
     found = []
@@ -49,8 +97,7 @@ def load_reports(directory) -> list[dict]:
             continue
         try:
             report = json.loads(report_path.read_text())
-            if report.get("format") != FORMAT_REPORT:
-                raise ValueError(f"format {report.get('format')!r}, expected {FORMAT_REPORT!r}")
+            check_report_shape(report)
             _, arrays = load_npz(outputs_path, FORMAT_OUTPUTS)
         except (ValueError, OSError, ParamsFileError) as exc:
             raise MatrixError(f"cannot read the report in {report_path.parent}: {exc}") from None

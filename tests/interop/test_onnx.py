@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 import pytest
 import torch
 
@@ -189,12 +190,13 @@ def test_gate_ablations_and_the_plain_rnn_are_refused_in_one_sentence(gates):
 
 
 def _gru_only_model(tmp_path, **attrs):
-    """One GRU node over a float graph input: no head, no vocabulary."""
+    """One GRU node over a float graph input: no head, no vocabulary (``D``: W's and R's first
+    dimension, 1 unless given)."""
     h = onnx.helper
     rng = np.random.default_rng(0)
-    H, I = 4, 3
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal((1, 3 * H, I)).astype(np.float32), "W"),
-             onnx.numpy_helper.from_array(rng.standard_normal((1, 3 * H, H)).astype(np.float32), "R")]
+    H, I, D = 4, 3, attrs.pop("D", 1)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((D, 3 * H, I)).astype(np.float32), "W"),
+             onnx.numpy_helper.from_array(rng.standard_normal((D, 3 * H, H)).astype(np.float32), "R")]
     inputs = ["X", "W", "R"]
     if attrs.pop("weights_from_input", False):
         inputs[2] = "R_in"
@@ -232,6 +234,30 @@ def test_what_d2lgru_cannot_compute_is_named(tmp_path, attrs, message):
     with pytest.raises(OnnxImportError, match=message) as err:
         read_onnx(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("direction,D", [("forward", 2), ("bidirectional", 1), ("reverse", 1),
+                                         ("reverse", 2)])
+def test_a_direction_that_w_contradicts_or_reverse_is_refused(tmp_path, capsys, direction, D):
+    """onnxruntime runs only a node whose direction matches W's first dimension (and runs
+    reverse); d2lgru imports none of these rather than a GRU of other directions."""
+    path = _gru_only_model(tmp_path, direction=direction, D=D)
+    feed = {"X": np.ones((2, 1, 3), np.float32), "R_in": np.zeros((1, 12, 4), np.float32)}
+    if D == (2 if direction == "bidirectional" else 1):
+        session(str(path)).run(None, feed)                  # valid ONNX that d2lgru cannot run
+    else:
+        with pytest.raises(InvalidArgument, match="Input W must have shape"):
+            session(str(path)).run(None, feed)
+    message = "uses direction 'reverse' .d2lgru's directions are forward and bidirectional" \
+        if direction == "reverse" else \
+        (f"GRU node 'Y' has direction '{direction}' but its W has first dimension {D} "
+         f".W \\[D, 3H, I\\]: forward and reverse need D = 1, bidirectional D = 2.")
+    with pytest.raises(OnnxImportError, match=message) as err:
+        read_onnx(path)
+    assert "\n" not in str(err.value)
+    assert main(["import", "--onnx", str(path), "--out", str(tmp_path / "gru.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and not (tmp_path / "gru.npz").exists()
 
 
 def test_an_onnx_gru_with_non_finite_weights_is_refused(tmp_path):
