@@ -323,18 +323,40 @@ def _epoch_saved(out: Path) -> bool:
         return False
 
 
-@needs_distributed
-def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
-    out = tmp_path / "run"
+def _launch_until_an_epoch_is_saved(out, tmp_path) -> subprocess.Popen:
+    """`d2lgru train --nproc 2` into ``out``, returned once its first epoch is saved (progress,
+    not a guess at how long start-up takes)."""
     # TMPDIR: where a launcher that keeps its workers' logs after a failure (Paddle's) puts them
     proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS,
                   env={"TMPDIR": str(tmp_path)})
+    deadline = time.monotonic() + 300
+    while not _epoch_saved(out):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"no epoch saved in 300 s:\n{_end_launch(proc)[-3000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _end_launch(proc) -> str:
+    """Kill what is left of a launch that has not ended (after a failed assertion); its
+    stderr."""
+    if proc.returncode is not None and proc.stderr.closed:
+        return ""  # communicate() already ended it
+    if proc.poll() is None:
+        for p in _descendants(proc.pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+    return proc.communicate()[1] or ""
+
+
+@needs_distributed
+def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
+    out = tmp_path / "run"
+    proc = _launch_until_an_epoch_is_saved(out, tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while not _epoch_saved(out):  # progress, not a guess at how long start-up takes
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no epoch saved in 300 s"
-            time.sleep(0.05)
         victims = [p for p in _descendants(proc.pid) if _worker_rank(p) == 1]
         assert len(victims) == 1, victims
         os.kill(victims[0], signal.SIGKILL)
@@ -342,14 +364,7 @@ def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
         _, err = proc.communicate(timeout=KILL_BOUND_S)
         took = time.monotonic() - killed
     finally:
-        if proc.poll() is None:
-            for p in _descendants(proc.pid):
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.kill()
-            proc.communicate()
+        _end_launch(proc)
     print(f"\n{BACKEND}: the launch ended {took:.1f} s after rank 1 was killed, status "
           f"{proc.returncode}")
     assert proc.returncode != 0
@@ -364,25 +379,12 @@ def test_interrupting_the_launch_says_what_the_checkpoint_keeps(tmp_path):
     """SIGINT to the `--nproc` process alone (as `timeout -s INT` sends it): the workers are
     stopped, and its one line says which epoch the checkpoint keeps and how to resume."""
     out = tmp_path / "run"
-    proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS,
-                  env={"TMPDIR": str(tmp_path)})
+    proc = _launch_until_an_epoch_is_saved(out, tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while not _epoch_saved(out):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no epoch saved in 300 s"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=KILL_BOUND_S)
     finally:
-        if proc.poll() is None:
-            for p in _descendants(proc.pid):
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.kill()
-            proc.communicate()
+        _end_launch(proc)
     assert proc.returncode == 130, err[-3000:]
     last = err.strip().splitlines()[-1]
     epoch = load(out)["epoch"]
