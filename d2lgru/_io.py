@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal as _signal
 import stat
 import sys
 import tempfile
@@ -91,22 +92,36 @@ def round_floats(value, digits: int = 6):
 def dies_with_parent():
     """A ``preexec_fn`` for a child process that must not outlive the one starting it: on Linux
     the kernel sends the child SIGTERM when its parent ends (``prctl(PR_SET_PDEATHSIG)``), so
-    a sweep's or a benchmark's driver stopped by ``kill`` or a CI timeout leaves no training
-    behind (a killed ``sweep --jobs 2`` left its two, which then held their settings' locks;
-    a killed ``benchmarks.run`` its worker, measuring on). None elsewhere. Call it for each
-    child, in the process that starts it."""
+    a benchmark's driver stopped by ``kill`` or a CI timeout leaves no worker measuring on and
+    slowing whatever runs next. None elsewhere. Call it for each child, in the process that
+    starts it. A process that has loaded a framework's threads should not fork to run Python
+    code before exec (JAX warns of a deadlock): its children call :func:`end_with_parent`."""
+    prctl = _prctl()  # looked up here: the child runs no import between fork and exec
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    return lambda: _arm(prctl, parent)
+
+
+def end_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when process ``parent``, the one that started
+    it, ends (Linux; nothing elsewhere); exit at once if it has already ended."""
+    prctl = _prctl()
+    if prctl is not None:
+        _arm(prctl, parent)
+
+
+def _arm(prctl, parent: int) -> None:
+    prctl(1, int(_signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(1)
+
+
+def _prctl():
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
-    import signal
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    parent, sigterm = os.getpid(), int(signal.SIGTERM)
-
-    def arm():  # in the child, between fork and exec
-        prctl(1, sigterm)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent ended before the signal was armed
-            os._exit(1)
-    return arm

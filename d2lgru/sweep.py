@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import dies_with_parent, save_png, write_atomic
+from ._io import end_with_parent, save_png, write_atomic
 from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, has_run, model_format,
                          read_state)
 from .config import TrainConfig
@@ -214,8 +214,9 @@ def _run_child(job) -> tuple[dict | None, str | None]:
     env = {**os.environ, **ONE_THREAD_ENV,
            "PYTHONPATH": os.pathsep.join(p for p in (package_root,
                                                      os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "d2lgru.sweep", json.dumps(job)], env=env,
-                          capture_output=True, text=True, preexec_fn=dies_with_parent())
+    proc = subprocess.run([sys.executable, "-m", "d2lgru.sweep",
+                           json.dumps({**job, "parent": os.getpid()})], env=env,
+                          capture_output=True, text=True)
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1]), None
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -413,8 +414,11 @@ def plot_sweep(records: list[dict], path, meta: dict) -> Path:
 def _child_main(argv) -> int:
     """``python -m d2lgru.sweep JOB``: run one setting, print its record as one JSON line;
     a user error is one line on stderr and exit status 2, as in the command line."""
+    job = json.loads(argv[0])
+    if "parent" in job:  # a --jobs child ends with the sweep (a killed one left its trainings)
+        end_with_parent(job["parent"])
     try:
-        record = run_setting(json.loads(argv[0]))
+        record = run_setting(job)
     except D2lgruError as exc:
         print(f"{' '.join(str(exc).split())}", file=sys.stderr)
         return 2

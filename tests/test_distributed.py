@@ -326,12 +326,16 @@ def _epoch_saved(out: Path) -> bool:
 def _launch_until_an_epoch_is_saved(out, tmp_path) -> subprocess.Popen:
     """`d2lgru train --nproc 2` into ``out``, returned once its first epoch is saved (progress,
     not a guess at how long start-up takes)."""
-    # TMPDIR: where a launcher that keeps its workers' logs after a failure (Paddle's) puts them;
-    # SIGINT as a terminal leaves it (a shell starts background jobs with SIGINT ignored, and
-    # Python keeps a signal ignored that it inherits so)
-    proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS,
-                  env={"TMPDIR": str(tmp_path)},
-                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # TMPDIR: where a launcher that keeps its workers' logs after a failure (Paddle's) puts them.
+    # SIGINT handled here while it starts: exec gives the child SIGINT's default, which Python
+    # turns into KeyboardInterrupt (a shell starts background jobs with SIGINT ignored, and an
+    # ignored signal stays ignored across exec; a preexec_fn would fork a process JAX runs in)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = d2lgru("train", "--nproc", "2", "--out", str(out), "--epochs", "100000", *ARGS,
+                      env={"TMPDIR": str(tmp_path)})
+    finally:
+        signal.signal(signal.SIGINT, before)
     deadline = time.monotonic() + 300
     while not _epoch_saved(out):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -124,9 +124,11 @@ def test_a_sweep_passes_format_and_threads_to_its_runs(tmp_path, data_dir):
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"),
                     reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_child_started_with_dies_with_parent_ends_with_it(tmp_path):
-    """What keeps `sweep --jobs` (and the benchmarks) from leaving trainings behind when the
-    process that started them is killed."""
+@pytest.mark.parametrize("how", ["preexec_fn", "in the child"])
+def test_a_child_that_ends_with_its_parent_does(tmp_path, how):
+    """What keeps `sweep --jobs` (the child arms itself: its parent may run a framework's
+    threads, where a preexec_fn would fork) and the benchmarks (preexec_fn) from leaving
+    trainings behind when the process that started them is killed."""
     import os
     import signal
     import subprocess
@@ -134,9 +136,13 @@ def test_a_child_started_with_dies_with_parent_ends_with_it(tmp_path):
     import time
 
     pid_file = tmp_path / "child.pid"
-    code = ("import subprocess, sys; from d2lgru._io import dies_with_parent; "
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
-            "preexec_fn=dies_with_parent()); "
+    sleeper = "import time; time.sleep(60)"
+    start = ("subprocess.Popen([sys.executable, '-c', SLEEPER], preexec_fn=dies_with_parent())"
+             if how == "preexec_fn" else
+             "subprocess.Popen([sys.executable, '-c', 'from d2lgru._io import end_with_parent; "
+             "end_with_parent(' + str(os.getpid()) + '); ' + SLEEPER])")
+    code = ("import os, subprocess, sys; from d2lgru._io import dies_with_parent; "
+            f"SLEEPER = {sleeper!r}; p = {start}; "
             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); p.wait()")
     parent = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 30
