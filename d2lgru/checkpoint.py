@@ -291,6 +291,17 @@ def read_state(path) -> dict:
     return state
 
 
+def run_config(path, state: dict | None = None) -> TrainConfig:
+    """The configuration of the run at ``path`` (from ``state``, its :func:`read_state`, when
+    given); a missing or invalid one is a :class:`CheckpointError`."""
+    state = read_state(path) if state is None else state
+    try:
+        return TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: its config is "
+                              f"invalid ({exc})") from None
+
+
 def load(path, *, retries: int = 3) -> dict:
     """``{"model", "vocab", "config", "history", "epoch", "state"}`` from a checkpoint
     directory; every failure is a :class:`CheckpointError`. A reader racing the writer re-reads
@@ -311,11 +322,7 @@ def load(path, *, retries: int = 3) -> dict:
             if model_path.is_file() or attempt == retries:
                 raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
         time.sleep(0.05)
-    try:
-        config = TrainConfig.from_dict(state["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: its config is "
-                              f"invalid ({exc})") from None
+    config = run_config(path, state)
     try:
         vocab = Vocab.from_json(path / VOCAB_FILE)
     except (TypeError, ValueError, OSError) as exc:

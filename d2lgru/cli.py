@@ -388,36 +388,23 @@ def _config(args, backend):
     data = str(Path(args.data).resolve()) if args.data else None
     epochs = args.epochs
     if epochs is None:  # a resumed run's target stands (the Ctrl-C hint says --resume alone)
-        epochs = (_run_epochs(args.resume) if args.command == "train" and args.resume
+        from .checkpoint import run_config
+        epochs = (run_config(args.resume).epochs if args.command == "train" and args.resume
                   else TrainConfig.epochs)
     return TrainConfig(**expect, epochs=epochs, data=data), expect
-
-
-def _run_epochs(run: str) -> int:
-    """The epochs a checkpoint's run was started for (its ``state.json`` config)."""
-    from .checkpoint import CheckpointError, read_state
-    from .train import TrainConfig
-    try:
-        return TrainConfig.from_dict(read_state(run)["config"]).epochs
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"checkpoint {run} is corrupt or incomplete: its config is "
-                              f"invalid ({exc})") from None
 
 
 def _saved_so_far(args) -> str:
     """What the checkpoint of an interrupted run holds now, and how to go on."""
     from .checkpoint import CheckpointError, read_state
+    from .train import nothing_saved
     out = args.out or args.resume
-    if not out:
-        return "no --out was given, so nothing was saved"
     try:
-        epoch = read_state(out)["epoch"]
+        epoch = read_state(out)["epoch"] if out else 0
     except CheckpointError:
         epoch = 0
     if not epoch:
-        return f"no epoch had finished, so nothing was saved in {out}"
+        return nothing_saved(out)
     return f"the checkpoint in {out} keeps epoch {epoch}; {_resume_hint(args)}"
 
 

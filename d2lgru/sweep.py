@@ -26,7 +26,7 @@ import numpy as np
 
 from ._io import end_with_parent, save_png, write_atomic
 from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, has_run, model_format,
-                         read_state)
+                         read_state, run_config)
 from .config import TrainConfig
 from .backends import UnsupportedError, get_backend
 from .errors import D2lgruError, InvalidArgumentError
@@ -228,8 +228,9 @@ def run_setting(job: dict) -> dict:
     resumed when it holds a checkpoint; then its predictions and ``result.json``."""
     path, config = Path(job["dir"]), TrainConfig.from_dict(job["config"])
     overwrite = job["overwrite"]
-    if not overwrite and _finished(path, config.epochs):
-        _check_kept(path, config, job)
+    state = None if overwrite else _finished(path, config.epochs)
+    if state is not None:
+        _check_kept(path, state, config, job)
         return read_setting(path, job["name"], job["values"])
     resume = path if not overwrite and (path / STATE_FILE).is_file() else None
     # a run directory without state.json completed no epoch: nothing to keep
@@ -250,11 +251,11 @@ def run_setting(job: dict) -> dict:
     return read_setting(path, job["name"], job["values"])
 
 
-def _check_kept(path: Path, config: TrainConfig, job: dict) -> None:
-    """A finished setting is kept only if it is the run this sweep asks for: the same fixed
-    fields and corpus as a resumed one would need, its epochs, and its model files' format."""
-    state = read_state(path)
-    saved = TrainConfig.from_dict(state["config"])
+def _check_kept(path: Path, state: dict, config: TrainConfig, job: dict) -> None:
+    """A finished setting (``state``: its state.json) is kept only if it is the run this sweep
+    asks for: the same fixed fields and corpus as a resumed one would need, its epochs, and its
+    model files' format."""
+    saved = run_config(path, state)
     why = resume_conflicts(saved, job["expect"])
     if state["epoch"] != config.epochs:
         why.append(f"--epochs: the run has {state['epoch']}, given {config.epochs}")
@@ -269,14 +270,17 @@ def _check_kept(path: Path, config: TrainConfig, job: dict) -> None:
                               f"--epochs to continue it, or --overwrite to train it again")
 
 
-def _finished(path: Path, epochs: int) -> bool:
+def _finished(path: Path, epochs: int) -> dict | None:
+    """The state.json of a run at ``path`` that has finished ``epochs`` or more (its
+    result.json written for them), else None."""
     try:
         state = read_state(path)
         result = json.loads((path / RESULT_FILE).read_text())
     except (CheckpointError, OSError, ValueError):
-        return False
-    return state["epoch"] >= epochs and isinstance(result, dict) and \
+        return None
+    finished = state["epoch"] >= epochs and isinstance(result, dict) and \
         result.get("epochs") == state["epoch"]
+    return state if finished else None
 
 
 def read_setting(path, name: str, values: dict, diverged: str | None = None) -> dict:

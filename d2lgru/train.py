@@ -90,17 +90,20 @@ def choose_reset_after(backend, impl: str) -> bool:
     return not backend.check_impl(impl).reset_before
 
 
+def nothing_saved(out) -> str:
+    """Why an interrupted run left no checkpoint in ``out`` (None: no --out)."""
+    if out:
+        return f"no epoch had finished, so nothing was saved in {out}"
+    return "no --out was given, so nothing was saved"
+
+
 class TrainingInterrupted(D2lgruError):
     """Ctrl-C: ``completed`` epochs are in the checkpoint at ``out`` (when ``saved``)."""
 
     def __init__(self, completed: int, out, saved: bool):
         self.completed, self.out, self.saved = completed, out, saved
-        if saved:
-            where = f"the checkpoint in {out} holds {completed} completed epoch(s)"
-        elif out is not None:
-            where = f"no epoch had finished, so nothing was saved in {out}"
-        else:
-            where = "no --out was given, so nothing was saved"
+        where = (f"the checkpoint in {out} holds {completed} completed epoch(s)" if saved
+                 else nothing_saved(out))
         super().__init__(f"training interrupted during epoch {completed + 1}: {where}")
 
 
@@ -269,13 +272,14 @@ def _train(config, backend, impl, mode, device, writer, resume, progress, expect
             elapsed = time.perf_counter() - tic
             with np.errstate(all="ignore"):
                 mean_loss = float(np.mean(losses))
-            if not math.isfinite(perplexity(mean_loss)):  # a loss past ~710 nats overflows
+            ppl = perplexity(mean_loss)
+            if not math.isfinite(ppl):  # NaN, or a loss past ~710 nats, where exp overflows
                 raise TrainingDiverged(epoch, f"its mean loss is {mean_loss:.6g}, its perplexity "
-                                              f"{perplexity(mean_loss)}", out, saved, config)
+                                              f"{ppl}", out, saved, config)
             n = sum(X.size for X, _ in batches)  # the global batches: every rank's tokens
             tokens += n
             run_time += elapsed
-            history.append({"epoch": epoch, "perplexity": perplexity(mean_loss),
+            history.append({"epoch": epoch, "perplexity": ppl,
                             "tokens_per_sec": n / elapsed, "seconds": elapsed,
                             "backend": backend.name, "impl": impl, "world_size": world.size})
             if writer is not None:
