@@ -77,8 +77,6 @@ _CLEAN_TABLE = bytes(
     b if b in _LOWER else (b + 32 if b in _UPPER else 32) for b in range(256)
 )
 
-_SPACE, _BREAK = ord(" "), ord("\n")
-
 
 class DataError(D2lgruError, RuntimeError):
     """The corpus could not be found, downloaded, verified or read."""
@@ -536,24 +534,37 @@ class Vocab:
 
 
 _PIECE = 1 << 19  # bytes per piece of a large text (128 KB to 4 MB tried: 512 KB-1 MB fastest)
-_DROPPED = 0  # the code of a byte the cleaning deletes (no text byte is cleaned into it)
-_DELETED = bytes([_BREAK, _DROPPED])  # what the cleaned text loses when its codes become ids
+# The cleaned text's codes: a letter's is its lowercase byte less a constant, a kept space is
+# one OR, and every byte to delete (line breaks too) is 0, so that three fewer passes make them
+# than ASCII codes with a code for line breaks did
+_DROPPED = 0  # a byte the cleaning deletes: every non-letter but the one space a gap keeps
+_KEPT_SPACE = 1  # a run of non-letters between two letters of one line, kept as one space
+_A = 2  # 'a'..'z' are _A.._A + 25
+_CODES = _A + 26
+_DELETED = bytes([_DROPPED])  # what the cleaned text loses when its codes become ids
 
 
-def _clean_char_codes(data, path: Path | None = None) -> tuple[list[bytearray], np.ndarray]:
-    """The book's per-line cleaning, as codes in pieces (lowercase letters, spaces, line breaks
-    and ``_DROPPED`` bytes), and the count of each code over all pieces (``[256]`` int64).
+def _code_char(code: int) -> str:
+    return " " if code == _KEPT_SPACE else chr(ord("a") + code - _A)
 
-    Equivalent, once every break (``'\\n'``) and dropped byte is deleted, to
+
+def _clean_char_codes(data, path: Path | None = None
+                      ) -> tuple[bytearray, list[tuple[int, int]], np.ndarray]:
+    """The book's per-line cleaning as ``(codes, pieces, counts)``: one code per byte of the
+    text (``_A + k`` for the k-th lowercase letter, ``_KEPT_SPACE``, and ``_DROPPED`` for every
+    byte to delete), the ``(start, end)`` of each piece it was cleaned in, and the count of each
+    code (``[_CODES]`` int64).
+
+    Equivalent, once every dropped byte is deleted, to
     ``''.join(re.sub('[^A-Za-z]+', ' ', l).strip().lower() for l in lines)``: letters are kept
     (lowercased); a run of non-letters between two letters becomes one space, unless it holds
     a line break (then the lines' stripped ends meet directly). Lines are cleaned independently
     and simply concatenated, so the text is cut after line breaks into pieces of about
     ``_PIECE`` bytes, each cleaned on its own -- by :func:`_pipeline_workers` threads at once
     (NumPy releases the interpreter's lock in its loops). Nothing is deleted yet: the final
-    byte-table pass that maps codes to indices deletes breaks and dropped bytes in the same C
-    loop (:func:`_ids_of`). ``data`` is bytes or a mapped file, read in place; with ``path``,
-    each piece is checked for UTF-8 (a character never spans a line break).
+    byte-table pass that maps codes to indices deletes the dropped bytes in the same C loop
+    (:func:`_ids_of`). ``data`` is bytes or a mapped file, read in place; with ``path``, each
+    piece is checked for UTF-8 (a character never spans a line break).
     """
     bounds, start, n = [], 0, len(data)
     while start < n:
@@ -561,6 +572,10 @@ def _clean_char_codes(data, path: Path | None = None) -> tuple[list[bytearray], 
         bounds.append((start, end))
         start = end
     raw = np.frombuffer(data, dtype=np.uint8)
+    # one buffer for every piece's codes, which _ids_of compacts into the corpus in place:
+    # a second buffer as large would fault in its pages again (0.07-0.09 s per 100 MB here)
+    codes = bytearray(n)
+    out = np.frombuffer(codes, dtype=np.uint8)
     local = threading.local()
 
     def clean(bound):
@@ -571,10 +586,10 @@ def _clean_char_codes(data, path: Path | None = None) -> tuple[list[bytearray], 
                 _check_utf8(data[start:end], path, start)
             if not hasattr(local, "cleaner"):
                 local.cleaner = _PieceCleaner()
-            codes = local.cleaner.clean(piece)
+            local.cleaner.clean(piece, out[start:end])
         finally:
             del piece  # a view of a mapped file, which cannot close while one lives
-        return codes, _count_bytes(codes)
+        return _count_codes(out[start:end])
 
     try:
         workers = _pipeline_workers(len(bounds))
@@ -584,11 +599,11 @@ def _clean_char_codes(data, path: Path | None = None) -> tuple[list[bytearray], 
         else:
             cleaned = [clean(bound) for bound in bounds]
     finally:
-        del raw
-    counts = np.zeros(256, dtype=np.int64)
-    for _, piece_counts in cleaned:
+        del raw, out  # views: the codes are resized later, the mapped file closed
+    counts = np.zeros(_CODES, dtype=np.int64)
+    for piece_counts in cleaned:
         counts += piece_counts
-    return [codes for codes, _ in cleaned], counts
+    return codes, bounds, counts
 
 
 #: pieces a text must have before it is cleaned on more than one thread
@@ -617,28 +632,20 @@ class _PieceCleaner:
         if n > self._size:
             self._size = max(n, _PIECE + (_PIECE >> 2))
             self._buffers = [np.empty(self._size, np.bool_) for _ in range(5)]
-            self._low = np.empty(self._size, np.uint8)
         return [b[:n] for b in self._buffers]
 
-    def clean(self, raw: np.ndarray) -> bytearray:
-        """``raw`` (a piece of the text, uint8) -> its codes, in a new bytearray."""
+    def clean(self, raw: np.ndarray, out: np.ndarray) -> None:
+        """``raw`` (a piece of the text, uint8) -> its codes, written into ``out`` (as long)."""
         n = raw.size
-        codes = bytearray(n)
-        out = np.frombuffer(codes, dtype=np.uint8)
         letter, brk, spaced, other, tmp = self._masks(n)
-        low = self._low[:n]
-        np.bitwise_or(raw, 0x20, out=low)  # A-Z -> a-z; no byte but a letter lands in a-z
-        np.subtract(low, ord("a"), out=out)
+        np.bitwise_or(raw, 0x20, out=out)  # A-Z -> a-z; no byte but a letter lands in a-z
+        np.subtract(out, ord("a"), out=out)
         np.less(out, 26, out=letter)
+        np.add(out, _A, out=out)
+        np.multiply(out, letter.view(np.uint8), out=out)  # a letter's code, else _DROPPED
         np.equal(raw, ord("\n"), out=brk)
         np.equal(raw, ord("\r"), out=other)  # a lone '\r' ends a line too (universal newlines)
         brk |= other
-        # the code: a letter's lowercase (>= 'a') or else a break (10) or a space (32), taken
-        # as a maximum: arithmetic is several times as fast as a masked copy
-        np.multiply(low, letter.view(np.uint8), out=low)
-        np.multiply(brk.view(np.uint8), np.uint8(_SPACE - _BREAK), out=out)
-        np.subtract(np.uint8(_SPACE), out, out=out)
-        np.maximum(out, low, out=out)
         # A space is kept only right after a letter (runs collapse, line starts are stripped),
         # and not where its run of spaces ends at a line break or at the end
         solid = np.logical_or(letter, brk, out=other)  # not a space
@@ -665,59 +672,67 @@ class _PieceCleaner:
             if past.any():
                 first[starts[past]] = False
                 starts, at = starts[~past], at[~past]
-            following = out[at]
-            first[starts[following == _BREAK]] = False
-            starts = starts[following == _SPACE]
+            first[starts[brk[at]]] = False  # the run ends at a break: dropped
+            starts = starts[~solid[at]]  # still a space: follow it further (a letter: kept)
             ahead += 1
-        solid |= first
-        np.multiply(out, solid.view(np.uint8), out=out)  # every other byte -> _DROPPED
-        return codes
+        out |= first.view(np.uint8)  # _DROPPED | True = _KEPT_SPACE
 
 
-def _ids_of(pieces: list[bytearray], lut: bytes, limit: int) -> np.ndarray:
-    """The first ``limit`` ids: the pieces' codes mapped through ``lut``, breaks and dropped
-    bytes deleted, in one C pass per piece (``bytearray.translate``), written into one writable
-    uint8 array as each piece is released from the list (so the pieces and the corpus are
-    never both whole: 100 MB peaked at 253-259 MB of RSS, mapped file included, against 338-345
-    MB when the mapped pieces were joined). The array lives in a ``bytearray``: ``np.empty``
-    would ask the kernel for huge pages on arrays of 4 MB and more (``madvise``), and where the
-    kernel defragments for such requests (``/sys/kernel/mm/transparent_hugepage/defrag`` =
-    ``madvise``, a common default) the first write to each page can wait for memory compaction
-    (loading 100 MB took 0.45-0.81 s that way against 0.47-0.55 s this way, alternated in fresh
-    processes on the reference machine)."""
-    corpus = bytearray(limit)
+def _ids_of(codes: bytearray, pieces: list[tuple[int, int]], lut: bytes,
+           limit: int) -> np.ndarray:
+    """The first ``limit`` ids: each piece of ``codes`` mapped through ``lut`` with its dropped
+    bytes deleted, in one C pass per piece (``bytearray.translate``), and written back into
+    ``codes`` from its start (the ids of a piece are never more than its codes, so they never
+    reach a piece not yet read); ``codes`` is then cut to ``limit`` and becomes the corpus. A
+    second buffer for the corpus would fault its pages in (0.07-0.09 s per 100 MB here) while
+    the interpreter's lock is held; the peak memory is the same (the mapped text and the codes:
+    232 MB of RSS for 100 MB, against 338-345 MB when the pieces were joined). The buffer is a
+    ``bytearray``: ``np.empty`` would ask the kernel for huge pages on arrays of 4 MB and more
+    (``madvise``), and where the kernel defragments for such requests
+    (``/sys/kernel/mm/transparent_hugepage/defrag`` = ``madvise``, a common default) the first
+    write to each page can wait for memory compaction (loading 100 MB took 0.45-0.81 s that
+    way against 0.47-0.55 s this way, alternated in fresh processes on the reference
+    machine)."""
+    corpus = memoryview(codes)
     filled = 0
-    for i, codes in enumerate(pieces):
-        pieces[i] = None
-        if filled == limit:
-            break
-        ids = codes.translate(lut, _DELETED)
-        end = min(limit, filled + len(ids))
-        corpus[filled:end] = memoryview(ids)[:end - filled]
-        filled = end
-    return np.frombuffer(corpus, dtype=np.uint8)
+    try:
+        for start, end in pieces:
+            if filled == limit:
+                break
+            ids = codes[start:end].translate(lut, _DELETED)
+            stop = min(limit, filled + len(ids))
+            corpus[filled:stop] = memoryview(ids)[:stop - filled]
+            filled = stop
+    finally:
+        corpus.release()
+    del codes[filled:]
+    return np.frombuffer(codes, dtype=np.uint8)
 
 
-def _count_bytes(piece: bytearray) -> np.ndarray:
-    """``np.bincount(codes, minlength=256)`` for the bytes of ``piece``, counted in byte pairs
-    (a 65536-bin count of half as many uint16 values, then summed over each byte of the pair)."""
-    codes = np.frombuffer(piece, dtype=np.uint8)
+def _count_codes(codes: np.ndarray) -> np.ndarray:
+    """``np.bincount(codes, minlength=_CODES)`` for a piece's codes, counted in pairs (a count
+    of half as many uint16 values, each pair ``c0 + 256 c1``, then summed over each code of the
+    pair): about 0.6 of the time of a count of single bytes, which NumPy first widens."""
     n = codes.size - codes.size % 2
-    pairs = np.bincount(codes[:n].view(np.uint16), minlength=1 << 16).reshape(256, 256)
-    counts = pairs.sum(axis=0) + pairs.sum(axis=1)  # each pair holds one byte of each kind
+    pairs = np.bincount(codes[:n].view(np.uint16), minlength=_CODES << 8)
+    pairs = pairs.reshape(-1, 256)[:, :_CODES]  # [c1, c0]: codes are below _CODES
+    counts = pairs.sum(axis=0) + pairs.sum(axis=1)
     if codes.size % 2:
         counts[codes[-1]] += 1
     return counts.astype(np.int64)
 
 
-def _first_seen(pieces: list[bytearray], present: np.ndarray) -> list[int]:
-    """Values of ``present`` in order of first occurrence (usually in the first piece)."""
+def _first_seen(codes: bytearray, pieces: list[tuple[int, int]], present: np.ndarray) -> list[int]:
+    """Values of ``present`` in order of first occurrence in ``codes`` (usually in the first
+    piece)."""
     remaining = set(present.tolist())
     order: list[int] = []
-    for piece in pieces:
+    for start, end in pieces:
         if not remaining:
             break
-        values, first = np.unique(np.frombuffer(piece, dtype=np.uint8), return_index=True)
+        piece = np.frombuffer(codes, dtype=np.uint8, count=end - start, offset=start)
+        values, first = np.unique(piece, return_index=True)
+        del piece
         found = sorted((f, v) for v, f in zip(values.tolist(), first.tolist()) if v in remaining)
         order.extend(v for _, v in found)
         remaining.difference_update(v for _, v in found)
@@ -758,18 +773,19 @@ def load_corpus(
         path = Path(path)
         # mapped, not read: NumPy reads the text in place, which is never copied whole
         with _mapped_bytes(path) as data:
-            pieces, counts = _clean_char_codes(data, path)
-        counts[[_BREAK, _DROPPED]] = 0  # deleted when the codes become indices
+            codes, pieces, counts = _clean_char_codes(data, path)
+        counts[_DROPPED] = 0  # deleted when the codes become indices
         present = np.flatnonzero(counts)
-        vocab = Vocab.from_counts((chr(c), counts[c]) for c in _first_seen(pieces, present))
+        vocab = Vocab.from_counts((_code_char(c), counts[c])
+                                  for c in _first_seen(codes, pieces, present))
         # cleaned text holds at most 27 symbols, so a byte table maps codes to indices (bytes not
         # in the vocab map to <unk> = 0) and the corpus stays one byte per token
         lut = bytearray(256)
         for c in present.tolist():
-            lut[c] = vocab[chr(c)]
+            lut[c] = vocab[_code_char(c)]
         total = int(counts.sum())
         limit = total if max_tokens <= 0 else min(total, max_tokens)
-        return _ids_of(pieces, bytes(lut), limit), vocab
+        return _ids_of(codes, pieces, bytes(lut), limit), vocab
     words = _read_bytes(path).translate(_CLEAN_TABLE).split()  # letter runs, lowercased
     counts = collections.Counter(words)  # iterates in first-seen order
     vocab = Vocab.from_counts((w.decode("ascii"), n) for w, n in counts.items())
