@@ -208,15 +208,20 @@ def _warmup_s(entry):
 def _ratio_note(results, what: str, without: str) -> str:
     """How the ratios between rows were taken (ending in a space; ``without``, or nothing, for
     runs without rounds): round by round where the runs interleaved their cases (``run.py
-    --rounds``)."""
-    rounds = max((len(e.get("round_medians") or ()) for r in results
-                  for kind in ("train", "bare", "alternatives") for e in r.get(kind, [])),
-                 default=0)
-    if rounds > 1:
-        return (f"The book config's cases ran in {rounds} interleaved rounds (`run.py --rounds`),"
-                f" a fresh process each; {what} the median of the {rounds} ratios taken round by "
-                "round, so a machine whose speed drifts between cases moves both sides alike. ")
-    return without + " " if without else ""
+    --rounds``), naming the backends whose run had another number of rounds than most."""
+    per_run = {r["backend"]: max((len(e.get("round_medians") or ()) for kind in
+                                  ("train", "bare", "alternatives") for e in r.get(kind, [])),
+                                 default=0) for r in results}
+    counts = [n for n in per_run.values() if n > 1]
+    if not counts:
+        return without + " " if without else ""
+    rounds = max(set(counts), key=counts.count)
+    others = ", ".join(f"{b}: {n}" for b, n in per_run.items() if n > 1 and n != rounds)
+    many = f"{rounds} interleaved rounds" + (f" ({others})" if others else "")
+    ratios = f"the {rounds} ratios" if not others else "the ratios of its rounds"
+    return (f"The book config's cases ran in {many} (`run.py --rounds`), a fresh process each; "
+            f"{what} the median of {ratios} taken round by round, so a machine whose speed "
+            "drifts between cases moves both sides alike. ")
 
 
 def fastest_bare(result):
