@@ -737,8 +737,8 @@ def test_an_error_while_a_mapped_text_is_read_is_the_error_seen(tmp_path, monkey
     clean = data._PieceCleaner.clean
 
     for error in (RuntimeError("boom"), KeyboardInterrupt()):
-        def failing(self, raw, out, error=error):
-            clean(self, raw, out)
+        def failing(self, raw, out, cr=True, error=error):
+            clean(self, raw, out, cr)
             raise error
         monkeypatch.setattr(data._PieceCleaner, "clean", failing)
         with pytest.raises(type(error)):
