@@ -205,11 +205,11 @@ def _warmup_s(entry):
     return entry["build_s"] + entry["first_epoch_s"]
 
 
-def _ratio_note(results, what: str, without: str) -> str:
+def _ratio_note(results, multi, what: str, without: str) -> str:
     """How the ratios between rows were taken (ending in a space; ``without``, or nothing, for
     runs without rounds): round by round where the runs interleaved their cases (``run.py
-    --rounds``), naming the backends whose run had another number of rounds than most."""
-    per_run = {r["backend"]: max((len(e.get("round_medians") or ()) for kind in
+    --rounds``), naming the runs (:func:`name`) that had another number of rounds than most."""
+    per_run = {name(r, multi): max((len(e.get("round_medians") or ()) for kind in
                                   ("train", "bare", "alternatives") for e in r.get(kind, [])),
                                  default=0) for r in results}
     counts = [n for n in per_run.values() if n > 1]
@@ -277,7 +277,7 @@ def main_table(results, multi) -> list[str]:
              "(forward, loss, backward, clipping, SGD), median (min–max) over repeats. `*` marks "
              "the impl's default mode; `bare` rows are the book's concise model written straight "
              "against the framework (`benchmarks/bare/`). " + _ratio_note(
-                 results, "*× bare*: against the fastest bare mode,",
+                 results, multi, "*× bare*: against the fastest bare mode,",
                  "*× bare*: median over the fastest bare mode's median in the same run.")
              + "*cell*: each impl trains the CLI's cell (the "
              "book's reset-before where the impl has it); every bare model is its framework's "
@@ -350,7 +350,7 @@ def _why_slower(ours: dict, alt: dict) -> str:
     return ""
 
 
-def alternatives_section(results) -> list[str]:
+def alternatives_section(results, multi) -> list[str]:
     """d2lgru's default per framework against Keras 3 on that framework (and the book's code)."""
     rows = []
     for r in results:
@@ -376,7 +376,7 @@ def alternatives_section(results) -> list[str]:
         return []
     return ["## d2lgru against what a user would pick instead", "",
             f"Book config, default modes, tokens/s medians of the same run. "
-            + _ratio_note(results, "*d2lgru / it*:", "") + f"Target: d2lgru ≥ "
+            + _ratio_note(results, multi, "*d2lgru / it*:", "") + f"Target: d2lgru ≥ "
             f"{TARGET_VS_KERAS:.1f}× the alternative. *why*: what the two rows compute "
             "differently, where a missed target has a known cause.", "",
             "| framework | alternative | its tokens/s | d2lgru default | d2lgru / it | "
@@ -825,7 +825,8 @@ def main(argv=None) -> int:
     with_limits(results, limit, steplimit)
     peak = theoretical_peak(results[0]["machine"])
     lines = (header(results) + main_table(results, multi)
-             + gemm_table(results, multi, limit, steplimit, peak) + alternatives_section(results)
+             + gemm_table(results, multi, limit, steplimit, peak)
+             + alternatives_section(results, multi)
              + sweep_table(results, multi) + pipe_lines + contention_section(contention)
              + scaling_section(scaling)
              + targets(results, pipe, contention, limit, steplimit) + limits_section(limits))
