@@ -534,9 +534,9 @@ class Vocab:
 
 
 _PIECE = 1 << 19  # bytes per piece of a large text (128 KB to 4 MB tried: 512 KB-1 MB fastest)
-# The cleaned text's codes: a letter's is its lowercase byte less a constant, a kept space is
-# one OR, and every byte to delete (line breaks too) is 0, so that three fewer passes make them
-# than ASCII codes with a code for line breaks did
+# The cleaned text's codes. A letter's is its lowercase byte less a constant, a kept space is
+# set by one OR, and every byte to delete (line breaks too) is 0: three passes a piece fewer
+# than ASCII codes with a code of their own for line breaks took
 _DROPPED = 0  # a byte the cleaning deletes: every non-letter but the one space a gap keeps
 _KEPT_SPACE = 1  # a run of non-letters between two letters of one line, kept as one space
 _A = 2  # 'a'..'z' are _A.._A + 25
@@ -580,17 +580,17 @@ def _clean_char_codes(data, path: Path | None = None
 
     def clean(bound):
         start, end = bound
-        piece = raw[start:end]
+        piece, piece_codes = raw[start:end], out[start:end]
         try:
             if path is not None and piece.max() >= 0x80:  # ASCII is UTF-8
                 _check_utf8(data[start:end], path, start)
             if not hasattr(local, "cleaner"):
                 local.cleaner = _PieceCleaner()
             # most texts hold no '\r' at all: memchr finds that faster than a pass over the piece
-            local.cleaner.clean(piece, out[start:end], cr=data.find(b"\r", start, end) >= 0)
+            local.cleaner.clean(piece, piece_codes, cr=data.find(b"\r", start, end) >= 0)
         finally:
             del piece  # a view of a mapped file, which cannot close while one lives
-        return _count_codes(out[start:end])
+        return _count_codes(piece_codes)
 
     try:
         workers = _pipeline_workers(len(bounds))
