@@ -1,5 +1,6 @@
-"""MindSpore backend: the book's loop in MindSpore ops (``scratch``) and ``mindspore.nn.GRU``
-(``native``), gradients from MindSpore's autodiff, training as one compiled graph per step.
+"""MindSpore backend: the book's loop in MindSpore ops (``scratch``) and MindSpore's own GRU
+layers (``native``: its oneDNN GRU kernel for the reset-before cell, ``mindspore.nn.GRU`` for the
+reset-after one), gradients from MindSpore's autodiff, training as one compiled graph per step.
 
 What the installed release (2.10.0) computes, read from ``mindspore/nn/layer/rnn_cells.py``
 (``_gru_cell``) and ``mindspore/nn/layer/rnns.py`` (``_RNNBase``, ``_DynamicGRUCPUGPU``): on CPU
@@ -8,6 +9,14 @@ in the gate order r, z, n (``weight_ih_l{k}[_reverse] [3H, I]``, ``weight_hh_l{k
 [3H, H]``, ``bias_ih``/``bias_hh [3H]``), with ``h' = n + z * (h - n)`` (the canonical update
 gate, not a flipped one). Its initialiser draws from NumPy's global generator, and its
 ``construct`` accepts float32/float16 inputs only.
+
+The reset-before cell runs in one kernel call per layer and direction: MindSpore's CPU build
+wraps oneDNN's GRU (``gru_forward``/``gru_backward`` over the whole sequence) in the primitive
+``GRUV2`` (``plugin/device/cpu/kernel/mkldnn/gru_cpu_kernel.cc``), which only its RL module
+exports (``mindspore.ops.operations._rl_inner_ops``; no public API reaches it on CPU). oneDNN's
+GRU is the book's cell: gates u, r, o (= z, r, h), ``h' = u h + (1 - u) o``, one bias per gate.
+Its input ``w`` is one flat ``[n, 1, 1]`` tensor: ``W_x`` as row blocks ``[3H, I]``, ``W_h`` as
+``[3H, H]``, then the bias ``[3H]`` (the canonical ``b_x + b_h``, all the cell adds).
 """
 
 from __future__ import annotations
@@ -27,11 +36,19 @@ _threads.wait_passively()
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
+try:  # private to MindSpore (see the module's docstring): without it, native is reset-after only
+    from mindspore.ops.operations._grad_ops import GRUV2Grad  # noqa: E402
+    from mindspore.ops.operations._rl_inner_ops import GRUV2  # noqa: E402
+except ImportError:  # pragma: no cover - another MindSpore release
+    GRUV2 = GRUV2Grad = None
+
 from ..distributed import reduction  # noqa: E402
 from ..model import LMParams, lm_keys, trained  # noqa: E402
-from ..spec import GATE_SETS, GRUParams, GRUSpec  # noqa: E402
+from ..spec import GATE_SETS, GATES, CellParams, GRUParams, GRUSpec  # noqa: E402
 from . import _cudnn_layout, _layout  # noqa: E402
-from ._base import Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError  # noqa: E402
+from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer,  # noqa: E402
+                    UnsupportedError, check_native_names)
+from ..errors import InvalidArgumentError  # noqa: E402
 
 # PyNative (with launch_blocking, see _setup) first: on the reference machine it trained faster
 # and steadier than GRAPH_MODE on both impls (scratch 7.6k vs 4.4k, native 11.1k vs 5.9k tokens/s,
@@ -55,15 +72,60 @@ def _tensor(a) -> Tensor:
     return Tensor(np.ascontiguousarray(a))
 
 
-# -- the native layout: cuDNN's (see _cudnn_layout), rows r | z | n ------------------------
+# -- the native layouts: nn.GRU's (cuDNN's, see _cudnn_layout; reset-after) and GRUV2's
+# (oneDNN's; reset-before): per cell one flat ``weight_l{k}[_reverse] [n, 1, 1]``
+#: row block k of each GRUV2 weight and bias holds canonical gate ONEDNN_GATES[k] (oneDNN's
+#: u, r, o): the canonical order itself
+ONEDNN_GATES = ("z", "r", "h")
+_ONEDNN_ORDER = [GATES.index(g) for g in ONEDNN_GATES]
+
+
+def _onednn_name(layer: int, direction: int) -> str:
+    return f"weight_l{layer}" + ("_reverse" if direction else "")
+
+
+def _onednn_shapes(spec: GRUSpec) -> dict[str, tuple[int, int, int]]:
+    H = spec.hidden_size
+    return {_onednn_name(l, d): (3 * H * (spec.layer_input_size(l) + H + 1), 1, 1)
+            for l, d in spec.cells()}
+
+
 def to_native(params: GRUParams) -> dict[str, np.ndarray]:
-    """Canonical -> ``nn.GRU``'s parameters by name: ``[3H, in]`` weights, rows r | z | n."""
-    return _cudnn_layout.to_native(params)
+    """Canonical -> the native layer's arrays by name: reset-after, ``nn.GRU``'s parameters
+    (``[3H, in]`` weights, rows r | z | n); reset-before, GRUV2's flat ``w`` per cell, whose
+    bias is ``b_x + b_h``."""
+    if params.spec.reset_after:
+        return _cudnn_layout.to_native(params)
+    native = {}
+    for l, d in params.spec.cells():
+        c = params.cell(l, d)
+        rows = [w[_ONEDNN_ORDER].transpose(0, 2, 1).reshape(-1) for w in (c.W_x, c.W_h)]
+        native[_onednn_name(l, d)] = np.concatenate(
+            rows + [(c.b_x + c.b_h)[_ONEDNN_ORDER].reshape(-1)]).reshape(-1, 1, 1)
+    return native
 
 
 def from_native(native, spec: GRUSpec) -> GRUParams:
-    """``nn.GRU``'s parameters (or their gradients) by name -> canonical."""
-    return _cudnn_layout.from_native(native, spec, "mindspore.nn.GRU")
+    """The native layer's arrays by name -> canonical. Reset-after: ``nn.GRU``'s parameters (or
+    their gradients); reset-before: GRUV2's ``w``, whose one bias comes back as ``b_x`` with
+    ``b_h = 0`` (the same GRU, see :meth:`Backend.native_normal_form`)."""
+    if spec.reset_after:
+        return _cudnn_layout.from_native(native, spec, "mindspore.nn.GRU")
+    expected = _onednn_shapes(spec)
+    check_native_names(native, expected, "MindSpore's GRUV2", spec)
+    H, cells = spec.hidden_size, [[] for _ in range(spec.num_layers)]
+    for (l, d), (name, shape) in zip(spec.cells(), expected.items()):
+        w = np.asarray(native[name])
+        if w.shape != shape:
+            raise InvalidArgumentError(
+                f"{name} must have shape {shape} for a {spec.describe()}, got {w.shape}")
+        w, I = w.reshape(-1), spec.layer_input_size(l)
+        W_x, W_h, b = np.split(w, [3 * H * I, 3 * H * (I + H)])
+        cells[l].append(CellParams(
+            np.ascontiguousarray(W_x.reshape(3, H, I)[_ONEDNN_ORDER].transpose(0, 2, 1)),
+            np.ascontiguousarray(W_h.reshape(3, H, H)[_ONEDNN_ORDER].transpose(0, 2, 1)),
+            b.reshape(3, H)[_ONEDNN_ORDER].copy(), np.zeros((3, H), w.dtype)))
+    return GRUParams(spec, cells)
 
 
 def _new_native_layer(spec: GRUSpec, seed: int | None = None) -> nn.GRU:
@@ -161,6 +223,75 @@ def _cell(spec: GRUSpec):
     return spec.reset_after, spec.has_update_gate, spec.has_reset_gate
 
 
+# -- the reset-before cell in oneDNN's GRU kernel (native) ---------------------------------
+class _OneDNNGRU(nn.Cell):
+    """One layer and direction of the reset-before GRU over a whole sequence: GRUV2, with a
+    backward that works around MindSpore 2.10's GRUV2Grad, which declares the input gradient
+    ``[T, H, I]`` instead of ``[T, N, I]`` (its kernel writes the ``T*N*I`` values from the
+    start of that buffer). :class:`_FusedGRU` never gives it more than ``H`` rows, so the
+    kernel never writes past the buffer."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.fwd = GRUV2(input_size, hidden_size, 1, True, False, 0.0)
+        self.bwd = GRUV2Grad(input_size, hidden_size, 1, True, False, 0.0)
+
+    def construct(self, x, h0, w, lengths):
+        y, h_n, reserve, _ = self.fwd(x, h0, w, lengths)
+        return y, h_n, reserve
+
+    def bprop(self, x, h0, w, lengths, out, dout):
+        y, h_n, reserve = out
+        dx, dh0, dw = self.bwd(x, h0, w, lengths, y, h_n, dout[0], dout[1], reserve)
+        return dx.reshape(-1)[:x.size].reshape(x.shape), dh0, dw, ops.zeros_like(lengths)
+
+
+class _FusedGRU(nn.Cell):
+    """The stacked (bi)directional reset-before GRU, one GRUV2 call per layer, direction and
+    slice of at most ``H`` rows of the batch: ``construct(flat_weights, h0, X)`` with one
+    :func:`to_native` ``w`` per cell (``spec.cells()`` order)."""
+
+    def __init__(self, spec: GRUSpec):
+        super().__init__()
+        self.spec = spec
+        self.layers = nn.CellList([_OneDNNGRU(spec.layer_input_size(l), spec.hidden_size)
+                                   for l in range(spec.num_layers)])
+
+    def construct(self, flat_weights, h0, X):
+        D, H = self.spec.num_directions, self.spec.hidden_size
+        T, N = X.shape[0], X.shape[1]
+        inp, hs = X, []
+        for l in range(self.spec.num_layers):
+            outs = []
+            for d in range(D):
+                k = l * D + d
+                x = ops.flip(inp, (0,)) if d else inp
+                ys = []
+                for s in range(0, N, H):  # rows are independent: slices change nothing
+                    n = min(H, N - s)
+                    y, h_n, _ = self.layers[l](x[:, s:s + n], h0[k:k + 1, s:s + n],
+                                               flat_weights[k], ops.fill(ms.int32, (n,), T))
+                    ys.append(y)
+                    hs.append(h_n[0])
+                Y = ys[0] if len(ys) == 1 else ops.concat(ys, 1)
+                outs.append(ops.flip(Y, (0,)) if d else Y)
+            inp = outs[0] if D == 1 else ops.concat(outs, -1)
+        if len(hs) > self.spec.num_layers * D:  # several slices a cell: rejoin each cell's rows
+            per = len(hs) // (self.spec.num_layers * D)
+            hs = [ops.concat(hs[i:i + per], 0) for i in range(0, len(hs), per)]
+        return inp, ops.stack(hs)
+
+
+def _onednn_weights(arrays):
+    """The scratch layout's arrays (four a cell: ``Wx [I, 3H]``, ``Wh [H, 3H]``, ``bx``, ``bh``)
+    -> GRUV2's flat ``w`` per cell, as tensors inside the step (so autodiff reaches the four).
+    Both layouts stack the gates in the canonical order (ONEDNN_GATES), so transposing the
+    weights is the whole relayout."""
+    return [ops.concat((arrays[k].T.reshape(-1), arrays[k + 1].T.reshape(-1),
+                        arrays[k + 2] + arrays[k + 3])).reshape(-1, 1, 1)
+            for k in range(0, len(arrays), 4)]
+
+
 def _cross_entropy(logits, labels):
     """Mean cross-entropy of ``logits [M, V]`` against ``labels [M]``."""
     picked = ops.gather_elements(logits, 1, labels.reshape(-1, 1)).reshape(-1)
@@ -178,10 +309,16 @@ class _LM(nn.Cell):
         self.impl, self.spec = impl, spec
         self.cell = _cell(spec)
         self.num_layers, self.num_dirs = spec.num_layers, spec.num_directions
+        # nn.GRU's parameters for the native reset-after cell; otherwise the scratch layout's,
+        # which the native reset-before cell turns into GRUV2's w inside the step (so each
+        # reset-before b_h stays put, as trained() says, while GRUV2 gets b_x + b_h)
+        self.nn_gru = impl == "native" and spec.reset_after
+        self.fused = _FusedGRU(spec) if impl == "native" and not spec.reset_after else None
         if impl == "native":
+            self.eye = _tensor(np.eye(model.vocab_size, dtype=model.dtype))
+        if self.nn_gru:
             self.gru = _new_native_layer(spec)
             _load_native(self.gru, model.gru)
-            self.eye = _tensor(np.eye(model.vocab_size, dtype=model.dtype))
         else:  # the scratch layout's arrays, one parameter each, named after their lm_keys name
             self.gru_weights = ms.ParameterTuple([
                 ms.Parameter(_tensor(a), name=k.replace(".", "_"))
@@ -191,8 +328,11 @@ class _LM(nn.Cell):
 
     def run(self, ids, state):
         """Time-major ids ``[T, N]`` -> ``(logits [T*N, V], h_n)``."""
-        if self.impl == "native":
+        if self.nn_gru:
             out, h_n = self.gru(ops.gather(self.eye, ids, 0), state)
+        elif self.fused is not None:
+            out, h_n = self.fused(_onednn_weights(self.gru_weights), state,
+                                  ops.gather(self.eye, ids, 0))
         else:
             out, h_n = _scratch_forward(self.gru_weights, state, self.cell, self.num_layers,
                                         self.num_dirs, ids=ids)
@@ -215,7 +355,7 @@ class _LM(nn.Cell):
     def to_lm(self, arrays) -> LMParams:
         """Arrays (weights or gradients) in ``trainable_params()`` order -> canonical."""
         by_key = dict(zip(self.keys(), arrays, strict=True))
-        if self.impl == "native":
+        if self.nn_gru:
             gru = from_native({n: by_key[k] for n, k in _cudnn_layout.keys(self.spec).items()},
                               self.spec)
         else:
@@ -357,16 +497,19 @@ class MindSporeBackend(Backend):
             "in PyNative (mode graph: compiled with mindspore.jit)",
             gates=GATE_SETS, modes=MODES),
         "native": ImplInfo(
-            "mindspore.nn.GRU (on CPU a loop of its reset-after cell, gates r, z, n) loaded from "
-            "canonical weights; training step in PyNative (mode graph: compiled with "
-            "mindspore.jit)",
-            reset_before=False, dtypes=("float32",), modes=MODES,
+            "reset-before: MindSpore's oneDNN GRU kernel (GRUV2, the whole sequence in one call "
+            "per layer and direction); reset-after: mindspore.nn.GRU (on CPU a loop of its "
+            "cell, gates r, z, n); loaded from canonical weights; training step in PyNative "
+            "(mode graph: compiled with mindspore.jit)",
+            reset_before=GRUV2 is not None, dtypes=("float32",), modes=MODES,
             why_not={
-                "reset_before": "mindspore.nn.GRU computes only the reset-after cell "
-                                "(r * (h W_hn + b_hn), see _gru_cell in "
-                                "mindspore/nn/layer/rnn_cells.py)",
-                "dtype": "mindspore.nn.GRU accepts float32/float16 inputs only (its construct "
-                         "rejects float64)"}),
+                "reset_before": "this MindSpore release has no GRUV2 kernel (its oneDNN GRU), "
+                                "and mindspore.nn.GRU computes only the reset-after cell",
+                "reset_before_bias": "GRUV2 holds one bias per gate (the canonical b_x + b_h, "
+                                     "all the reset-before cell depends on), so parameters read "
+                                     "back from it have b_h = 0",
+                "dtype": "mindspore.nn.GRU and its oneDNN GRU kernel accept float32/float16 "
+                         "inputs only"}),
     }
 
     def __init__(self):
@@ -425,11 +568,16 @@ class MindSporeBackend(Backend):
 
     # -- plain GRU calls: PyNative (one-off shapes; nothing to compile) --------------------
     def _gru_fn(self, impl, spec, params):
-        """``(fn(X, h0, *weights) -> (Y, h_n), weight tensors, layer or None)``."""
+        """``(fn(X, h0, *weights) -> (Y, h_n), weight tensors, nn.GRU or None)``; the weights
+        are nn.GRU's parameters, else the scratch layout's arrays (see _LM)."""
         if impl == "native":
             layer = self._layers.get(spec)
-            if layer is None:  # one nn.GRU per spec (prediction calls this once per character)
-                layer = self._layers[spec] = _new_native_layer(spec)
+            if layer is None:  # one layer per spec (prediction calls this once per character)
+                layer = self._layers[spec] = (_new_native_layer(spec) if spec.reset_after
+                                              else _FusedGRU(spec))
+            if not spec.reset_after:
+                return ((lambda X, h0, *w: layer(_onednn_weights(w), h0, X)),
+                        [_tensor(a) for a in _layout.cell_arrays(params)], None)
             _load_native(layer, params)
             return (lambda X, h0, *w: layer(X, h0)), list(layer.trainable_params()), layer
 
@@ -506,10 +654,20 @@ class MindSporeBackend(Backend):
         return MindSporePredictor(model, impl)
 
     # -- the native layout hooks -----------------------------------------------------------
+    def _native_normal_form(self, params):
+        return params if params.spec.reset_after else from_native(to_native(params), params.spec)
+
     def _native_reference(self, spec, X, h0, seed):
-        layer = _new_native_layer(spec, seed)
-        Y, h_n = layer(_tensor(X), _tensor(h0))
-        return _read_native(layer, spec), Y.asnumpy(), h_n.asnumpy()
+        if spec.reset_after:
+            layer = _new_native_layer(spec, seed)
+            Y, h_n = layer(_tensor(X), _tensor(h0))
+            return _read_native(layer, spec), Y.asnumpy(), h_n.asnumpy()
+        # GRUV2 is a bare kernel without an initialiser: w from nn.GRU's U(+-1/sqrt(H))
+        rng, bound = np.random.default_rng(seed), 1 / np.sqrt(spec.hidden_size)
+        native = {k: rng.uniform(-bound, bound, shape).astype(X.dtype)
+                  for k, shape in _onednn_shapes(spec).items()}
+        Y, h_n = _FusedGRU(spec)([_tensor(w) for w in native.values()], _tensor(h0), _tensor(X))
+        return from_native(native, spec), Y.asnumpy(), h_n.asnumpy()
 
 
 backend = MindSporeBackend()

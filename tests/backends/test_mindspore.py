@@ -1,5 +1,6 @@
-"""MindSpore backend: what only it has -- nn.GRU's layout and float32-only input, its tanh, its
-modes (PyNative first, then graph), settings made on first use. test_surface.py covers what every
+"""MindSpore backend: what only it has -- nn.GRU's layout and GRUV2's (its oneDNN GRU kernel, the
+native reset-before cell), float32-only native input, its tanh, its modes (PyNative first, then
+graph), settings made on first use. test_surface.py covers what every
 backend does alike: checkpoints shared with NumPy, the errors, training in every mode."""
 
 import mindspore as ms
@@ -7,26 +8,17 @@ import numpy as np
 import pytest
 from mindspore import Tensor, ops
 
+import d2lgru
 from d2lgru import GRUSpec, UnsupportedError, init_lm, init_params
 from d2lgru.cli import main
-from d2lgru.conformance import CHECKS
+from d2lgru.conformance import CHECKS, TOLERANCES
 from helpers import random_params, run_fresh
 
 
 # -- one clear error per mistake -----------------------------------------------------------
-def test_native_has_no_reset_before_cell(be):
-    params = init_params(GRUSpec(3, 4, reset_after=False))
-    with pytest.raises(UnsupportedError, match="nn.GRU computes only the reset-after cell"):
-        be.gru(params, np.zeros((2, 1, 3), np.float32), impl="native")
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        be.to_native(params)
-    with pytest.raises(UnsupportedError, match="reset-after"):
-        be.make_trainer(init_lm(5, 4), impl="native")
-
-
 def test_native_runs_float32_only(be):
     params = init_params(GRUSpec(3, 4, reset_after=True), dtype=np.float64)
-    with pytest.raises(UnsupportedError, match="accepts float32/float16 inputs only"):
+    with pytest.raises(UnsupportedError, match="accept float32/float16 inputs only"):
         be.gru(params, np.zeros((2, 1, 3)), impl="native")
     with pytest.raises(UnsupportedError, match="float32/float16"):
         be.make_trainer(init_lm(5, 4, reset_after=True, dtype=np.float64), impl="native")
@@ -44,12 +36,6 @@ def test_wrong_native_dtypes(be):
     params = init_params(GRUSpec(3, 4, reset_after=True))  # float32
     with pytest.raises(TypeError, match="X is float64 but the parameters are float32"):
         be.gru(params, np.zeros((2, 1, 3)), impl="native")
-
-
-def test_cli_refuses_the_native_reset_before_cell(data_dir, capsys):
-    assert main(["train", "--backend", "mindspore", "--impl", "native", "--reset-before",
-                 "--epochs", "1", "--data", str(data_dir), "--quiet"]) == 2
-    assert "nn.GRU computes only the reset-after" in capsys.readouterr().err
 
 
 # -- nn.GRU's layout -----------------------------------------------------------------------
@@ -80,6 +66,58 @@ def test_nn_gru_matches_the_oracle_through_the_converters(be, oracle):
     np.testing.assert_allclose(h_n.asnumpy(), h_ref, **CHECKS["float32_small_forward"].kw)
 
 
+# -- GRUV2's layout: the native reset-before cell ------------------------------------------
+def test_gruv2_arrays_are_one_flat_w_per_cell(be):
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True)
+    native = be.to_native(random_params(spec, np.float32))
+    n0, n1 = 15 * (3 + 5 + 1), 15 * (10 + 5 + 1)
+    assert {k: v.shape for k, v in native.items()} == {
+        "weight_l0": (n0, 1, 1), "weight_l0_reverse": (n0, 1, 1),
+        "weight_l1": (n1, 1, 1), "weight_l1_reverse": (n1, 1, 1)}
+    with pytest.raises(ValueError, match="GRUV2 parameters for a 2-layer .* lack 'weight_l1'"):
+        be.from_native({k: v for k, v in native.items() if k != "weight_l1"}, spec)
+
+
+def test_gruv2_matches_the_oracle_forward_and_backward(be, oracle):
+    """GRUV2 on to_native's w, through the native impl's gru and gru_backward: two
+    bidirectional layers of asymmetric random weights and biases would expose a swapped gate,
+    a flipped update or a mixed-up direction; 12 rows > H = 5 go through the slices that keep
+    MindSpore 2.10's GRUV2Grad inside its buffer (it sizes the input gradient [T, H, I])."""
+    spec = GRUSpec(3, 5, num_layers=2, bidirectional=True)
+    params = random_params(spec, np.float32, seed=1, scale=0.3)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((6, 12, 3)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (4, 12, 5)).astype(np.float32)
+    dY, dh_n = rng.standard_normal((6, 12, 10)), rng.standard_normal((4, 12, 5))
+    as64 = [a.astype(np.float64) for a in (X, h0)]
+    tol = CHECKS["float32_small_forward"].kw
+    for got, want in zip(be.gru(params, X, h0, impl="native"),
+                         oracle.gru(params.astype(np.float64), *as64)):
+        np.testing.assert_allclose(got, want, **tol)
+    got = be.gru_backward(params, X, h0, dY.astype(np.float32), dh_n.astype(np.float32),
+                          impl="native")
+    want = oracle.gru_backward(params.astype(np.float64), *as64, dY, dh_n)
+    for a, b in zip(got[0].flat() + list(got[1:]), want[0].flat() + list(want[1:])):
+        np.testing.assert_allclose(a, b, **TOLERANCES[("float32", "gradient")].kw)
+
+
+def test_native_trains_the_books_cell_as_scratch_does():
+    """The native impl's reset-before training step (GRUV2 inside MindSpore's autodiff) moves
+    the weights as the scratch loop does, and leaves each b_h as it came (see trained())."""
+    model = init_lm(7, 8, seed=3)
+    batches = [tuple(np.random.default_rng(i).integers(0, 7, (4, 5)) for _ in "XY")
+               for i in range(3)]
+    be = d2lgru.get_backend("mindspore")
+    out = {impl: be.make_trainer(model, impl=impl) for impl in ("scratch", "native")}
+    losses = {impl: t.train_epoch(batches) for impl, t in out.items()}
+    np.testing.assert_allclose(losses["native"], losses["scratch"], **CHECKS["float32_modes"].kw)
+    native, scratch = out["native"].params(), out["scratch"].params()
+    for a, b in zip(native.flat(), scratch.flat()):
+        np.testing.assert_allclose(a, b, **CHECKS["float32_weights_after_epochs"].kw)
+    assert all(np.array_equal(c.b_h, m.b_h) for row_n, row_m in
+               zip(native.gru.cells, model.gru.cells) for c, m in zip(row_n, row_m))
+
+
 def test_scratch_is_accurate_where_mindspore_tanh_is_not(be, oracle):
     """MindSpore's CPU float32 tanh is off by ~1e-4 for 4 < |x| < 6 (hence the scratch loop's
     2 sigmoid(2x) - 1); a cell driven into that range still matches the oracle to 1e-5."""
@@ -95,8 +133,9 @@ def test_scratch_is_accurate_where_mindspore_tanh_is_not(be, oracle):
     np.testing.assert_allclose(Y, Y_ref, **CHECKS["float32_saturated_tanh"].kw)
 
 
-def test_native_reference_is_seeded_and_leaves_numpy_alone(be):
-    spec = GRUSpec(3, 4, reset_after=True)
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_native_reference_is_seeded_and_leaves_numpy_alone(be, reset_after):
+    spec = GRUSpec(3, 4, reset_after=reset_after)
     X = np.ones((2, 1, 3), np.float32)
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
