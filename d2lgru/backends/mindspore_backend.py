@@ -171,7 +171,7 @@ def _direction(xp, Wh, bh, h, reverse: bool, reset_after: bool, has_z: bool, has
     T = xp.shape[0]
     steps = range(T - 1, -1, -1) if reverse else range(T)
     xzr = ops.unstack(xp[:, :, :2 * H] + bh[:2 * H], 0)
-    Wzr = Wh[:, :2 * H]
+    Wzr = Wh[:, :2 * H].contiguous()  # a view: MindSpore multiplies a strided one 9x slower
     ys = []
     if reset_after:
         xh2 = ops.unstack(2 * xp[:, :, 2 * H:], 0)
