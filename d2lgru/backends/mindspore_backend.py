@@ -163,15 +163,76 @@ def _read_native(layer: nn.GRU, spec: GRUSpec) -> GRUParams:
 # off by up to 1e-4 for 4 < |x| < 6; its sigmoid is good to 1e-6. The loop therefore computes
 # the candidate as tanh(a) = 2 sigmoid(2a) - 1, with the factor 2 folded into the candidate's
 # weights and biases before the loop (scaling by 2 is exact in binary floating point).
+class _BookCellLoop(nn.Cell):
+    """The book's cell with both gates over time, its backward written out as in the torch, JAX
+    and TensorFlow adapters: the reverse loop carries only the state's gradient (two products a
+    step) and the recurrent weights' gradients are one product each over all ``T*N`` rows.
+    MindSpore's own backward of the loop multiplies by transposed views, which its CPU matmul
+    takes 9-35x longer over than contiguous operands; here every transpose is copied once.
+    ``construct(XZR [T, N, 2H], XH2 [T, N, H], h0, Wzr, Whh2) -> (Y, last, ZR, NN, RH)``: the
+    inputs hold every bias and the input projection (the candidate's doubled, see above); the
+    last three outputs are what ``bprop`` reads back."""
+
+    def construct(self, XZR, XH2, h, Wzr, Whh2):
+        H = h.shape[1]
+        ys, zrs, ns, rhs = [], [], [], []
+        for t in range(XZR.shape[0]):
+            zr = ops.sigmoid(XZR[t] + ops.matmul(h, Wzr))
+            rh = zr[:, H:] * h
+            n = 2 * ops.sigmoid(XH2[t] + ops.matmul(rh, Whh2)) - 1
+            h = n + zr[:, :H] * (h - n)
+            ys.append(h)
+            zrs.append(zr)
+            ns.append(n)
+            rhs.append(rh)
+        return ops.stack(ys), h, ops.stack(zrs), ops.stack(ns), ops.stack(rhs)
+
+    def bprop(self, XZR, XH2, h0, Wzr, Whh2, out, dout):
+        Y, _, ZR, NN, RH = out
+        dY, dh = dout[0], dout[1]
+        T, N, H = Y.shape
+        WzrT = ops.transpose(Wzr, (1, 0)).contiguous()
+        WhhT = ops.transpose(Whh2, (1, 0)).contiguous()
+        dzrs, dns = [], []
+        for t in range(T - 1, -1, -1):
+            h = Y[t - 1] if t else h0
+            zr, n = ZR[t], NN[t]
+            g = dh + dY[t]
+            gz = g * zr[:, :H]
+            # h' = n + z (h - n), n = 2 sigmoid(a2) - 1: da2 = (g - g z) (1 - n^2) / 2
+            da2 = (g - gz) * (1 - n * n) * 0.5
+            ds = ops.matmul(da2, WhhT)  # s = r * h
+            da_zr = ops.concat((g * (h - n), ds * h), 1) * (zr - zr * zr)
+            dh = gz + ds * zr[:, H:] + ops.matmul(da_zr, WzrT)
+            dzrs.append(da_zr)
+            dns.append(da2)
+        DZR, DN = ops.stack(dzrs[::-1]), ops.stack(dns[::-1])
+        H_prev = ops.concat((h0.reshape(1, N, H), Y[:-1]), 0).reshape(T * N, H)
+        dWzr = ops.matmul(ops.transpose(H_prev, (1, 0)).contiguous(), DZR.reshape(T * N, 2 * H))
+        dWhh = ops.matmul(ops.transpose(RH.reshape(T * N, H), (1, 0)).contiguous(),
+                          DN.reshape(T * N, H))
+        return DZR, DN, dh, dWzr, dWhh
+
+
+_book_cell_loop = _BookCellLoop()
+
+
 def _direction(xp, Wh, bh, h, reverse: bool, reset_after: bool, has_z: bool, has_r: bool):
     """One direction over time; ``xp [T, N, 3H] = x Wx + bx``, columns z | r | h. Returns
     ``Y [T, N, H]`` (in input order also when ``reverse``) and the last state. An ablated
     gate is pinned (Z = 0, R = 1), so its parameters get zero gradients."""
     H = Wh.shape[0]
     T = xp.shape[0]
+    Wzr = Wh[:, :2 * H].contiguous()  # a view: MindSpore multiplies a strided one 9x slower
+    if not reset_after and has_z and has_r:
+        if reverse:
+            xp = ops.flip(xp, (0,))
+        Y, h, _, _, _ = _book_cell_loop(xp[:, :, :2 * H] + bh[:2 * H],
+                                         2 * (xp[:, :, 2 * H:] + bh[2 * H:]), h, Wzr,
+                                         2 * Wh[:, 2 * H:])
+        return (ops.flip(Y, (0,)) if reverse else Y), h
     steps = range(T - 1, -1, -1) if reverse else range(T)
     xzr = ops.unstack(xp[:, :, :2 * H] + bh[:2 * H], 0)
-    Wzr = Wh[:, :2 * H].contiguous()  # a view: MindSpore multiplies a strided one 9x slower
     ys = []
     if reset_after:
         xh2 = ops.unstack(2 * xp[:, :, 2 * H:], 0)
