@@ -169,52 +169,88 @@ class _BookCellLoop(nn.Cell):
     step) and the recurrent weights' gradients are one product each over all ``T*N`` rows.
     MindSpore's own backward of the loop multiplies by transposed views, which its CPU matmul
     takes 9-35x longer over than contiguous operands; here every transpose is copied once.
-    ``construct(XZR [T, N, 2H], XH2 [T, N, H], h0, Wzr, Whh2) -> (Y, last, ZR, NN, RH)``: the
-    inputs hold every bias and the input projection (the candidate's doubled, see above); the
-    last three outputs are what ``bprop`` reads back."""
+    ``construct(XZR [T, N, 2H], XH2 [T, N, H], h0, Wzr, Whh2) -> (Y, last, Z, R, NN, RH)``:
+    the inputs hold every bias and the input projection (the candidate's doubled, see above);
+    the last four outputs are what ``bprop`` reads back."""
 
     def construct(self, XZR, XH2, h, Wzr, Whh2):
         H = h.shape[1]
-        ys, zrs, ns, rhs = [], [], [], []
+        ys, zs, rs, ns, rhs = [], [], [], [], []
         for t in range(XZR.shape[0]):
             zr = ops.sigmoid(XZR[t] + ops.matmul(h, Wzr))
-            rh = zr[:, H:] * h
-            n = 2 * ops.sigmoid(XH2[t] + ops.matmul(rh, Whh2)) - 1
-            h = n + zr[:, :H] * (h - n)
+            z, r = zr[:, :H], zr[:, H:]
+            rh = r * h
+            s = ops.sigmoid(XH2[t] + ops.matmul(rh, Whh2))
+            n = s + s - 1
+            # n + z (h - n): one op instead of three where Lerp has the dtype (not float64)
+            h = n + z * (h - n) if h.dtype == ms.float64 else ops.lerp(n, h, z)
             ys.append(h)
-            zrs.append(zr)
+            zs.append(z)
+            rs.append(r)
             ns.append(n)
             rhs.append(rh)
-        return ops.stack(ys), h, ops.stack(zrs), ops.stack(ns), ops.stack(rhs)
+        # stacked here, the strided z and r come out contiguous (a copy of a strided slice
+        # of the stacked [T, N, 2H] would cost MindSpore 2.6 ms)
+        return (ops.stack(ys), h, ops.stack(zs), ops.stack(rs), ops.stack(ns),
+                ops.stack(rhs))
 
     def bprop(self, XZR, XH2, h0, Wzr, Whh2, out, dout):
-        Y, _, ZR, NN, RH = out
+        # MindSpore spends tens of microseconds on every op whatever its size, so whatever
+        # does not depend on the state's gradient is computed for all steps at once
+        Y, _, Z, R, NN, RH = out
         dY, dh = dout[0], dout[1]
         T, N, H = Y.shape
         WzrT = ops.transpose(Wzr, (1, 0)).contiguous()
         WhhT = ops.transpose(Whh2, (1, 0)).contiguous()
+        H_prev = ops.concat((h0.reshape(1, N, H), Y[:-1]), 0)
+        # h' = n + z (h - n), n = 2 sigmoid(a2) - 1, z = sigmoid(a_z), r = sigmoid(a_r):
+        # da2 = g (1 - z) (1 - n^2) / 2, da_z = g (h - n) z (1 - z), da_r = (dL/d(r h)) h r (1 - r)
+        D = (1 - NN * NN) * 0.5
+        A = (H_prev - NN) * (Z - Z * Z)
+        B = H_prev * (R - R * R)
         dzrs, dns = [], []
         for t in range(T - 1, -1, -1):
-            h = Y[t - 1] if t else h0
-            zr, n = ZR[t], NN[t]
             g = dh + dY[t]
-            gz = g * zr[:, :H]
-            # h' = n + z (h - n), n = 2 sigmoid(a2) - 1: da2 = (g - g z) (1 - n^2) / 2
-            da2 = (g - gz) * (1 - n * n) * 0.5
+            gz = g * Z[t]
+            da2 = (g - gz) * D[t]
             ds = ops.matmul(da2, WhhT)  # s = r * h
-            da_zr = ops.concat((g * (h - n), ds * h), 1) * (zr - zr * zr)
-            dh = gz + ds * zr[:, H:] + ops.matmul(da_zr, WzrT)
+            da_zr = ops.concat((g * A[t], ds * B[t]), 1)
+            dh = gz + ds * R[t] + ops.matmul(da_zr, WzrT)
             dzrs.append(da_zr)
             dns.append(da2)
         DZR, DN = ops.stack(dzrs[::-1]), ops.stack(dns[::-1])
-        H_prev = ops.concat((h0.reshape(1, N, H), Y[:-1]), 0).reshape(T * N, H)
-        dWzr = ops.matmul(ops.transpose(H_prev, (1, 0)).contiguous(), DZR.reshape(T * N, 2 * H))
+        dWzr = ops.matmul(ops.transpose(H_prev.reshape(T * N, H), (1, 0)).contiguous(),
+                          DZR.reshape(T * N, 2 * H))
         dWhh = ops.matmul(ops.transpose(RH.reshape(T * N, H), (1, 0)).contiguous(),
                           DN.reshape(T * N, H))
         return DZR, DN, dh, dWzr, dWhh
 
 
 _book_cell_loop = _BookCellLoop()
+
+
+def _project(W, b, ids, X):
+    """``x W + b`` for the one-hot of ``ids [T, N]`` (a row lookup in ``W + b``: the bias added
+    to V rows, not T*N -- MindSpore's broadcast add over [35, 32, 768] alone takes 4 ms) or for
+    ``X [T, N, I]``."""
+    if ids is not None:
+        return ops.gather(W + b, ids, 0)
+    T, N = X.shape[0], X.shape[1]
+    return (ops.matmul(X.reshape(T * N, -1), W) + b).reshape(T, N, -1)
+
+
+def _book_direction(Wx, Wh, b, h, reverse: bool, ids, X):
+    """One direction of the book's cell with both gates (:class:`_BookCellLoop`) on the one-hot
+    of ``ids`` or on ``X``; ``b = b_x + b_h``, all the cell adds. The gates' projections are
+    made apart (z | r, then the doubled candidate), so that no step reads a strided view, and
+    the reverse direction reads its input reversed."""
+    H = Wh.shape[0]
+    if reverse:
+        ids, X = (ops.flip(ids, (0,)), None) if ids is not None else (None, ops.flip(X, (0,)))
+    Y, h, *_ = _book_cell_loop(_project(Wx[:, :2 * H].contiguous(), b[:2 * H], ids, X),
+                                     _project(2 * Wx[:, 2 * H:], 2 * b[2 * H:], ids, X), h,
+                                     Wh[:, :2 * H].contiguous(), 2 * Wh[:, 2 * H:])
+    return (ops.flip(Y, (0,)) if reverse else Y), h
 
 
 def _direction(xp, Wh, bh, h, reverse: bool, reset_after: bool, has_z: bool, has_r: bool):
@@ -224,13 +260,6 @@ def _direction(xp, Wh, bh, h, reverse: bool, reset_after: bool, has_z: bool, has
     H = Wh.shape[0]
     T = xp.shape[0]
     Wzr = Wh[:, :2 * H].contiguous()  # a view: MindSpore multiplies a strided one 9x slower
-    if not reset_after and has_z and has_r:
-        if reverse:
-            xp = ops.flip(xp, (0,))
-        Y, h, _, _, _ = _book_cell_loop(xp[:, :, :2 * H] + bh[:2 * H],
-                                         2 * (xp[:, :, 2 * H:] + bh[2 * H:]), h, Wzr,
-                                         2 * Wh[:, 2 * H:])
-        return (ops.flip(Y, (0,)) if reverse else Y), h
     steps = range(T - 1, -1, -1) if reverse else range(T)
     xzr = ops.unstack(xp[:, :, :2 * H] + bh[:2 * H], 0)
     ys = []
@@ -268,12 +297,13 @@ def _scratch_forward(weights, h0, cell, num_layers: int, num_dirs: int, X=None, 
         for d in range(num_dirs):
             k = 4 * (l * num_dirs + d)
             Wx, Wh, bx, bh = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
-            if l == 0 and ids is not None:
-                xp = ops.gather(Wx, ids, 0) + bx
+            src_ids, src = (ids, None) if l == 0 and ids is not None else (None, inp)
+            if cell == (False, True, True):  # the book's cell: its backward written out
+                Y, h = _book_direction(Wx, Wh, bx + bh, h0[l * num_dirs + d], d == 1,
+                                       src_ids, src)
             else:
-                T, N = inp.shape[0], inp.shape[1]
-                xp = (ops.matmul(inp.reshape(T * N, -1), Wx) + bx).reshape(T, N, -1)
-            Y, h = _direction(xp, Wh, bh, h0[l * num_dirs + d], d == 1, *cell)
+                Y, h = _direction(_project(Wx, bx, src_ids, src), Wh, bh,
+                                  h0[l * num_dirs + d], d == 1, *cell)
             outs.append(Y)
             hs.append(h)
         inp = outs[0] if num_dirs == 1 else ops.concat(outs, -1)
