@@ -64,6 +64,15 @@ from ..errors import InvalidArgumentError  # noqa: E402
 # 1.3k, PyNative 0.8k tokens/s (CPU-time rates 3.8k and 2.4k). So the ranking above holds only
 # on a quiet machine; the settings _setup makes (one dispatch thread, launch_blocking, few
 # op threads) leave these hand-offs in place.
+#
+# What a step costs here (2026-12-03, quiet machine, one op thread, PyNative): tens of
+# microseconds an op whatever its size (an add of two [32, 256]: 45 us), milliseconds for a
+# broadcast or strided op on a large tensor ([35, 32, 768] + [768]: 4 ms; a contiguous copy of
+# a strided [35, 32, 256] slice: 2.6 ms; a flip of [35, 32, 768]: 7.7 ms), and a matmul by a
+# strided or transposed operand 9-35x the contiguous one's 105 us ([32, 256] @ [256, 512]). So
+# the scratch loop keeps every operand contiguous, writes the book's cell's backward out, and
+# makes few ops: 4.6k -> 9.0k tokens/s at the book's config (benchmarks.ab against a886da5,
+# 3 rounds), the native reset-before cell (GRUV2) 27k against nn.GRU's reset-after 6.4k.
 MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
 
@@ -584,8 +593,9 @@ class MindSporeBackend(Backend):
         "scratch": ImplInfo(
             "the book's loop in MindSpore ops (input projection in one matmul, fused gate "
             "matmuls, row lookup for the one-hot input, tanh as 2 sigmoid(2x) - 1 since "
-            "MindSpore's CPU float32 tanh is off by 1e-4), MindSpore autodiff; training step "
-            "in PyNative (mode graph: compiled with mindspore.jit)",
+            "MindSpore's CPU float32 tanh is off by 1e-4), MindSpore autodiff (the book's cell "
+            "with both gates: its backward written out as a Cell.bprop); training step in "
+            "PyNative (mode graph: compiled with mindspore.jit)",
             gates=GATE_SETS, modes=MODES),
         "native": ImplInfo(
             "reset-before: MindSpore's oneDNN GRU kernel (GRUV2, the whole sequence in one call "
