@@ -604,13 +604,13 @@ class MindSporeBackend(Backend):
             "(mode graph: compiled with mindspore.jit)",
             reset_before=GRUV2 is not None, dtypes=("float32",), modes=MODES,
             why_not={
-                "reset_before": "this MindSpore release has no GRUV2 kernel (its oneDNN GRU), "
-                                "and mindspore.nn.GRU computes only the reset-after cell",
                 "reset_before_bias": "GRUV2 holds one bias per gate (the canonical b_x + b_h, "
                                      "all the reset-before cell depends on), so parameters read "
                                      "back from it have b_h = 0",
                 "dtype": "mindspore.nn.GRU and its oneDNN GRU kernel accept float32/float16 "
-                         "inputs only"}),
+                         "inputs only"} | ({} if GRUV2 is not None else {
+                "reset_before": "this MindSpore release has no GRUV2 kernel (its oneDNN GRU), "
+                                "and mindspore.nn.GRU computes only the reset-after cell"})),
     }
 
     def __init__(self):
