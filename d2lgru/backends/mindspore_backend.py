@@ -257,8 +257,8 @@ def _book_direction(Wx, Wh, b, h, reverse: bool, ids, X):
     if reverse:
         ids, X = (ops.flip(ids, (0,)), None) if ids is not None else (None, ops.flip(X, (0,)))
     Y, h, *_ = _book_cell_loop(_project(Wx[:, :2 * H].contiguous(), b[:2 * H], ids, X),
-                                     _project(2 * Wx[:, 2 * H:], 2 * b[2 * H:], ids, X), h,
-                                     Wh[:, :2 * H].contiguous(), 2 * Wh[:, 2 * H:])
+                               _project(2 * Wx[:, 2 * H:], 2 * b[2 * H:], ids, X), h,
+                               Wh[:, :2 * H].contiguous(), 2 * Wh[:, 2 * H:])
     return (ops.flip(Y, (0,)) if reverse else Y), h
 
 
