@@ -118,6 +118,24 @@ def test_native_trains_the_books_cell_as_scratch_does():
                zip(native.gru.cells, model.gru.cells) for c, m in zip(row_n, row_m))
 
 
+def test_native_without_gruv2_is_reset_after_only_and_says_why():
+    """GRUV2 comes from a private MindSpore module: a release without it leaves the native impl
+    its nn.GRU (reset-after) and one sentence for the reset-before cell."""
+    code = (
+        "import numpy as np, mindspore.ops.operations._rl_inner_ops as rl\n"
+        "del rl.GRUV2\n"
+        "import d2lgru\n"
+        "be = d2lgru.get_backend('mindspore')\n"
+        "assert be.capabilities()['native']['reset_before'] is False\n"
+        "try:\n"
+        "    be.check_impl('native', d2lgru.GRUSpec(3, 4), np.float32)\n"
+        "except d2lgru.UnsupportedError as exc:\n"
+        "    print(exc)\n"
+        "be.check_impl('native', d2lgru.GRUSpec(3, 4, reset_after=True), np.float32)\n")
+    out = run_fresh(code)
+    assert "this MindSpore release has no GRUV2 kernel" in out.stdout
+
+
 def test_scratch_is_accurate_where_mindspore_tanh_is_not(be, oracle):
     """MindSpore's CPU float32 tanh is off by ~1e-4 for 4 < |x| < 6 (hence the scratch loop's
     2 sigmoid(2x) - 1); a cell driven into that range still matches the oracle to 1e-5."""
