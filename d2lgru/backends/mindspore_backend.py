@@ -366,19 +366,17 @@ class _FusedGRU(nn.Cell):
             for d in range(D):
                 k = l * D + d
                 x = ops.flip(inp, (0,)) if d else inp
-                ys = []
+                ys, lasts = [], []
                 for s in range(0, N, H):  # rows are independent: slices change nothing
                     n = min(H, N - s)
                     y, h_n, _ = self.layers[l](x[:, s:s + n], h0[k:k + 1, s:s + n],
                                                flat_weights[k], ops.fill(ms.int32, (n,), T))
                     ys.append(y)
-                    hs.append(h_n[0])
+                    lasts.append(h_n[0])
                 Y = ys[0] if len(ys) == 1 else ops.concat(ys, 1)
                 outs.append(ops.flip(Y, (0,)) if d else Y)
+                hs.append(lasts[0] if len(lasts) == 1 else ops.concat(lasts, 0))
             inp = outs[0] if D == 1 else ops.concat(outs, -1)
-        if len(hs) > self.spec.num_layers * D:  # several slices a cell: rejoin each cell's rows
-            per = len(hs) // (self.spec.num_layers * D)
-            hs = [ops.concat(hs[i:i + per], 0) for i in range(0, len(hs), per)]
         return inp, ops.stack(hs)
 
 
