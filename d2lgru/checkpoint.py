@@ -12,13 +12,17 @@ A checkpoint is a directory that is whole at every instant:
   one before it (``previous``, kept until the next state is written, so a reader that read the
   previous state still finds its model), completed epochs, the run's configuration (data seed,
   batch size, steps, lr, clip, the corpus' SHA-1, ...) and the per-epoch history. It is replaced
-  last and atomically, so an interrupted write leaves the previous checkpoint in force.
+  last and atomically, so an interrupted write leaves the previous checkpoint in force. ``stale``
+  (optional) names the model file of two epochs back, which the writer deletes right after
+  writing this state; a run stopped in between (Ctrl-C, SIGKILL) leaves that file, and the next
+  writer of the directory (``--resume`` or ``--overwrite``) deletes it. Readers ignore the key.
 * ``.d2lgru.lock`` -- held (``fcntl.flock``) by the one process writing the directory; the
   operating system releases it when that process ends, however it ends.
 
 Guarantees (each tested in ``tests/test_checkpoint.py``): one writer per directory; a directory
 that holds a checkpoint is never started over unless asked (``overwrite``); d2lgru deletes only
-files it wrote (model files that ``state.json`` names, its own temporary files); the model path
+files it wrote (model files that ``state.json`` names, its own temporary files) and leaves none of
+them behind once a run is resumed, however it stopped; the model path
 in ``state.json`` is a plain file name inside the directory; every value read back is checked
 (shape of the JSON, integer epochs, a contiguous history, finite weights); nothing is unpickled.
 """
@@ -118,6 +122,7 @@ class CheckpointWriter:
             if self._resume:
                 state = read_state(path)
                 self._current, self._previous = state["model"], state.get("previous")
+                self._finish_deletion(state)
                 kept = model_format(self._current)
                 if self._format_given and self.format != kept:
                     raise CheckpointError(
@@ -177,17 +182,24 @@ class CheckpointWriter:
         vocabulary, result and plot) and nothing else."""
         try:
             state = read_state(self.path)
-            names = {state["model"], state.get("previous")} - {None}
+            names = {state["model"], state.get("previous"), _stale_name(state)} - {None}
         except CheckpointError:
             names = set()
         for name in [*names, STATE_FILE, VOCAB_FILE, RESULT_FILE, PLOT_FILE]:
             (self.path / name).unlink(missing_ok=True)
 
+    def _finish_deletion(self, state: dict) -> None:
+        """Delete the model file ``state`` was written to retire, when the run that wrote it
+        stopped before deleting it."""
+        stale = _stale_name(state)
+        if stale is not None and stale not in (state["model"], state.get("previous")):
+            (self.path / stale).unlink(missing_ok=True)
+
     # -- writing ------------------------------------------------------------------------
     def save(self, model, vocab, config, history, epoch: int) -> Path:
         """Write epoch ``epoch``: its model file, the vocabulary once, then ``state.json``
         (atomically, last); then delete the model file two epochs back, which no state
-        names any more."""
+        names any more but the new one (as ``stale``, for a writer that finds it left)."""
         if self._lock_fd is None:
             raise RuntimeError("CheckpointWriter.save called before open()")
         name = model_file(epoch, self.format)
@@ -196,13 +208,15 @@ class CheckpointWriter:
             vocab.to_json(self.path / VOCAB_FILE)
             self._vocab_written = True
         previous = self._current if self._current != name else self._previous
+        stale = self._previous if self._previous not in (name, previous) else None
         state = {"format": FORMAT_CHECKPOINT, "epoch": epoch, "model": name,
                  "previous": previous, "config": dataclasses.asdict(config), "history": history}
+        if stale is not None:
+            state["stale"] = stale
         text = json.dumps(state, indent=1)
         write_atomic(self.path / STATE_FILE, lambda f: f.write(text), "w")
-        stale = self._previous
         self._current, self._previous = name, previous
-        if stale is not None and stale not in (name, previous):
+        if stale is not None:
             (self.path / stale).unlink(missing_ok=True)
         return self.path / name
 
@@ -224,6 +238,13 @@ def write_checkpoint(path, model, vocab, config, *, epoch: int = 0, history=(),
     --resume`` and ``conformance`` read like any run. Returns the model file's path."""
     with CheckpointWriter(path, overwrite=overwrite, format=format) as writer:
         return writer.save(model, vocab, config, list(history), epoch)
+
+
+def _stale_name(state: dict):
+    """The model file ``state`` retires (its ``stale``), or ``None``: a value that is not a
+    model file's name is ignored, never deleted."""
+    stale = state.get("stale")
+    return stale if isinstance(stale, str) and _MODEL_NAME.fullmatch(stale) else None
 
 
 def _read_holder(fd) -> str:

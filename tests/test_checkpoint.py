@@ -224,6 +224,31 @@ def test_stale_temporary_files_are_removed_by_the_next_writer(run_dir, data_dir)
     assert not stale.exists() and foreign.exists()
 
 
+def test_a_model_file_a_stopped_run_did_not_delete_is_deleted_by_the_next_writer(run_dir):
+    # a run stopped (Ctrl-C, SIGKILL) after writing epoch 3's state and before deleting
+    # model-e0001.npz, which that state retires: it names the file and the next writer deletes it
+    state = state_of(run_dir)
+    assert (state["model"], state["previous"], state["stale"]) == \
+        ("model-e0003.npz", "model-e0002.npz", "model-e0001.npz")
+    left = run_dir / "model-e0001.npz"
+    left.write_bytes((run_dir / "model-e0002.npz").read_bytes())
+    train(TrainConfig(epochs=4), backend="numpy", resume=run_dir)
+    assert sorted(p.name for p in run_dir.glob("model-e*")) == ["model-e0003.npz", "model-e0004.npz"]
+    assert state_of(run_dir)["stale"] == "model-e0002.npz"
+
+
+@pytest.mark.parametrize("value", ["../escape.npz", "notes.txt", 3, "model-e0003.npz"])
+def test_a_stale_entry_deletes_nothing_but_a_retired_model_file(run_dir, value):
+    (run_dir / "notes.txt").write_text("mine")
+    state = state_of(run_dir)
+    state["stale"] = value
+    (run_dir / "state.json").write_text(json.dumps(state))
+    train(TrainConfig(epochs=4), backend="numpy", resume=run_dir)
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert state_of(run_dir)["epoch"] == 4 and (run_dir / "model-e0004.npz").is_file()
+    assert (run_dir / "model-e0003.npz").is_file()  # the new previous
+
+
 # -- 10. a reader racing the writer always finds a model ------------------------------------
 
 def test_a_reader_racing_the_writer_always_loads(tmp_path, data_dir):
