@@ -200,7 +200,8 @@ def _add_gates_parser(sub):
                                      "of him)", help="the text to run (cleaned as the corpus was; "
                                                         "at most 1000 tokens)")
     p.add_argument("--out", required=True, help="the figure (PNG)")
-    p.add_argument("--json", help="also write the gate values here")
+    p.add_argument("--json", help="also write the gate values here (JSON; gzip-compressed "
+                                  "when the name ends in .gz)")
 
 
 def _add_sweep_parser(sub):

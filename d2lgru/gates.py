@@ -14,6 +14,7 @@ is asked only for what it can do: its own output on the same text, which
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -119,8 +120,13 @@ def checkpoint_gates(ckpt: dict, text: str, *, backend=None, impl: str = "scratc
 
 
 def write_json(record: dict, path) -> Path:
-    text = json.dumps(record, separators=(",", ":"))
-    return write_atomic(Path(path), lambda f: f.write(text), "w")
+    """``record`` as compact JSON at ``path``, gzip-compressed (reproducibly: no timestamp)
+    when its name ends in ``.gz``."""
+    path = Path(path)
+    data = json.dumps(record, separators=(",", ":")).encode()
+    if path.suffix == ".gz":
+        data = gzip.compress(data, mtime=0)
+    return write_atomic(path, lambda f: f.write(data), "wb")
 
 
 def _cell_name(spec_cells: int, layer: int, direction: int, bidirectional: bool) -> str:

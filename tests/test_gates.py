@@ -1,5 +1,6 @@
 """`d2lgru.gates.gate_values` against the cell equations, and `d2lgru gates` as a user runs it."""
 
+import gzip
 import json
 
 import numpy as np
@@ -121,6 +122,15 @@ def test_gates_writes_a_figure_and_values_of_the_right_shapes(checkpoints, tmp_p
             assert sorted(cell[f"{key.lower()}_unit_order"]) == list(range(16))
     assert record["backend_check"]["max_abs_diff_Y"] < tolerance("float32", "output").atol
     assert "oracle" in record["source"]
+
+
+def test_gate_values_named_gz_are_the_same_json_gzip_compressed(checkpoints, tmp_path):
+    plain, packed = tmp_path / "gates.json", tmp_path / "gates.json.gz"
+    for js in (plain, packed):
+        run("gates", "--checkpoint", str(checkpoints / "two-layer"), "--text", "The Time!",
+            "--out", str(tmp_path / "g.png"), "--json", str(js), check=True)
+    assert packed.read_bytes()[:2] == b"\x1f\x8b"
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
 
 
 def test_an_ablation_draws_the_gate_it_has_and_says_the_other_is_pinned(checkpoints, tmp_path):
