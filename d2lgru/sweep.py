@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import data as d2data
 from ._io import end_with_parent, save_png, write_atomic
 from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, has_run, model_format,
                          read_state, run_config)
@@ -163,6 +164,22 @@ def check_settings(settings: list[Setting], backend, impl: str, mode, device) ->
         if why:
             raise UnsupportedError(f"backend {backend.name!r} impl {impl!r} cannot train "
                                    f"setting {s.name}: {why}")
+    # every setting trains on the same corpus (no axis changes it): one that cannot fill a
+    # batch fails here, not hours later at its turn
+    base = settings[0].config
+    corpus, _ = d2data.load_corpus_time_machine(base.max_tokens, token=base.token,
+                                                path=_resolve_corpus(base))
+    too_big = []
+    for s in settings:
+        try:
+            d2data._check_shape(len(corpus), s.config.batch_size, s.config.num_steps,
+                                s.config.use_random_iter)
+        except InvalidArgumentError as exc:
+            too_big.append(f"{s.name}: {exc}")
+    if too_big:
+        raise InvalidArgumentError(f"{len(too_big)} of {len(settings)} settings cannot train on "
+                                   f"this corpus, so none was started (drop them, or raise "
+                                   f"--max-tokens): {'; '.join(too_big)}")
 
 
 def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=None, device=None,

@@ -94,6 +94,16 @@ def test_a_backend_without_the_plain_rnn_is_refused_up_front_naming_the_setting(
         check_settings(settings, GruOnly(), "scratch", None, None)
 
 
+def test_a_setting_too_big_for_the_corpus_is_refused_before_any_trains(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    proc = run("sweep", "--vary", "batch-size=2,50,60", "--max-tokens", "400", "--hidden", "8",
+               "--epochs", "1", "--out", str(out), data_dir=data_dir)
+    assert_one_line_error(proc, "2 of 3 settings cannot train on this corpus, so none was started")
+    assert "batch-size=50: corpus has 400 tokens, too short for one batch of batch_size=50 x " \
+           "num_steps=35 (needs at least 1786 tokens); batch-size=60: " in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_a_kept_setting_must_be_the_one_asked_for(tmp_path, data_dir):
     """A finished setting is kept only when it was trained as this sweep asks: another --lr,
     fewer --epochs or another --format is refused, naming what differs (a table headed "lr 2"
