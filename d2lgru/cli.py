@@ -21,6 +21,8 @@ from .errors import InvalidArgumentError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: the signal that interrupted this command: SIGINT (Ctrl-C, status 130) unless SIGTERM (143)
+_stopped_by = 2
 
 
 def _positive_int(text):
@@ -227,13 +229,13 @@ def main(argv=None) -> int:
         debug = debug or args.debug
         if _started_here():
             _preload(args)
-            _take_over_sigint()
+            _take_over_signals()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         if debug:
             raise
         print(f"{command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except Exception as exc:
         line = _one_line(exc)
         if debug or line is None:
@@ -269,11 +271,33 @@ def _preload(args) -> None:
             pass
 
 
-def _take_over_sigint():
+def _take_over_signals():
     """From here on Ctrl-C is Python's KeyboardInterrupt, handled below (``d2lgru.__main__``
-    holds it during start-up)."""
+    holds it during start-up), and so is SIGTERM (``kill``, ``timeout``, a scheduler's stop):
+    the same sentence saying what is saved, with status 143. A worker of a data-parallel run
+    keeps SIGTERM's default, so that one its launcher stops ends at once even while it waits
+    in a collective, where no Python handler runs."""
     import signal
+
+    from .distributed import World, serves_only
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        worker = World.from_env().distributed or serves_only()
+    except Exception:  # noqa: BLE001 -- a malformed world: the command reports it
+        worker = True
+    if not worker:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):
+    global _stopped_by
+    _stopped_by = signum
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    """The exit status of an interrupted command: 128 + the signal's number."""
+    return 128 + _stopped_by
 
 
 def _one_line(exc) -> str | None:
@@ -464,7 +488,7 @@ def cmd_train(args) -> int:
             return _launch_workers(args, backend)
         except KeyboardInterrupt:  # the workers are stopped: say what their checkpoint holds
             print(f"d2lgru {args.command}: interrupted; {_saved_so_far(args)}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _interrupted()
     from .distributed import serves_only
     if args.command == "train" and serves_only():
         return backend.serve_world()  # msrun's scheduler, started with the workers' command
@@ -508,7 +532,7 @@ def cmd_train(args) -> int:
             hint = f"; {_resume_hint(args)}" if exc.saved else ""
             if world.is_chief:
                 print(f"d2lgru {args.command}: {exc}{hint}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _interrupted()
         finally:
             if bar is not None:
                 bar.close()
@@ -521,7 +545,7 @@ def cmd_train(args) -> int:
                 f": all {result.epoch} epochs are saved in {out}, result.json and the plot may "
                 f"not be; {_resume_hint(args)} to write them")
             print(f"d2lgru {args.command}: interrupted after training{where}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _interrupted()
     return 0
 
 
@@ -669,7 +693,7 @@ def cmd_sweep(args) -> int:
     except (KeyboardInterrupt, TrainingInterrupted):
         print(f"d2lgru sweep: interrupted; every finished setting and checkpoint in {args.out} is "
               f"kept: run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     md, png, js = write_report(args.out, records, backend=backend.name, impl=args.impl,
                                base=config, vary=vary, jobs=args.jobs)
     print(md.read_text(), end="")

@@ -19,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -216,28 +217,57 @@ def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=Non
             except D2lgruError as exc:
                 done(job, None, str(exc))
     else:
+        children = _Children()
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for job, (record, error) in zip(work, pool.map(_run_child, work)):
-                done(job, record, error)
+            try:
+                for job, (record, error) in zip(work, pool.map(children.run, work)):
+                    done(job, record, error)
+            except BaseException:  # Ctrl-C, SIGTERM: stop the children, or the pool waits for them
+                pool.shutdown(wait=False, cancel_futures=True)
+                children.stop()
+                raise
     if failed:
         raise SweepError(f"{len(failed)} of {len(work)} settings failed (the others are kept; "
                          f"fix and re-run the same command to resume): {'; '.join(failed)}")
     return [records[job["name"]] for job in work]
 
 
-def _run_child(job) -> tuple[dict | None, str | None]:
-    """``python -m d2lgru.sweep JOB`` with one thread; the same d2lgru as this process."""
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, **ONE_THREAD_ENV,
-           "PYTHONPATH": os.pathsep.join(p for p in (package_root,
-                                                     os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "d2lgru.sweep",
-                           json.dumps({**job, "parent": os.getpid()})], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode == 0:
-        return json.loads(proc.stdout.strip().splitlines()[-1]), None
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return None, (lines[-1] if lines else f"exit status {proc.returncode}")
+class _Children:
+    """The ``--jobs`` children, each ``python -m d2lgru.sweep JOB`` with one thread and the
+    same d2lgru as this process; :meth:`stop` ends those running and starts no more."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def run(self, job) -> tuple[dict | None, str | None]:
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, **ONE_THREAD_ENV,
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root,
+                                                         os.environ.get("PYTHONPATH")) if p)}
+        with self._lock:
+            if self._stopped:
+                return None, "not started: the sweep was interrupted"
+            proc = subprocess.Popen([sys.executable, "-m", "d2lgru.sweep",
+                                     json.dumps({**job, "parent": os.getpid()})], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._live.add(proc)
+        try:
+            stdout, stderr = proc.communicate()
+        finally:
+            with self._lock:
+                self._live.discard(proc)
+        if proc.returncode == 0:
+            return json.loads(stdout.strip().splitlines()[-1]), None
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return None, (lines[-1] if lines else f"exit status {proc.returncode}")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for proc in self._live:
+                proc.terminate()  # SIGTERM: the child's checkpoint stays whole, as on a kill
 
 
 def run_setting(job: dict) -> dict:

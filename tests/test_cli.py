@@ -123,14 +123,18 @@ def test_predict_errors(tmp_path, data_dir):
     assert_one_line_error(run("train", "--resume", str(ckpt), "--epochs", "2"), "corrupt or incomplete")
 
 
-def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_dir, signum):
+    """Ctrl-C, and SIGTERM as `kill` and `timeout` send it: one sentence saying what is saved,
+    status 128 + the signal's number."""
     out = tmp_path / "run"
     # one BLAS thread: this is about signals, and spinning BLAS threads on a loaded machine
     # slowed each epoch 10x (the run then outlived the timeouts below)
     env = {**os.environ, "D2LGRU_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1"}
     # far more epochs than the test waits for: it must still be training when SIGINT comes
-    proc = subprocess.Popen([sys.executable, "-m", "d2lgru.cli", "train", "--epochs", "100000",
+    # `python -m d2lgru`: the `d2lgru` command, which takes the signals over once started
+    proc = subprocess.Popen([sys.executable, "-m", "d2lgru", "train", "--epochs", "100000",
                              "--hidden", "32", "--out", str(out), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell starts background jobs with SIGINT ignored, and Python
@@ -144,9 +148,9 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = _finish(proc)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     done = json.loads((out / "state.json").read_text())["epoch"]
     assert 3 <= done < 100000

@@ -382,17 +382,19 @@ def test_killing_a_worker_ends_the_launch_and_names_it(tmp_path):
 
 
 @needs_distributed
-def test_interrupting_the_launch_says_what_the_checkpoint_keeps(tmp_path):
-    """SIGINT to the `--nproc` process alone (as `timeout -s INT` sends it): the workers are
-    stopped, and its one line says which epoch the checkpoint keeps and how to resume."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_the_launch_says_what_the_checkpoint_keeps(tmp_path, signum):
+    """SIGINT or SIGTERM to the `--nproc` process alone (as `timeout -s INT` and `timeout`
+    send them): the workers are stopped, and its one line says which epoch the checkpoint keeps
+    and how to resume."""
     out = tmp_path / "run"
     proc = _launch_until_an_epoch_is_saved(out, tmp_path)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=KILL_BOUND_S)
     finally:
         _end_launch(proc)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 128 + signum, err[-3000:]
     last = err.strip().splitlines()[-1]
     epoch = load(out)["epoch"]
     assert last == (f"d2lgru train: interrupted; the checkpoint in {out} keeps epoch {epoch}; "

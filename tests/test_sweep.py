@@ -1,6 +1,12 @@
 """`d2lgru sweep`: a grid of normal training runs, resumable, compared in one table and figure."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +108,45 @@ def test_a_setting_too_big_for_the_corpus_is_refused_before_any_trains(tmp_path,
     assert "batch-size=50: corpus has 400 tokens, too short for one batch of batch_size=50 x " \
            "num_steps=35 (needs at least 1786 tokens); batch-size=60: " in proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_sigterm_stops_a_sweep_and_its_jobs_keeping_their_checkpoints(tmp_path, data_dir):
+    """`kill` or `timeout` (SIGTERM) on `sweep --jobs 2`: the children are stopped (the pool
+    waited for them before), one sentence, status 143, and the same command resumes."""
+    out = tmp_path / "sweep"
+    args = ["--vary", "hidden=8,16", "--max-tokens", "400", "--batch-size", "4",
+            "--num-steps", "5", "--jobs", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "d2lgru", "sweep", *args, "--epochs",
+                             "100000", "--quiet"],
+                            env={**os.environ, "D2LGRU_DATA_DIR": str(data_dir)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((out / n / "state.json").is_file() for n in ("hidden=8", "hidden=16")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        children = _children(proc.pid)
+        assert len(children) == 2, children
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("d2lgru sweep: interrupted; every finished "
+                                                   "setting and checkpoint"), err
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{c}") for c in children):
+        assert time.monotonic() < deadline, "a child outlived the sweep"
+        time.sleep(0.05)
+    run("sweep", *args, "--epochs", "1", "--quiet", data_dir=data_dir, check=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid``'s threads started (the sweep's pool threads start its jobs)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
 
 
 def test_a_kept_setting_must_be_the_one_asked_for(tmp_path, data_dir):
