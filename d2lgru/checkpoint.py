@@ -116,6 +116,9 @@ class CheckpointWriter:
         except NotADirectoryError:
             raise CheckpointError(f"cannot create the checkpoint directory {path}: a part of "
                                   f"that path is a file") from None
+        except OSError as exc:  # no permission, a read-only or pseudo file system (/proc, /sys)
+            raise CheckpointError(f"cannot create the checkpoint directory {path}: "
+                                  f"{exc.strerror or exc}; choose another --out") from None
         self._lock()
         try:
             self._remove_stale_temporaries()
@@ -154,7 +157,11 @@ class CheckpointWriter:
     def _lock(self) -> None:
         import fcntl
         lock = self.path / LOCK_FILE
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:  # a directory this user cannot write, a read-only file system
+            raise CheckpointError(f"cannot write in the checkpoint directory {self.path}: "
+                                  f"{exc.strerror or exc}; choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -7,6 +7,7 @@ real trainings on the NumPy backend, real files and real processes.
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -77,6 +78,23 @@ def test_an_empty_or_unrelated_directory_is_fine(tmp_path, data_dir):
 
 
 # -- 2. one writer per directory ------------------------------------------------------------
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+@pytest.mark.parametrize("out, what", [
+    ("{tmp}/notes.txt", "is a file, not a directory; name a directory for the checkpoint"),
+    ("{tmp}/notes.txt/run", "cannot create the checkpoint directory {out}: a part of that path "
+                            "is a file"),
+    ("/proc/d2lgru-nowhere/run", "cannot create the checkpoint directory {out}: No such file or "
+                                 "directory; choose another --out"),
+    ("/proc/self", "cannot write in the checkpoint directory {out}: "),
+])
+def test_an_out_that_cannot_be_written_is_one_checkpoint_error(tmp_path, out, what):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = out.format(tmp=tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape(what.format(out=out))):
+        CheckpointWriter(out).open()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
 
 def test_a_second_writer_is_refused_naming_the_holder(run_dir):
     holder = subprocess.Popen(
