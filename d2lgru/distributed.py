@@ -340,7 +340,7 @@ def _run_launcher(command: list[str], nproc: int, env: dict) -> int:
                 failures.append((int(m.group(1)), int(m.group(2))))
         code = proc.wait()
     except BaseException:
-        _stop([proc])
+        _stop_launch(proc)
         raise
     logs = _option(command, "--log_dir")
     if logs and code == 0:
@@ -400,6 +400,37 @@ def spawn(backend: str, nproc: int, argv: list[str], *, env: Mapping[str, str],
     except BaseException:
         _stop(procs + helpers)
         raise
+
+
+def _stop_launch(launcher: subprocess.Popen) -> None:
+    """Stop a framework launcher and every process it started. Its own SIGTERM handling stops
+    the workers, but a worker waiting in a collective for a peer that is gone may never end:
+    Paddle's blocks SIGTERM in the waiting thread, its launcher waits for it, and once the
+    launcher is killed the worker, in a session of its own, trains on (holding the run's lock).
+    So whatever the launcher started and is still there after it is killed."""
+    started = descendants(launcher.pid)
+    _stop([launcher])
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes that ``pid`` and its descendants started (Linux's
+    ``/proc/PID/task/TID/children``; none elsewhere)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(c) for t in os.listdir(f"/proc/{p}/task")
+                    for c in open(f"/proc/{p}/task/{t}/children").read().split()]
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
 
 
 def _stop(procs) -> None:

@@ -298,6 +298,20 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _training_into(out: Path) -> list[int]:
+    """Every process on the machine whose command line names ``out``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(out).encode() in args:
+                found.append(int(entry))
+    return found
+
+
 def _worker_rank(pid: int) -> int | None:
     """The rank of a worker process (from its environment: d2lgru's, torchrun's, Paddle's or
     msrun's variable)
@@ -400,6 +414,9 @@ def test_interrupting_the_launch_says_what_the_checkpoint_keeps(tmp_path, signum
     assert last == (f"d2lgru train: interrupted; the checkpoint in {out} keeps epoch {epoch}; "
                     f"continue with --resume {out}"), err[-3000:]
     assert not [p for p in _descendants(os.getpid()) if _worker_rank(p) is not None]
+    # nor anywhere else: a worker in a session of its own outlives its launcher (Paddle's rank 0
+    # did, blocked in a collective, and kept the run's lock)
+    assert _training_into(out) == []
 
 
 def test_a_resumed_runs_own_batch_size_must_divide(tmp_path, data_dir):
