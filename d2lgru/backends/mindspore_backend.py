@@ -72,7 +72,9 @@ from ..errors import InvalidArgumentError  # noqa: E402
 # strided or transposed operand 9-35x the contiguous one's 105 us ([32, 256] @ [256, 512]). So
 # the scratch loop keeps every operand contiguous, writes the book's cell's backward out, and
 # makes few ops: 4.6k -> 9.0k tokens/s at the book's config (benchmarks.ab against a886da5,
-# 3 rounds), the native reset-before cell (GRUV2) 27k against nn.GRU's reset-after 6.4k.
+# 3 rounds), the native reset-before cell (GRUV2) 27k against nn.GRU's reset-after 6.4k. Each
+# step of the loop, forward and backward, is then one compiled graph (ms.jit, _book_step):
+# 5.4k -> 8.9k tokens/s side by side (benchmarks.ab against e8c67ab, 3 rounds, a slower day).
 MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
 
