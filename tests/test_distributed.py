@@ -284,18 +284,7 @@ def test_a_two_worker_checkpoint_resumes_on_one_process(two_workers, tmp_path):
     assert load(resumed)["epoch"] == EPOCHS + 3
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = [int(c) for t in os.listdir(f"/proc/{p}/task")
-                    for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
-        except OSError:
-            kids = []
-        out += kids
-        todo += kids
-    return out
+_descendants = distributed.descendants
 
 
 def _training_into(out: Path) -> list[int]:
