@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from .distributed import WorkerFailedError
+from .distributed import WorkerFailedError, children
 
 _FAILED = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
 #: MindSpore's C++ log lines below ERROR, which its runtime prints at exit whatever GLOG_v says
@@ -37,14 +37,6 @@ def _log_dir(command: list[str]) -> Path:
         if arg.startswith("--log_dir="):
             return Path(arg.split("=", 1)[1])
     raise ValueError("the msrun command names no --log_dir")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
-                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def _role_and_rank(pid: int) -> tuple[str | None, int | None]:
@@ -78,7 +70,7 @@ class _Watcher(threading.Thread):
     def scan(self):
         if len(self.ranks) == self.nproc:
             return
-        for pid in _children(self.msrun.pid):
+        for pid in children(self.msrun.pid):
             if pid not in self.pids:
                 role, rank = _role_and_rank(pid)
                 if role is None:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from .errors import D2lgruError, InvalidArgumentError
@@ -417,17 +418,21 @@ def _stop_launch(launcher: subprocess.Popen) -> None:
             pass
 
 
+def children(pid: int) -> list[int]:
+    """The processes that any thread of ``pid`` started (Linux's
+    ``/proc/PID/task/TID/children``; none elsewhere, or once ``pid`` is gone)."""
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def descendants(pid: int) -> list[int]:
-    """The processes that ``pid`` and its descendants started (Linux's
-    ``/proc/PID/task/TID/children``; none elsewhere)."""
+    """The processes that ``pid`` and its descendants started (see :func:`children`)."""
     out, todo = [], [pid]
     while todo:
-        p = todo.pop()
-        try:
-            kids = [int(c) for t in os.listdir(f"/proc/{p}/task")
-                    for c in open(f"/proc/{p}/task/{t}/children").read().split()]
-        except OSError:
-            kids = []
+        kids = children(todo.pop())
         out += kids
         todo += kids
     return out

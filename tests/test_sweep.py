@@ -6,10 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from d2lgru import distributed
 from d2lgru.backends import Backend, ImplInfo, UnsupportedError
 from d2lgru.config import TrainConfig
 from d2lgru.errors import InvalidArgumentError
@@ -125,7 +125,7 @@ def test_sigterm_stops_a_sweep_and_its_jobs_keeping_their_checkpoints(tmp_path, 
         while not all((out / n / "state.json").is_file() for n in ("hidden=8", "hidden=16")):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.05)
-        children = _children(proc.pid)
+        children = distributed.children(proc.pid)  # its pool threads start them
         assert len(children) == 2, children
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -141,12 +141,6 @@ def test_sigterm_stops_a_sweep_and_its_jobs_keeping_their_checkpoints(tmp_path, 
         assert time.monotonic() < deadline, "a child outlived the sweep"
         time.sleep(0.05)
     run("sweep", *args, "--epochs", "1", "--quiet", data_dir=data_dir, check=True)
-
-
-def _children(pid: int) -> list[int]:
-    """The processes ``pid``'s threads started (the sweep's pool threads start its jobs)."""
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
 
 
 def test_a_kept_setting_must_be_the_one_asked_for(tmp_path, data_dir):
