@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from . import __version__
 from .errors import InvalidArgumentError
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-#: the signal that interrupted this command: SIGINT (Ctrl-C, status 130) unless SIGTERM (143)
-_stopped_by = 2
+#: the signal that interrupted this command, whose number + 128 is its exit status: SIGINT
+#: (Ctrl-C, 130) unless SIGTERM took over (143)
+_stopped_by = signal.SIGINT
 
 
 def _positive_int(text):
@@ -247,7 +248,6 @@ def main(argv=None) -> int:
 def _started_here() -> bool:
     """Whether this process is the ``d2lgru`` command, ``d2lgru.__main__``'s handler still
     holding Ctrl-C (one line, status 130, at once), rather than a program calling :func:`main`."""
-    import signal
     return getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted_at_start_up"
 
 
@@ -277,8 +277,6 @@ def _take_over_signals():
     the same sentence saying what is saved, with status 143. A worker of a data-parallel run
     keeps SIGTERM's default, so that one its launcher stops ends at once even while it waits
     in a collective, where no Python handler runs."""
-    import signal
-
     from .distributed import World, serves_only
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
