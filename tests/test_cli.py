@@ -391,16 +391,41 @@ def _finish(proc, timeout=120):
 
 
 def _wait_for_exec(proc, timeout=60):
-    """Until the child runs Python: a signal that arrives between fork and exec is handled by
-    the copy of pytest's handler in the child and lost, which is no fault of the program."""
+    """Until the child's interpreter catches SIGINT: a signal that arrives between fork and
+    exec is handled by the copy of pytest's handler in the child and lost, and one that arrives
+    while CPython installs its own handler is dropped by CPython ("Signal 2 ignored due to race
+    condition"), neither of which is the program's doing."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            if b"d2lgru" in open(f"/proc/{proc.pid}/cmdline", "rb").read():
+            if b"d2lgru" in open(f"/proc/{proc.pid}/cmdline", "rb").read() and _catches_sigint(
+                    proc.pid):
                 return
         except OSError:
             pass
         time.sleep(0.002)
+
+
+def _catches_sigint(pid) -> bool:
+    status = open(f"/proc/{pid}/status").read()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    return bool(caught >> (signal.SIGINT - 1) & 1)
+
+
+def test_an_interrupt_that_ended_a_string_eval_still_exits_with_130(tmp_path):
+    """CPython remembers a KeyboardInterrupt that ended a string ``exec``/``eval`` (a
+    ``namedtuple`` being made, say) and, under ``python -m``, ends the process by SIGINT at exit
+    even when the program handled it; the command's exit status must not depend on that."""
+    (tmp_path / "interrupted_in_eval.py").write_text(
+        "import sys\n"
+        "from d2lgru import cli\n"
+        "try:\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(cli._interrupted())\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_in_eval"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
 
 
 @pytest.mark.parametrize("after_s", [0.15, 0.2, 0.3, 0.6])
