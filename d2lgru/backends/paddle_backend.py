@@ -48,6 +48,7 @@ with warnings.catch_warnings():
     import paddle
     import paddle.distributed as dist
     import paddle.nn.functional as F
+    from paddle.autograd import PyLayer
 if _USER_OMP_THREADS is None:
     # Paddle sets OMP_NUM_THREADS=1 when it loads where it was unset: its own default, which
     # d2lgru's policy would read as the user's cap (its runtimes have read it by now)
@@ -110,28 +111,90 @@ def _grad_np(t, like):
 
 # -- the book's GRU in Paddle operations ------------------------------------------------------
 def _layer_inputs(W_x, b_x, b_h, reset_after: bool, *, inp=None, ids=None):
-    """The input side of every time step of one layer and direction, as two per-step lists
-    (``[N, 2H]`` for the z and r gates, ``[N, H]`` for the candidate). Biases that the cell
-    only ever adds to the input projection (``b_hz``, ``b_hr``, and ``b_hh`` before the reset)
-    are added here once instead of at every step (the same sum, rounded in another order).
-    With ``ids`` (layer 0 of the language model) one-hot times ``W_x`` is a row lookup, which
-    is exact."""
+    """The input side of every time step of one layer and direction: ``[T, N, 2H]`` for the z
+    and r gates, ``[T, N, H]`` for the candidate. Biases that the cell only ever adds to the
+    input projection (``b_hz``, ``b_hr``, and ``b_hh`` before the reset) are added here once
+    instead of at every step (the same sum, rounded in another order). With ``ids`` (layer 0
+    of the language model) one-hot times ``W_x`` is a row lookup, which is exact."""
     H = b_x.shape[0] // 3
     W_zr, W_n = paddle.split(W_x, [2 * H, H], axis=-1)
     b_zr = b_x[:2 * H] + b_h[:2 * H]
     b_n = b_x[2 * H:] if reset_after else b_x[2 * H:] + b_h[2 * H:]
     if ids is not None:
-        x_zr, x_n = F.embedding(ids, W_zr + b_zr), F.embedding(ids, W_n + b_n)
-    else:
-        x_zr, x_n = F.linear(inp, W_zr, b_zr), F.linear(inp, W_n, b_n)
-    return paddle.unbind(x_zr, 0), paddle.unbind(x_n, 0)
+        return F.embedding(ids, W_zr + b_zr), F.embedding(ids, W_n + b_n)
+    return F.linear(inp, W_zr, b_zr), F.linear(inp, W_n, b_n)
+
+
+class _ResetBeforeLoop(PyLayer):
+    """The book's cell with both gates, its backward written out as in the torch, JAX,
+    TensorFlow and MindSpore adapters: the reverse loop carries only the state's gradient (two
+    products a step) and the recurrent weights' gradients are one product each over all
+    ``T*N`` rows. Autograd's backward of the op-by-op loop records ~10 nodes a step and
+    multiplies ``[H, N] @ [N, 3H]`` at each; both ways are dispatch-bound at the book's shapes,
+    this one makes fewer, contiguous ops (every transpose is copied once: a product by a
+    transposed view costs Paddle's CPU kernel ~2.5x). ``apply(XZR [T, N, 2H], XN [T, N, H], h0,
+    W_zr, W_hh) -> (Y [T, N, H], last)``; ``XZR``/``XN`` hold every bias and the input
+    projection."""
+
+    @staticmethod
+    def forward(ctx, XZR, XN, h0, W_zr, W_hh):
+        ctx.needs = [not t.stop_gradient for t in (XZR, XN, h0, W_zr, W_hh)]
+        with paddle.no_grad():  # Paddle records the ops of a PyLayer's forward otherwise
+            h, ys, zs, rs, ns, rhs = h0, [], [], [], [], []
+            for xzr, xn in zip(paddle.unbind(XZR, 0), paddle.unbind(XN, 0)):
+                z, r = paddle.split(F.sigmoid(paddle.addmm(xzr, h, W_zr)), 2, axis=-1)
+                rh = r * h
+                n = paddle.tanh(paddle.addmm(xn, rh, W_hh))
+                h = paddle.lerp(n, h, z)  # n + z (h - n)
+                for out, x in ((ys, h), (zs, z), (rs, r), (ns, n), (rhs, rh)):
+                    out.append(x)
+            saved = [paddle.stack(x) for x in (ys, zs, rs, ns, rhs)]
+        ctx.save_for_backward(h0, W_zr, W_hh, *saved)
+        return saved[0], h
+
+    @staticmethod
+    def backward(ctx, dY, dlast):
+        with paddle.no_grad():
+            h0, W_zr, W_hh, Y, Z, R, NN, RH = ctx.saved_tensor()
+            T, N, H = Y.shape
+            WzrT, WhhT = W_zr.T.contiguous(), W_hh.T.contiguous()
+            Hp = paddle.concat([h0.unsqueeze(0), Y[:-1]], 0)  # each step's incoming state
+            # h' = n + z (h - n), n = tanh(a_n), z = sigmoid(a_z), r = sigmoid(a_r):
+            # da_n = g (1 - z)(1 - n^2), da_z = g (h - n) z (1 - z), da_r = (dL/d(r h)) h r (1 - r)
+            D = (1 - Z) * (1 - NN * NN)
+            A = (Hp - NN) * (Z - Z * Z)
+            B = Hp * (R - R * R)
+            steps = [paddle.unbind(x, 0) for x in (dY, Z, D, A, B, R)]
+            dh = paddle.zeros_like(h0) if dlast is None else dlast
+            dzrs, dns = [None] * T, [None] * T
+            for t in range(T - 1, -1, -1):
+                dy, z, d, a, b, r = (x[t] for x in steps)
+                g = dh + dy
+                gz = g * z
+                dns[t] = da_n = g * d
+                ds = paddle.matmul(da_n, WhhT)  # s = r * h
+                dzrs[t] = da_zr = paddle.concat([g * a, ds * b], 1)
+                dh = paddle.addmm(gz + ds * r, da_zr, WzrT)
+            DZR, DN = paddle.stack(dzrs), paddle.stack(dns)
+            dWzr = paddle.matmul(Hp.reshape([T * N, H]), DZR.reshape([T * N, 2 * H]),
+                                 transpose_x=True)
+            dWhh = paddle.matmul(RH.reshape([T * N, H]), DN.reshape([T * N, H]),
+                                 transpose_x=True)
+        # Paddle wants None for an input that takes no gradient (the detached state)
+        return tuple(g if need else None
+                     for g, need in zip((DZR, DN, dh, dWzr, dWhh), ctx.needs))
 
 
 def _direction(x_zr, x_n, h, W_h, b_h, spec: GRUSpec):
     """One direction over the steps of ``x_zr``/``x_n`` (from :func:`_layer_inputs`, in the
-    order they are to be run); returns every step's state and the last one. An ablated gate
-    (``spec.gates``) is pinned, Z = 0 or R = 1, so its parameters get zero gradients."""
+    order they are to be run); returns every step's state ``[T, N, H]`` and the last one. The
+    book's cell with both gates runs :class:`_ResetBeforeLoop` (in dygraph), any other op by
+    op under autograd. An ablated gate (``spec.gates``) is pinned, Z = 0 or R = 1, so its
+    parameters get zero gradients."""
     H = h.shape[-1]
+    if not spec.reset_after and spec.gates == "both" and paddle.in_dynamic_mode():
+        W_zr, W_hh = paddle.split(W_h, [2 * H, H], axis=-1)
+        return _ResetBeforeLoop.apply(x_zr, x_n, h, W_zr, W_hh)
     pin_z, pin_r = not spec.has_update_gate, not spec.has_reset_gate
 
     def gates(pre):
@@ -139,9 +202,10 @@ def _direction(x_zr, x_n, h, W_h, b_h, spec: GRUSpec):
         return (paddle.zeros_like(z) if pin_z else z), (paddle.ones_like(r) if pin_r else r)
 
     ys = []
+    steps = zip(paddle.unbind(x_zr, 0), paddle.unbind(x_n, 0))
     if spec.reset_after:
         b_hh = b_h[2 * H:]
-        for xzr, xn in zip(x_zr, x_n):
+        for xzr, xn in steps:
             h_zr, h_n = paddle.split(paddle.matmul(h, W_h), [2 * H, H], axis=-1)
             z, r = gates(xzr + h_zr)
             n = paddle.tanh(xn + r * (h_n + b_hh))
@@ -150,12 +214,12 @@ def _direction(x_zr, x_n, h, W_h, b_h, spec: GRUSpec):
             ys.append(h)
     else:
         W_zr, W_hh = paddle.split(W_h, [2 * H, H], axis=-1)
-        for xzr, xn in zip(x_zr, x_n):
+        for xzr, xn in steps:
             z, r = gates(xzr + paddle.matmul(h, W_zr))
             n = paddle.tanh(xn + paddle.matmul(r * h, W_hh))
             h = n + z * (h - n)
             ys.append(h)
-    return ys, h
+    return paddle.stack(ys), h
 
 
 def _scratch_gru(cells, spec: GRUSpec, h0, *, X=None, ids=None):
@@ -174,9 +238,9 @@ def _scratch_gru(cells, spec: GRUSpec, h0, *, X=None, ids=None):
             x_zr, x_n = _layer_inputs(W_x, b_x, b_h, spec.reset_after, inp=inp,
                                       ids=ids if l == 0 else None)
             if d == 1:
-                x_zr, x_n = x_zr[::-1], x_n[::-1]
-            ys, h = _direction(x_zr, x_n, h0s[l * D + d], W_h, b_h, spec)
-            outs.append(paddle.stack(ys if d == 0 else ys[::-1]))
+                x_zr, x_n = paddle.flip(x_zr, [0]), paddle.flip(x_n, [0])
+            Y, h = _direction(x_zr, x_n, h0s[l * D + d], W_h, b_h, spec)
+            outs.append(Y if d == 0 else paddle.flip(Y, [0]))
             h_n.append(h)
         inp = outs[0] if D == 1 else paddle.concat(outs, axis=-1)
     return inp, paddle.stack(h_n)
