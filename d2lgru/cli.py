@@ -180,6 +180,7 @@ def _add_onnx_commands(sub):
                                       "(needs d2lgru[onnx])")
     p.add_argument("--checkpoint", required=True, help="a directory written by `d2lgru train --out`")
     p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a file already at --onnx")
 
     p = sub.add_parser("import", help="an ONNX model's GRU nodes (and head) as a checkpoint "
                                       "directory or a parameter file (needs d2lgru[onnx])")
@@ -190,7 +191,8 @@ def _add_onnx_commands(sub):
     p.add_argument("--format", choices=("npz", "safetensors"),
                    help="the checkpoint's model file format (npz)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in the --out directory")
+                   help="replace a run already in the --out directory, or a file already at "
+                        "--out")
 
 
 def _add_gates_parser(sub):
@@ -205,6 +207,8 @@ def _add_gates_parser(sub):
     p.add_argument("--out", required=True, help="the figure (PNG)")
     p.add_argument("--json", help="also write the gate values here (JSON; gzip-compressed "
                                   "when the name ends in .gz)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files already at --out and --json")
 
 
 def _add_sweep_parser(sub):
@@ -501,9 +505,8 @@ def cmd_train(args) -> int:
     if args.command == "train" and serves_only():
         return backend.serve_world()  # msrun's scheduler, started with the workers' command
     world = World.from_env() if args.command == "train" else World()
-    for flag in ("out", "resume"):
-        if getattr(args, flag) == "":  # "--out $DIR" with DIR unset would save nothing
-            raise InvalidArgumentError(f"--{flag} is empty; give a directory")
+    _directories_given(args, "out", "resume")
+    _resume_or_overwrite(args)
     config, expect = _config(args, backend)
     if args.resume is None and args.data_changed_ok:
         raise InvalidArgumentError("--data-changed-ok applies to --resume only")
@@ -602,8 +605,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _new_files(args, *flags) -> None:
+    """The command's output files (``--out``, ``--json``, ...): one that exists is replaced
+    only with ``--overwrite``, and no two may be the same file. (A directory there is the
+    writer's to refuse, and a checkpoint directory is guarded by the checkpoint itself.)"""
+    seen = {}
+    for flag in flags:
+        path = getattr(args, flag.lstrip("-"))
+        if path is None:
+            continue
+        if path == "":  # "--out $FILE" with FILE unset
+            raise InvalidArgumentError(f"{flag} is empty; give a file path")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InvalidArgumentError(f"{seen[real]} and {flag} name the same file ({path}); "
+                                       f"give each its own")
+        seen[real] = flag
+        if not args.overwrite and os.path.lexists(path) and not os.path.isdir(path):
+            raise InvalidArgumentError(f"{flag} {path} already exists; give --overwrite to "
+                                       f"replace it, or choose another {flag}")
+
+
 def cmd_export(args) -> int:
     from .onnx_io import export_checkpoint
+    _new_files(args, "--onnx")
     path = export_checkpoint(args.checkpoint, args.onnx)
     print(f"ONNX model written to {path}")
     return 0
@@ -611,6 +636,9 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from .onnx_io import import_onnx
+    if Path(args.out).suffix in (".npz", ".safetensors"):  # a file, not a checkpoint directory
+        _new_files(args, "--out")
+    _directories_given(args, "out")
     print(import_onnx(args.onnx, args.out, vocab_path=args.vocab, format=args.format,
                       overwrite=args.overwrite))
     return 0
@@ -648,10 +676,8 @@ def cmd_reproduce(args) -> int:
         raise InvalidArgumentError(f"{run_dir} already holds a run ({describe_run(run_dir)}); "
                                    f"continue it with the same command plus --resume, start over "
                                    f"with --overwrite, or choose another --out")
+    _resume_or_overwrite(args)
     if args.resume:
-        if args.overwrite:
-            raise InvalidArgumentError("--resume continues the run and --overwrite starts it "
-                                       "over; give one of them")
         if not has_run(run_dir):
             args.resume = None  # nothing to continue yet: start the run
         else:
@@ -663,12 +689,27 @@ def cmd_reproduce(args) -> int:
     return cmd_train(args)
 
 
+def _directories_given(args, *flags) -> None:
+    for flag in flags:
+        if getattr(args, flag) == "":  # "--out $DIR" with DIR unset: the working directory
+            raise InvalidArgumentError(f"--{flag} is empty; give a directory")
+
+
+def _resume_or_overwrite(args) -> None:
+    if args.resume and args.overwrite:
+        raise InvalidArgumentError("--resume continues the run and --overwrite starts it over; "
+                                   "give one of them")
+
+
 def cmd_gates(args) -> int:
     from .checkpoint import load
     from .gates import checkpoint_gates, plot_gates, write_json
+    _new_files(args, "--out", "--json")
     ckpt = load(args.checkpoint)
     record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
                               name=Path(args.checkpoint).resolve().name)
+    for path in filter(None, (args.out, args.json)):  # as export makes the --onnx file's
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     plot = plot_gates(record, args.out)
     check = record["backend_check"]
     print(f"{len(record['tokens'])} tokens through a {record['checkpoint']['spec']}; gates from "
@@ -682,6 +723,7 @@ def cmd_sweep(args) -> int:
     from .backends import get_backend
     from .sweep import AXES, check_settings, grid, parse_vary, run_sweep, write_report
     from .train import TrainingInterrupted
+    _directories_given(args, "out")
     backend = get_backend(args.backend)
     vary = parse_vary(args.vary)
     both = [n for n in vary if getattr(args, AXES[n][1]) is not None]

@@ -339,6 +339,22 @@ def test_a_state_json_of_the_wrong_shape_is_one_line(tmp_path, data_dir, content
                           "corrupt or incomplete")
 
 
+def test_resume_with_overwrite_is_refused_and_the_run_kept(tmp_path, data_dir):
+    out = tmp_path / "r"
+    run("train", "--epochs", "1", *SMALL, "--out", str(out), "--quiet", data_dir=data_dir,
+        check=True)
+    before = sorted(p.name for p in out.iterdir()), (out / "state.json").read_bytes()
+    assert_one_line_error(run("train", "--resume", str(out), "--overwrite", "--epochs", "2",
+                              "--quiet", data_dir=data_dir),
+                          "--resume continues the run and --overwrite starts it over")
+    assert (sorted(p.name for p in out.iterdir()), (out / "state.json").read_bytes()) == before
+
+
+def test_an_empty_sweep_out_is_refused_before_anything_is_written(data_dir):
+    assert_one_line_error(run("sweep", "--vary", "hidden=8,16", "--epochs", "1", "--out", "",
+                              data_dir=data_dir), "--out is empty; give a directory")
+
+
 def test_resume_lists_every_conflicting_option(tmp_path, data_dir):
     out = tmp_path / "r"
     run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir, check=True)

@@ -128,7 +128,7 @@ def test_gate_values_named_gz_are_the_same_json_gzip_compressed(checkpoints, tmp
     plain, packed = tmp_path / "gates.json", tmp_path / "gates.json.gz"
     for js in (plain, packed):
         run("gates", "--checkpoint", str(checkpoints / "two-layer"), "--text", "The Time!",
-            "--out", str(tmp_path / "g.png"), "--json", str(js), check=True)
+            "--out", str(js) + ".png", "--json", str(js), check=True)
     assert packed.read_bytes()[:2] == b"\x1f\x8b"
     assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
 
@@ -166,3 +166,27 @@ def test_gates_refusals_are_one_line(checkpoints, tmp_path):
                           "not a d2lgru checkpoint")
     assert_one_line_error(run("gates", *ckpt, "--backend", "caffe", *out), "unknown backend")
     assert not (tmp_path / "g.png").exists()
+
+
+def test_gates_replaces_an_existing_file_only_with_overwrite(checkpoints, tmp_path):
+    """A figure or values path that names an existing file -- the user's, or one of the
+    checkpoint's own -- is refused and left as it was; --overwrite replaces it."""
+    ckpt = checkpoints / "two-layer"
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    state = (ckpt / "state.json").read_bytes()
+    for flags, named in ((["--out", str(precious)], "--out"),
+                         (["--out", str(ckpt / "state.json")], "--out"),
+                         (["--out", str(tmp_path / "g.png"), "--json", str(precious)], "--json")):
+        assert_one_line_error(run("gates", "--checkpoint", str(ckpt), *flags),
+                              f"{named} ", "already exists", "--overwrite")
+    assert precious.read_text() == "precious" and (ckpt / "state.json").read_bytes() == state
+    assert_one_line_error(run("gates", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"),
+                              "--json", str(tmp_path / "x")), "name the same file")
+    assert_one_line_error(run("gates", "--checkpoint", str(ckpt), "--out", ""), "--out is empty")
+    assert not (tmp_path / "g.png").exists() and not (tmp_path / "x").exists()
+    run("gates", "--checkpoint", str(ckpt), "--out", str(precious), "--overwrite", check=True)
+    assert precious.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    nested = tmp_path / "new" / "dir" / "g.png"  # missing folders are made, as export makes them
+    run("gates", "--checkpoint", str(ckpt), "--out", str(nested), check=True)
+    assert nested.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

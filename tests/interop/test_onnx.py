@@ -209,6 +209,31 @@ def _gru_only_model(tmp_path, **attrs):
     return path
 
 
+def test_export_and_import_replace_an_existing_file_only_with_overwrite(trained_run, tmp_path,
+                                                                        capsys):
+    """The user's file, or a file of a checkpoint, at --onnx or at import's --out FILE is
+    refused and left as it was; --overwrite replaces it."""
+    precious = tmp_path / "precious.onnx"
+    precious.write_text("precious")
+    state = (trained_run / "state.json").read_bytes()
+    for target in (precious, trained_run / "state.json"):
+        assert main(["export", "--checkpoint", str(trained_run), "--onnx", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--onnx {target} already exists" in err and "--overwrite" in err
+    assert precious.read_text() == "precious" and (trained_run / "state.json").read_bytes() == state
+    assert main(["export", "--checkpoint", str(trained_run), "--onnx", str(precious),
+                 "--overwrite"]) == 0
+    assert onnx.load(str(precious)).graph.node
+    params = tmp_path / "lm.npz"
+    params.write_text("mine")
+    assert main(["import", "--onnx", str(precious), "--out", str(params)]) == 2
+    assert "--out" in capsys.readouterr().err and params.read_text() == "mine"
+    assert main(["import", "--onnx", str(precious), "--out", str(params), "--overwrite"]) == 0
+    assert main(["import", "--onnx", str(precious), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert d2lgru.LMParams.load(params).spec.hidden_size == 32
+
+
 def test_a_gru_alone_imports_into_a_params_file_and_not_into_a_checkpoint(tmp_path, capsys):
     path = _gru_only_model(tmp_path, linear_before_reset=1)
     assert main(["import", "--onnx", str(path), "--out", str(tmp_path / "run")]) == 2
