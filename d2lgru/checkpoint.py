@@ -287,6 +287,8 @@ def read_state(path) -> dict:
     if not state_file.is_file():
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"{path} is a file, not a d2lgru checkpoint directory")
+        if not path.exists():
+            raise CheckpointError(f"{path} is not a d2lgru checkpoint: it does not exist")
         raise CheckpointError(f"{path} is not a d2lgru checkpoint (no {STATE_FILE} in it)")
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))

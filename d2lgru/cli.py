@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_onnx_commands(sub)
     _add_gates_parser(sub)
     _add_sweep_parser(sub)
+    for command in sub.choices.values():  # --debug also after the command's name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of every error (also: D2LGRU_DEBUG=1)")
     return parser
 
 
@@ -653,6 +656,7 @@ def cmd_conformance(args) -> int:
         md, png = build_matrix(args.matrix)
         print(f"matrix written: {md} and {png}")
         return 0
+    _not_a_file(args, "out")
     return run_command(args.backend, args.out, args.data, args.cases)
 
 
@@ -695,6 +699,15 @@ def _directories_given(args, *flags) -> None:
             raise InvalidArgumentError(f"--{flag} is empty; give a directory")
 
 
+def _not_a_file(args, flag) -> None:
+    """A directory a command makes or fills (``sweep --out``, ``conformance --out``), refused
+    before the work when a file is in its place."""
+    path = getattr(args, flag)
+    if path and os.path.lexists(path) and not os.path.isdir(path):
+        raise InvalidArgumentError(f"--{flag} {path} is a file, not a directory; name a "
+                                   f"directory")
+
+
 def _resume_or_overwrite(args) -> None:
     if args.resume and args.overwrite:
         raise InvalidArgumentError("--resume continues the run and --overwrite starts it over; "
@@ -724,6 +737,7 @@ def cmd_sweep(args) -> int:
     from .sweep import AXES, check_settings, grid, parse_vary, run_sweep, write_report
     from .train import TrainingInterrupted
     _directories_given(args, "out")
+    _not_a_file(args, "out")
     backend = get_backend(args.backend)
     vary = parse_vary(args.vary)
     both = [n for n in vary if getattr(args, AXES[n][1]) is not None]

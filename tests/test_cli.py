@@ -355,6 +355,24 @@ def test_an_empty_sweep_out_is_refused_before_anything_is_written(data_dir):
                               data_dir=data_dir), "--out is empty; give a directory")
 
 
+def test_a_file_where_a_directory_is_wanted_is_refused_before_the_work(tmp_path, data_dir):
+    note = tmp_path / "notes.txt"
+    note.write_text("mine")
+    for args in (["sweep", "--vary", "hidden=8,16", "--epochs", "1"],
+                 ["conformance", "--cases", "scratch:gru/*"]):
+        assert_one_line_error(run(*args, "--out", str(note), data_dir=data_dir),
+                              f"--out {note} is a file, not a directory")
+    assert note.read_text() == "mine"
+
+
+def test_a_missing_checkpoint_is_said_to_be_missing_and_debug_works_after_the_command(tmp_path):
+    missing = tmp_path / "nope"
+    assert_one_line_error(run("predict", "--checkpoint", str(missing)),
+                          f"{missing} is not a d2lgru checkpoint: it does not exist")
+    proc = run("predict", "--checkpoint", str(missing), "--debug")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+
+
 def test_resume_lists_every_conflicting_option(tmp_path, data_dir):
     out = tmp_path / "r"
     run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
