@@ -58,8 +58,8 @@ def _add_backend_args(p):
     from .backends import BACKENDS
     p.add_argument("--backend", help=f"{', '.join(BACKENDS)} "
                                      "(default: $D2LGRU_BACKEND, else numpy)")
-    p.add_argument("--impl", default="scratch", help="scratch (the book's loop) or native "
-                                                     "(the framework's fused GRU layer)")
+    p.add_argument("--impl", help="scratch (the book's loop, the default) or native (the "
+                                  "framework's fused GRU layer)")
 
 
 #: train options that define the run (TrainConfig field, flag); on --resume the checkpoint's
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--out", help="checkpoint directory, written every epoch (and the plot)")
     p.add_argument("--resume", help="continue the checkpoint in this directory (to its own "
-                                    "epochs, or to --epochs)")
+                                    "epochs, or to --epochs; on its own backend and impl unless "
+                                    "--backend/$D2LGRU_BACKEND and --impl say otherwise)")
     p.add_argument("--nproc", type=_positive_int, default=1,
                    help="data-parallel worker processes on this machine, started through the "
                         "framework's launcher (torchrun) or by d2lgru; each takes batch-size / "
@@ -235,6 +236,8 @@ def main(argv=None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)
         command = f"d2lgru {args.command}"
         debug = debug or args.debug
+        if hasattr(args, "impl"):  # given or not: `train --resume` continues the run's own
+            args.impl_given, args.impl = args.impl is not None, args.impl or "scratch"
         if _started_here():
             _preload(args)
             _take_over_signals()
@@ -497,6 +500,8 @@ def cmd_train(args) -> int:
     from .checkpoint import open_run
     from .distributed import World
     from .train import TrainingInterrupted, train
+    if args.command == "train" and args.resume:
+        _continue_as_it_was(args)
     backend = get_backend(args.backend)
     if getattr(args, "nproc", 1) > 1:
         try:
@@ -691,6 +696,24 @@ def cmd_reproduce(args) -> int:
     args.out = run_dir
     args.data_changed_ok = getattr(args, "data_changed_ok", False)
     return cmd_train(args)
+
+
+def _continue_as_it_was(args) -> None:
+    """``train --resume DIR`` continues on the backend and impl of the run's last epoch, as it
+    continues the run's other settings, unless --backend (or $D2LGRU_BACKEND) and --impl say
+    otherwise: the sentence an interrupted run prints says only ``--resume DIR``."""
+    from .checkpoint import read_state
+    from .errors import D2lgruError
+    try:
+        history = read_state(args.resume).get("history") or [{}]
+    except D2lgruError:  # not a checkpoint: opening the run says so
+        return
+    last = history[-1] if isinstance(history[-1], dict) else {}
+    if not (args.backend or os.environ.get("D2LGRU_BACKEND")) and isinstance(
+            last.get("backend"), str):
+        args.backend = last["backend"]
+    if not args.impl_given and isinstance(last.get("impl"), str):
+        args.impl = last["impl"]
 
 
 def _directories_given(args, *flags) -> None:

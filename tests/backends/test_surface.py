@@ -262,6 +262,23 @@ def test_cli_trains_every_declared_impl(data_dir, capsys, impl, reset_after):
     assert f"tokens/sec on cpu ({NAME} {impl})" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("impl,reset_after", sorted(dict(_declared()).items()))
+def test_resume_alone_continues_on_the_runs_backend_and_impl(tmp_path, data_dir, monkeypatch,
+                                                             impl, reset_after):
+    """``train --resume DIR`` and nothing else, as an interrupted run's sentence says, continues
+    the run as it was: on its own backend and impl, not on the default ones."""
+    out = str(tmp_path / "run")
+    assert main(["train", "--backend", NAME, "--impl", impl, "--reset-after" if reset_after else
+                 "--reset-before", "--epochs", "1", "--hidden", "8", "--batch-size", "4",
+                 "--num-steps", "5", "--max-tokens", "300", "--data", str(data_dir), "--out", out,
+                 "--quiet"]) == 0
+    monkeypatch.delenv("D2LGRU_BACKEND", raising=False)
+    assert main(["train", "--resume", out, "--epochs", "2", "--data", str(data_dir),
+                 "--quiet"]) == 0
+    history = read_state(out)["history"]
+    assert [(h["backend"], h["impl"]) for h in history] == [(NAME, impl)] * 2
+
+
 def _batches(sizes, vocab_size=7, num_steps=5):
     """Random ids ``X, Y [n, num_steps]``, one batch for each ``n`` in ``sizes``."""
     rng = np.random.default_rng(0)
