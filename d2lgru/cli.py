@@ -705,10 +705,10 @@ def _continue_as_it_was(args) -> None:
     from .checkpoint import read_state
     from .errors import D2lgruError
     try:
-        history = read_state(args.resume).get("history") or [{}]
+        history = read_state(args.resume)["history"]  # checked: a list of dicts, one an epoch
     except D2lgruError:  # not a checkpoint: opening the run says so
         return
-    last = history[-1] if isinstance(history[-1], dict) else {}
+    last = history[-1] if history else {}
     if not (args.backend or os.environ.get("D2LGRU_BACKEND")) and isinstance(
             last.get("backend"), str):
         args.backend = last["backend"]

@@ -192,9 +192,10 @@ def _direction(x_zr, x_n, h, W_h, b_h, spec: GRUSpec):
     op under autograd. An ablated gate (``spec.gates``) is pinned, Z = 0 or R = 1, so its
     parameters get zero gradients."""
     H = h.shape[-1]
-    if not spec.reset_after and spec.gates == "both" and paddle.in_dynamic_mode():
+    if not spec.reset_after:
         W_zr, W_hh = paddle.split(W_h, [2 * H, H], axis=-1)
-        return _ResetBeforeLoop.apply(x_zr, x_n, h, W_zr, W_hh)
+        if spec.gates == "both" and paddle.in_dynamic_mode():
+            return _ResetBeforeLoop.apply(x_zr, x_n, h, W_zr, W_hh)
     pin_z, pin_r = not spec.has_update_gate, not spec.has_reset_gate
 
     def gates(pre):
@@ -213,7 +214,6 @@ def _direction(x_zr, x_n, h, W_h, b_h, spec: GRUSpec):
             h = n + z * (h - n)
             ys.append(h)
     else:
-        W_zr, W_hh = paddle.split(W_h, [2 * H, H], axis=-1)
         for xzr, xn in steps:
             z, r = gates(xzr + paddle.matmul(h, W_zr))
             n = paddle.tanh(xn + paddle.matmul(r * h, W_hh))
