@@ -238,6 +238,7 @@ def main(argv=None) -> int:
         debug = debug or args.debug
         if hasattr(args, "impl"):  # given or not: `train --resume` continues the run's own
             args.impl_given, args.impl = args.impl is not None, args.impl or "scratch"
+        _backend_given(args)
         if _started_here():
             _preload(args)
             _take_over_signals()
@@ -428,7 +429,8 @@ def _config(args, backend):
         expect["gates"] = "none" if cell == "rnn" else (gates or "both")
     if args.resume is None and "reset_after" not in expect:
         expect["reset_after"] = choose_reset_after(backend, args.impl)
-    data = str(Path(args.data).resolve()) if args.data else None
+    data = _data_given(args)
+    data = str(Path(data).resolve()) if data is not None else None
     epochs = args.epochs
     if epochs is None:  # a resumed run's target stands (the Ctrl-C hint says --resume alone)
         from .checkpoint import run_config
@@ -662,7 +664,7 @@ def cmd_conformance(args) -> int:
         print(f"matrix written: {md} and {png}")
         return 0
     _not_a_file(args, "out")
-    return run_command(args.backend, args.out, args.data, args.cases)
+    return run_command(args.backend, args.out, _data_given(args), args.cases)
 
 
 def cmd_reproduce(args) -> int:
@@ -716,10 +718,36 @@ def _continue_as_it_was(args) -> None:
         args.impl = last["impl"]
 
 
+def _given(args, flag, what) -> None:
+    """An option given as "" ("--out $DIR" with DIR unset) is refused, never taken for absent
+    (the default) or for the working directory."""
+    if getattr(args, flag, None) == "":
+        raise InvalidArgumentError(f"--{flag} is empty; give {what}")
+
+
 def _directories_given(args, *flags) -> None:
     for flag in flags:
-        if getattr(args, flag) == "":  # "--out $DIR" with DIR unset: the working directory
-            raise InvalidArgumentError(f"--{flag} is empty; give a directory")
+        _given(args, flag, "a directory")
+
+
+def _backend_given(args) -> None:
+    """``--backend ""`` names no backend: refused, where leaving it out means the default."""
+    if getattr(args, "backend", None) == "":
+        from .backends import available_backends
+        _given(args, "backend", f"a backend's name (installed here: "
+                                f"{', '.join(available_backends())}; `d2lgru backends` lists "
+                                f"every known one), or leave --backend out for $D2LGRU_BACKEND, "
+                                f"else numpy")
+
+
+def _data_given(args) -> str | None:
+    """``--data`` checked as training reads it (:func:`d2lgru.data.find_time_machine`: a text
+    file, or a directory that holds timemachine.txt), before the work; None when not given."""
+    _given(args, "data", "a text file or a directory that holds timemachine.txt")
+    if args.data is not None:
+        from .data import find_time_machine
+        find_time_machine(args.data)
+    return args.data
 
 
 def _not_a_file(args, flag) -> None:

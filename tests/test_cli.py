@@ -289,6 +289,45 @@ def test_an_empty_directory_option_is_refused(flag, data_dir):
                           f"{flag} is empty")
 
 
+_WITH_OUT = {"train": ["train", "--epochs", "1", *SMALL],
+             "sweep": ["sweep", "--vary", "hidden=8", "--epochs", "1"],
+             "conformance": ["conformance", "--cases", "scratch:gru/*"],
+             "gates": ["gates", "--checkpoint", "run"]}
+
+
+@pytest.mark.parametrize("command,flag", [(c, "--data") for c in ("train", "sweep", "conformance")]
+                         + [(c, "--backend") for c in _WITH_OUT])
+def test_an_empty_data_or_backend_is_refused_not_taken_for_the_default(tmp_path, data_dir,
+                                                                       command, flag):
+    """`--data $DATA` or `--backend $B` with the variable unset: the default (the data
+    directory, numpy) is not what was asked for."""
+    from d2lgru.backends import available_backends
+    args = [*_WITH_OUT[command], "--out"]
+    out = tmp_path / "out"
+    proc = run(*args, str(out), flag, "", data_dir=data_dir)
+    if flag == "--data":
+        assert_one_line_error(proc, "--data is empty; give a text file or a directory that "
+                                    "holds timemachine.txt")
+    else:
+        assert_one_line_error(proc, "--backend is empty; give a backend's name (installed here: "
+                                    f"{', '.join(available_backends())};")
+    assert not out.exists()
+
+
+def test_conformance_checks_its_data_path_as_train_does(tmp_path, data_dir):
+    """The layer cases read no corpus, so a wrong --data went unnoticed: it is refused before
+    the checks, in train's words."""
+    missing, out = tmp_path / "missing.txt", tmp_path / "conf"
+    refusal = "data path '%s' does not exist; name a text file" % missing
+    assert_one_line_error(run("train", "--epochs", "1", *SMALL, "--data", str(missing)), refusal)
+    assert_one_line_error(run("conformance", "--cases", "scratch:gru/*", "--data", str(missing),
+                              "--out", str(out)), refusal)
+    assert not out.exists()
+    run("conformance", "--cases", "scratch:gru/T7-N4-*", "--data", str(data_dir), "--out",
+        str(out), check=True)
+    assert (out / "numpy" / "report.json").is_file()
+
+
 def test_more_threads_than_cpus_says_so(data_dir):
     from d2lgru.threads import usable_cpus
     cpus = usable_cpus()
