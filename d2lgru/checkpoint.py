@@ -355,7 +355,13 @@ def load(path, *, retries: int = 3) -> dict:
     config = run_config(path, state)
     try:
         vocab = Vocab.from_json(path / VOCAB_FILE)
-    except (TypeError, ValueError, OSError) as exc:
+    except OSError as exc:  # gone, or not a readable file: say which file, not errno's words
+        why = (f"it has no {VOCAB_FILE}" if isinstance(exc, FileNotFoundError) else
+               f"its {VOCAB_FILE} cannot be read ({exc.strerror or exc})")
+        raise CheckpointError(f"checkpoint {path} is incomplete: {why}, the vocabulary d2lgru "
+                              f"writes with a run's first epoch; put the run's {VOCAB_FILE} back "
+                              f"or name another checkpoint directory") from None
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or incomplete: {exc}") from None
     if len(vocab) != model.vocab_size:
         raise CheckpointError(f"checkpoint {path}: vocab.json has {len(vocab)} tokens but the model "

@@ -339,6 +339,21 @@ def _find_lm(g: _Graph, grus, found: OnnxGRU, meta: dict, vocab) -> str | None:
     return None
 
 
+def _read_vocab(path):
+    """``--vocab``'s vocabulary; a path that is no vocab.json is one sentence naming the
+    option."""
+    from .data import Vocab
+    try:
+        return Vocab.from_json(path)
+    except OSError as exc:
+        why = "does not exist" if isinstance(exc, FileNotFoundError) else (
+            f"cannot be read ({exc.strerror or exc})")
+        raise InvalidArgumentError(f"--vocab {path} {why}; give the vocab.json of the model's "
+                                   f"vocabulary (a d2lgru checkpoint directory holds one)") from None
+    except InvalidArgumentError as exc:  # not JSON, or not a vocabulary's
+        raise InvalidArgumentError(f"--vocab {exc}") from None
+
+
 def import_onnx(path, out, *, vocab_path=None, format=None, overwrite: bool = False) -> str:
     """``d2lgru import``: a language model becomes a checkpoint directory at ``out`` (or, when
     ``out`` ends in ``.npz``/``.safetensors``, an :class:`LMParams` file); a GRU without head or
@@ -346,8 +361,7 @@ def import_onnx(path, out, *, vocab_path=None, format=None, overwrite: bool = Fa
     sentence saying what was written."""
     from .checkpoint import write_checkpoint
     from .config import TrainConfig
-    from .data import Vocab
-    vocab = Vocab.from_json(vocab_path) if vocab_path is not None else None
+    vocab = _read_vocab(vocab_path) if vocab_path is not None else None
     found = read_onnx(path, vocab=vocab)
     out = Path(out)
     to_file = out.suffix in (".npz", ".safetensors")

@@ -412,6 +412,30 @@ def test_a_missing_checkpoint_is_said_to_be_missing_and_debug_works_after_the_co
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
 
 
+def test_a_missing_vocabulary_names_the_file_or_the_option(tmp_path, data_dir):
+    """Not errno's `[Errno 2] No such file or directory: '...'`: which file, and what to do."""
+    out = tmp_path / "r"
+    run("train", "--epochs", "1", *SMALL, "--out", str(out), "--quiet", data_dir=data_dir,
+        check=True)
+    (out / "vocab.json").unlink()
+    for args in (["predict", "--checkpoint", str(out)], ["train", "--resume", str(out)]):
+        proc = run(*args, data_dir=data_dir)
+        assert_one_line_error(proc, f"checkpoint {out} is incomplete: it has no vocab.json",
+                              "put the run's vocab.json back")
+        assert "Errno" not in proc.stderr
+    missing = tmp_path / "vocab.json"
+    # the vocabulary is read first: no ONNX file (or onnx package) is needed to be told
+    for vocab, why in ((missing, "does not exist"), (tmp_path, "cannot be read (Is a directory)")):
+        assert_one_line_error(run("import", "--onnx", str(tmp_path / "lm.onnx"), "--out",
+                                  str(tmp_path / "imported"), "--vocab", str(vocab)),
+                              f"--vocab {vocab} {why}; give the vocab.json")
+    missing.write_text("{")
+    assert_one_line_error(run("import", "--onnx", str(tmp_path / "lm.onnx"), "--out",
+                              str(tmp_path / "imported"), "--vocab", str(missing)),
+                          f"--vocab '{missing}' is not a valid d2lgru vocabulary JSON file")
+    assert not (tmp_path / "imported").exists()
+
+
 def test_resume_lists_every_conflicting_option(tmp_path, data_dir):
     out = tmp_path / "r"
     run("train", "--epochs", "1", *SMALL, "--out", str(out), data_dir=data_dir, check=True)
