@@ -10,7 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import OutputIsADirectoryError
+from .errors import InvalidArgumentError, OutputIsADirectoryError
+
+#: figure formats matplotlib writes itself; the bitmaps it hands to Pillow are offered when
+#: Pillow has their codec, and PGF never (saving it runs LaTeX, which few machines have)
+_VECTOR_FORMATS = frozenset({"eps", "pdf", "ps", "svg", "svgz", "raw", "rgba"})
 
 
 def _umask() -> int:
@@ -74,6 +78,46 @@ def save_png(fig, path) -> Path:
     image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT,
                                                         dither=Image.Dither.NONE)
     return write_atomic(Path(path), lambda f: image.save(f, format="png", optimize=True))
+
+
+def figure_formats() -> tuple[str, ...]:
+    """The suffixes a figure may be saved under (without the dot): what matplotlib's canvas
+    lists (``get_supported_filetypes``), less the bitmaps this Pillow cannot encode and PGF."""
+    from matplotlib.figure import Figure
+    try:
+        from PIL import Image
+        pillow = {ext.lstrip(".").lower() for ext in Image.registered_extensions()}
+    except ImportError:
+        pillow = set()
+    return tuple(sorted(f for f in Figure().canvas.get_supported_filetypes()
+                        if f in _VECTOR_FORMATS or f in pillow or f == "png"))
+
+
+def figure_format(path, what: str = "the figure") -> str:
+    """The format ``path``'s suffix names (PNG without one); a suffix matplotlib cannot write
+    is an :class:`InvalidArgumentError` that lists the valid ones (``what`` names the path)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    formats = figure_formats()
+    if suffix not in formats:
+        raise InvalidArgumentError(f"{what} {path} ends in .{suffix}, a format d2lgru cannot "
+                                   f"draw; give a name ending in "
+                                   f"{', '.join('.' + f for f in formats)}")
+    return suffix
+
+
+def save_figure(fig, path) -> Path:
+    """A matplotlib figure in the format its name's suffix says (:func:`figure_format`),
+    written whole; PNG as :func:`save_png` writes it."""
+    import io
+
+    format = figure_format(path)
+    if format == "png":
+        return save_png(fig, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=format)
+    return write_atomic(Path(path), lambda f: f.write(buffer.getvalue()))
 
 
 def round_floats(value, digits: int = 6):

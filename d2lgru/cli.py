@@ -208,7 +208,8 @@ def _add_gates_parser(sub):
     p.add_argument("--text", default="the time traveller (for so it will be convenient to speak "
                                      "of him)", help="the text to run (cleaned as the corpus was; "
                                                         "at most 1000 tokens)")
-    p.add_argument("--out", required=True, help="the figure (PNG)")
+    p.add_argument("--out", required=True, help="the figure, in the format its suffix names "
+                                                "(.png, .pdf, .svg, .jpg, ...; PNG without one)")
     p.add_argument("--json", help="also write the gate values here (JSON; gzip-compressed "
                                   "when the name ends in .gz)")
     p.add_argument("--overwrite", action="store_true",
@@ -767,8 +768,10 @@ def _resume_or_overwrite(args) -> None:
 
 def cmd_gates(args) -> int:
     from .checkpoint import load
+    from ._io import figure_format
     from .gates import checkpoint_gates, plot_gates, write_json
     _new_files(args, "--out", "--json")
+    figure_format(args.out, "--out")
     ckpt = load(args.checkpoint)
     record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
                               name=Path(args.checkpoint).resolve().name)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import save_png, write_atomic
+from ._io import figure_format, save_figure, write_atomic
 from .backends import get_backend, numpy_backend
 from .backends._base import check_gru_inputs
 from .errors import InvalidArgumentError
@@ -139,8 +139,10 @@ def _cell_name(spec_cells: int, layer: int, direction: int, bidirectional: bool)
 
 
 def plot_gates(record: dict, path) -> Path:
-    """One PNG: per layer and direction a heatmap of units x tokens for each live gate (units
+    """One figure, in the format ``path``'s suffix names (PNG, PDF, SVG, JPEG, ...; PNG
+    without one): per layer and direction a heatmap of units x tokens for each live gate (units
     sorted by mean activation, colour 0..1), then each gate's mean over units per token."""
+    figure_format(path)  # a name matplotlib cannot write fails before the drawing
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +191,7 @@ def plot_gates(record: dict, path) -> Path:
              f"({check['dtype']}) gives the same output within {check['max_abs_diff_Y']:.1e}"]
     notes += [f"{p}: not drawn" for p in record["pinned"].values()]
     fig.suptitle("\n".join(notes), fontsize=10)
-    path = save_png(fig, path)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -185,8 +185,33 @@ def test_gates_replaces_an_existing_file_only_with_overwrite(checkpoints, tmp_pa
                               "--json", str(tmp_path / "x")), "name the same file")
     assert_one_line_error(run("gates", "--checkpoint", str(ckpt), "--out", ""), "--out is empty")
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "x").exists()
-    run("gates", "--checkpoint", str(ckpt), "--out", str(precious), "--overwrite", check=True)
-    assert precious.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = tmp_path / "figure.png"  # a figure's name: --out's suffix says the format
+    figure.write_text("precious")
+    assert_one_line_error(run("gates", "--checkpoint", str(ckpt), "--out", str(figure)),
+                          "--out ", "already exists", "--overwrite")
+    run("gates", "--checkpoint", str(ckpt), "--out", str(figure), "--overwrite", check=True)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     nested = tmp_path / "new" / "dir" / "g.png"  # missing folders are made, as export makes them
     run("gates", "--checkpoint", str(ckpt), "--out", str(nested), check=True)
     assert nested.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_figures_format_follows_its_suffix(checkpoints, tmp_path):
+    """`--out gates.jpg` held PNG bytes; now each suffix matplotlib writes gets its format, a
+    name without one PNG, and any other suffix is refused before the work, listing the valid."""
+    from d2lgru._io import figure_formats
+
+    ckpt = ["--checkpoint", str(checkpoints / "two-layer"), "--text", "the time"]
+    magic = {"g.jpg": b"\xff\xd8\xff", "g.JPEG": b"\xff\xd8\xff", "g.pdf": b"%PDF",
+             "g.svg": b"<?xml", "g": b"\x89PNG\r\n\x1a\n"}
+    for name, start in magic.items():
+        run("gates", *ckpt, "--out", str(tmp_path / name), check=True)
+        assert (tmp_path / name).read_bytes().startswith(start), name
+    formats = figure_formats()
+    assert {"png", "pdf", "svg", "jpg", "jpeg"} <= set(formats) and "pgf" not in formats
+    for name in ("g.txt", "g.pgf", "g.png.bak"):
+        assert_one_line_error(run("gates", *ckpt, "--out", str(tmp_path / name)),
+                              f"--out {tmp_path / name} ends in .{name.rsplit('.', 1)[1]}, a "
+                              f"format d2lgru cannot draw; give a name ending in "
+                              f"{', '.join('.' + f for f in formats)}")
+        assert not (tmp_path / name).exists()
