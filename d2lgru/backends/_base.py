@@ -218,11 +218,27 @@ class Backend:
         return mode
 
     def check_device(self, device: str | None) -> str:
+        """``device`` (None: ``cpu``) in lower case, when the adapter drives it (:attr:`devices`)
+        and this installed build has it on this machine (:meth:`_device_absent`)."""
         device = "cpu" if device is None else str(device).lower()
         if device not in self.devices:
             raise UnsupportedError(f"backend {self.name!r} has no device {device!r}; "
                                    f"valid: {', '.join(self.devices)}")
+        why = None if device == "cpu" else self._device_absent(device)
+        if why:
+            raise UnsupportedError(f"backend {self.name!r} cannot use device {device!r}: {why}")
         return device
+
+    def _device_absent(self, device: str) -> str | None:
+        """Why this installed build of the framework cannot run on ``device`` (one of
+        :attr:`devices`, never ``cpu``) on this machine -- a CPU-only wheel, no GPU visible --
+        or None when it can. Asked of the framework at call time, never at import."""
+        return None
+
+    def available_devices(self) -> tuple[str, ...]:
+        """The :attr:`devices` this installed build can run on, on this machine, now (what
+        ``d2lgru backends`` lists): a CPU-only wheel's GPU paths are left out."""
+        return tuple(d for d in self.devices if d == "cpu" or self._device_absent(d) is None)
 
     # -- the public contract ------------------------------------------------------------
     def gru(self, params: GRUParams, X, h0=None, *, impl: str = "scratch",

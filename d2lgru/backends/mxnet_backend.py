@@ -90,6 +90,10 @@ def from_native(native, spec: GRUSpec) -> GRUParams:
     return _cudnn_layout.from_native(native, spec, "mxnet.gluon.rnn.GRU", _gluon_names)
 
 
+def _context(device: str):
+    return mx.gpu(0) if device == "gpu" else mx.cpu()
+
+
 def _new_gluon_gru(spec: GRUSpec, dtype, ctx):
     layer = gluon.rnn.GRU(spec.hidden_size, spec.num_layers, layout="TNC",
                           bidirectional=spec.bidirectional, input_size=spec.input_size,
@@ -321,7 +325,7 @@ class MXNetTrainer(Trainer):
         self.backend, self.impl, self.mode, self.device = "mxnet", impl, mode, device
         self.lr, self.clip = lr, clip
         self._spec, self._dtype = model.spec, model.dtype
-        self._ctx = mx.gpu(0) if device == "gpu" else mx.cpu()
+        self._ctx = _context(device)
         if impl == "native":
             net = _native_lm(model, self._ctx, with_logits=False)
             _hybridize(net, mode)
@@ -544,23 +548,17 @@ class MXNetBackend(Backend):
         grads = LMParams(gru, np.ascontiguousarray(dW_q.asnumpy().T), db_q.asnumpy())
         return LMResult(float(loss.asscalar()), grads, logits.asnumpy(), h_n.asnumpy())
 
-    @staticmethod
-    def _context(device):
-        if device != "gpu":
-            return mx.cpu()
-        if mx.context.num_gpus() == 0:
-            raise UnsupportedError(
-                "backend 'mxnet' was asked for device 'gpu' but MXNet sees no GPU "
-                "(mx.context.num_gpus() == 0; the PyPI mxnet wheel is CPU-only, GPU builds are "
-                "the mxnet-cuXXX packages)")
-        return mx.gpu(0)
+    def _device_absent(self, device):
+        if mx.context.num_gpus() > 0:
+            return None
+        return ("MXNet sees no GPU (mx.context.num_gpus() == 0; the PyPI mxnet wheel is "
+                "CPU-only, GPU builds are the mxnet-cuXXX packages)")
 
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
-        self._context(device)
         return MXNetTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)
 
     def _make_predictor(self, model, *, impl, device):
-        return MXNetPredictor(self, model, impl, self._context(device))
+        return MXNetPredictor(self, model, impl, _context(device))
 
     # -- the native layer's layout -------------------------------------------------------
 

@@ -558,23 +558,16 @@ class PaddleBackend(Backend):
             env.pop("PADDLE_TRAINER_ENDPOINTS", None)
         if device == "cpu":
             env["PADDLE_DISTRI_BACKEND"] = "gloo"  # also where a GPU build would pick nccl
-        else:
-            self.check_device(device)
+        else:  # a device make_trainer checked
             env.setdefault("FLAGS_selected_gpus", str(world.local_rank))
         # init_parallel_env writes a banner of the flags Paddle itself changed to stderr
         with contextlib.redirect_stderr(io.StringIO()):
             dist.init_parallel_env()
 
-    def check_device(self, device):
-        device = super().check_device(device)
-        if device != "cpu" and not (paddle.device.is_compiled_with_cuda()
-                                    and paddle.device.cuda.device_count() > 0):
-            raise UnsupportedError(
-                f"backend 'paddle' cannot use device {device!r}: " + (
-                    "paddlepaddle sees no CUDA GPU" if paddle.device.is_compiled_with_cuda()
-                    else "the installed paddlepaddle is the CPU-only build (paddlepaddle-gpu "
-                         "runs on CUDA)"))
-        return device
+    def _device_absent(self, device):
+        if not paddle.device.is_compiled_with_cuda():
+            return "the installed paddlepaddle is the CPU-only build (paddlepaddle-gpu runs on CUDA)"
+        return None if paddle.device.cuda.device_count() > 0 else "paddlepaddle sees no CUDA GPU"
 
     # -- native layout ------------------------------------------------------------------
     def _native_reference(self, spec, X, h0, seed):

@@ -755,20 +755,20 @@ class TensorFlowBackend(Backend):
         grads = LMParams(_gru_params_from_arrays(impl, spec, g_gru), dW_hq, db_q)
         return LMResult(float(loss.numpy()), grads, logits.numpy(), h_n.numpy())
 
-    @staticmethod
-    def _check_gpu(device):
-        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
-            raise UnsupportedError("backend 'tensorflow' found no GPU (tf.config."
-                                   "list_physical_devices('GPU') is empty; the tensorflow-cpu "
-                                   "wheel has no GPU support), so use device 'cpu'")
+    def _device_absent(self, device):
+        _import_tensorflow()
+        if tf.config.list_physical_devices("GPU"):
+            return None
+        return ("TensorFlow found no GPU (tf.config.list_physical_devices('GPU') is empty"
+                + ("" if tf.test.is_built_with_cuda() else
+                   "; this build, like the tensorflow-cpu wheel, has no GPU support")
+                + "), so use device 'cpu'")
 
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
-        self._check_gpu(device)
         return TensorFlowTrainer(self, model, impl=impl, lr=lr, clip=clip, mode=mode,
                                  device=device)
 
     def _make_predictor(self, model, *, impl, device):
-        self._check_gpu(device)
         return TensorFlowPredictor(self, model, impl, device)
 
 

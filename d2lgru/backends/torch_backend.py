@@ -405,8 +405,7 @@ class TorchBackend(Backend):
                           if dist.is_initialized() else None, world):
             return
         engine = "nccl" if device in ("cuda", "gpu") else "gloo"
-        if device in ("cuda", "gpu"):
-            self._check_cuda(device)
+        if device in ("cuda", "gpu"):  # a device make_trainer checked
             torch.cuda.set_device(world.local_rank)
         if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
             init = "env://"
@@ -487,19 +486,17 @@ class TorchBackend(Backend):
         dmodel = LMParams(gru, grads[-2].numpy(), grads[-1].numpy())
         return LMResult(float(loss.detach()), dmodel, logits.detach().numpy(), h_n.detach().numpy())
 
-    @staticmethod
-    def _check_cuda(device):
-        if device in ("cuda", "gpu") and not torch.cuda.is_available():
-            raise UnsupportedError(f"backend 'torch' cannot use device {device!r}: "
-                                   f"torch {torch.__version__} sees no CUDA GPU "
-                                   f"(torch.cuda.is_available() is False)")
+    def _device_absent(self, device):
+        if torch.cuda.is_available():
+            return None
+        return (f"torch {torch.__version__} sees no CUDA GPU (torch.cuda.is_available() is "
+                + ("False)" if torch.backends.cuda.is_built() else
+                   "False: this torch build is CPU-only)"))
 
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
-        self._check_cuda(device)
         return TorchTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)
 
     def _make_predictor(self, model, *, impl, device):
-        self._check_cuda(device)
         return TorchPredictor(model, impl, device)
 
     # -- the native layer's layout -------------------------------------------------------

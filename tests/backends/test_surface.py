@@ -139,6 +139,9 @@ def test_an_absent_gpu_is_one_clear_sentence(be, device):
     with pytest.raises(UnsupportedError, match=sentence.format(device=device)) as err:
         be.make_trainer(init_lm(5, 4), device=device)
     assert "\n" not in str(err.value)
+    # what `d2lgru backends` lists: the devices this build has here, never a GPU it lacks
+    assert device not in be.available_devices()
+    assert be.available_devices()[0] == "cpu" and set(be.available_devices()) <= set(be.devices)
 
 
 def test_wrong_dtypes_and_shapes(be):
