@@ -144,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the chapter's experiment into OUT/<backend>-<impl>/, "
                                          "or --collect every run under a directory into one table")
     _add_train_args(p)
-    p.add_argument("--out", help="runs go to OUT/<backend>-<impl>[-<exercise>][-seed<S>]/")
+    p.add_argument("--out", help="runs go to OUT/<backend>-<impl>[-<exercise>][-seed<S>]/; "
+                                 "with --collect, the table, figure and runs file go to OUT")
     p.add_argument("--resume", action="store_true",
                    help="continue the run already in OUT/<backend>-<impl>[...]/ up to --epochs")
     p.add_argument("--collect", metavar="DIR", help="instead of training: write DIR/results.md "
-                                                    "and DIR/perplexity.png from DIR/*/result.json")
+                                                    "and DIR/perplexity.png (OUT/... with --out) "
+                                                    "from DIR/*/result.json")
 
     p = sub.add_parser("predict", help="continue a prefix with a trained checkpoint")
     _add_backend_args(p)
@@ -671,7 +673,9 @@ def cmd_conformance(args) -> int:
 def cmd_reproduce(args) -> int:
     from .reproduce import run_name, write_report
     if args.collect is not None:
-        table, plot = write_report(args.collect)
+        _directories_given(args, "out")
+        _not_a_file(args, "out")
+        table, plot = write_report(args.collect, out=args.out)
         print(table.read_text())
         print(f"table and figure written: {table} and {plot}")
         return 0
@@ -752,8 +756,8 @@ def _data_given(args) -> str | None:
 
 
 def _not_a_file(args, flag) -> None:
-    """A directory a command makes or fills (``sweep --out``, ``conformance --out``), refused
-    before the work when a file is in its place."""
+    """A directory a command makes or fills (``sweep --out``, ``conformance --out``,
+    ``reproduce --collect --out``), refused before the work when a file is in its place."""
     path = getattr(args, flag)
     if path and os.path.lexists(path) and not os.path.isdir(path):
         raise InvalidArgumentError(f"--{flag} {path} is a file, not a directory; name a "

@@ -3,7 +3,8 @@
 ``d2lgru reproduce --backend B --impl I [--seed S] --out DIR`` trains the book's configuration
 into ``DIR/B-I[-seedS]/`` (a normal checkpoint directory plus ``result.json``);
 ``d2lgru reproduce --collect DIR`` gathers every ``DIR/*/result.json`` into ``DIR/results.md``
-and ``DIR/perplexity.png``, and records the runs in ``DIR/runs.json.gz``: per run what the table
+and ``DIR/perplexity.png`` (or ``OUT/...`` with ``--out OUT``), and records the runs in
+``DIR/runs.json.gz`` (``OUT/runs.json.gz``): per run what the table
 and the figure need (result.json and the per-epoch perplexity; no checkpoint, no paths of the
 machine), so the run directories need not be kept. ``--collect`` reads that file too: a folder's
 runs are those of its runs file, then of its run directories (which replace a recorded run of the
@@ -340,15 +341,17 @@ def plot_runs(runs: list[dict], path, book: list[dict] = ()) -> Path:
     return path
 
 
-def write_report(directory) -> tuple[Path, Path]:
-    """``results.md`` and ``perplexity.png`` of :func:`gather`'s runs, beside them; a folder's
-    runs are recorded in its :data:`RUNS_FILE` too."""
+def write_report(directory, out=None) -> tuple[Path, Path]:
+    """``results.md`` and ``perplexity.png`` of :func:`gather`'s runs, in ``out`` (made if
+    missing), else beside the runs; a folder's runs are recorded in its :data:`RUNS_FILE` too,
+    and ``out`` receives one of its own, so that it rebuilds the report alone."""
     directory = Path(directory)
     runs, book = round_floats(gather(directory))  # the table says what the runs file records
-    if directory.is_file():
-        directory = directory.parent
-    else:
-        write_runs(directory / RUNS_FILE, runs, book)
-    table = directory / "results.md"
+    source = directory.parent if directory.is_file() else directory
+    out = source if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not directory.is_file() or out.resolve() != source.resolve():
+        write_runs(out / RUNS_FILE, runs, book)
+    table = out / "results.md"
     table.write_text("# The chapter's experiment on every backend\n\n" + markdown_table(runs, book))
-    return table, plot_runs(runs, directory / "perplexity.png", book)
+    return table, plot_runs(runs, out / "perplexity.png", book)

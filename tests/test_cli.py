@@ -208,6 +208,32 @@ def test_reproduce_runs_and_collects(tmp_path, data_dir):
     assert_one_line_error(run("reproduce", "--backend", "numpy"), "needs --out")
 
 
+def test_reproduce_collect_writes_its_report_to_out(tmp_path, data_dir):
+    """`--collect DIR --out OUT` wrote into DIR, ignoring --out: now the table, the figure and
+    the runs file go to OUT (which then rebuilds them alone) and DIR is left as it was."""
+    runs, report = tmp_path / "runs", tmp_path / "report" / "new"
+    run("reproduce", "--backend", "numpy", "--epochs", "2", *SMALL, "--out", str(runs),
+        "--quiet", data_dir=data_dir, check=True)
+    before = sorted(p.name for p in runs.iterdir())
+    proc = run("reproduce", "--collect", str(runs), "--out", str(report), check=True)
+    assert f"written: {report / 'results.md'} and {report / 'perplexity.png'}" in proc.stdout
+    assert sorted(p.name for p in runs.iterdir()) == before == ["numpy-scratch"]
+    assert sorted(p.name for p in report.iterdir()) == ["perplexity.png", "results.md",
+                                                        "runs.json.gz"]
+    table = (report / "results.md").read_text()
+    assert "| numpy | scratch | eager | reset-before |" in table
+    again = tmp_path / "again"
+    run("reproduce", "--collect", str(report / "runs.json.gz"), "--out", str(again), check=True)
+    assert (again / "results.md").read_text() == table
+    note = tmp_path / "notes.txt"
+    note.write_text("mine")
+    assert_one_line_error(run("reproduce", "--collect", str(runs), "--out", str(note)),
+                          f"--out {note} is a file, not a directory")
+    assert_one_line_error(run("reproduce", "--collect", str(runs), "--out", ""),
+                          "--out is empty; give a directory")
+    assert note.read_text() == "mine" and sorted(p.name for p in runs.iterdir()) == before
+
+
 # -- issue #16: nothing a user does loses a run ---------------------------------------------
 
 def test_an_output_directory_that_holds_a_run_is_refused_then_overwritten_on_request(tmp_path,
