@@ -83,6 +83,18 @@ def has_run(path) -> bool:
         any(_MODEL_NAME.fullmatch(p.name) for p in path.iterdir())
 
 
+def foreign_files(path) -> list[str]:
+    """The names in directory ``path`` that no d2lgru run writes, when it holds no run yet:
+    the user's files a new run would mix its own with (``[]`` for a missing or empty
+    directory, one holding only a lock or temporary files of d2lgru's, and one that holds a
+    run, whose --resume/--overwrite rules stand)."""
+    path = Path(path)
+    if not path.is_dir() or has_run(path):
+        return []
+    return sorted(p.name for p in path.iterdir()
+                  if p.name != LOCK_FILE and not _TEMP_NAME.fullmatch(p.name))
+
+
 class CheckpointWriter:
     """The one writer of a checkpoint directory: holds its lock from :meth:`open` to
     :meth:`close` (or the end of the process) and writes each epoch."""

@@ -502,9 +502,12 @@ def _launch_workers(args, backend) -> int:
 
 def cmd_train(args) -> int:
     from .backends import get_backend
-    from .checkpoint import open_run
+    from .checkpoint import foreign_files, open_run
     from .distributed import World
     from .train import TrainingInterrupted, train
+    _directories_given(args, "out", "resume")
+    if args.out:
+        _holds_only_ours(args, "out", "run", foreign_files(args.out))
     if args.command == "train" and args.resume:
         _continue_as_it_was(args)
     backend = get_backend(args.backend)
@@ -518,7 +521,6 @@ def cmd_train(args) -> int:
     if args.command == "train" and serves_only():
         return backend.serve_world()  # msrun's scheduler, started with the workers' command
     world = World.from_env() if args.command == "train" else World()
-    _directories_given(args, "out", "resume")
     _resume_or_overwrite(args)
     config, expect = _config(args, backend)
     if args.resume is None and args.data_changed_ok:
@@ -649,9 +651,12 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from .onnx_io import import_onnx
+    from .checkpoint import foreign_files
     if Path(args.out).suffix in (".npz", ".safetensors"):  # a file, not a checkpoint directory
         _new_files(args, "--out")
-    _directories_given(args, "out")
+    else:
+        _directories_given(args, "out")
+        _holds_only_ours(args, "out", "run", foreign_files(args.out))
     print(import_onnx(args.onnx, args.out, vocab_path=args.vocab, format=args.format,
                       overwrite=args.overwrite))
     return 0
@@ -764,6 +769,17 @@ def _not_a_file(args, flag) -> None:
                                    f"directory")
 
 
+def _holds_only_ours(args, flag, kind, foreign) -> None:
+    """An existing ``--out`` directory with files d2lgru did not write (``foreign``: a user's
+    folder, or another command's output) is refused before the work: a new run or sweep would
+    mix its files with them."""
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
+                                          else "")
+        raise InvalidArgumentError(f"--{flag} {getattr(args, flag)} holds files that are not a "
+                                   f"d2lgru {kind} ({shown}); choose a new or empty directory")
+
+
 def _resume_or_overwrite(args) -> None:
     if args.resume and args.overwrite:
         raise InvalidArgumentError("--resume continues the run and --overwrite starts it over; "
@@ -792,10 +808,13 @@ def cmd_gates(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .backends import get_backend
-    from .sweep import AXES, check_settings, grid, parse_vary, run_sweep, write_report
+    from .sweep import (AXES, check_settings, foreign_entries, grid, parse_vary, run_sweep,
+                        saved_sweep, write_report)
     from .train import TrainingInterrupted
     _directories_given(args, "out")
     _not_a_file(args, "out")
+    saved_sweep(args.out)  # a sweep.json that is not d2lgru's: refused
+    _holds_only_ours(args, "out", "sweep", foreign_entries(args.out))
     backend = get_backend(args.backend)
     vary = parse_vary(args.vary)
     both = [n for n in vary if getattr(args, AXES[n][1]) is not None]

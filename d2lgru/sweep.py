@@ -27,8 +27,8 @@ import numpy as np
 
 from . import data as d2data
 from ._io import end_with_parent, save_png, write_atomic
-from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, has_run, model_format,
-                         read_state, run_config)
+from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, foreign_files, has_run,
+                         model_format, read_state, run_config)
 from .config import TrainConfig
 from .backends import UnsupportedError, get_backend
 from .errors import D2lgruError, InvalidArgumentError
@@ -181,6 +181,48 @@ def check_settings(settings: list[Setting], backend, impl: str, mode, device) ->
         raise InvalidArgumentError(f"{len(too_big)} of {len(settings)} settings cannot train on "
                                    f"this corpus, so none was started (drop them, or raise "
                                    f"--max-tokens): {'; '.join(too_big)}")
+
+
+def _is_setting_name(name: str) -> bool:
+    """Whether ``name`` reads as a setting's directory (``NAME=VALUE,...`` of :data:`AXES`)."""
+    return all(sep and axis in AXES for axis, sep, _ in (p.partition("=") for p in name.split(",")))
+
+
+def saved_sweep(out) -> dict | None:
+    """``OUT/sweep.json`` of the sweep already in ``out`` (its cells' names and grid checked),
+    or None when there is none; one that is not d2lgru's is an :class:`InvalidArgumentError`."""
+    path = Path(out) / "sweep.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("format") != FORMAT_SWEEP:
+            raise ValueError(f"its format is not {FORMAT_SWEEP!r}")
+        if not isinstance(record.get("vary"), dict) or not isinstance(record.get("cells"), list) \
+                or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                           for c in record["cells"]):
+            raise ValueError("it lists no grid or settings")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgumentError(f"--out {out} holds a sweep.json that is not a d2lgru sweep's "
+                                   f"({exc}); choose a new or empty directory") from None
+    return record
+
+
+def foreign_entries(out) -> list[str]:
+    """The names in ``out`` that no sweep writes, when it holds no d2lgru sweep yet (a
+    sweep.json, or a setting's directory that holds a run): what a sweep there would mix its
+    files with. ``[]`` for a missing or empty directory and for a sweep's own."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    entries = list(out.iterdir())
+    settings = [p for p in entries if p.is_dir() and _is_setting_name(p.name)]
+    if (out / "sweep.json").exists() or any(has_run(p) for p in settings):
+        return []
+    return sorted(p.name for p in entries
+                  if not (p in settings and not foreign_files(p)) and p.name not in SWEEP_FILES
+                  and not any(p.name.startswith(f".{f}.") and p.name.endswith(".tmp")
+                              for f in SWEEP_FILES))
 
 
 def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=None, device=None,

@@ -250,6 +250,51 @@ def test_an_output_directory_that_holds_a_run_is_refused_then_overwritten_on_req
     assert json.loads((out / "state.json").read_text())["epoch"] == 1
 
 
+def test_an_out_directory_of_other_files_is_refused_before_the_work_and_left_alone(tmp_path,
+                                                                                   data_dir):
+    """`train`, `sweep` and `import` wrote their files among a user's; d2lgru's own files (a
+    run's, a sweep's, a lock) are recognised, and a run directory keeps its own rules."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    commands = {"run": [["train", "--epochs", "1", *SMALL],
+                        ["import", "--onnx", str(tmp_path / "lm.onnx")]],
+                "sweep": [["sweep", "--vary", "lr=1", "--epochs", "1", *SMALL]]}
+    for kind, command in ((k, c) for k, cs in commands.items() for c in cs):
+        assert_one_line_error(run(*command, "--out", str(mine), data_dir=data_dir),
+                              f"--out {mine} holds files that are not a d2lgru {kind} "
+                              f"(notes.txt); choose a new or empty directory")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # not even a lock file
+    # a run's directory is no sweep, and a sweep's is no run
+    trained, swept = tmp_path / "run", tmp_path / "sweep"
+    run("train", "--epochs", "1", *SMALL, "--out", str(trained), "--quiet", data_dir=data_dir,
+        check=True)
+    run("sweep", "--vary", "lr=1", "--epochs", "1", *SMALL, "--out", str(swept), "--quiet",
+        data_dir=data_dir, check=True)
+    assert_one_line_error(run("sweep", "--vary", "lr=1", "--epochs", "1", *SMALL, "--out",
+                              str(trained), data_dir=data_dir),
+                          f"--out {trained} holds files that are not a d2lgru sweep (.d2lgru.lock, model-e0001.npz")
+    assert_one_line_error(run("train", "--epochs", "1", *SMALL, "--out", str(swept),
+                              data_dir=data_dir),
+                          f"--out {swept} holds files that are not a d2lgru run (lr=1, sweep.json")
+    # d2lgru's own: a lock left by a run stopped in its first epoch; a setting's directory
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / ".d2lgru.lock").write_text("123\n")
+    run("train", "--epochs", "1", *SMALL, "--out", str(tmp_path / "locked"), "--quiet",
+        data_dir=data_dir, check=True)
+    (tmp_path / "unfinished" / "lr=1").mkdir(parents=True)
+    (tmp_path / "unfinished" / "lr=1" / ".d2lgru.lock").write_text("123\n")
+    run("sweep", "--vary", "lr=1", "--epochs", "1", *SMALL, "--out",
+        str(tmp_path / "unfinished"), "--quiet", data_dir=data_dir, check=True)
+    # a run with the user's notes beside it: its own rules, and --overwrite keeps the notes
+    (trained / "notes.txt").write_text("mine")
+    assert_one_line_error(run("train", "--epochs", "1", *SMALL, "--out", str(trained),
+                              data_dir=data_dir), "already holds a run")
+    run("train", "--epochs", "1", *SMALL, "--out", str(trained), "--overwrite", "--quiet",
+        data_dir=data_dir, check=True)
+    assert (trained / "notes.txt").read_text() == "mine"
+
+
 def test_reproduce_refuses_to_redo_a_run_and_resumes_it(tmp_path, data_dir):
     out = tmp_path / "repro"
     run("reproduce", "--backend", "numpy", "--epochs", "2", *SMALL, "--out", str(out),
