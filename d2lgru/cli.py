@@ -808,12 +808,12 @@ def cmd_gates(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .backends import get_backend
-    from .sweep import (AXES, check_settings, foreign_entries, grid, parse_vary, run_sweep,
-                        saved_sweep, write_report)
+    from .sweep import (AXES, check_settings, dropped_settings, foreign_entries, grid,
+                        parse_vary, run_sweep, saved_grid, saved_sweep, write_report)
     from .train import TrainingInterrupted
     _directories_given(args, "out")
     _not_a_file(args, "out")
-    saved_sweep(args.out)  # a sweep.json that is not d2lgru's: refused
+    saved = saved_sweep(args.out)
     _holds_only_ours(args, "out", "sweep", foreign_entries(args.out))
     backend = get_backend(args.backend)
     vary = parse_vary(args.vary)
@@ -824,6 +824,13 @@ def cmd_sweep(args) -> int:
     args.resume = None  # the sweep resumes each setting that holds a checkpoint itself
     config, expect = _config(args, backend)
     settings = grid(config, expect, vary)
+    dropped = dropped_settings(saved, settings) if saved and not args.overwrite else []
+    if dropped:  # the summary is rewritten for this grid: it must not lose the saved settings
+        raise InvalidArgumentError(
+            f"--out {args.out} holds a sweep whose summary also covers {', '.join(dropped)}, "
+            f"which this grid would drop; give all of them again (the saved grid is "
+            f"{saved_grid(saved)}), choose another --out, or give --overwrite to train this "
+            f"grid anew and summarise it alone")
     check_settings(settings, backend, args.impl, args.mode, args.device)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:

@@ -208,6 +208,18 @@ def saved_sweep(out) -> dict | None:
     return record
 
 
+def dropped_settings(saved: dict, settings: list[Setting]) -> list[str]:
+    """The settings of the saved sweep (:func:`saved_sweep`) that ``settings`` lacks: what a
+    report of this grid would leave out of the summary."""
+    names = {s.name for s in settings}
+    return [c["name"] for c in saved["cells"] if c["name"] not in names]
+
+
+def saved_grid(saved: dict) -> str:
+    """The ``--vary`` options of the saved sweep, as its command gave them."""
+    return " ".join(f"--vary {n}={','.join(map(str, vs))}" for n, vs in saved["vary"].items())
+
+
 def foreign_entries(out) -> list[str]:
     """The names in ``out`` that no sweep writes, when it holds no d2lgru sweep yet (a
     sweep.json, or a setting's directory that holds a run): what a sweep there would mix its

@@ -216,3 +216,43 @@ def test_a_child_that_ends_with_its_parent_does(tmp_path, how):
         time.sleep(0.05)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the child outlived its parent by 10 s")
+
+
+SMALL_SWEEP = ["--max-tokens", "400", "--batch-size", "4", "--num-steps", "5", "--epochs", "1",
+               "--quiet"]
+
+
+def test_a_grid_that_would_drop_saved_settings_is_refused_and_a_larger_one_extends(tmp_path,
+                                                                                   data_dir):
+    """`--vary hidden=4` into the --out of `--vary hidden=8,16` rewrote sweep.md/.json/.png for
+    hidden=4 alone. A grid that keeps every saved setting extends the sweep; one that drops
+    some is refused before training, naming them; --overwrite starts the new grid over."""
+    out = tmp_path / "sweep"
+    run("sweep", "--vary", "hidden=8,16", *SMALL_SWEEP, "--out", str(out), data_dir=data_dir,
+        check=True)
+    summary = {name: (out / name).read_bytes() for name in ("sweep.md", "sweep.json", "sweep.png")}
+    proc = run("sweep", "--vary", "hidden=4,8", *SMALL_SWEEP, "--out", str(out),
+               data_dir=data_dir)
+    assert_one_line_error(proc, f"--out {out} holds a sweep whose summary also covers "
+                                f"hidden=16, which this grid would drop; give all of them again "
+                                f"(the saved grid is --vary hidden=8,16), choose another --out, "
+                                f"or give --overwrite")
+    assert not (out / "hidden=4").exists()
+    assert summary == {name: (out / name).read_bytes() for name in summary}
+    # another axis names other settings: hidden=8 is not hidden=8,lr=1's directory
+    assert_one_line_error(run("sweep", "--vary", "hidden=8,16", "--vary", "lr=1", *SMALL_SWEEP,
+                              "--out", str(out), data_dir=data_dir),
+                          "also covers hidden=8, hidden=16, which this grid would drop")
+    # a superset extends it: the two kept, one trained, the summary covers all three
+    states = {n: (out / n / "state.json").read_bytes() for n in ("hidden=8", "hidden=16")}
+    run("sweep", "--vary", "hidden=4,8,16", *SMALL_SWEEP, "--out", str(out), data_dir=data_dir,
+        check=True)
+    assert states == {n: (out / n / "state.json").read_bytes() for n in states}
+    record = json.loads((out / "sweep.json").read_text())
+    assert [c["name"] for c in record["cells"]] == ["hidden=4", "hidden=8", "hidden=16"]
+    # --overwrite: the new grid trained anew and summarised alone (the other runs stay)
+    run("sweep", "--vary", "hidden=4", *SMALL_SWEEP, "--overwrite", "--out", str(out),
+        data_dir=data_dir, check=True)
+    assert [c["name"] for c in json.loads((out / "sweep.json").read_text())["cells"]] == \
+        ["hidden=4"]
+    assert (out / "hidden=16" / "state.json").read_bytes() == states["hidden=16"]
