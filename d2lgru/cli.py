@@ -809,7 +809,8 @@ def cmd_gates(args) -> int:
 def cmd_sweep(args) -> int:
     from .backends import get_backend
     from .sweep import (AXES, check_settings, dropped_settings, foreign_entries, grid,
-                        parse_vary, run_sweep, saved_grid, saved_sweep, write_report)
+                        parse_vary, run_sweep, saved_grid, saved_sweep, settings_to_train,
+                        write_report)
     from .train import TrainingInterrupted
     _directories_given(args, "out")
     _not_a_file(args, "out")
@@ -832,18 +833,26 @@ def cmd_sweep(args) -> int:
             f"{saved_grid(saved)}), choose another --out, or give --overwrite to train this "
             f"grid anew and summarise it alone")
     check_settings(settings, backend, args.impl, args.mode, args.device)
+    to_train = settings_to_train(settings, args.out, args.overwrite)
+    jobs = max(1, min(args.jobs, to_train))
+    if 0 < to_train < args.jobs:
+        print(f"note: --jobs {args.jobs}, but {to_train} of the {len(settings)} settings "
+              f"{'is' if to_train == 1 else 'are'} left to train, so {jobs} run at a time",
+              file=sys.stderr)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         records = run_sweep(settings, args.out, backend=backend, impl=args.impl, mode=args.mode,
-                            device=args.device, jobs=args.jobs, overwrite=args.overwrite,
+                            device=args.device, jobs=jobs, overwrite=args.overwrite,
                             data_changed_ok=args.data_changed_ok, log=log,
                             threads=args.threads, format=args.format)
     except (KeyboardInterrupt, TrainingInterrupted):
         print(f"d2lgru sweep: interrupted; every finished setting and checkpoint in {args.out} is "
               f"kept: run the same command again to resume", file=sys.stderr)
         return _interrupted()
+    if not to_train and saved and type(saved.get("jobs")) is int:
+        jobs = saved["jobs"]  # nothing ran now: the kept settings' seconds are the saved ones
     md, png, js = write_report(args.out, records, backend=backend.name, impl=args.impl,
-                               base=config, vary=vary, jobs=args.jobs)
+                               base=config, vary=vary, jobs=jobs)
     print(md.read_text(), end="")
     print(f"table, figure and values written: {md}, {png}, {js}")
     return 0

@@ -237,6 +237,14 @@ def foreign_entries(out) -> list[str]:
                               for f in SWEEP_FILES))
 
 
+def settings_to_train(settings: list[Setting], out, overwrite: bool = False) -> int:
+    """How many of ``settings`` will train in ``out``: all with ``overwrite``, else those not
+    kept as finished."""
+    if overwrite:
+        return len(settings)
+    return sum(_finished(Path(out) / s.name, s.config.epochs) is None for s in settings)
+
+
 def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=None, device=None,
               jobs: int = 1, overwrite: bool = False, data_changed_ok: bool = False,
               log=None, threads: int | None = None, format: str | None = None) -> list[dict]:

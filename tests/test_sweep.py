@@ -256,3 +256,26 @@ def test_a_grid_that_would_drop_saved_settings_is_refused_and_a_larger_one_exten
     assert [c["name"] for c in json.loads((out / "sweep.json").read_text())["cells"]] == \
         ["hidden=4"]
     assert (out / "hidden=16" / "state.json").read_bytes() == states["hidden=16"]
+
+
+def test_jobs_are_reported_as_used_at_most_one_per_setting_left(tmp_path, data_dir):
+    """`--jobs 1000` on two settings was reported as 1000 settings at a time."""
+    out = tmp_path / "sweep"
+    proc = run("sweep", "--vary", "hidden=8,16", *SMALL_SWEEP, "--jobs", "1000", "--out",
+               str(out), data_dir=data_dir, check=True)
+    assert "note: --jobs 1000, but 2 of the 2 settings are left to train, so 2 run at a " \
+           "time" in proc.stderr
+    assert json.loads((out / "sweep.json").read_text())["jobs"] == 2
+    assert "2 settings at a time" in (out / "sweep.md").read_text()
+    # one setting left: it trains alone; the kept ones' table keeps saying how it ran
+    proc = run("sweep", "--vary", "hidden=8,16,24", *SMALL_SWEEP, "--jobs", "3", "--out",
+               str(out), data_dir=data_dir, check=True)
+    assert "but 1 of the 3 settings is left to train, so 1 run at a time" in proc.stderr
+    assert json.loads((out / "sweep.json").read_text())["jobs"] == 1
+    # nothing left: the saved count stands, and nothing is said
+    proc = run("sweep", "--vary", "hidden=8,16,24", *SMALL_SWEEP, "--jobs", "4", "--out",
+               str(out), data_dir=data_dir, check=True)
+    assert "note:" not in proc.stderr and json.loads((out / "sweep.json").read_text())["jobs"] == 1
+    for jobs in ("0", "-2"):
+        proc = run("sweep", "--vary", "hidden=8", "--jobs", jobs, "--out", str(out))
+        assert proc.returncode == 2 and "--jobs: must be a positive integer" in proc.stderr
