@@ -267,7 +267,7 @@ def test_jobs_are_reported_as_used_at_most_one_per_setting_left(tmp_path, data_d
            "time" in proc.stderr
     assert json.loads((out / "sweep.json").read_text())["jobs"] == 2
     assert "2 settings at a time" in (out / "sweep.md").read_text()
-    # one setting left: it trains alone; the kept ones' table keeps saying how it ran
+    # one setting left to train: it trains alone, and that is the count reported
     proc = run("sweep", "--vary", "hidden=8,16,24", *SMALL_SWEEP, "--jobs", "3", "--out",
                str(out), data_dir=data_dir, check=True)
     assert "but 1 of the 3 settings is left to train, so 1 run at a time" in proc.stderr
