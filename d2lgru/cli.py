@@ -350,7 +350,11 @@ def cmd_backends(args) -> int:
         if row["installed"]:
             try:
                 be = get_backend(name)
-                row.update(version=be.version(), devices=list(be.devices), impls=be.capabilities(),
+                here = be.available_devices()
+                row.update(version=be.version(), devices=list(here),
+                           devices_not_here={d: be._device_absent(d) for d in be.devices
+                                             if d not in here},
+                           impls=be.capabilities(),
                            distributed={"supported": be.distributed_refusal is None,
                                         "why_not": be.distributed_refusal})
             except Exception as exc:  # a broken install is reported, not fatal for the listing
@@ -367,8 +371,12 @@ def cmd_backends(args) -> int:
             print(f"{row['name']:<11} not installed  ({row.get('error') or row['install']})"
                   f"{origin}")
             continue
+        absent = row["devices_not_here"]
+        why = set(absent.values())
         print(f"{row['name']:<11} {row['version']:<13} devices: {', '.join(row['devices'])}"
-              f"{origin}")
+              + (f" (not here: {', '.join(absent)}: {why.pop()})" if len(why) == 1 else
+                 "".join(f" (not here: {d}: {w})" for d, w in absent.items()))
+              + origin)
         for impl, info in row["impls"].items():
             cells = [c for c, ok in (("reset-before", info["reset_before"]),
                                      ("reset-after", info["reset_after"])) if ok]

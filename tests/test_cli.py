@@ -41,6 +41,17 @@ def test_backends_lists_every_known_backend():
     assert numpy_row["installed"] and numpy_row["impls"]["scratch"]["reset_before"]
     table = run("backends", check=True).stdout
     assert "numpy" in table and "scratch" in table
+    # devices: the ones this installed build has here; a GPU path it lacks is named apart, with
+    # the framework's reason (a CPU-only torch wheel lists no cuda)
+    for row in rows:
+        if not row["installed"]:
+            continue
+        be = __import__("d2lgru").get_backend(row["name"])
+        assert row["devices"] == list(be.available_devices()) and row["devices"][0] == "cpu"
+        assert set(row["devices"]) | set(row["devices_not_here"]) == set(be.devices)
+        assert all(why and "\n" not in why for why in row["devices_not_here"].values())
+        line = next(line for line in table.splitlines() if line.startswith(row["name"] + " "))
+        assert ("not here: " in line) == bool(row["devices_not_here"]), line
 
 
 def test_train_short_run_prints_the_books_closing_lines(tmp_path, data_dir):
