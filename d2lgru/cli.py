@@ -426,6 +426,21 @@ def _progress_bar(quiet, header):
     return update, bar
 
 
+def _note_not_the_books_text(data):
+    """A note when the corpus is named ``timemachine.txt`` but is not the book's file (a
+    truncated or edited copy): it trains as given, but its perplexities are not the book's."""
+    from . import data as d2data
+    from .train import corpus_sha1
+
+    path = d2data.find_time_machine(data)
+    if path.name == d2data.TIME_MACHINE_FILENAME:
+        sha1 = corpus_sha1(path)
+        if sha1 != d2data.TIME_MACHINE_SHA1:
+            print(f"note: {path} is not the book's The Time Machine (SHA-1 {sha1}, the book's "
+                  f"is {d2data.TIME_MACHINE_SHA1}): it trains as given, but its perplexities "
+                  "will not be the book's", file=sys.stderr)
+
+
 def _config(args, backend):
     """``(TrainConfig, expect)``: the run's configuration from the flags (TrainConfig's defaults
     where a flag is absent) and the fields the user gave explicitly, which a resumed run's
@@ -552,6 +567,8 @@ def cmd_train(args) -> int:
         print(f"note: {backend.threads} threads on {cpus} usable CPU(s): threads that wait for a "
               f"core make training many times slower; --threads {cpus} or less is faster",
               file=sys.stderr)
+    if world.is_chief:
+        _note_not_the_books_text(config.data)
     update, bar = _progress_bar(args.quiet or not world.is_chief, header)
     with open_run(out, resume=args.resume if world.is_chief else None,
                   overwrite=args.overwrite, format=args.format) as writer:

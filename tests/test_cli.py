@@ -54,6 +54,22 @@ def test_backends_lists_every_known_backend():
         assert ("not here: " in line) == bool(row["devices_not_here"]), line
 
 
+def test_a_timemachine_txt_that_is_not_the_books_trains_with_a_note(tmp_path, data_dir):
+    """A truncated copy named timemachine.txt trains as given, with one note naming the file and
+    both SHA-1s (its perplexities are not the book's); the book's own file gets no note."""
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "timemachine.txt").write_bytes((data_dir / "timemachine.txt").read_bytes()[:50000])
+    proc = run("train", "--backend", "numpy", "--epochs", "1", *SMALL, "--quiet",
+               "--data", str(cut), check=True)
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and str(cut / "timemachine.txt") in notes[0], proc.stderr
+    assert "not the book's" in notes[0] and "090b5e7e70c295757f55df93cb0a180b9691891a" in notes[0]
+    proc = run("train", "--backend", "numpy", "--epochs", "1", *SMALL, "--quiet",
+               data_dir=data_dir, check=True)
+    assert "note:" not in proc.stderr, proc.stderr
+
+
 def test_train_short_run_prints_the_books_closing_lines(tmp_path, data_dir):
     proc = run("train", "--backend", "numpy", "--epochs", "3", *SMALL, "--out", str(tmp_path / "run"),
                data_dir=data_dir, check=True)
