@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, InvalidTypeError
 from .spec import FORMAT_GRU, GRUParams, GRUSpec, ParamsFileError, _params_from_file, \
     check_loaded_finite, check_seed, init_params, load_container, save_params
 
@@ -20,6 +20,11 @@ class LMParams:
     """GRU parameters plus the head ``W_hq [D*H, V]``, ``b_q [V]``; input size is the vocab size."""
 
     def __init__(self, gru: GRUParams, W_hq: np.ndarray, b_q: np.ndarray):
+        if not isinstance(gru, GRUParams):
+            raise InvalidTypeError(f"gru must be d2lgru.GRUParams, got {type(gru).__name__}")
+        for name, a in (("W_hq", W_hq), ("b_q", b_q)):
+            if not isinstance(a, np.ndarray):
+                raise InvalidTypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
         V, out = gru.spec.input_size, gru.spec.output_size
         if W_hq.shape != (out, V) or b_q.shape != (V,):
             raise InvalidArgumentError(f"head must be W_hq {(out, V)} and b_q {(V,)} for a {gru.spec.describe()}"

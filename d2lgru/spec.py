@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -336,6 +337,14 @@ def _params_from_file(path, meta, arrays, prefix) -> GRUParams:
     return params
 
 
+def check_flag(name: str, value) -> bool:
+    """``value`` as a bool (a NumPy one too); a string such as ``"no"`` is refused, not True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r} "
+                               f"({type(value).__name__})")
+    return bool(value)
+
+
 def check_seed(seed) -> int:
     """``seed`` as an int: a Python or NumPy integer >= 0 (not a bool), else
     :class:`~d2lgru.errors.InvalidTypeError` (not an integer) or
@@ -352,7 +361,19 @@ def init_params(spec: GRUSpec, seed: int = 0, *, dtype=np.float32, sigma: float 
     """The book's initialisation: every weight from N(0, sigma=0.01), every bias zero,
     drawn from ``numpy.random.default_rng(seed)`` (float64 draws, then cast); ``seed`` is a
     non-negative integer (:func:`check_seed`)."""
+    if not isinstance(spec, GRUSpec):
+        raise InvalidTypeError(f"spec must be a d2lgru.GRUSpec, got {type(spec).__name__}")
     rng = np.random.default_rng(check_seed(seed))
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. "bogus"
+        pass
+    if dtype not in (np.float32, np.float64):
+        raise InvalidTypeError(f"dtype must be float32 or float64, got "
+                               f"{getattr(dtype, 'name', repr(dtype))}")
+    if isinstance(sigma, (bool, np.bool_)) or not isinstance(
+            sigma, (int, float, np.integer, np.floating)) or not 0 <= sigma < np.inf:
+        raise InvalidArgumentError(f"sigma must be a finite number >= 0, got {sigma!r}")
     cells = []
     for l in range(spec.num_layers):
         row = []
@@ -387,6 +408,7 @@ def save_params(path, fmt: str, spec: GRUSpec, arrays: Mapping[str, np.ndarray],
     """:func:`save_npz` or :func:`save_safetensors` (``format``, else the path's suffix) for a
     parameter set, which must be finite: a diverged run must not overwrite a good file with
     NaN."""
+    check_path(path)
     format = file_format(path, format)
     problems = non_finite_report(arrays)
     if problems:
@@ -406,6 +428,12 @@ def check_loaded_finite(path, arrays: Mapping[str, np.ndarray]) -> None:
 FILE_FORMATS = ("npz", "safetensors")
 
 
+def check_path(path) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidTypeError(f"a parameter file's path must be a str or a pathlib.Path, got "
+                               f"{type(path).__name__}")
+
+
 def file_format(path, format: str | None = None) -> str:
     """``format`` when given (checked), else ``"safetensors"`` for a path ending in
     ``.safetensors`` and ``"npz"`` for any other."""
@@ -420,6 +448,7 @@ def file_format(path, format: str | None = None) -> str:
 def load_container(path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
     """:func:`load_npz` or :func:`load_safetensors`, chosen by the file's first bytes (a zip
     archive is an ``.npz``; a safetensors file starts with its header's length and ``{``)."""
+    check_path(path)
     try:
         with open(path, "rb") as f:
             head = f.read(9)

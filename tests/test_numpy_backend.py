@@ -125,6 +125,8 @@ def test_bad_arguments_give_one_clear_error():
         be.make_trainer(init_lm(5, 3), mode="graph")
     with pytest.raises(UnsupportedError, match="has no device 'cuda'"):
         be.make_trainer(init_lm(5, 3), device="cuda")
+    with pytest.raises(TypeError, match=r"^check_finite must be True or False, got 'no' \(str\)$"):
+        be.gru(params, np.zeros((2, 1, 3), np.float32), check_finite="no")  # "no" was truthy
 
 
 @pytest.mark.parametrize("gates", ["reset-only", "update-only", "none"])

@@ -162,6 +162,25 @@ def test_init_params_and_init_lm_take_a_non_negative_integer_seed():
                 make(seed)
 
 
+_PATH = "^a parameter file's path must be a str or a pathlib.Path, got "
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: init_params(None), InvalidTypeError, "^spec must be a d2lgru.GRUSpec, got NoneType$"),
+    (lambda: init_params(GRUSpec(3, 2), dtype="bogus"), InvalidTypeError, "^dtype must be float32 or float64, got 'bogus'$"),
+    (lambda: d2lgru.init_lm(5, 4, dtype=np.float16), InvalidTypeError, "^dtype must be float32 or float64, got float16$"),
+    (lambda: init_params(GRUSpec(3, 2), sigma=np.nan), InvalidArgumentError, "^sigma must be a finite number >= 0, got nan$"),
+    (lambda: init_params(GRUSpec(3, 2), sigma="0.01"), InvalidArgumentError, "^sigma must be a finite number >= 0"),
+    (lambda: d2lgru.LMParams(None, np.zeros((2, 3)), np.zeros(3)), InvalidTypeError, "^gru must be d2lgru.GRUParams, got NoneType$"),
+    (lambda: d2lgru.LMParams.load(None), InvalidTypeError, _PATH + "NoneType$"),
+    (lambda: d2lgru.init_lm(5, 4).save(3), InvalidTypeError, _PATH + "int$"),
+])
+def test_construction_and_files_refuse_wrong_types_in_one_sentence(call, error, message):
+    """Each once ended in an AttributeError, numpy's TypeError or (sigma=nan) NaN weights."""
+    with pytest.raises(error, match=message):
+        call()
+
+
 def test_params_reject_wrong_shapes_and_dtypes():
     params = random_params(GRUSpec(3, 2))
     arrays = params.to_arrays()

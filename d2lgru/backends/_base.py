@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 
 from ..model import LMParams, one_hot
-from ..spec import GRUParams, GRUSpec, non_finite_count
+from ..spec import GRUParams, GRUSpec, check_flag, non_finite_count
 from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError, NonFiniteError
 from .. import threads as _threads
 
@@ -197,7 +198,7 @@ class Backend:
 
     # -- argument checks ----------------------------------------------------------------
     def check_impl(self, impl: str, spec: GRUSpec | None = None, dtype=np.float32) -> ImplInfo:
-        if impl not in self.impls:
+        if not isinstance(impl, str) or impl not in self.impls:
             raise UnsupportedError(f"backend {self.name!r} has no impl {impl!r}; "
                                    f"valid: {', '.join(self.impls)}")
         info = self.impls[impl]
@@ -212,7 +213,7 @@ class Backend:
         modes = self.impls[impl].modes
         if mode is None:
             return modes[0]
-        if mode not in modes:
+        if not isinstance(mode, str) or mode not in modes:
             raise UnsupportedError(f"backend {self.name!r} impl {impl!r} has no mode {mode!r}; "
                                    f"valid: {', '.join(modes)}")
         return mode
@@ -286,11 +287,11 @@ class Backend:
         data-parallel worker: this process joins the framework's process group (every rank must
         call this with the same world), and each step averages the gradients over the world
         with the framework's all-reduce before clipping (see :mod:`d2lgru.distributed`)."""
+        check_model(model)
         self.check_impl(impl, model.spec, model.dtype)
         mode = self.check_mode(impl, mode)
         device = self.check_device(device)
-        if not lr > 0 or not clip > 0:
-            raise InvalidArgumentError(f"lr and clip must be positive, got lr={lr} clip={clip}")
+        lr, clip = check_rate("lr", lr), check_rate("clip", clip, infinite_ok=True)
         distributed = world is not None and world.size > 1
         if distributed and self.distributed_refusal is not None:
             raise UnsupportedError(f"backend {self.name!r} cannot train on {world.size} "
@@ -298,8 +299,9 @@ class Backend:
         self._ensure_ready()
         if distributed:
             self._init_world(world, device)
-        trainer = self._make_trainer(model, impl=impl, lr=float(lr), clip=float(clip), mode=mode,
+        trainer = self._make_trainer(model, impl=impl, lr=lr, clip=clip, mode=mode,
                                      device=device)
+        trainer._vocab_size = model.vocab_size
         if distributed:
             trainer.world = world
         if self.retunes_threads:
@@ -331,12 +333,13 @@ class Backend:
                        device: str | None = None) -> "Predictor":
         """A :class:`Predictor` that holds ``model`` in the framework on ``device``, built once,
         and steps it a few tokens at a time (the book's ``predict_ch8``)."""
-        if not isinstance(model, LMParams):
-            raise InvalidTypeError(f"model must be d2lgru.LMParams, got {type(model).__name__}")
+        check_model(model)
         self.check_impl(impl, model.spec, model.dtype)
         device = self.check_device(device)
         self._ensure_ready()
-        return self._make_predictor(model, impl=impl, device=device)
+        predictor = self._make_predictor(model, impl=impl, device=device)
+        predictor._vocab_size = model.vocab_size
+        return predictor
 
     # -- the native layer's layout (backends with impl "native") ------------------------
     def to_native(self, params: GRUParams) -> dict:
@@ -428,6 +431,7 @@ class Trainer:
     device: str
     #: the :class:`d2lgru.distributed.World` this trainer is one worker of (None: one process)
     world = None
+    _vocab_size: int | None = None  # ids must be below it (set by make_trainer)
     #: the backend's :meth:`Backend.retune_threads`, called between steps at most every
     #: :data:`RETUNE_INTERVAL_S` (None: the count stays as it was set)
     _retune = None
@@ -437,8 +441,11 @@ class Trainer:
         """One epoch, the book's ``train_epoch_ch8``: the state starts at zeros, is carried
         (detached) from batch to batch for the sequential iterator, restarted for every batch
         of the random one, and restarted when the batch size changes (a carried state has the
-        previous batch's rows). Returns each batch's mean cross-entropy (float64)."""
-        batches = [(np.asarray(X), np.asarray(Y)) for X, Y in batches]
+        previous batch's rows). Returns each batch's mean cross-entropy (float64). Batches are
+        checked (:func:`check_batch`) before the first step."""
+        random_iter = check_flag("random_iter", random_iter)
+        batches = [check_batch(*check_pair(i, b), self._vocab_size, f"batch {i}'s ")
+                   for i, b in enumerate(batches)]
         if not batches:
             return np.zeros(0)
         handles, state, rows = [], None, None
@@ -524,7 +531,20 @@ class Predictor:
     """The book's model held in a framework for greedy prediction. ``step(ids, state)`` runs the
     GRU and the head on ``ids [N, T]`` (NumPy ints) from ``state`` (None: zeros; otherwise what
     the previous step returned, kept in the framework) and returns ``(logits [N, V] of the last
-    step as NumPy, new state)``."""
+    step as NumPy, new state)``. Every subclass's ``step`` checks ``ids`` here first
+    (:func:`check_token_ids`): a framework's lookup would fail deep inside, or wrap a negative
+    id round silently."""
+
+    _vocab_size: int | None = None  # set by make_predictor
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is not None:
+            @functools.wraps(step)
+            def checked_step(self, ids, state=None):
+                return step(self, check_token_ids("ids", ids, self._vocab_size), state)
+            cls.step = checked_step
 
     def step(self, ids: np.ndarray, state=None):
         raise NotImplementedError
@@ -559,6 +579,56 @@ def check_native_names(native: dict, expected, layer: str, spec: GRUSpec) -> Non
                                    + (f"have unknown {', '.join(map(repr, extra))}" if extra else ""))
 
 
+def check_model(model) -> None:
+    if not isinstance(model, LMParams):
+        raise InvalidTypeError(f"model must be d2lgru.LMParams (init_lm, LMParams.load), got "
+                               f"{type(model).__name__}")
+
+
+def check_rate(name: str, value, *, infinite_ok: bool = False) -> float:
+    """A float > 0, finite unless ``infinite_ok`` (clip=inf clips nothing)."""
+    valid = f"a positive{'' if infinite_ok else ' finite'} number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise InvalidTypeError(f"{name} must be {valid}, got {value!r} ({type(value).__name__})")
+    if not value > 0 or not (infinite_ok or np.isfinite(value)):
+        raise InvalidArgumentError(f"{name} must be {valid}, got {value!r}")
+    return float(value)
+
+
+def check_token_ids(name: str, ids, vocab_size: int | None) -> np.ndarray:
+    """``ids`` as a non-empty ``[N, T]`` integer array of ids in ``[0, vocab_size)``."""
+    try:
+        ids = np.asarray(ids)
+    except ValueError:  # a ragged nested list
+        ids = np.empty(0, object)
+    if ids.ndim != 2 or ids.size == 0:
+        raise InvalidArgumentError(f"{name} must be a non-empty [batch_size, num_steps] array of "
+                                   f"token ids, got shape {ids.shape}")
+    if ids.dtype.kind not in "iu":
+        raise InvalidTypeError(f"{name} must hold integer token ids, got {ids.dtype}")
+    if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise InvalidArgumentError(f"{name} holds token ids outside [0, {vocab_size}) (min "
+                                   f"{ids.min()}, max {ids.max()}); the model's vocabulary has "
+                                   f"{vocab_size} tokens")
+    return ids
+
+
+def check_batch(X, Y, vocab_size: int | None, batch: str = "") -> tuple[np.ndarray, np.ndarray]:
+    X, Y = check_token_ids(f"{batch}X", X, vocab_size), check_token_ids(f"{batch}Y", Y, vocab_size)
+    if X.shape != Y.shape:
+        raise InvalidArgumentError(f"{batch}X and Y must be [batch_size, num_steps] arrays of the "
+                                   f"same shape, got {X.shape} and {Y.shape}")
+    return X, Y
+
+
+def check_pair(index: int, batch) -> tuple:
+    if isinstance(batch, np.ndarray) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise InvalidArgumentError(f"batch {index} is a {type(batch).__name__}, not an (X, Y) "
+                                   f"pair of token-id arrays as a SeqDataLoader yields")
+    return batch
+
+
 def check_array(name: str, a, shape, dtype, check_finite: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise InvalidTypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
@@ -578,6 +648,7 @@ def check_array(name: str, a, shape, dtype, check_finite: bool = False) -> np.nd
 def check_gru_args(params: GRUParams, X, h0, *, check_finite: bool = True):
     if not isinstance(params, GRUParams):
         raise InvalidTypeError(f"params must be d2lgru.GRUParams, got {type(params).__name__}")
+    check_finite = check_flag("check_finite", check_finite)
     return check_gru_inputs(params.spec, params.dtype, X, h0, check_finite=check_finite)
 
 
@@ -599,18 +670,8 @@ def check_gru_inputs(spec: GRUSpec, dtype, X, h0, *, check_finite: bool = True):
 
 
 def check_lm_args(model: LMParams, X, Y, state):
-    if not isinstance(model, LMParams):
-        raise InvalidTypeError(f"model must be d2lgru.LMParams, got {type(model).__name__}")
-    X, Y = np.asarray(X), np.asarray(Y)
-    if X.ndim != 2 or X.shape != Y.shape or X.size == 0:
-        raise InvalidArgumentError(f"X and Y must be [batch_size, num_steps] arrays of the same shape, "
-                                   f"got {X.shape} and {Y.shape}")
-    for name, ids in (("X", X), ("Y", Y)):
-        if ids.dtype.kind not in "iu":
-            raise InvalidTypeError(f"{name} must hold integer token ids, got {ids.dtype}")
-        if ids.min() < 0 or ids.max() >= model.vocab_size:
-            raise InvalidArgumentError(f"{name} holds ids outside [0, {model.vocab_size}) "
-                             f"(min {ids.min()}, max {ids.max()})")
+    check_model(model)
+    X, Y = check_batch(X, Y, model.vocab_size)
     spec = model.spec
     shape = (spec.num_layers * spec.num_directions, X.shape[0], spec.hidden_size)
     state = np.zeros(shape, model.dtype) if state is None else check_array(

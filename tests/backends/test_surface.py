@@ -23,7 +23,7 @@ from d2lgru.backends._base import RETUNE_RAISE_AFTER, GRUPredictor
 from d2lgru.checkpoint import load as load_checkpoint, read_state
 from d2lgru.conformance import CHECKS, assert_close, tolerance
 from d2lgru.conformance.cases import DTYPES
-from d2lgru.errors import NonFiniteError
+from d2lgru.errors import D2lgruError, NonFiniteError
 from d2lgru.cli import main
 from d2lgru.spec import GATE_SETS
 from d2lgru.threads import resolve_threads, usable_cpus
@@ -162,6 +162,35 @@ def test_wrong_dtypes_and_shapes(be):
     with pytest.raises(TypeError, match="state is float64 but the parameters are float32"):
         be.lm_loss_and_grads(init_lm(5, 4), np.zeros((1, 3), int), np.zeros((1, 3), int),
                              np.zeros((1, 1, 4)))
+
+
+_OK = np.zeros((2, 3), int)
+_TRAIN = lambda batches, **kw: lambda be, m: be.make_trainer(m).train_epoch(batches, **kw)
+_STEP = lambda ids: lambda be, m: be.make_predictor(m).step(np.array(ids))
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda be, m: be.make_trainer(m.gru), TypeError, "^model must be d2lgru.LMParams .*GRUParams$"),
+    (lambda be, m: be.make_trainer(m, lr="1"), TypeError, r"^lr must be a positive finite number, got '1' \(str\)$"),
+    (lambda be, m: be.make_trainer(m, clip=None), TypeError, "^clip must be a positive number, got None"),
+    (lambda be, m: be.make_trainer(m, impl=["scratch"]), UnsupportedError, r"no impl \['scratch'\]; valid: "),
+    (_TRAIN([(_OK - 1, _OK)]), ValueError, r"^batch 0's X holds token ids outside \[0, 5\) \(min -1, max -1\); "
+                                           "the model's vocabulary has 5 tokens$"),
+    (_TRAIN([(_OK, _OK), (_OK, _OK + 5)]), ValueError, r"^batch 1's Y holds token ids outside \[0, 5\) \(min 5,"),
+    (_TRAIN([(_OK * 1.0, _OK)]), TypeError, "^batch 0's X must hold integer token ids, got float64$"),
+    (_TRAIN([(_OK, _OK[:, :2])]), ValueError, r"^batch 0's X and Y must be .*same shape, got \(2, 3\) and \(2, 2\)$"),
+    (_TRAIN([(_OK[:0], _OK[:0])]), ValueError, r"^batch 0's X must be a non-empty .*got shape \(0, 3\)$"),
+    (_TRAIN([_OK]), ValueError, "^batch 0 is a ndarray, not an"),
+    (_TRAIN([(_OK, _OK)], random_iter="no"), TypeError, r"^random_iter must be True or False, got 'no' \(str\)$"),
+    (_STEP([[-1]]), ValueError, r"^ids holds token ids outside \[0, 5\) \(min -1, max -1\)"),
+    (_STEP([[1.0]]), TypeError, "^ids must hold integer token ids, got float64$"),
+    (_STEP([1, 2]), ValueError, r"^ids must be a non-empty \[batch_size, num_steps\] .*got shape \(2,\)$"),
+])
+def test_bad_training_and_prediction_arguments_are_one_clear_error(be, call, error, message):
+    """Each once met the framework: an IndexError, a str compared with 0, a -1 wrapped round."""
+    with pytest.raises(error, match=message) as err:
+        call(be, init_lm(5, 4))
+    assert isinstance(err.value, D2lgruError) and "\n" not in str(err.value)
 
 
 def poisoned(a, count=1):
