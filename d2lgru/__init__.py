@@ -23,8 +23,13 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
+#: public modules, loaded when first used as ``d2lgru.data.load_data_time_machine``
+_MODULES = ("backends", "checkpoint", "data", "errors", "model", "spec", "train")
+
 
 def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)  # the import binds it here too
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'd2lgru' has no attribute {name!r}")

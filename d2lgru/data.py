@@ -33,6 +33,7 @@ import numpy as np
 from .threads import resolve_threads
 from ._io import write_atomic
 from .errors import D2lgruError, InvalidArgumentError, InvalidTypeError
+from .spec import check_flag as _check_bool
 
 __all__ = [
     "TIME_MACHINE_URL",
@@ -259,6 +260,9 @@ def find_time_machine(path: str | os.PathLike | None = None) -> Path:
     checked against :data:`TIME_MACHINE_SHA1`.  Raises :class:`DataError`.
     """
     if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidTypeError(f"data path must be a str or a pathlib.Path, got "
+                                   f"{type(path).__name__}")
         return _user_location(path, "data path")
     env = os.environ.get(DATA_DIR_ENV)
     if env:
@@ -386,6 +390,12 @@ class Vocab:
 
     def __init__(self, tokens=None, min_freq: int = 0, reserved_tokens=None):
         tokens = [] if tokens is None else tokens
+        if not isinstance(tokens, (list, tuple, str)):
+            try:  # a generator, a set, an array
+                tokens = list(tokens)
+            except TypeError:
+                raise InvalidTypeError(f"tokens must be a list of tokens (or of lists of them), "
+                                       f"got {type(tokens).__name__}") from None
         if len(tokens) == 0 or isinstance(tokens[0], list):
             tokens = [token for line in tokens for token in line]
         self._build(collections.Counter(tokens).items(), min_freq, reserved_tokens)
@@ -400,11 +410,19 @@ class Vocab:
         return vocab
 
     def _build(self, counts, min_freq, reserved_tokens) -> None:
+        min_freq = _check_int("min_freq", min_freq, minimum=0)
+        if isinstance(reserved_tokens, str):
+            raise InvalidTypeError(f"reserved_tokens must be a list such as [{reserved_tokens!r}], "
+                                   f"not a string (each of its characters would be reserved)")
+        reserved = list(reserved_tokens or [])
+        if "<unk>" in reserved or len(set(reserved)) != len(reserved):
+            raise InvalidArgumentError(f"reserved_tokens must be distinct and not '<unk>', got "
+                                       f"{reserved!r}")
         # sorted() is stable, so equal counts keep first-seen order, as in the book.
         self._token_freqs = sorted(
             ((token, int(freq)) for token, freq in counts), key=lambda x: x[1], reverse=True
         )
-        self.idx_to_token = ["<unk>"] + list(reserved_tokens or [])
+        self.idx_to_token = ["<unk>"] + reserved
         self.token_to_idx = {token: idx for idx, token in enumerate(self.idx_to_token)}
         for token, freq in self._token_freqs:
             if freq < min_freq:
@@ -417,22 +435,22 @@ class Vocab:
         return len(self.idx_to_token)
 
     def __getitem__(self, tokens):
-        """Index of a token (``unk`` if unknown), or a list of indices for a list/tuple."""
+        """Index of a token (``unk`` if unknown), or a list of indices for a list/tuple/array."""
+        if isinstance(tokens, np.ndarray):
+            tokens = tokens.tolist()
         if not isinstance(tokens, (list, tuple)):
             return self.token_to_idx.get(tokens, self.unk)
         return [self.__getitem__(token) for token in tokens]
 
     def to_tokens(self, indices):
-        """Token of an index, or a list of tokens for a list, tuple or NumPy array; an index
-        outside 0..len-1 (a negative one included) raises InvalidArgumentError."""
-        self._check_indices(indices)
-        if isinstance(indices, np.ndarray):
-            indices = indices.tolist()
-        if not isinstance(indices, (list, tuple)):
-            return self.idx_to_token[indices]
-        return [self.idx_to_token[index] for index in indices]
+        """Token of an index, or a list of tokens for a list, tuple, range or NumPy array; an
+        index outside 0..len-1 (a negative one included) raises InvalidArgumentError."""
+        array = self._check_indices(indices)
+        if array.ndim == 0:
+            return self.idx_to_token[int(array)]
+        return [self.idx_to_token[index] for index in array.tolist()]
 
-    def _check_indices(self, indices) -> None:
+    def _check_indices(self, indices) -> np.ndarray:
         """One NumPy pass for the type and range, not a Python comparison per index."""
         try:
             array = np.asarray(indices)
@@ -445,11 +463,12 @@ class Vocab:
             raise InvalidTypeError(f"token indices must be integers from 0 to {len(self) - 1} "
                                    f"(one, or a flat list, tuple or array of them), got {what}")
         if array.size == 0:
-            return
+            return array.astype(np.int64)
         low, high = array.min(), array.max()
         if low < 0 or high >= len(self):
             raise InvalidArgumentError(f"token index {low if low < 0 else high} is out of range; "
                                        f"this vocabulary's indices are 0..{len(self) - 1}")
+        return array
 
     @property
     def unk(self) -> int:
@@ -753,6 +772,8 @@ def index_dtype(size: int) -> np.dtype:
 
 def _check_max_tokens(max_tokens) -> int:
     try:
+        if isinstance(max_tokens, (bool, np.bool_)):
+            raise TypeError
         return operator.index(max_tokens)
     except TypeError:
         raise InvalidTypeError(
@@ -823,15 +844,6 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     if value_int < minimum:
         raise InvalidArgumentError(f"{name} must be {kind} integer, got {value!r}")
     return value_int
-
-
-def _check_bool(name: str, value) -> bool:
-    """``value`` as a bool: True or False (a NumPy bool too), else InvalidTypeError naming
-    ``name`` (a string such as ``"yes"`` or ``"false"`` would otherwise count as True)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidTypeError(f"{name} must be True or False, got {value!r} "
-                               f"({type(value).__name__})")
-    return bool(value)
 
 
 def _as_corpus(corpus) -> np.ndarray:

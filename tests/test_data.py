@@ -186,6 +186,19 @@ def test_vocab_matches_book_with_min_freq_and_reserved():
     assert len(Vocab()) == 1
 
 
+def test_vocab_takes_any_iterable_and_refuses_what_it_would_mangle():
+    assert Vocab(c for c in "abb").idx_to_token == ['<unk>', 'b', 'a']  # was: no len()
+    vocab = Vocab(['x', 'y', 'y'])
+    assert vocab[np.array(['x', 'q'])] == [2, 0] and vocab.to_tokens(range(2)) == ['<unk>', 'y']
+    with pytest.raises(InvalidArgumentError, match="^min_freq must be a non-negative integer"):
+        Vocab(['x'], min_freq='2')
+    with pytest.raises(InvalidTypeError, match=r"^reserved_tokens must be a list such as \['<p"):
+        Vocab(['x'], reserved_tokens='<pad>')  # was: reserved '<', 'p', 'a', 'd', '>'
+    for bad in (['<unk>'], ['<pad>', '<pad>']):  # its JSON would not load
+        with pytest.raises(InvalidArgumentError, match="^reserved_tokens must be distinct and not"):
+            Vocab(['x'], reserved_tokens=bad)
+
+
 def test_to_tokens_refuses_an_index_outside_the_vocabulary(char_corpus):
     vocab = Vocab(['x', 'y', 'y'])  # indices 0..2
     for bad, shown in (([-1], -1), ([999], 999), ([1, -2, 5], -2), (3, 3), (-1, -1),
@@ -378,6 +391,10 @@ def test_non_positive_sizes_rejected(char_corpus, data_dir):
         SeqDataLoader(corpus, vocab, 2, 3, seed=-2)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got True"):
         load_data_time_machine(True, 35, path=data_dir)  # a bool is no count (True was 1)
+    with pytest.raises(InvalidTypeError, match=r"^max_tokens must be an integer .*got True$"):
+        load_data_time_machine(2, 5, max_tokens=True, path=data_dir)
+    with pytest.raises(InvalidTypeError, match="^data path must be a str or a pathlib.Path, got int$"):
+        load_data_time_machine(2, 5, path=3)
 
 
 def test_use_random_iter_must_be_a_bool(char_corpus, data_dir):
@@ -755,4 +772,4 @@ def test_data_module_imports_no_framework():
                         "hashlib", "threading",
                         "http.client", "json", "math", "mmap", "operator", "os", "re", "stat",
                         "sys", "time", "urllib.request", "pathlib", "typing", "numpy", "tqdm",
-                        "._io", ".errors", ".threads"}
+                        "._io", ".errors", ".spec", ".threads"}
