@@ -9,7 +9,7 @@ moment of the command line's start reaches its handler instead of an import.
 
 import importlib
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
