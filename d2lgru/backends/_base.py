@@ -292,6 +292,10 @@ class Backend:
         mode = self.check_mode(impl, mode)
         device = self.check_device(device)
         lr, clip = check_rate("lr", lr), check_rate("clip", clip, infinite_ok=True)
+        from ..distributed import World
+        if world is not None and not isinstance(world, World):
+            raise InvalidTypeError(f"world must be a d2lgru.distributed.World (World.from_env())"
+                                   f", got {type(world).__name__}")
         distributed = world is not None and world.size > 1
         if distributed and self.distributed_refusal is not None:
             raise UnsupportedError(f"backend {self.name!r} cannot train on {world.size} "

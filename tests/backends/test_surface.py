@@ -174,6 +174,7 @@ _STEP = lambda ids: lambda be, m: be.make_predictor(m).step(np.array(ids))
     (lambda be, m: be.make_trainer(m, lr="1"), TypeError, r"^lr must be a positive finite number, got '1' \(str\)$"),
     (lambda be, m: be.make_trainer(m, clip=None), TypeError, "^clip must be a positive number, got None"),
     (lambda be, m: be.make_trainer(m, impl=["scratch"]), UnsupportedError, r"no impl \['scratch'\]; valid: "),
+    (lambda be, m: be.make_trainer(m, world=3), TypeError, r"^world must be a d2lgru.distributed.World .*, got int$"),
     (_TRAIN([(_OK - 1, _OK)]), ValueError, r"^batch 0's X holds token ids outside \[0, 5\) \(min -1, max -1\); "
                                            "the model's vocabulary has 5 tokens$"),
     (_TRAIN([(_OK, _OK), (_OK, _OK + 5)]), ValueError, r"^batch 1's Y holds token ids outside \[0, 5\) \(min 5,"),
