@@ -38,6 +38,12 @@ class ExtraNotInstalledError(D2lgruError, ImportError):
     """An optional feature's package (an extra such as ``onnx`` or ``safetensors``) is missing."""
 
 
+def pip_extra(extra: str) -> str:
+    """How to install d2lgru's extra ``extra``: from an index, or from a clone (no index serves
+    d2lgru today)."""
+    return f'pip install "d2lgru[{extra}]" (from a clone: pip install ".[{extra}]")'
+
+
 class NonFiniteError(InvalidArgumentError):
     """An array or number holds NaN or infinity where finite values are required."""
 
@@ -50,4 +56,4 @@ class OutputIsADirectoryError(D2lgruError, IsADirectoryError):
 
 __all__ = ["BackendNotInstalledError", "BackendPluginError", "D2lgruError",
            "ExtraNotInstalledError", "InvalidArgumentError", "InvalidTypeError",
-           "NonFiniteError", "OutputIsADirectoryError"]
+           "NonFiniteError", "OutputIsADirectoryError", "pip_extra"]

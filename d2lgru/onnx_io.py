@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import write_atomic
-from .errors import ExtraNotInstalledError, InvalidArgumentError
+from .errors import ExtraNotInstalledError, InvalidArgumentError, pip_extra
 from .model import LMParams
 from .spec import GRUParams, GRUSpec
 
@@ -53,7 +53,7 @@ def _onnx():
         import onnx.numpy_helper  # noqa: F401
     except ImportError as exc:
         raise ExtraNotInstalledError(f"ONNX export and import need the onnx package ({exc}); "
-                                     f'pip install "d2lgru[onnx]"') from None
+                                     + pip_extra("onnx")) from None
     return onnx
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from ._io import write_atomic
 from .errors import D2lgruError, ExtraNotInstalledError, InvalidArgumentError, InvalidTypeError, \
-    NonFiniteError
+    NonFiniteError, pip_extra
 
 #: The canonical gate order: update (z), reset (r), candidate (h). ONNX and Keras use it too.
 GATES = ("z", "r", "h")
@@ -464,7 +464,7 @@ def _safetensors_numpy():
         import safetensors.numpy
     except ImportError as exc:
         raise ExtraNotInstalledError(f"safetensors files need the safetensors package ({exc}); "
-                                     f'pip install "d2lgru[safetensors]"') from None
+                                     + pip_extra("safetensors")) from None
     return safetensors.numpy
 
 

@@ -16,7 +16,7 @@ import os
 
 from . import _plugins
 from ._base import Backend, ImplInfo, LMResult, Trainer, UnsupportedError
-from ..errors import BackendNotInstalledError, InvalidArgumentError
+from ..errors import BackendNotInstalledError, InvalidArgumentError, pip_extra
 
 ENV_VAR = "D2LGRU_BACKEND"
 DEFAULT = "numpy"
@@ -102,7 +102,7 @@ def install_hint(name: str) -> str:
     extra = _REGISTRY[key][2]
     if not extra:
         return "pip install d2lgru"
-    return f'pip install "d2lgru[{extra}]" (from a clone: pip install ".[{extra}]")'
+    return pip_extra(extra)
 
 
 def available_backends() -> list[str]:
