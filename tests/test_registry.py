@@ -1,6 +1,7 @@
 """The backend registry: names, aliases, selection order, errors, and no framework at import."""
 
 import ast
+import importlib
 import contextvars
 import os
 import subprocess
@@ -65,6 +66,9 @@ def test_missing_framework_names_the_extra(monkeypatch):
     # no index serves d2lgru: a clone installs the extra from its own directory
     assert install_hint(name) == (f'pip install "d2lgru[{name}]" '
                                   f'(from a clone: pip install ".[{name}]")')
+    monkeypatch.setitem(sys.modules, "onnx", None)  # an extra's message says the same
+    with pytest.raises(ImportError, match=r'\(from a clone: pip install "\.\[onnx]"\)$'):
+        importlib.import_module("d2lgru.onnx_io")._onnx()
 
 
 def test_backend_context_leaves_the_variable_alone(monkeypatch):

@@ -231,9 +231,8 @@ class Backend:
         return device
 
     def _device_absent(self, device: str) -> str | None:
-        """Why this installed build of the framework cannot run on ``device`` (one of
-        :attr:`devices`, never ``cpu``) on this machine -- a CPU-only wheel, no GPU visible --
-        or None when it can. Asked of the framework at call time, never at import."""
+        """Why this build cannot run on ``device`` (one of :attr:`devices`, not ``cpu``) here --
+        a CPU-only wheel, no GPU visible -- or None. Asked at call time, never at import."""
         return None
 
     def available_devices(self) -> tuple[str, ...]:
