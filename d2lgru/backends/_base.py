@@ -291,11 +291,7 @@ class Backend:
         mode = self.check_mode(impl, mode)
         device = self.check_device(device)
         lr, clip = check_rate("lr", lr), check_rate("clip", clip, infinite_ok=True)
-        from ..distributed import World
-        if world is not None and not isinstance(world, World):
-            raise InvalidTypeError(f"world must be a d2lgru.distributed.World (World.from_env())"
-                                   f", got {type(world).__name__}")
-        distributed = world is not None and world.size > 1
+        distributed = check_world(world) is not None and world.size > 1
         if distributed and self.distributed_refusal is not None:
             raise UnsupportedError(f"backend {self.name!r} cannot train on {world.size} "
                                    f"processes: {self.distributed_refusal}")
@@ -586,6 +582,14 @@ def check_model(model) -> None:
     if not isinstance(model, LMParams):
         raise InvalidTypeError(f"model must be d2lgru.LMParams (init_lm, LMParams.load), got "
                                f"{type(model).__name__}")
+
+
+def check_world(world):
+    from ..distributed import World
+    if world is not None and not isinstance(world, World):
+        raise InvalidTypeError(f"world must be a d2lgru.distributed.World (World.from_env())"
+                               f", got {type(world).__name__}")
+    return world
 
 
 def check_rate(name: str, value, *, infinite_ok: bool = False) -> float:

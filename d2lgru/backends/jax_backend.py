@@ -65,7 +65,7 @@ from ..model import LMParams, lm_keys, trained
 from ..spec import GATE_SETS, CellParams, GRUParams, GRUSpec
 from ..errors import InvalidArgumentError
 from ._base import (Backend, ImplInfo, LMResult, Predictor, Trainer, UnsupportedError,
-                    check_native_names)
+                    check_native_names, check_world)
 from ._layout import nest
 
 #: ``lax.scan``'s unroll factor in the scratch loop. With the hand-written VJP of the book's cell
@@ -594,7 +594,7 @@ class JaxBackend(Backend):
         "(--mode jit)")
 
     def make_trainer(self, model, *, world=None, **kwargs):
-        if world is not None and world.distributed:
+        if check_world(world) is not None and world.distributed:
             impl = kwargs.get("impl", "scratch")
             if impl in self.impls and self.check_mode(impl, kwargs.get("mode")) == "eager":
                 raise UnsupportedError(f"backend {self.name!r} cannot train on {world.size} "
