@@ -33,7 +33,7 @@ import numpy as np
 from .threads import resolve_threads
 from ._io import write_atomic
 from .errors import D2lgruError, InvalidArgumentError, InvalidTypeError
-from .spec import check_flag as _check_bool
+from .spec import check_flag as _check_bool, check_path
 
 __all__ = [
     "TIME_MACHINE_URL",
@@ -260,9 +260,7 @@ def find_time_machine(path: str | os.PathLike | None = None) -> Path:
     checked against :data:`TIME_MACHINE_SHA1`.  Raises :class:`DataError`.
     """
     if path is not None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise InvalidTypeError(f"data path must be a str or a pathlib.Path, got "
-                                   f"{type(path).__name__}")
+        check_path(path, "data path")
         return _user_location(path, "data path")
     env = os.environ.get(DATA_DIR_ENV)
     if env:

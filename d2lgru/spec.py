@@ -428,9 +428,9 @@ def check_loaded_finite(path, arrays: Mapping[str, np.ndarray]) -> None:
 FILE_FORMATS = ("npz", "safetensors")
 
 
-def check_path(path) -> None:
+def check_path(path, what: str = "a parameter file's path") -> None:
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidTypeError(f"a parameter file's path must be a str or a pathlib.Path, got "
+        raise InvalidTypeError(f"{what} must be a str or a pathlib.Path, got "
                                f"{type(path).__name__}")
 
 
