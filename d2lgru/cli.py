@@ -350,10 +350,9 @@ def cmd_backends(args) -> int:
         if row["installed"]:
             try:
                 be = get_backend(name)
-                here = be.available_devices()
-                row.update(version=be.version(), devices=list(here),
-                           devices_not_here={d: be._device_absent(d) for d in be.devices
-                                             if d not in here},
+                absent = be.devices_not_here()
+                row.update(version=be.version(), devices_not_here=absent,
+                           devices=[d for d in be.devices if d not in absent],
                            impls=be.capabilities(),
                            distributed={"supported": be.distributed_refusal is None,
                                         "why_not": be.distributed_refusal})

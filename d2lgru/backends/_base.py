@@ -235,10 +235,14 @@ class Backend:
         a CPU-only wheel, no GPU visible -- or None. Asked at call time, never at import."""
         return None
 
+    def devices_not_here(self) -> dict[str, str]:
+        """``{device: why}`` for the :attr:`devices` this build cannot run on here."""
+        return {d: why for d in self.devices if d != "cpu" and (why := self._device_absent(d))}
+
     def available_devices(self) -> tuple[str, ...]:
-        """The :attr:`devices` this installed build can run on, on this machine, now (what
-        ``d2lgru backends`` lists): a CPU-only wheel's GPU paths are left out."""
-        return tuple(d for d in self.devices if d == "cpu" or self._device_absent(d) is None)
+        """The :attr:`devices` this build can run on here (no GPU of a CPU-only wheel)."""
+        absent = self.devices_not_here()
+        return tuple(d for d in self.devices if d not in absent)
 
     # -- the public contract ------------------------------------------------------------
     def gru(self, params: GRUParams, X, h0=None, *, impl: str = "scratch",
