@@ -385,11 +385,15 @@ class KerasStack:
     def variables(self):
         return [v for layer in self.layers for v in layer.trainable_variables]
 
-    def __call__(self, values, X, h0):
+    def __call__(self, values, X, h0, *, unroll=False):
         """``values``: one tensor per Keras variable (in :func:`keras_shapes` order). Batch-major
-        ``X [N, T, I]``, ``h0 [L*D, N, H]`` -> batch-major ``Y [N, T, D*H]`` and ``h_n``."""
+        ``X [N, T, I]``, ``h0 [L*D, N, H]`` -> batch-major ``Y [N, T, D*H]`` and ``h_n``.
+        ``unroll``: Keras' ``unroll`` for this call (a Python loop in the graph instead of a
+        ``while``), read by the layers when they are called."""
         D, i, states, inp = self.spec.num_directions, 0, [], X
         for l, layer in enumerate(self.layers):
+            for gru in ((layer.forward_layer, layer.backward_layer) if D == 2 else (layer,)):
+                gru.unroll = unroll
             n = len(layer.trainable_variables)
             (inp, *last), _ = layer.stateless_call(
                 list(values[i:i + n]), layer.non_trainable_variables, inp,
@@ -410,14 +414,25 @@ def _native_values(spec, variables):
 
 
 # -- the language model ------------------------------------------------------------------------
+#: XLA (``loop="while"``) runs Keras' GRU loop unrolled up to this many steps and rows, and as
+#: a ``while`` beyond. Tokens/s of the native trainer, ``while`` -> unrolled, either cell
+#: (2 threads, the book's model): T=35 N=32 +25% (reset-before; +29% reset-after), T=10 +81%,
+#: T=40 +20%, N=8 +80%, N=64 +2%; but N=128 -3%, T=50 0% and T=70 -40%, while compiling
+#: grows with T^2 (5.5 s more at T=35, 20 s at 70, 81 s at 140).
+_XLA_UNROLL_MAX = (40, 64)
+
+
 def _lm_forward(stack, spec, gru_vars, W_hq, b_q, ids, state, loop="unroll"):
-    """Time-major token ids ``[T, N]`` -> logits ``[T*N, V]`` (time-major rows) and ``h_n``."""
+    """Time-major token ids ``[T, N]`` -> logits ``[T*N, V]`` (time-major rows) and ``h_n``.
+    ``loop``: the scratch loop's (see :func:`_direction`); under XLA (``"while"``) Keras' loop
+    is unrolled for short, narrow batches (:data:`_XLA_UNROLL_MAX`)."""
     if stack is None:
         Y, h_n = scratch_forward(spec, _layout.nest(gru_vars, spec), h0=state, ids=ids,
                                  loop=loop)
     else:
         onehot = tf.transpose(tf.one_hot(ids, spec.input_size, dtype=W_hq.dtype), [1, 0, 2])
-        Y, h_n = stack(_native_values(spec, gru_vars), onehot, state)
+        unroll = loop == "while" and all(n <= m for n, m in zip(ids.shape, _XLA_UNROLL_MAX))
+        Y, h_n = stack(_native_values(spec, gru_vars), onehot, state, unroll=unroll)
         Y = tf.transpose(Y, [1, 0, 2])
     return tf.matmul(tf.reshape(Y, [-1, spec.output_size]), W_hq) + b_q, h_n
 

@@ -32,6 +32,20 @@ def test_native_reset_before_trains_one_bias_per_gate_as_numpy_does(tmp_path, da
     assert np.abs(cell.b_x).max() > 1e-3 and not cell.b_h.any()  # init_lm's b_h is zero
 
 
+@VARIANTS
+def test_native_xla_trains_as_numpy_does_unrolled_or_looped(be, oracle, reset_after):
+    """Under XLA Keras' loop is unrolled up to ``_XLA_UNROLL_MAX`` steps and a ``while`` beyond:
+    both train as the oracle does."""
+    from d2lgru.backends.tensorflow_backend import _XLA_UNROLL_MAX
+    model, rng = init_lm(28, 8, reset_after=reset_after), np.random.default_rng(0)
+    for T in (_XLA_UNROLL_MAX[0], _XLA_UNROLL_MAX[0] + 1):
+        X, Y = rng.integers(0, 28, (2, 2, T))
+        batches = [(X, Y), (Y, X)]
+        ours = be.make_trainer(model, impl="native", mode="xla").train_epoch(batches)
+        ref = oracle.make_trainer(model).train_epoch(batches)
+        np.testing.assert_allclose(ours, ref, **CHECKS["float32_modes"].kw)
+
+
 # -- one clear error per mistake -----------------------------------------------------------
 def test_wrong_dtypes_and_shapes(be):
     params = init_params(GRUSpec(3, 4))  # float32
