@@ -12,6 +12,7 @@
 * ``native`` -- ``keras.layers.GRU`` (``reset_after`` True or False, stacked, wrapped in
   ``keras.layers.Bidirectional``), loaded from canonical parameters by :func:`to_native` and read
   back by :func:`from_native`. Keras 3 has no ``time_major``: inputs are transposed explicitly.
+  Under XLA the trainer unrolls Keras' loop for short, narrow batches (:data:`_XLA_UNROLL_MAX`).
 
 Keras' layout (read in ``keras/src/layers/rnn/gru.py``, ``GRUCell.build`` and ``GRUCell.call``):
 ``kernel [I, 3H]`` and ``recurrent_kernel [H, 3H]`` with columns in the gate order z | r | h
