@@ -33,7 +33,7 @@ import numpy as np
 from .threads import resolve_threads
 from ._io import write_atomic
 from .errors import D2lgruError, InvalidArgumentError, InvalidTypeError
-from .spec import check_flag as _check_bool, check_path
+from .spec import check_flag, check_path
 
 __all__ = [
     "TIME_MACHINE_URL",
@@ -971,7 +971,7 @@ class SeqDataLoader:
         seed: int = 0,
     ):
         self.corpus = _as_corpus(corpus)
-        self.use_random_iter = _check_bool("use_random_iter", use_random_iter)
+        self.use_random_iter = check_flag("use_random_iter", use_random_iter)
         self.batch_size, self.num_steps = _check_shape(
             len(self.corpus), batch_size, num_steps, self.use_random_iter
         )
@@ -1037,6 +1037,6 @@ def load_data_time_machine(
     _check_int("batch_size", batch_size)
     _check_int("num_steps", num_steps)
     _check_int("seed", seed, minimum=0)
-    _check_bool("use_random_iter", use_random_iter)  # before the corpus is read
+    check_flag("use_random_iter", use_random_iter)  # before the corpus is read
     corpus, vocab = load_corpus_time_machine(max_tokens, token=token, path=path)
     return SeqDataLoader(corpus, vocab, batch_size, num_steps, use_random_iter, seed=seed), vocab
