@@ -21,9 +21,6 @@ from . import __version__
 from .errors import InvalidArgumentError
 
 EXIT_USAGE = 2
-#: the signal that interrupted this command, whose number + 128 is its exit status: SIGINT
-#: (Ctrl-C, 130) unless SIGTERM took over (143)
-_stopped_by = signal.SIGINT
 
 
 def _positive_int(text):
@@ -272,7 +269,9 @@ def _preload(args) -> None:
     KeyboardInterrupt raised inside one does not reliably reach :func:`main` as itself: in
     ``d2lgru train`` interrupted 0.1-0.3 s in, one start-up in 25 to 50 ended in a RuntimeError
     (``__set_name__`` wraps what a class body raises) or printed its line and still ended by
-    SIGINT (status -2, not 130); with the imports made first, none of 225 did."""
+    SIGINT (status -2, not 130); with the imports made first, none of 225 did. (An extension
+    module's import can also drop the exception altogether: :func:`d2lgru._io.interrupt`.)"""
+    import numpy.random  # noqa: F401  (the initial weights'; NumPy loads it when first used)
     import threadpoolctl  # noqa: F401  (the thread count's, imported by its first use)
     import tqdm  # noqa: F401  (the progress bar's)
 
@@ -286,29 +285,27 @@ def _preload(args) -> None:
 
 
 def _take_over_signals():
-    """From here on Ctrl-C is Python's KeyboardInterrupt, handled below (``d2lgru.__main__``
-    holds it during start-up), and so is SIGTERM (``kill``, ``timeout``, a scheduler's stop):
-    the same sentence saying what is saved, with status 143. A worker of a data-parallel run
-    keeps SIGTERM's default, so that one its launcher stops ends at once even while it waits
-    in a collective, where no Python handler runs."""
+    """From here on Ctrl-C is a KeyboardInterrupt, handled below (``d2lgru.__main__`` holds it
+    during start-up), and so is SIGTERM (``kill``, ``timeout``, a scheduler's stop): the same
+    sentence saying what is saved, with status 143. The handler (:func:`d2lgru._io.interrupt`)
+    remembers the signal, so that one whose exception C code dropped on its way is raised again
+    before the next training step. A worker of a data-parallel run keeps SIGTERM's default, so
+    that one its launcher stops ends at once even while it waits in a collective, where no
+    Python handler runs."""
+    from ._io import interrupt
     from .distributed import World, serves_only
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, interrupt)
     try:
         worker = World.from_env().distributed or serves_only()
     except Exception:  # noqa: BLE001 -- a malformed world: the command reports it
         worker = True
     if not worker:
-        signal.signal(signal.SIGTERM, _terminated)
-
-
-def _terminated(signum, frame):
-    global _stopped_by
-    _stopped_by = signum
-    raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _interrupted() -> int:
-    """The exit status of an interrupted command: 128 + the signal's number.
+    """The exit status of an interrupted command: 128 + the signal's number (SIGINT's, 130,
+    for a KeyboardInterrupt not raised by :func:`d2lgru._io.interrupt`).
 
     It also clears CPython's record of a KeyboardInterrupt that ended a string ``exec`` or
     ``eval`` (``namedtuple`` and ``dataclass`` build their classes that way, and a lazy import
@@ -318,8 +315,9 @@ def _interrupted() -> int:
     ``train`` interrupted 0.2 s in). Every string evaluation starts by clearing the record, so
     an empty one does.
     """
+    from ._io import interrupt_handled
     exec("")  # noqa: S102 -- clears the record, see above
-    return 128 + _stopped_by
+    return 128 + (interrupt_handled() or signal.SIGINT)
 
 
 def _one_line(exc) -> str | None:

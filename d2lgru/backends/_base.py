@@ -24,6 +24,7 @@ from ..model import LMParams, one_hot
 from ..spec import GRUParams, GRUSpec, check_flag, non_finite_count
 from ..errors import D2lgruError, InvalidArgumentError, InvalidTypeError, NonFiniteError
 from .. import threads as _threads
+from .._io import check_interrupt
 
 
 class UnsupportedError(D2lgruError, NotImplementedError):
@@ -462,6 +463,7 @@ class Trainer:
                     if now >= self._next_retune:
                         self._next_retune = now + RETUNE_INTERVAL_S
                         self._retune()
+                check_interrupt()  # a Ctrl-C whose exception C code dropped (d2lgru._io)
                 loss, state = self._step(ids, labels, state)
                 handles.append(loss)
             losses = np.asarray(self._fetch_losses(handles), np.float64)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..backends import Backend, get_backend
-from .._io import write_atomic
+from .._io import check_interrupt, write_atomic
 from ..spec import GRUParams, save_npz
 from . import cases as C
 from .compare import Comparison, compare, json_float
@@ -216,6 +216,7 @@ class Suite:
     def run_all(self, progress=None) -> list[CheckResult]:
         out = []
         for check in self.checks:
+            check_interrupt()  # a Ctrl-C whose exception C code dropped (d2lgru._io)
             out.append(self.run(check))
             if progress is not None:
                 progress(out[-1])
