@@ -653,8 +653,9 @@ def test_sigint_at_start_up_is_one_line(tmp_path, data_dir, after_s):
 
 def test_an_interrupt_dropped_on_its_way_is_raised_before_the_next_step():
     """C code that calls back into Python can drop the KeyboardInterrupt raised there (the
-    import of ``numpy.random`` did, and a training went on after its Ctrl-C): the command's
-    handler remembers the signal, and the trainer raises it again before its next step."""
+    first import of ``numpy.random._generator`` did, and a training went on after its Ctrl-C):
+    the command's handler remembers the signal, and the trainer raises it again before its
+    next step."""
     import numpy as np
 
     from d2lgru import _io, get_backend, init_lm
