@@ -4,7 +4,9 @@ The command's entry point, and the only module that changes process state on imp
 :func:`d2lgru.cli.main` takes over, once the command's imports are made (d2lgru's modules,
 NumPy, the backend's framework: ``cli._preload``), a Ctrl-C during start-up ends the process
 with one line and status 130 instead of a traceback from inside an import. Only the
-interpreter's own start-up, before this file runs, is outside its reach.
+interpreter's own start-up, before this file runs, is outside its reach. A command started
+with Ctrl-C ignored (``nohup``, a script's ``&``) keeps ignoring it, and still takes SIGTERM
+over.
 """
 
 import os
@@ -20,7 +22,13 @@ def _interrupted_at_start_up(signum, frame):
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted_at_start_up)
 
-from d2lgru.cli import main  # noqa: E402
+from d2lgru import cli  # noqa: E402
+
+
+def main() -> int:
+    """The ``d2lgru`` command: :func:`d2lgru.cli.main` with the signals taken over."""
+    return cli.main(command_line=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())

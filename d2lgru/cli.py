@@ -228,7 +228,11 @@ def _add_sweep_parser(sub):
                    help="settings trained at once, in subprocesses with one thread each (1)")
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, command_line: bool = False) -> int:
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default) and return its exit status.
+    ``command_line``: this process is the ``d2lgru`` command (``d2lgru.__main__``), whose
+    Ctrl-C and SIGTERM become the sentence an interrupted command prints; a program calling
+    this keeps its own signal handlers."""
     command = "d2lgru"
     debug = os.environ.get("D2LGRU_DEBUG", "") not in ("", "0")
     try:
@@ -239,7 +243,7 @@ def main(argv=None) -> int:
         if hasattr(args, "impl"):  # given or not: `train --resume` continues the run's own
             args.impl_given, args.impl = args.impl is not None, args.impl or "scratch"
         _backend_given(args)
-        if _started_here():
+        if command_line and _started_here():
             _preload(args)
             _take_over_signals()
         return COMMANDS[args.command](args)
@@ -257,9 +261,12 @@ def main(argv=None) -> int:
 
 
 def _started_here() -> bool:
-    """Whether this process is the ``d2lgru`` command, ``d2lgru.__main__``'s handler still
-    holding Ctrl-C (one line, status 130, at once), rather than a program calling :func:`main`."""
-    return getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted_at_start_up"
+    """Whether Ctrl-C is as ``d2lgru.__main__`` left it: its handler still holding Ctrl-C (one
+    line, status 130, at once), or ignored as the command was started (``nohup``, a script's
+    ``&``); not a handler of a program that imported ``d2lgru.__main__``."""
+    handler = signal.getsignal(signal.SIGINT)
+    return (handler is signal.SIG_IGN
+            or getattr(handler, "__name__", "") == "_interrupted_at_start_up")
 
 
 def _preload(args) -> None:
@@ -291,10 +298,12 @@ def _take_over_signals():
     remembers the signal, so that one whose exception C code dropped on its way is raised again
     before the next training step. A worker of a data-parallel run keeps SIGTERM's default, so
     that one its launcher stops ends at once even while it waits in a collective, where no
-    Python handler runs."""
+    Python handler runs. A Ctrl-C ignored when the command started (``nohup``, a script's
+    ``&``) stays ignored, as those ask; SIGTERM is still taken over."""
     from ._io import interrupt
     from .distributed import World, serves_only
-    signal.signal(signal.SIGINT, interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupt)
     try:
         worker = World.from_env().distributed or serves_only()
     except Exception:  # noqa: BLE001 -- a malformed world: the command reports it

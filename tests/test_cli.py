@@ -150,10 +150,14 @@ def test_predict_errors(tmp_path, data_dir):
     assert_one_line_error(run("train", "--resume", str(ckpt), "--epochs", "2"), "corrupt or incomplete")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_dir, signum):
+@pytest.mark.parametrize("signum,sigint", [(signal.SIGINT, signal.SIG_DFL),
+                                           (signal.SIGTERM, signal.SIG_DFL),
+                                           (signal.SIGTERM, signal.SIG_IGN)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-to-a-background-job"])
+def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_dir, signum, sigint):
     """Ctrl-C, and SIGTERM as `kill` and `timeout` send it: one sentence saying what is saved,
-    status 128 + the signal's number."""
+    status 128 + the signal's number. Also for a command started with Ctrl-C ignored (`nohup`,
+    a script's `&`), which keeps ignoring it."""
     out = tmp_path / "run"
     # one BLAS thread: this is about signals, and spinning BLAS threads on a loaded machine
     # slowed each epoch 10x (the run then outlived the timeouts below)
@@ -165,8 +169,8 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
                              "--hidden", "32", "--out", str(out), "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell starts background jobs with SIGINT ignored, and Python
-                            # keeps an inherited ignore: give the run the default a terminal has
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            # keeps an inherited ignore: the default a terminal gives, or that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -175,6 +179,8 @@ def test_sigint_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path, data_di
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
+    if sigint == signal.SIG_IGN and sys.platform.startswith("linux"):  # still ignored
+        assert _sigint_in(proc.pid, "SigIgn"), "the command stopped ignoring Ctrl-C"
     proc.send_signal(signum)
     _, stderr = _finish(proc)
     assert proc.returncode == 128 + signum, stderr
@@ -617,9 +623,14 @@ def _cpu_seconds(pid) -> float:
 
 
 def _catches_sigint(pid) -> bool:
+    return _sigint_in(pid, "SigCgt")
+
+
+def _sigint_in(pid, mask) -> bool:
+    """Whether SIGINT is in process ``pid``'s signal ``mask`` (SigCgt: caught, SigIgn: ignored)."""
     status = open(f"/proc/{pid}/status").read()
-    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)
-    return bool(caught >> (signal.SIGINT - 1) & 1)
+    bits = int(re.search(rf"^{mask}:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    return bool(bits >> (signal.SIGINT - 1) & 1)
 
 
 def test_an_interrupt_that_ended_a_string_eval_still_exits_with_130(tmp_path):
