@@ -29,11 +29,15 @@ def write_atomic(path, write, mode: str = "wb") -> Path:
     """Write ``path`` through ``write(file)`` into a temporary file beside it, flushed to disk
     and then renamed over ``path``; text modes write UTF-8. An exception leaves ``path`` as it
     was and no temporary file behind; a ``path`` that is a directory raises
-    :class:`~d2lgru.errors.OutputIsADirectoryError` naming it."""
+    :class:`~d2lgru.errors.OutputIsADirectoryError` naming it, and the system's errors (a
+    read-only or full disk) name ``path``, never the temporary file."""
     path = Path(path)
     if _is_directory(path):  # before the write, which may be long (an ONNX export, a plot)
         raise _directory_error(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -44,10 +48,20 @@ def write_atomic(path, write, mode: str = "wb") -> Path:
             os.replace(tmp, path)
         except IsADirectoryError:  # a directory made there during the write
             raise _directory_error(path) from None
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            raise _naming(exc, path) from None
         raise
     return path
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an error about ``path`` (the same errno and class) where it named no file or
+    the temporary one, which the user never asked for; else ``exc`` itself."""
+    if exc.errno is None or isinstance(exc, OutputIsADirectoryError):
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def _is_directory(path: Path) -> bool:

@@ -234,6 +234,33 @@ def test_saving_over_a_directory_names_the_path_and_not_the_temporary_file(tmp_p
     assert not link.is_symlink() and GRUParams.load(link) == params
 
 
+def test_a_system_error_while_saving_names_the_path_and_not_the_temporary_file(tmp_path):
+    """A read-only or full disk is the system's OSError (same errno and class), about the
+    file the caller named; an error about another file (one the writer reads) is its own."""
+    missing = tmp_path / "missing" / "p.npz"  # the temporary file cannot be made there
+    with pytest.raises(FileNotFoundError) as info:
+        write_atomic(missing, lambda f: f.write(b"x"))
+    assert info.value.filename == str(missing) and info.value.errno == errno.ENOENT
+
+    def full(f):
+        f.write(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = tmp_path / "p.npz"
+    with pytest.raises(OSError) as info:
+        write_atomic(path, full)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(path))
+    assert str(info.value) == f"[Errno {errno.ENOSPC}] No space left on device: '{path}'"
+
+    def reads_another(f):
+        open(tmp_path / "elsewhere.txt")
+
+    with pytest.raises(FileNotFoundError) as info:
+        write_atomic(path, reads_another)
+    assert info.value.filename == str(tmp_path / "elsewhere.txt")
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left
+
+
 def test_load_rejects_truncated_foreign_and_missing_files(tmp_path):
     path = random_params(GRUSpec(3, 2)).save(tmp_path / "p.npz")
     data = path.read_bytes()
