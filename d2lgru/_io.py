@@ -64,6 +64,21 @@ def _naming(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(path))
 
 
+def make_directory(path, what: str, error=InvalidArgumentError,
+                   hint: str = "choose another --out") -> Path:
+    """Make directory ``path`` (and its parents) for a command's output, before the work that
+    fills it: a path through a file, no permission or a read-only file system is one ``error``
+    naming ``what`` and ``path``, and ``hint``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise error(f"cannot create {what} {path}: a part of that path is a file") from None
+    except OSError as exc:  # no permission, a read-only or pseudo file system (/proc, /sys)
+        raise error(f"cannot create {what} {path}: {exc.strerror or exc}; {hint}") from None
+    return path
+
+
 def _is_directory(path: Path) -> bool:
     """Whether ``path`` itself is a directory (a symlink to one is replaced like a file)."""
     try:

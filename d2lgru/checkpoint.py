@@ -37,7 +37,7 @@ import re
 import time
 from pathlib import Path
 
-from ._io import write_atomic
+from ._io import make_directory, write_atomic
 from .config import TrainConfig
 from .errors import D2lgruError
 from .spec import file_format
@@ -120,17 +120,7 @@ class CheckpointWriter:
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"{path} is a file, not a directory; name a directory for the "
                                   f"checkpoint")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise CheckpointError(f"cannot create the checkpoint directory {path}: a part of "
-                                  f"that path is a file") from None
-        except NotADirectoryError:
-            raise CheckpointError(f"cannot create the checkpoint directory {path}: a part of "
-                                  f"that path is a file") from None
-        except OSError as exc:  # no permission, a read-only or pseudo file system (/proc, /sys)
-            raise CheckpointError(f"cannot create the checkpoint directory {path}: "
-                                  f"{exc.strerror or exc}; choose another --out") from None
+        make_directory(path, "the checkpoint directory", CheckpointError)
         self._lock()
         try:
             self._remove_stale_temporaries()

@@ -819,15 +819,17 @@ def _resume_or_overwrite(args) -> None:
 
 def cmd_gates(args) -> int:
     from .checkpoint import load
-    from ._io import figure_format
+    from ._io import figure_format, make_directory
     from .gates import checkpoint_gates, plot_gates, write_json
     _new_files(args, "--out", "--json")
     figure_format(args.out, "--out")
     ckpt = load(args.checkpoint)
     record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
                               name=Path(args.checkpoint).resolve().name)
-    for path in filter(None, (args.out, args.json)):  # as export makes the --onnx file's
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    for flag, path in (("--out", args.out), ("--json", args.json)):  # as export makes --onnx's
+        if path:
+            make_directory(Path(path).parent, f"the directory of {flag}",
+                           hint=f"choose another {flag}")
     plot = plot_gates(record, args.out)
     check = record["backend_check"]
     print(f"{len(record['tokens'])} tokens through a {record['checkpoint']['spec']}; gates from "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as d2data
-from ._io import end_with_parent, save_png, write_atomic
+from ._io import end_with_parent, make_directory, save_png, write_atomic
 from .checkpoint import (RESULT_FILE, STATE_FILE, CheckpointError, foreign_files, has_run,
                          model_format, read_state, run_config)
 from .config import TrainConfig
@@ -252,8 +252,7 @@ def run_sweep(settings: list[Setting], out, *, backend, impl="scratch", mode=Non
     resumed) and return their records (:func:`read_setting`). Settings that fail for a reason
     of their own (not divergence, which is recorded) do not stop the others; they are raised
     together at the end as one :class:`SweepError`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(out, "the sweep directory")
     work = [{"name": s.name, "values": s.values, "config": dataclasses.asdict(s.config),
               "expect": s.expect, "dir": str(out / s.name), "backend": backend.name,
               "impl": impl, "mode": mode, "device": device, "overwrite": overwrite,

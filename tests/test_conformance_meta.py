@@ -21,6 +21,7 @@ from d2lgru.backends.numpy_backend import NumpyBackend, NumpyTrainer
 from d2lgru.cli import main
 from d2lgru.conformance import (KNOWN_FAILURES, LAYER_CASES, TOLERANCES, ConformanceMismatch, Suite,
                                 assert_close, compare, plan, run_command)
+from d2lgru.errors import InvalidArgumentError
 from d2lgru.model import LMParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,6 +324,31 @@ def test_a_listed_failure_is_expected_and_an_unexpected_pass_fails(data_dir):
 SMALL = ["scratch:gru/T7-N4-I5-H8-L1-uni-zero-x8/*/float32", "scratch:gru/T1-N1-*/reset_after/*",
          "scratch:lm/L1-uni-carried/reset_after/float32",
          "scratch:train/clipped-H64/reset_after/float32"]
+
+
+class CountingBackend(NumpyBackend):
+    """NumPy, counting the GRU passes the suite asks of it."""
+
+    name = "counting"
+    passes = 0
+
+    def _gru(self, impl, params, X, h0):
+        CountingBackend.passes += 1
+        return super()._gru(impl, params, X, h0)
+
+
+@pytest.mark.parametrize("where", ["under a file", "in /proc"])
+def test_an_out_that_cannot_be_written_is_said_before_the_checks_run(tmp_path, data_dir, where):
+    """The checks take minutes on some frameworks: their report's directory is made first."""
+    (tmp_path / "file").write_text("x")
+    out = {"under a file": tmp_path / "file" / "reports", "in /proc": Path("/proc/d2lgru-x")}[where]
+    CountingBackend.passes = 0
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            f"cannot create the report directory {out / 'counting'}: ")):
+        run_command(CountingBackend(), out, data_dir, SMALL[:1])
+    assert CountingBackend.passes == 0
+    assert run_command(CountingBackend(), tmp_path / "reports", data_dir, SMALL[:1]) == 0
+    assert CountingBackend.passes > 0 and (tmp_path / "reports" / "counting" / "report.json").is_file()
 
 
 def test_report_command_and_matrix_on_real_reports(tmp_path, data_dir, capsys):

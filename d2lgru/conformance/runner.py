@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..backends import Backend, get_backend
-from .._io import check_interrupt, write_atomic
+from .._io import check_interrupt, make_directory, write_atomic
 from ..spec import GRUParams, save_npz
 from . import cases as C
 from .compare import Comparison, compare, json_float
@@ -438,6 +438,9 @@ def run_command(backend_name=None, out=None, data=None, select=None, *, stdout=N
     out_root = Path(out or os.environ.get(OUT_ENV) or "conformance")
     if any(c.kind in ("lm", "train") for c in suite.checks):  # a missing corpus: one line, exit 2
         C.time_machine_batches(suite.data_path, C.LM_BATCH_SIZE, C.LM_NUM_STEPS, 2)
+    # made before the checks, which take minutes on some frameworks: a --out that cannot be
+    # written is said at once, not after the work
+    make_directory(out_root / suite.backend.name, "the report directory")
     tic = time.perf_counter()
     suite.run_all()
     elapsed = time.perf_counter() - tic
