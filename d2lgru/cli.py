@@ -824,12 +824,12 @@ def cmd_gates(args) -> int:
     _new_files(args, "--out", "--json")
     figure_format(args.out, "--out")
     ckpt = load(args.checkpoint)
-    record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
-                              name=Path(args.checkpoint).resolve().name)
-    for flag, path in (("--out", args.out), ("--json", args.json)):  # as export makes --onnx's
+    for flag, path in (("--out", args.out), ("--json", args.json)):  # before the backend runs
         if path:
             make_directory(Path(path).parent, f"the directory of {flag}",
                            hint=f"choose another {flag}")
+    record = checkpoint_gates(ckpt, args.text, backend=args.backend, impl=args.impl,
+                              name=Path(args.checkpoint).resolve().name)
     plot = plot_gates(record, args.out)
     check = record["backend_check"]
     print(f"{len(record['tokens'])} tokens through a {record['checkpoint']['spec']}; gates from "
