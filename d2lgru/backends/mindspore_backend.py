@@ -1,6 +1,7 @@
 """MindSpore backend: the book's loop in MindSpore ops (``scratch``) and MindSpore's own GRU
 layers (``native``: its oneDNN GRU kernel for the reset-before cell, ``mindspore.nn.GRU`` for the
-reset-after one), gradients from MindSpore's autodiff, training as one compiled graph per step.
+reset-after one), gradients from MindSpore's autodiff, training in PyNative with the scratch loop
+compiled (``mode='graph'``: one compiled graph per step).
 
 What the installed release (2.10.0) computes, read from ``mindspore/nn/layer/rnn_cells.py``
 (``_gru_cell``) and ``mindspore/nn/layer/rnns.py`` (``_RNNBase``, ``_DynamicGRUCPUGPU``): on CPU
@@ -73,8 +74,12 @@ from ..errors import InvalidArgumentError  # noqa: E402
 # the scratch loop keeps every operand contiguous, writes the book's cell's backward out, and
 # makes few ops: 4.6k -> 9.0k tokens/s at the book's config (benchmarks.ab against a886da5,
 # 3 rounds), the native reset-before cell (GRUV2) 27k against nn.GRU's reset-after 6.4k. Each
-# step of the loop, forward and backward, is then one compiled graph (ms.jit, _book_step):
-# 5.4k -> 8.9k tokens/s side by side (benchmarks.ab against e8c67ab, 3 rounds, a slower day).
+# step of the loop, forward and backward, then became one compiled graph (ms.jit): 5.4k -> 8.9k
+# tokens/s side by side (benchmarks.ab against e8c67ab, 3 rounds, a slower day). Now the whole
+# loop is (_book_forward, _book_backward), with the gates' slices, the doubling of the
+# candidate and the transposes inside the graphs, so PyNative autodiff records three ops for
+# the cell's input side instead of a dozen strided ones: 15.8k -> 24.5k (benchmarks.ab against
+# 20c8be2, 3 rounds, one thread, 2026-12-04). Graph mode stays slower (5-10k, the hand-offs).
 MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
 
@@ -173,12 +178,9 @@ def _read_native(layer: nn.GRU, spec: GRUSpec) -> GRUParams:
 # MindSpore's CPU float32 tanh (PyNative and graph alike) is a clamped rational approximation,
 # off by up to 1e-4 for 4 < |x| < 6; its sigmoid is good to 1e-6. The loop therefore computes
 # the candidate as tanh(a) = 2 sigmoid(2a) - 1, with the factor 2 folded into the candidate's
-# weights and biases before the loop (scaling by 2 is exact in binary floating point).
-@ms.jit
+# input and weights before the loop (scaling by 2 is exact in binary floating point).
 def _book_step(xzr, xh2, h, Wzr, Whh2):
-    """One step of the book's cell: ``(h', z, r, n, r h)``. One compiled graph: MindSpore's
-    PyNative dispatch costs ~100 us an op, and the step's 12 ops take ~1.0 ms one by one
-    against ~0.55 ms as one call of the graph."""
+    """One step of the book's cell: ``(h', z, r, n, r h)``."""
     H = h.shape[1]
     zr = ops.sigmoid(xzr + ops.matmul(h, Wzr))
     z = zr[:, :H]
@@ -192,67 +194,73 @@ def _book_step(xzr, xh2, h, Wzr, Whh2):
 
 
 @ms.jit
-def _book_step_backward(dh, dy, z, d, a, b, r, WhhT, WzrT):
-    """One reverse step: the state's gradient before the step, and the gates' (see
-    :meth:`_BookCellLoop.bprop`)."""
-    g = dh + dy
-    gz = g * z
-    da2 = (g - gz) * d
-    ds = ops.matmul(da2, WhhT)  # s = r * h
-    da_zr = ops.concat((g * a, ds * b), 1)
-    return gz + ds * r + ops.matmul(da_zr, WzrT), da_zr, da2
+def _book_forward(XP, h, Wh):
+    """The book's cell over ``XP [T, N, 3H]`` (``x W_x`` and every bias, columns z | r | h)
+    from ``h [N, H]`` with ``Wh [H, 3H]``: ``(Y, last, Z, R, NN, RH)``, the last four what
+    :func:`_book_backward` reads. One compiled graph for the whole loop: MindSpore's PyNative
+    dispatch costs tens of microseconds an op and a compiled call about as much, so 35 steps
+    of 12 ops as one call run in a fraction of the time (see the module's notes)."""
+    H = h.shape[1]
+    XZR, XH2 = XP[:, :, :2 * H], 2 * XP[:, :, 2 * H:]
+    Wzr, Whh2 = Wh[:, :2 * H], 2 * Wh[:, 2 * H:]
+    ys, zs, rs, ns, rhs = [], [], [], [], []
+    for xzr, xh2 in zip(ops.unstack(XZR, 0), ops.unstack(XH2, 0)):
+        h, z, r, n, rh = _book_step(xzr, xh2, h, Wzr, Whh2)
+        ys.append(h)
+        zs.append(z)
+        rs.append(r)
+        ns.append(n)
+        rhs.append(rh)
+    return ops.stack(ys), h, ops.stack(zs), ops.stack(rs), ops.stack(ns), ops.stack(rhs)
+
+
+@ms.jit
+def _book_backward(h0, Wh, Y, Z, R, NN, RH, dY, dh):
+    """The backward of :func:`_book_forward` from its outputs and their gradients ``dY``,
+    ``dh``: ``(dXP, dh0, dWh)``, one compiled graph. The reverse loop carries only the state's
+    gradient (two products a step); whatever does not depend on it is computed for all steps
+    at once, and the recurrent weights' gradients are one product each over all ``T*N`` rows.
+    (MindSpore's own backward of the loop multiplies by transposed views, which its CPU matmul
+    takes 9-35x longer over than contiguous operands.)"""
+    T, N, H = Y.shape
+    WzrT = ops.transpose(Wh[:, :2 * H], (1, 0))
+    WhhT = ops.transpose(2 * Wh[:, 2 * H:], (1, 0))
+    H_prev = ops.concat((h0.reshape(1, N, H), Y[:-1]), 0)
+    # h' = n + z (h - n), n = 2 sigmoid(a2) - 1, z = sigmoid(a_z), r = sigmoid(a_r):
+    # da2 = g (1 - z) (1 - n^2) / 2, da_z = g (h - n) z (1 - z), da_r = (dL/d(r h)) h r (1 - r)
+    D = (1 - NN * NN) * 0.5
+    A = (H_prev - NN) * (Z - Z * Z)
+    B = H_prev * (R - R * R)
+    dYs, Zs, Ds, As, Bs, Rs = (ops.unstack(x, 0) for x in (dY, Z, D, A, B, R))
+    dzrs, dns = [], []
+    for t in range(T - 1, -1, -1):
+        g = dh + dYs[t]
+        gz = g * Zs[t]
+        da2 = (g - gz) * Ds[t]
+        ds = ops.matmul(da2, WhhT)  # s = r * h
+        da_zr = ops.concat((g * As[t], ds * Bs[t]), 1)
+        dh = gz + ds * Rs[t] + ops.matmul(da_zr, WzrT)
+        dzrs.append(da_zr)
+        dns.append(da2 + da2)  # the candidate's input was doubled
+    DZR, DN = ops.stack(dzrs[::-1]), ops.stack(dns[::-1])
+    dWzr = ops.matmul(ops.transpose(H_prev.reshape(T * N, H), (1, 0)), DZR.reshape(T * N, 2 * H))
+    dWhh = ops.matmul(ops.transpose(RH.reshape(T * N, H), (1, 0)), DN.reshape(T * N, H))
+    return ops.concat((DZR, DN), 2), dh, ops.concat((dWzr, dWhh), 1)
 
 
 class _BookCellLoop(nn.Cell):
     """The book's cell with both gates over time, its backward written out as in the torch, JAX
-    and TensorFlow adapters: the reverse loop carries only the state's gradient (two products a
-    step) and the recurrent weights' gradients are one product each over all ``T*N`` rows.
-    MindSpore's own backward of the loop multiplies by transposed views, which its CPU matmul
-    takes 9-35x longer over than contiguous operands; here every transpose is copied once.
-    Each step, forward and backward, is one compiled graph (:func:`_book_step`).
-    ``construct(XZR [T, N, 2H], XH2 [T, N, H], h0, Wzr, Whh2) -> (Y, last, Z, R, NN, RH)``:
-    the inputs hold every bias and the input projection (the candidate's doubled, see above);
-    the last four outputs are what ``bprop`` reads back."""
+    and TensorFlow adapters; forward and backward each one compiled graph
+    (:func:`_book_forward`, :func:`_book_backward`). ``construct(XP [T, N, 3H], h0, Wh) ->
+    (Y, last, Z, R, NN, RH)``: ``XP`` holds the input projection and every bias; the last
+    four outputs are what ``bprop`` reads back."""
 
-    def construct(self, XZR, XH2, h, Wzr, Whh2):
-        ys, zs, rs, ns, rhs = [], [], [], [], []
-        for xzr, xh2 in zip(ops.unstack(XZR, 0), ops.unstack(XH2, 0)):
-            h, z, r, n, rh = _book_step(xzr, xh2, h, Wzr, Whh2)
-            ys.append(h)
-            zs.append(z)
-            rs.append(r)
-            ns.append(n)
-            rhs.append(rh)
-        # stacked here, the strided z and r come out contiguous (a copy of a strided slice
-        # of the stacked [T, N, 2H] would cost MindSpore 2.6 ms)
-        return (ops.stack(ys), h, ops.stack(zs), ops.stack(rs), ops.stack(ns),
-                ops.stack(rhs))
+    def construct(self, XP, h, Wh):
+        return _book_forward(XP, h, Wh)
 
-    def bprop(self, XZR, XH2, h0, Wzr, Whh2, out, dout):
-        # whatever does not depend on the state's gradient is computed for all steps at once
+    def bprop(self, XP, h0, Wh, out, dout):
         Y, _, Z, R, NN, RH = out
-        dY, dh = dout[0], dout[1]
-        T, N, H = Y.shape
-        WzrT = ops.transpose(Wzr, (1, 0)).contiguous()
-        WhhT = ops.transpose(Whh2, (1, 0)).contiguous()
-        H_prev = ops.concat((h0.reshape(1, N, H), Y[:-1]), 0)
-        # h' = n + z (h - n), n = 2 sigmoid(a2) - 1, z = sigmoid(a_z), r = sigmoid(a_r):
-        # da2 = g (1 - z) (1 - n^2) / 2, da_z = g (h - n) z (1 - z), da_r = (dL/d(r h)) h r (1 - r)
-        D = (1 - NN * NN) * 0.5
-        A = (H_prev - NN) * (Z - Z * Z)
-        B = H_prev * (R - R * R)
-        steps = [ops.unstack(x, 0) for x in (dY, Z, D, A, B, R)]
-        dzrs, dns = [], []
-        for t in range(T - 1, -1, -1):
-            dh, da_zr, da2 = _book_step_backward(dh, *(x[t] for x in steps), WhhT, WzrT)
-            dzrs.append(da_zr)
-            dns.append(da2)
-        DZR, DN = ops.stack(dzrs[::-1]), ops.stack(dns[::-1])
-        dWzr = ops.matmul(ops.transpose(H_prev.reshape(T * N, H), (1, 0)).contiguous(),
-                          DZR.reshape(T * N, 2 * H))
-        dWhh = ops.matmul(ops.transpose(RH.reshape(T * N, H), (1, 0)).contiguous(),
-                          DN.reshape(T * N, H))
-        return DZR, DN, dh, dWzr, dWhh
+        return _book_backward(h0, Wh, Y, Z, R, NN, RH, dout[0], dout[1])
 
 
 _book_cell_loop = _BookCellLoop()
@@ -270,15 +278,11 @@ def _project(W, b, ids, X):
 
 def _book_direction(Wx, Wh, b, h, reverse: bool, ids, X):
     """One direction of the book's cell with both gates (:class:`_BookCellLoop`) on the one-hot
-    of ``ids`` or on ``X``; ``b = b_x + b_h``, all the cell adds. The gates' projections are
-    made apart (z | r, then the doubled candidate), so that no step reads a strided view, and
-    the reverse direction reads its input reversed."""
-    H = Wh.shape[0]
+    of ``ids`` or on ``X``; ``b = b_x + b_h``, all the cell adds. The reverse direction reads
+    its input reversed."""
     if reverse:
         ids, X = (ops.flip(ids, (0,)), None) if ids is not None else (None, ops.flip(X, (0,)))
-    Y, h, *_ = _book_cell_loop(_project(Wx[:, :2 * H].contiguous(), b[:2 * H], ids, X),
-                               _project(2 * Wx[:, 2 * H:], 2 * b[2 * H:], ids, X), h,
-                               Wh[:, :2 * H].contiguous(), 2 * Wh[:, 2 * H:])
+    Y, h, *_ = _book_cell_loop(_project(Wx, b, ids, X), h, Wh)
     return (ops.flip(Y, (0,)) if reverse else Y), h
 
 
