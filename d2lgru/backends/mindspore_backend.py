@@ -248,19 +248,46 @@ def _book_backward(h0, Wh, Y, Z, R, NN, RH, dY, dh):
     return ops.concat((DZR, DN), 2), dh, ops.concat((dWzr, dWhh), 1)
 
 
+#: the most steps one graph of :func:`_book_forward` / :func:`_book_backward` unrolls: a graph is
+#: compiled for each sequence length it meets (35 steps: about a second), so longer sequences
+#: run as chunks of this many steps (a second graph for the remainder)
+_GRAPH_STEPS = 48
+
+
 class _BookCellLoop(nn.Cell):
     """The book's cell with both gates over time, its backward written out as in the torch, JAX
     and TensorFlow adapters; forward and backward each one compiled graph
-    (:func:`_book_forward`, :func:`_book_backward`). ``construct(XP [T, N, 3H], h0, Wh) ->
+    (:func:`_book_forward`, :func:`_book_backward`; sequences longer than
+    :data:`_GRAPH_STEPS` in chunks of that many steps). ``construct(XP [T, N, 3H], h0, Wh) ->
     (Y, last, Z, R, NN, RH)``: ``XP`` holds the input projection and every bias; the last
     four outputs are what ``bprop`` reads back."""
 
     def construct(self, XP, h, Wh):
-        return _book_forward(XP, h, Wh)
+        T = XP.shape[0]
+        if T <= _GRAPH_STEPS:
+            return _book_forward(XP, h, Wh)
+        chunks = []
+        for t in range(0, T, _GRAPH_STEPS):
+            chunk = _book_forward(XP[t:t + _GRAPH_STEPS], h, Wh)
+            h = chunk[1]
+            chunks.append(chunk)
+        return (ops.concat([c[0] for c in chunks]), h,
+                *(ops.concat([c[i] for c in chunks]) for i in range(2, 6)))
 
     def bprop(self, XP, h0, Wh, out, dout):
         Y, _, Z, R, NN, RH = out
-        return _book_backward(h0, Wh, Y, Z, R, NN, RH, dout[0], dout[1])
+        dY, dh = dout[0], dout[1]
+        T = Y.shape[0]
+        if T <= _GRAPH_STEPS:
+            return _book_backward(h0, Wh, Y, Z, R, NN, RH, dY, dh)
+        dXPs, dWh = [], None
+        for t in reversed(range(0, T, _GRAPH_STEPS)):
+            window = slice(t, t + _GRAPH_STEPS)
+            dXP, dh, dW = _book_backward(h0 if t == 0 else Y[t - 1], Wh, Y[window], Z[window],
+                                         R[window], NN[window], RH[window], dY[window], dh)
+            dXPs.append(dXP)
+            dWh = dW if dWh is None else dWh + dW
+        return ops.concat(dXPs[::-1]), dh, dWh
 
 
 _book_cell_loop = _BookCellLoop()

@@ -101,6 +101,26 @@ def test_gruv2_matches_the_oracle_forward_and_backward(be, oracle):
         np.testing.assert_allclose(a, b, **TOLERANCES[("float32", "gradient")].kw)
 
 
+def test_scratch_runs_a_long_sequence_in_chunks_of_compiled_steps(be, oracle):
+    """The book's loop is one compiled graph per sequence length up to _GRAPH_STEPS steps;
+    a longer sequence runs as chunks of that many (here two and a remainder, both directions),
+    the state and its gradient carried across, the weight gradients summed over the chunks."""
+    from d2lgru.backends.mindspore_backend import _GRAPH_STEPS
+
+    T = 2 * _GRAPH_STEPS + 3
+    spec = GRUSpec(3, 4, bidirectional=True)
+    params = random_params(spec, np.float64, seed=3, scale=0.5)
+    rng = np.random.default_rng(4)
+    X, h0 = rng.standard_normal((T, 2, 3)), rng.uniform(-1, 1, (2, 2, 4))
+    dY, dh_n = rng.standard_normal((T, 2, 8)), rng.standard_normal((2, 2, 4))
+    for got, want in zip(be.gru(params, X, h0), oracle.gru(params, X, h0)):
+        np.testing.assert_allclose(got, want, **TOLERANCES[("float64", "output")].kw)
+    got = be.gru_backward(params, X, h0, dY, dh_n)
+    want = oracle.gru_backward(params, X, h0, dY, dh_n)
+    for a, b in zip(got[0].flat() + list(got[1:]), want[0].flat() + list(want[1:])):
+        np.testing.assert_allclose(a, b, **TOLERANCES[("float64", "gradient")].kw)
+
+
 def test_native_trains_the_books_cell_as_scratch_does():
     """The native impl's reset-before training step (GRUV2 inside MindSpore's autodiff) moves
     the weights as the scratch loop does, and leaves each b_h as it came (see trained())."""
