@@ -79,7 +79,7 @@ from ..errors import InvalidArgumentError  # noqa: E402
 # loop is (_book_forward, _book_backward), with the gates' slices, the doubling of the
 # candidate and the transposes inside the graphs, so PyNative autodiff records three ops for
 # the cell's input side instead of a dozen strided ones: 15.8k -> 24.5k (benchmarks.ab against
-# 20c8be2, 3 rounds, one thread, 2026-12-04). Graph mode stays slower (5-10k, the hand-offs).
+# 20c8be2, 3 rounds, one thread, 2026-12-04). Graph mode stays slower (5.0-12.5k in the snapshot).
 MODES = ("pynative", "graph")
 _MS_DTYPES = {np.dtype(np.float32): ms.float32, np.dtype(np.float64): ms.float64}
 
