@@ -149,8 +149,11 @@ def corpus_text(source: Path | None, size: int) -> bytes:
 def worker_env(args) -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("GLOG_v", "3")
     env.setdefault("GLOG_minloglevel", "2")
+    # Not GLOG_v: it means opposite things to the two frameworks that read it. MindSpore's log
+    # level (3: errors only), which its adapter and bare/mindspore.py set themselves; glog's
+    # verbosity to Paddle, whose VLOG(3) lines, printed or not, made every Paddle op slower
+    # (scratch trained at 31-34k tokens/s with GLOG_v=3 against 47-59k without, 2026-12-04)
     if args.threads:
         from benchmarks._cases import THREAD_ENV
         for var in THREAD_ENV:
