@@ -185,9 +185,12 @@ def test_native_reference_is_seeded_and_leaves_numpy_alone(be, reset_after):
 
 
 def test_settings_wait_for_first_use():
-    """Importing the adapter configures nothing; the first call sets threads and blocking."""
+    """Importing the adapter configures nothing; the first call sets threads and blocking. The
+    quiet log level it gives MindSpore's import is not left in the environment, where Paddle
+    (in this process or a child) would read it as glog's verbosity."""
     code = (
-        "import d2lgru, d2lgru.backends.mindspore_backend as m, numpy as np\n"
+        "import os, d2lgru, d2lgru.backends.mindspore_backend as m, numpy as np\n"
+        "assert 'GLOG_v' not in os.environ, os.environ['GLOG_v']\n"
         "from mindspore._c_expression import RuntimeConf\n"
         "c = RuntimeConf.get_instance()\n"
         "before = (c.is_op_threads_num_configured(), c.is_launch_blocking())\n"

@@ -44,11 +44,12 @@ def test_both_impls_run_eagerly_by_default_or_as_a_static_graph(be):
 
 
 def test_import_is_quiet_and_setup_waits_for_first_use():
-    code = ("import sys, numpy as np, d2lgru; be = d2lgru.get_backend('paddle'); "
+    # GLOG_v stays unset: Paddle's quiet default; 3 (MindSpore's "errors only") slows every op
+    code = ("import os, sys, numpy as np, d2lgru; be = d2lgru.get_backend('paddle'); "
             "assert not be._ready, 'configured at import'; "
             "be.gru(d2lgru.init_params(d2lgru.GRUSpec(2, 3)), np.zeros((2, 1, 2), np.float32)); "
-            "assert be._ready")
-    done = run_fresh(code)
+            "assert be._ready; assert 'GLOG_v' not in os.environ, os.environ['GLOG_v']")
+    done = run_fresh(code, unset=("GLOG_v",))
     assert done.stderr == "" and done.stdout == ""
 
 
