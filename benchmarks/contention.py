@@ -81,7 +81,10 @@ def worker(backend: str, seconds: float, barrier: Path, peers: int, data: str | 
     return {"tokens_per_sec": epochs * tokens_per_epoch / elapsed, "epochs": epochs,
             "threads": be.threads, "threads_source": be.threads_source,
             "impl": trainer.impl, "mode": trainer.mode,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            # the user's, else PASSIVE where the adapter gave it to its framework as it loaded
+            # (and took the variable back after)
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")
+            or ("PASSIVE" if be.waits_passively else None)}
 
 
 # -- the driver ------------------------------------------------------------------------------

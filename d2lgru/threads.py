@@ -39,8 +39,9 @@ OpenMP runtime the frameworks ship honours ``OMP_WAIT_POLICY=PASSIVE`` (GNU libg
 when it loads: spin count 0; Intel/LLVM libomp reads it at its first parallel region: block
 time 0), so the adapters whose framework runs on OpenMP and does not follow the load (MXNet,
 MindSpore: ``waits_passively``) set it with ``os.environ.setdefault`` right before
-they import their framework: a user's own value is kept, and a framework imported before
-d2lgru's adapter keeps whatever it read then.
+they import their framework, and take it back once the framework's runtime has read it (it
+would put other runtimes loaded later, and child processes, to sleep too): a user's own value
+is kept, and a framework imported before d2lgru's adapter keeps whatever it read then.
 OpenBLAS's pool has no such switch after load, hence NumPy's count following the load;
 TensorFlow's (Eigen's) spins only briefly before it sleeps.
 
@@ -79,11 +80,24 @@ PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 def wait_passively(extra: Mapping[str, str] | None = None) -> dict:
     """Set :data:`PASSIVE_WAIT` (and ``extra``) in ``os.environ`` where the user has not set
-    them; call it before the framework's first import. Returns what it set."""
+    them; call it before the framework's first import, and :func:`passive_wait_read` after it.
+    Returns what it set."""
     wanted = {**PASSIVE_WAIT, **(extra or {})}
     added = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(added)
     return added
+
+
+def passive_wait_read(added: Mapping[str, str]) -> None:
+    """Take back the :data:`PASSIVE_WAIT` that :func:`wait_passively` added (``added``, its
+    return), once the framework has loaded its OpenMP runtime, which read it then (GNU libgomp
+    reads it when it loads). Left set, it would also put to sleep the idle workers of runtimes
+    loaded later -- Intel's OpenMP under Paddle reads it at its first parallel region -- and of
+    every child process, such as a torch training started from here, whose second thread pays
+    only while it spins (see the module's notes)."""
+    for name in PASSIVE_WAIT:
+        if name in added and os.environ.get(name) == added[name]:
+            del os.environ[name]
 
 
 def usable_cpus() -> int:
@@ -216,4 +230,5 @@ def blas_threads() -> dict:
 
 
 __all__ = ["ENV_VAR", "PASSIVE_WAIT", "blas_threads", "busy_cpus", "limit_blas", "parse_threads",
-           "policy_threads", "resolve_threads", "usable_cpus", "wait_passively"]
+           "passive_wait_read", "policy_threads", "resolve_threads", "usable_cpus",
+           "wait_passively"]

@@ -36,7 +36,7 @@ from .. import threads as _threads
 # passive, so idle workers sleep instead of spinning (d2lgru/threads.py).
 _ADDED_LOG_LEVEL = "GLOG_v" not in os.environ
 os.environ.setdefault("GLOG_v", "3")
-_threads.wait_passively()
+_ADDED_WAIT = _threads.wait_passively()
 
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
@@ -44,6 +44,7 @@ from mindspore import Tensor, nn, ops  # noqa: E402
 ms.get_level()  # sets MindSpore's Python logger up from GLOG_v now, not at its first message
 if _ADDED_LOG_LEVEL:
     os.environ.pop("GLOG_v", None)
+_threads.passive_wait_read(_ADDED_WAIT)  # its libgomp loaded with MindSpore and read it
 
 try:  # private to MindSpore (see the module's docstring): without it, native is reset-after only
     from mindspore.ops.operations._grad_ops import GRUV2Grad  # noqa: E402

@@ -49,8 +49,9 @@ def _default_omp_threads(cpus: int) -> int:
     return max(1, cpus // 2)
 
 
+_ADDED_ENV = {}
 if "mxnet" not in sys.modules:
-    _threads.wait_passively({"MXNET_OMP_MAX_THREADS": str(
+    _ADDED_ENV = _threads.wait_passively({"MXNET_OMP_MAX_THREADS": str(
         _threads.resolve_threads(preference=_default_omp_threads)[0])})
 #: the operator threads this process's MXNet runs with (fixed when it loaded)
 _LOADED_THREADS = int(os.environ.get("MXNET_OMP_MAX_THREADS", "0") or 0) or None
@@ -60,6 +61,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import mxnet as mx
     from mxnet import autograd, gluon, nd
+_threads.passive_wait_read(_ADDED_ENV)  # its libgomp has read it; $MXNET_OMP_MAX_THREADS stays
 
 from ..distributed import WorldBrokenError
 from ..model import LMParams, lm_keys, one_hot, trained
