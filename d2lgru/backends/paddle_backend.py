@@ -528,6 +528,7 @@ class PaddleBackend(Backend):
         return int(flag) if flag.isdigit() and int(flag) > 0 else cpus
 
     retunes_threads = True
+    keeps_freed_memory = True  # tensors are posix_memalign'd: see keep_freed_memory
 
     def framework_threads(self):
         # paddle.base.core.set_num_threads sizes MKL's Intel OpenMP pool

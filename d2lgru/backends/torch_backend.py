@@ -429,6 +429,7 @@ class TorchBackend(Backend):
     # which gives the core back within a second, they keep 0.67-0.69. Measured on the quiet
     # 2-core reference machine, 2026-12-02 (d2lgru train, benchmarks.contention).
     retunes_threads = True
+    keeps_freed_memory = True  # tensors are posix_memalign'd: see keep_freed_memory
 
     def _set_threads(self, n):
         super()._set_threads(n)
