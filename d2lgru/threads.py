@@ -80,7 +80,7 @@ PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 def wait_passively(extra: Mapping[str, str] | None = None) -> dict:
     """Set :data:`PASSIVE_WAIT` (and ``extra``) in ``os.environ`` where the user has not set
-    them; call it before the framework's first import, and :func:`passive_wait_read` after it.
+    them; call it before the framework's first import, and :func:`take_back` after it.
     Returns what it set."""
     wanted = {**PASSIVE_WAIT, **(extra or {})}
     added = {k: v for k, v in wanted.items() if k not in os.environ}
@@ -88,15 +88,15 @@ def wait_passively(extra: Mapping[str, str] | None = None) -> dict:
     return added
 
 
-def passive_wait_read(added: Mapping[str, str]) -> None:
-    """Take back the :data:`PASSIVE_WAIT` that :func:`wait_passively` added (``added``, its
-    return), once the framework has loaded its OpenMP runtime, which read it then (GNU libgomp
-    reads it when it loads). Left set, it would also put to sleep the idle workers of runtimes
-    loaded later -- Intel's OpenMP under Paddle reads it at its first parallel region -- and of
-    every child process, such as a torch training started from here, whose second thread pays
-    only while it spins (see the module's notes)."""
-    for name in PASSIVE_WAIT:
-        if name in added and os.environ.get(name) == added[name]:
+def take_back(added: Mapping[str, str], keep=()) -> None:
+    """Take back what :func:`wait_passively` added (``added``, its return), but the names in
+    ``keep`` and any value changed since, once the framework has loaded and read it (GNU libgomp
+    reads its wait policy when it loads). Left set, :data:`PASSIVE_WAIT` would also put to sleep
+    the idle workers of runtimes loaded later -- Intel's OpenMP under Paddle reads it at its
+    first parallel region -- and of every child process, such as a torch training started from
+    here, whose second thread pays only while it spins (see the module's notes)."""
+    for name, value in added.items():
+        if name not in keep and os.environ.get(name) == value:
             del os.environ[name]
 
 
@@ -230,5 +230,5 @@ def blas_threads() -> dict:
 
 
 __all__ = ["ENV_VAR", "PASSIVE_WAIT", "blas_threads", "busy_cpus", "limit_blas", "parse_threads",
-           "passive_wait_read", "policy_threads", "resolve_threads", "usable_cpus",
+           "policy_threads", "resolve_threads", "take_back", "usable_cpus",
            "wait_passively"]

@@ -122,21 +122,21 @@ def test_wait_passively_keeps_the_users_values(monkeypatch):
     added = threads.wait_passively({"D2LGRU_TEST_KNOB": "0"})
     assert added == {"D2LGRU_TEST_KNOB": "0"}
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    threads.passive_wait_read(added)
+    threads.take_back(added)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's, never taken back
 
 
-def test_passive_wait_read_takes_back_only_what_was_added(monkeypatch):
+def test_take_back_removes_only_what_was_added(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("D2LGRU_TEST_KNOB", raising=False)
     added = threads.wait_passively({"D2LGRU_TEST_KNOB": "0"})
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    threads.passive_wait_read(added)
-    # the wait policy goes (other runtimes, child processes); a framework's own knob stays
+    threads.take_back(added, keep=("D2LGRU_TEST_KNOB",))
+    # the wait policy goes (other runtimes, child processes); a knob kept on purpose stays
     assert "OMP_WAIT_POLICY" not in os.environ and os.environ["D2LGRU_TEST_KNOB"] == "0"
     added = threads.wait_passively()
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE"  # changed since: someone else's value now
-    threads.passive_wait_read(added)
+    threads.take_back(added)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 

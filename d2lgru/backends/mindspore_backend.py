@@ -29,22 +29,18 @@ import numpy as np
 from .. import threads as _threads
 
 # MindSpore reads its log level when it is imported (its Python logger when first used: fixed
-# below); keep its INFO/WARNING lines quiet unless the user asked for them. The variable is taken
-# back once read, unless the user set it: to Paddle, loaded later in this process or in a child,
-# GLOG_v is glog's verbosity, and 3 slows every Paddle op (its scratch loop trained 1.6x slower).
-# Its oneDNN kernels run on GNU OpenMP (libgomp), which reads its wait policy when it loads:
-# passive, so idle workers sleep instead of spinning (d2lgru/threads.py).
-_ADDED_LOG_LEVEL = "GLOG_v" not in os.environ
-os.environ.setdefault("GLOG_v", "3")
-_ADDED_WAIT = _threads.wait_passively()
+# below); keep its INFO/WARNING lines quiet unless the user asked for them. Its oneDNN kernels
+# run on GNU OpenMP (libgomp), which reads its wait policy when it loads: passive, so idle
+# workers sleep instead of spinning (d2lgru/threads.py). Both variables are taken back once
+# read, unless the user set them: to Paddle, loaded later in this process or in a child, GLOG_v
+# is glog's verbosity, and 3 slows every Paddle op (its scratch loop trained 1.6x slower).
+_ADDED_ENV = _threads.wait_passively({"GLOG_v": "3"})
 
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
 ms.get_level()  # sets MindSpore's Python logger up from GLOG_v now, not at its first message
-if _ADDED_LOG_LEVEL:
-    os.environ.pop("GLOG_v", None)
-_threads.passive_wait_read(_ADDED_WAIT)  # its libgomp loaded with MindSpore and read it
+_threads.take_back(_ADDED_ENV)  # its libgomp loaded with MindSpore and read the wait policy
 
 try:  # private to MindSpore (see the module's docstring): without it, native is reset-after only
     from mindspore.ops.operations._grad_ops import GRUV2Grad  # noqa: E402

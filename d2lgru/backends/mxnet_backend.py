@@ -61,7 +61,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import mxnet as mx
     from mxnet import autograd, gluon, nd
-_threads.passive_wait_read(_ADDED_ENV)  # its libgomp has read it; $MXNET_OMP_MAX_THREADS stays
+# its libgomp has read the wait policy; MXNET_OMP_MAX_THREADS stays (framework_threads reads it)
+_threads.take_back(_ADDED_ENV, keep=("MXNET_OMP_MAX_THREADS",))
 
 from ..distributed import WorldBrokenError
 from ..model import LMParams, lm_keys, one_hot, trained
