@@ -580,7 +580,7 @@ class GRUPredictor(Predictor):
         return Y[-1] @ m.W_hq + m.b_q, state
 
 
-# -- shared checks ------------------------------------------------------------------------
+# -- process settings an adapter makes at first use -----------------------------------------
 
 #: glibc's malloc settings (environment variables) that leave its thresholds to the user
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
@@ -623,6 +623,8 @@ def keep_freed_memory() -> bool:
     done = [mallopt(_M_MMAP_THRESHOLD, 32 << 20), mallopt(_M_TRIM_THRESHOLD, 64 << 20)]
     return all(done)  # mallopt: 1 on success
 
+
+# -- shared checks ------------------------------------------------------------------------
 
 def check_native_names(native: dict, expected, layer: str, spec: GRUSpec) -> None:
     """A native parameter dict must hold exactly the ``expected`` names; else one
