@@ -142,40 +142,42 @@ class _ResetBeforeLoop(PyLayer):
     def forward(ctx, XZR, XN, h0, W_zr, W_hh):
         ctx.needs = [not t.stop_gradient for t in (XZR, XN, h0, W_zr, W_hh)]
         with paddle.no_grad():  # Paddle records the ops of a PyLayer's forward otherwise
-            h, ys, zs, rs, ns, rhs = h0, [], [], [], [], []
+            h, ys, zrs, ns, rhs = h0, [], [], [], []
             for xzr, xn in zip(paddle.unbind(XZR, 0), paddle.unbind(XN, 0)):
-                z, r = paddle.split(F.sigmoid(paddle.addmm(xzr, h, W_zr)), 2, axis=-1)
+                zr = F.sigmoid(paddle.addmm(xzr, h, W_zr))
+                z, r = paddle.split(zr, 2, axis=-1)
                 rh = r * h
                 n = paddle.tanh(paddle.addmm(xn, rh, W_hh))
                 h = paddle.lerp(n, h, z)  # n + z (h - n)
-                for out, x in ((ys, h), (zs, z), (rs, r), (ns, n), (rhs, rh)):
+                for out, x in ((ys, h), (zrs, zr), (ns, n), (rhs, rh)):
                     out.append(x)
-            saved = [paddle.stack(x) for x in (ys, zs, rs, ns, rhs)]
+            saved = [paddle.stack(x) for x in (ys, zrs, ns, rhs)]
         ctx.save_for_backward(h0, W_zr, W_hh, *saved)
         return saved[0], h
 
     @staticmethod
     def backward(ctx, dY, dlast):
         with paddle.no_grad():
-            h0, W_zr, W_hh, Y, Z, R, NN, RH = ctx.saved_tensor()
+            h0, W_zr, W_hh, Y, ZR, NN, RH = ctx.saved_tensor()
             T, N, H = Y.shape
             WzrT, WhhT = W_zr.T.contiguous(), W_hh.T.contiguous()
             Hp = paddle.concat([h0.unsqueeze(0), Y[:-1]], 0)  # each step's incoming state
             # h' = n + z (h - n), n = tanh(a_n), z = sigmoid(a_z), r = sigmoid(a_r):
-            # da_n = g (1 - z)(1 - n^2), da_z = g (h - n) z (1 - z), da_r = (dL/d(r h)) h r (1 - r)
+            # da_n = g (1 - z)(1 - n^2), da_z = g (h - n) z (1 - z), da_r = (dL/d(r h)) h r (1 - r);
+            # the z|r factors side by side (AB), so that a step's da_z|da_r is one product
+            Z, R = paddle.split(ZR, 2, axis=-1)
             D = (1 - Z) * (1 - NN * NN)
-            A = (Hp - NN) * (Z - Z * Z)
-            B = Hp * (R - R * R)
-            steps = [paddle.unbind(x, 0) for x in (dY, Z, D, A, B, R)]
+            AB = paddle.concat([Hp - NN, Hp], -1) * (ZR - ZR * ZR)
+            steps = [paddle.unbind(x, 0) for x in (dY, Z, D, AB, R)]
             dh = paddle.zeros_like(h0) if dlast is None else dlast
             dzrs, dns = [None] * T, [None] * T
             for t in range(T - 1, -1, -1):
-                dy, z, d, a, b, r = (x[t] for x in steps)
+                dy, z, d, ab, r = (x[t] for x in steps)
                 g = dh + dy
                 gz = g * z
                 dns[t] = da_n = g * d
                 ds = paddle.matmul(da_n, WhhT)  # s = r * h
-                dzrs[t] = da_zr = paddle.concat([g * a, ds * b], 1)
+                dzrs[t] = da_zr = paddle.concat([g, ds], 1) * ab
                 dh = paddle.addmm(gz + ds * r, da_zr, WzrT)
             DZR, DN = paddle.stack(dzrs), paddle.stack(dns)
             dWzr = paddle.matmul(Hp.reshape([T * N, H]), DZR.reshape([T * N, 2 * H]),
