@@ -119,6 +119,10 @@ class GRUSpec:
         I, H = self.layer_input_size(layer), self.hidden_size
         return {"W_x": (3, I, H), "W_h": (3, H, H), "b_x": (3, H), "b_h": (3, H)}
 
+    def state_shape(self, batch_size: int) -> tuple[int, int, int]:
+        """The shape of ``h0`` and ``h_n``: ``(num_layers * num_directions, batch_size, H)``."""
+        return (self.num_layers * self.num_directions, batch_size, self.hidden_size)
+
     def cells(self) -> Iterator[tuple[int, int]]:
         """``(layer, direction)`` pairs in the order of ``h_n``'s first axis (``layer * D + d``)."""
         for layer in range(self.num_layers):

@@ -124,7 +124,7 @@ def get_backend(name: str | None = None) -> Backend:
     if key not in _loaded and key not in _REGISTRY:
         _loaded[key] = _plugins.load(_plugins_found()[key], Backend)
     if key not in _loaded:
-        module_name, framework, _ = _REGISTRY[key]
+        framework = _REGISTRY[key][1]
         if not is_installed(key):
             raise BackendNotInstalledError(f"backend {key!r} needs the {framework!r} package, which is not "
                                            f"installed; install it with: {install_hint(key)}")

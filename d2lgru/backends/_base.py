@@ -730,7 +730,7 @@ def check_gru_inputs(spec: GRUSpec, dtype, X, h0, *, check_finite: bool = True):
     if T < 1 or N < 1:
         raise InvalidArgumentError(f"X must have at least one step and one sequence, got shape {X.shape}")
     check_array("X", X, (T, N, spec.input_size), dtype, check_finite)
-    state_shape = (spec.num_layers * spec.num_directions, N, spec.hidden_size)
+    state_shape = spec.state_shape(N)
     h0 = (np.zeros(state_shape, dtype) if h0 is None
           else check_array("h0", h0, state_shape, dtype, check_finite))
     return np.ascontiguousarray(X), np.ascontiguousarray(h0)
@@ -739,8 +739,7 @@ def check_gru_inputs(spec: GRUSpec, dtype, X, h0, *, check_finite: bool = True):
 def check_lm_args(model: LMParams, X, Y, state):
     check_model(model)
     X, Y = check_batch(X, Y, model.vocab_size)
-    spec = model.spec
-    shape = (spec.num_layers * spec.num_directions, X.shape[0], spec.hidden_size)
+    shape = model.spec.state_shape(X.shape[0])
     state = np.zeros(shape, model.dtype) if state is None else check_array(
         "state", state, shape, model.dtype)
     return X.astype(np.int64), Y.astype(np.int64), state

@@ -403,9 +403,7 @@ class JaxTrainer(Trainer):
         return self._numerics()
 
     def _zeros_state(self, N):
-        spec = self.spec
-        return jax.device_put(np.zeros((spec.num_layers * spec.num_directions, N,
-                                        spec.hidden_size), self.dtype), self._device)
+        return jax.device_put(np.zeros(self.spec.state_shape(N), self.dtype), self._device)
 
     def _to_device(self, X, Y):
         ids = jax.device_put(np.ascontiguousarray(X.T, np.int32), self._device)
@@ -518,8 +516,7 @@ class JaxPredictor(Predictor):
         spec, (N, T) = self.spec, ids.shape
         with _numerics(self.dtype):
             if state is None:
-                state = jax.device_put(np.zeros((spec.num_layers * spec.num_directions, N,
-                                                 spec.hidden_size), self.dtype), self._device)
+                state = jax.device_put(np.zeros(spec.state_shape(N), self.dtype), self._device)
             ids_T = jax.device_put(np.ascontiguousarray(ids.T, np.int32), self._device)
             logits, state = self._forward(self.flat, ids_T, state)
             return np.asarray(logits).reshape(T, N, -1)[-1], state
@@ -581,9 +578,6 @@ class JaxBackend(Backend):
         return (f"XLA sizes its CPU thread pool when JAX's backend starts and this process's "
                 f"backend has started with {fixed} thread(s); set $D2LGRU_THREADS or call "
                 f"set_threads before the backend's first use (and before any other JAX work)")
-
-    def version(self) -> str:
-        return jax.__version__
 
     # -- data-parallel: jax.distributed (see JaxTrainer._world_step) --------------------------
     #: why eager mode does not train on several processes (jit does)

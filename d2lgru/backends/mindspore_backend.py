@@ -567,7 +567,7 @@ class _TrainStep(nn.Cell):
 
 
 def _zeros_state(spec: GRUSpec, N: int, dtype) -> Tensor:
-    return _tensor(np.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size), dtype))
+    return _tensor(np.zeros(spec.state_shape(N), dtype))
 
 
 class MindSporeTrainer(Trainer):

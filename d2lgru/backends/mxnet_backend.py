@@ -405,8 +405,7 @@ class MXNetTrainer(Trainer):
 
 
 def _zeros_state(spec: GRUSpec, N: int, ctx, dtype):
-    return nd.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size), ctx=ctx,
-                    dtype=dtype)
+    return nd.zeros(spec.state_shape(N), ctx=ctx, dtype=dtype)
 
 
 class MXNetPredictor(Predictor):

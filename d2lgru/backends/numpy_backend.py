@@ -119,7 +119,7 @@ def forward(params: GRUParams, X=None, h0=None, *, first_xp=None):
     inp = X
     T, N = (X if X is not None else first_xp[0]).shape[:2]
     if h0 is None:
-        h0 = np.zeros((spec.num_layers * D, N, H), params.dtype)
+        h0 = np.zeros(spec.state_shape(N), params.dtype)
     h_n = np.empty_like(h0)
     caches = []
     for l in range(spec.num_layers):
@@ -245,9 +245,7 @@ class NumpyTrainer(Trainer):
         return X, Y
 
     def _zeros_state(self, N):
-        spec = self.model.spec
-        return np.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size),
-                        self.model.dtype)
+        return np.zeros(self.model.spec.state_shape(N), self.model.dtype)
 
     def _step(self, ids, labels, state):
         res = lm_step(self.model, ids, labels, state)

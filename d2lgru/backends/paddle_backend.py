@@ -359,7 +359,7 @@ def clip_and_sgd(params, grads, lr: float, clip: float):
 
 
 def _zeros_state(spec: GRUSpec, N: int, dtype):
-    return paddle.zeros([spec.num_layers * spec.num_directions, N, spec.hidden_size], dtype)
+    return paddle.zeros(list(spec.state_shape(N)), dtype)
 
 
 #: how long a worker whose all-reduce failed waits before it exits, under Paddle's launcher
@@ -372,7 +372,7 @@ class PaddleTrainer(Trainer):
     tensors on the device; the losses are read once per epoch. Mode ``eager`` runs op by op in
     dygraph; ``static`` runs the forward and its backward as one ``paddle.jit.to_static``
     program (clipping and SGD stay in dygraph). Each impl's default is the first of its
-    ``modes`` (see ``_SCRATCH_MODES``)."""
+    ``modes`` (see ``_MODES``)."""
 
     def __init__(self, model: LMParams, *, impl, lr, clip, mode, device):
         self.backend, self.impl, self.mode, self.device = "paddle", impl, mode, device
@@ -486,8 +486,7 @@ class PaddlePredictor(Predictor):
 #: against 52k tokens/s on a quiet machine, measured twice (benchmarks/run.py --backend paddle
 #: --impl native --skip sweep ...); the static program only won while other jobs shared the
 #: cores, its multi-threaded executor getting more of a busy machine.
-_SCRATCH_MODES = ("eager", "static")
-_NATIVE_MODES = ("eager", "static")
+_MODES = ("eager", "static")
 
 
 class PaddleBackend(Backend):
@@ -497,10 +496,10 @@ class PaddleBackend(Backend):
         "scratch": ImplInfo(
             "the book's loop in Paddle operations (input projection in one matmul, fused gate "
             "matmuls, row lookup for the one-hot input); gradients from Paddle's autograd",
-            gates=GATE_SETS, modes=_SCRATCH_MODES),
+            gates=GATE_SETS, modes=_MODES),
         "native": ImplInfo(
             "paddle.nn.GRU (the fused rnn op) loaded from canonical parameters",
-            reset_before=False, modes=_NATIVE_MODES,
+            reset_before=False, modes=_MODES,
             why_not={"reset_before": "paddle.nn.GRU computes only the reset-after (cuDNN) cell, "
                                      "r * (h W_hh + b_hh), in its CPU and GPU kernels",
                      "gates": "paddle.nn.GRU always computes both gates; ablations and the plain "

@@ -592,7 +592,7 @@ def _replica_sum(tensors):
 
 
 def _zeros_state(spec: GRUSpec, N: int, dtype):
-    return tf.zeros((spec.num_layers * spec.num_directions, N, spec.hidden_size), dtype)
+    return tf.zeros(spec.state_shape(N), dtype)
 
 
 class TensorFlowPredictor(Predictor):

@@ -263,9 +263,7 @@ class _Model:
         self.lm = _LanguageModel(impl, spec, model.vocab_size, gru=self.gru)
 
     def zeros_state(self, N: int) -> torch.Tensor:
-        spec = self.spec
-        return torch.zeros(spec.num_layers * spec.num_directions, N, spec.hidden_size,
-                           dtype=self.flat[0].dtype, device=self.dev)
+        return torch.zeros(self.spec.state_shape(N), dtype=self.flat[0].dtype, device=self.dev)
 
 
 def clip_and_sgd(params: List[torch.Tensor], grads: List[torch.Tensor], lr: float, clip: float):
