@@ -359,7 +359,7 @@ def clip_and_sgd(params, grads, lr: float, clip: float):
 
 
 def _zeros_state(spec: GRUSpec, N: int, dtype):
-    return paddle.zeros(list(spec.state_shape(N)), dtype)
+    return paddle.zeros(spec.state_shape(N), dtype)
 
 
 #: how long a worker whose all-reduce failed waits before it exits, under Paddle's launcher
