@@ -370,7 +370,8 @@ class Backend:
         """What ``from_native(to_native(params))`` returns bit for bit: ``params`` itself wherever
         the layout keeps ``b_x`` and ``b_h`` apart; a layout with one bias per gate (Keras'
         reset-before GRU, where only ``b_x + b_h`` reaches any gate) reads it back as
-        ``(b_x + b_h, 0)`` -- the same GRU."""
+        ``(b_x + b_h, 0)`` -- the same GRU. A native impl declares such a layout as
+        ``why_not["reset_before_bias"]`` or ``why_not["reset_after_bias"]``."""
         self._require_native(params.spec, params.dtype)
         return self._native_normal_form(params)
 
@@ -402,7 +403,13 @@ class Backend:
         raise NotImplementedError
 
     def _native_normal_form(self, params):
-        return params
+        """``params``, or the round trip where the native impl declares that its layout holds
+        one bias per gate for this cell (``why_not["reset_before_bias"]`` /
+        ``why_not["reset_after_bias"]``)."""
+        cell = "reset_after" if params.spec.reset_after else "reset_before"
+        if f"{cell}_bias" not in self.impls["native"].why_not:
+            return params
+        return self._from_native(self._to_native(params), params.spec)
 
     def _gru(self, impl, params, X, h0):
         raise NotImplementedError

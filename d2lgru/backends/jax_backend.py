@@ -19,7 +19,7 @@ and side, kernels ``[in, H]`` (``x @ kernel``, the canonical orientation), named
 ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`` -- the reset-after cell only -- and
 ``h' = (1 - z) * n + z * h``, the canonical update gate. The reset and update gates have ONE bias
 each (``ir/bias``, ``iz/bias``): the canonical ``b_x + b_h``, all those gates depend on, so
-reading a Flax cell back gives ``(b_x + b_h, 0)`` for them (:func:`native_normal_form`), as
+reading a Flax cell back gives ``(b_x + b_h, 0)`` for them (``native_normal_form``), as
 Keras' reset-before layer does for all three gates. :func:`to_native` / :func:`from_native` are
 the only code that knows this layout; the trainer keeps ``b_x`` and ``b_h`` apart and hands Flax
 their sum, so it trains exactly as the canonical model does.
@@ -162,12 +162,6 @@ def from_native(native: dict, spec: GRUSpec) -> GRUParams:
             row.append(CellParams(W_x, W_h, b_x, b_h))
         rows.append(row)
     return GRUParams(spec, rows)
-
-
-def native_normal_form(params: GRUParams) -> GRUParams:
-    """``from_native(to_native(params))``: ``params`` with the reset and update gates' biases
-    as ``(b_x + b_h, 0)`` -- the same GRU, as those gates only ever add the two."""
-    return from_native(to_native(params), params.spec)
 
 
 class FlaxStack(nn.Module):
@@ -660,9 +654,6 @@ class JaxBackend(Backend):
         return JaxPredictor(model, impl, _jax_device(device))
 
     # -- the native layer's layout (to_native / from_native above) ------------------------
-
-    def _native_normal_form(self, params):
-        return native_normal_form(params)
 
     def _native_reference(self, spec, X, h0, seed):
         """Flax's own initialisers (lecun_normal kernels, orthogonal recurrent kernels), seeded;

@@ -809,9 +809,6 @@ class MindSporeBackend(Backend):
         return MindSporePredictor(model, impl)
 
     # -- the native layout hooks -----------------------------------------------------------
-    def _native_normal_form(self, params):
-        return params if params.spec.reset_after else from_native(to_native(params), params.spec)
-
     def _native_reference(self, spec, X, h0, seed):
         if spec.reset_after:
             layer = _new_native_layer(spec, seed)

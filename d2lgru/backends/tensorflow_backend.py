@@ -21,7 +21,8 @@ Keras' layout (read in ``keras/src/layers/rnn/gru.py``, ``GRUCell.build`` and ``
 ones -- exactly ``b_x`` and ``b_h``. With ``reset_after=False`` the layer has ONE bias ``[3H]``
 that adds to the input projection only (``hh = tanh(x W_xh + b_h + (r * h) W_hh)``): the
 canonical ``b_x + b_h``. Nothing can tell ``(b_x, b_h)`` from ``(b_x + b_h, 0)`` in the
-reset-before cell, so that layout keeps their sum; see :func:`native_normal_form`.
+reset-before cell, so that layout keeps their sum; see
+:meth:`Backend.native_normal_form`.
 ``keras.layers.Bidirectional`` runs its ``backward_layer`` with ``go_backwards=True``, flips that
 layer's outputs back into time order and concatenates ``[forward, backward]``; its states come
 out forward first, so ``h_n[l * D + d]`` is direction ``d`` of layer ``l`` as in the spec.
@@ -202,13 +203,6 @@ def grads_from_native(native_grads: dict, spec: GRUSpec) -> GRUParams:
     """Gradients with respect to Keras' variables -> canonical gradients: the transpose of
     :func:`to_native` (for the reset-before bias ``b_x + b_h`` both terms get its gradient)."""
     return _from_native_layout(native_grads, spec, gradients=True)
-
-
-def native_normal_form(params: GRUParams) -> GRUParams:
-    """The canonical parameters Keras' layout holds exactly: ``from_native(to_native(p))``. Equal to
-    ``p`` except in the reset-before cell, where ``(b_x, b_h)`` becomes ``(b_x + b_h, 0)`` -- the
-    same function, since that cell only ever adds the two."""
-    return from_native(to_native(params), params.spec)
 
 
 # -- scratch: the book's loop in TensorFlow ops ------------------------------------------------
@@ -710,9 +704,6 @@ class TensorFlowBackend(Backend):
         return self._stacks[key]
 
     # -- native layout ----------------------------------------------------------------------
-    def _native_normal_form(self, params):
-        return native_normal_form(params)
-
     def _native_reference(self, spec, X, h0, seed):
         stack = KerasStack(spec, X.dtype, seed=seed)
         Y, h_n = stack(stack.variables(), tf.transpose(X, [1, 0, 2]), tf.constant(h0))
