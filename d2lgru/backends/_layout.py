@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model import LMParams, lm_keys
 from ..spec import CellParams, GRUParams, GRUSpec
+from . import _cudnn_layout
 
 #: the arrays of one cell, in the order of :meth:`CellParams.arrays` and of every flat list here
 CELL_KEYS = ("W_x", "W_h", "b_x", "b_h")
@@ -61,3 +63,15 @@ def nest(flat, spec: GRUSpec) -> list[list[tuple]]:
     return [[tuple(next(it) for _ in CELL_KEYS) for _ in range(spec.num_directions)]
             for _ in range(spec.num_layers)]
 
+
+
+def lm_params(spec: GRUSpec, by_key: dict, from_native=None) -> LMParams:
+    """``{lm_keys name: array}`` (weights or their gradients) -> :class:`LMParams`. The GRU's
+    arrays are in the scratch layout (:func:`cell_params`), or, with ``from_native`` (the
+    adapter's converter), a cuDNN-style layer's under the names :func:`_cudnn_layout.keys`
+    gives its parameters."""
+    if from_native is None:
+        gru = cell_params(spec, [by_key[k] for k in lm_keys(spec)[:-2]])
+    else:
+        gru = from_native({n: by_key[k] for n, k in _cudnn_layout.keys(spec).items()}, spec)
+    return LMParams(gru, np.array(by_key["head.W_hq"]), np.array(by_key["head.b_q"]))

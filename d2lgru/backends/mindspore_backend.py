@@ -508,13 +508,8 @@ class _LM(nn.Cell):
 
     def to_lm(self, arrays) -> LMParams:
         """Arrays (weights or gradients) in ``trainable_params()`` order -> canonical."""
-        by_key = dict(zip(self.keys(), arrays, strict=True))
-        if self.nn_gru:
-            gru = from_native({n: by_key[k] for n, k in _cudnn_layout.keys(self.spec).items()},
-                              self.spec)
-        else:
-            gru = _layout.cell_params(self.spec, [by_key[k] for k in lm_keys(self.spec)[:-2]])
-        return LMParams(gru, by_key["head.W_hq"], by_key["head.b_q"])
+        return _layout.lm_params(self.spec, dict(zip(self.keys(), arrays, strict=True)),
+                                 from_native if self.nn_gru else None)
 
 
 def clip_and_sgd(params, grads, lr, clip):

@@ -287,14 +287,13 @@ class _ScratchLM(paddle.nn.Layer):
         loss = F.cross_entropy(logits, labels.reshape([-1, 1]))
         return loss, logits, h_n
 
-    def lm_params(self) -> LMParams:
-        gru = _layout.cell_params(self.spec, [p.numpy() for p in self.cell_params])
-        return LMParams(gru, self.W_hq.numpy(), self.b_q.numpy())
+    _from_native = None  # the GRU's parameters are in the scratch layout
 
-    def lm_grads(self) -> LMParams:
-        gru = _layout.cell_params(self.spec, [_grad_np(p, p.numpy()) for p in self.cell_params])
-        return LMParams(gru, _grad_np(self.W_hq, self.W_hq.numpy()),
-                        _grad_np(self.b_q, self.b_q.numpy()))
+    def lm_params(self, *, grads: bool = False) -> LMParams:
+        """The parameters (``grads``: their gradients) as canonical arrays."""
+        return _layout.lm_params(self.spec, {k: _grad_np(p, p.numpy()) if grads else p.numpy()
+                                             for k, p in self.keyed_parameters()},
+                                 self._from_native)
 
 
 def _native_gru_layer(spec: GRUSpec, dtype) -> paddle.nn.GRU:
@@ -334,13 +333,7 @@ class _NativeLM(_ScratchLM):
     def run(self, ids, state):
         return self.gru(F.one_hot(ids, self.spec.input_size).astype(self.W_hq.dtype), state)
 
-    def lm_params(self) -> LMParams:
-        return LMParams(_read_native(self.gru, self.spec), self.W_hq.numpy(), self.b_q.numpy())
-
-    def lm_grads(self) -> LMParams:
-        return LMParams(_read_native(self.gru, self.spec, grads=True),
-                        _grad_np(self.W_hq, self.W_hq.numpy()),
-                        _grad_np(self.b_q, self.b_q.numpy()))
+    _from_native = staticmethod(from_native)
 
 
 _LM_CLASSES = {"scratch": _ScratchLM, "native": _NativeLM}
@@ -626,7 +619,7 @@ class PaddleBackend(Backend):
         loss, logits, h_n = net(_tensor(np.ascontiguousarray(X.T)),
                                 _tensor(np.ascontiguousarray(Y.T)), _tensor(state))
         loss.backward()
-        return LMResult(float(loss), net.lm_grads(), logits.numpy(), h_n.numpy())
+        return LMResult(float(loss), net.lm_params(grads=True), logits.numpy(), h_n.numpy())
 
     def _make_trainer(self, model, *, impl, lr, clip, mode, device):
         return PaddleTrainer(model, impl=impl, lr=lr, clip=clip, mode=mode, device=device)

@@ -262,6 +262,12 @@ class _Model:
         self.flat, self.keys = gru_flat + head, keys + ["head.W_hq", "head.b_q"]
         self.lm = _LanguageModel(impl, spec, model.vocab_size, gru=self.gru)
 
+    def lm_params(self, tensors) -> LMParams:
+        """Tensors in :attr:`flat` order (the weights or their gradients) -> canonical."""
+        return _layout.lm_params(self.spec, {k: t.detach().cpu().numpy() for k, t in
+                                             zip(self.keys, tensors, strict=True)},
+                                 None if self.gru is None else from_native)
+
     def zeros_state(self, N: int) -> torch.Tensor:
         return torch.zeros(self.spec.state_shape(N), dtype=self.flat[0].dtype, device=self.dev)
 
@@ -337,12 +343,7 @@ class TorchTrainer(Trainer):
                                    f"has gone ({first[:200]})") from exc
 
     def params(self) -> LMParams:
-        gru_flat, (W_hq, b_q) = self.flat[:-2], self.flat[-2:]
-        if self.impl == "scratch":
-            gru = _scratch_params(self.spec, gru_flat)
-        else:
-            gru = from_native(dict(self.gru.named_parameters()), self.spec)
-        return LMParams(gru, W_hq.detach().cpu().numpy().copy(), b_q.detach().cpu().numpy().copy())
+        return self.model.lm_params(self.flat)
 
 
 class TorchPredictor(Predictor):
@@ -480,9 +481,7 @@ class TorchBackend(Backend):
         loss, logits, h_n = trainer.loss_fn(trainer.flat, torch.from_numpy(X.T.copy()),
                                             torch.from_numpy(Y.T.reshape(-1).copy()),
                                             torch.from_numpy(state))
-        grads = torch.autograd.grad(loss, trainer.flat)
-        gru = self._gru_grads(impl, model.spec, trainer.gru, grads[:-2])
-        dmodel = LMParams(gru, grads[-2].numpy(), grads[-1].numpy())
+        dmodel = trainer.model.lm_params(torch.autograd.grad(loss, trainer.flat))
         return LMResult(float(loss.detach()), dmodel, logits.detach().numpy(), h_n.detach().numpy())
 
     def _device_absent(self, device):
