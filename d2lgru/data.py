@@ -744,7 +744,7 @@ def _count_codes(codes: np.ndarray) -> np.ndarray:
 
 def _first_seen(codes: bytearray, present: np.ndarray) -> list[int]:
     """Values of ``present`` in order of first occurrence in ``codes``: one ``find`` (memchr)
-    each, which stops at the value's first byte, usually within the first few hundred."""
+    each, which stops at the value's first occurrence (every value of ``present`` occurs)."""
     return sorted(present.tolist(), key=codes.find)
 
 

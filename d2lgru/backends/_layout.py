@@ -64,7 +64,6 @@ def nest(flat, spec: GRUSpec) -> list[list[tuple]]:
             for _ in range(spec.num_layers)]
 
 
-
 def lm_params(spec: GRUSpec, by_key: dict, from_native=None) -> LMParams:
     """``{lm_keys name: array}`` (weights or their gradients) -> :class:`LMParams`. The GRU's
     arrays are in the scratch layout (:func:`cell_params`), or, with ``from_native`` (the
