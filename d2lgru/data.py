@@ -591,7 +591,7 @@ def _clean_char_codes(data, path: Path | None = None
     raw = np.frombuffer(data, dtype=np.uint8)
     # one buffer for every piece's codes, which _ids_of compacts into the corpus in place:
     # a second buffer as large would fault in its pages again (0.07-0.09 s per 100 MB here)
-    codes = bytearray(n)
+    codes = _codes_buffer(n)
     out = np.frombuffer(codes, dtype=np.uint8)
     local = threading.local()
 
@@ -700,7 +700,19 @@ class _PieceCleaner:
         out |= first.view(np.uint8)  # _DROPPED | True = _KEPT_SPACE
 
 
-def _ids_of(codes: bytearray, pieces: list[tuple[int, int]], lut: bytes,
+def _codes_buffer(n: int) -> bytearray | mmap.mmap:
+    """``n`` zeroed, writable bytes for a text's codes, which become its corpus: on Linux an
+    anonymous mapping whose pages the kernel maps in one call (``MAP_POPULATE``), where a
+    ``bytearray`` takes a page fault for each 4 KB page as its zeros are written (per 100 MB,
+    22 ms against 36-50 ms here); elsewhere a ``bytearray``. Neither asks for huge pages (see
+    :func:`_ids_of`). The corpus keeps the mapping, cut to its length."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if n and populate:
+        return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return bytearray(n)
+
+
+def _ids_of(codes: bytearray | mmap.mmap, pieces: list[tuple[int, int]], lut: bytes,
            limit: int) -> np.ndarray:
     """The first ``limit`` ids: each piece of ``codes`` mapped through ``lut`` with its dropped
     bytes deleted, in one C pass per piece (``bytearray.translate``), and written back into
@@ -708,13 +720,13 @@ def _ids_of(codes: bytearray, pieces: list[tuple[int, int]], lut: bytes,
     reach a piece not yet read); ``codes`` is then cut to ``limit`` and becomes the corpus. A
     second buffer for the corpus would fault its pages in (0.07-0.09 s per 100 MB here) while
     the interpreter's lock is held; the peak memory is the same (the mapped text and the codes:
-    232 MB of RSS for 100 MB, against 338-345 MB when the pieces were joined). The buffer is a
-    ``bytearray``: ``np.empty`` would ask the kernel for huge pages on arrays of 4 MB and more
-    (``madvise``), and where the kernel defragments for such requests
+    232 MB of RSS for 100 MB, against 338-345 MB when the pieces were joined). The buffer
+    (:func:`_codes_buffer`) is not ``np.empty``, which asks the kernel for huge pages on arrays
+    of 4 MB and more (``madvise``), and where the kernel defragments for such requests
     (``/sys/kernel/mm/transparent_hugepage/defrag`` = ``madvise``, a common default) the first
     write to each page can wait for memory compaction (loading 100 MB took 0.45-0.81 s that
-    way against 0.47-0.55 s this way, alternated in fresh processes on the reference
-    machine)."""
+    way against 0.47-0.55 s with a ``bytearray``, alternated in fresh processes on the
+    reference machine)."""
     corpus = memoryview(codes)
     filled = 0
     try:
@@ -727,7 +739,12 @@ def _ids_of(codes: bytearray, pieces: list[tuple[int, int]], lut: bytes,
             filled = stop
     finally:
         corpus.release()
-    del codes[filled:]
+    if isinstance(codes, bytearray):
+        del codes[filled:]
+    elif filled:
+        codes.resize(filled)  # mremap: the pages past the corpus go back
+    else:
+        return np.zeros(0, np.uint8)  # a mapping cannot be empty
     return np.frombuffer(codes, dtype=np.uint8)
 
 
@@ -744,10 +761,10 @@ def _count_codes(codes: np.ndarray) -> np.ndarray:
     return counts.astype(np.int64)
 
 
-def _first_seen(codes: bytearray, present: np.ndarray) -> list[int]:
+def _first_seen(codes: bytearray | mmap.mmap, present: np.ndarray) -> list[int]:
     """Values of ``present`` in order of first occurrence in ``codes``: one ``find`` (memchr)
     each, which stops at the value's first occurrence (every value of ``present`` occurs)."""
-    return sorted(present.tolist(), key=codes.find)
+    return sorted(present.tolist(), key=lambda code: codes.find(bytes((code,))))
 
 
 def index_dtype(size: int) -> np.dtype:

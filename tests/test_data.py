@@ -721,6 +721,23 @@ def test_a_bad_byte_deep_in_a_large_file_is_named_by_its_offset_and_non_ascii_te
     assert corpus.size == 0 and len(vocab) == 1
 
 
+@pytest.mark.parametrize("text, max_tokens, expected", [
+    (b"12, 34!\n", -1, ""),  # no letter: nothing is kept of the codes' buffer
+    (b"ab\n" * 5000, -1, "ab" * 5000),
+    (b"ab\n" * 5000, 3, "aba"),  # the buffer is cut to three tokens
+])
+def test_the_corpus_is_a_writable_uint8_array_of_its_own_length(tmp_path, text, max_tokens,
+                                                                expected):
+    """The codes' buffer (an anonymous mapping on Linux) becomes the corpus, cut to its length,
+    as writable as an array the user made."""
+    path = tmp_path / "t.txt"
+    path.write_bytes(text)
+    corpus, vocab = load_corpus(path, max_tokens=max_tokens)
+    assert corpus.dtype == np.uint8 and corpus.flags.writeable
+    assert "".join(vocab.to_tokens(corpus.tolist())) == expected
+    corpus[:] = 0  # the user's to change
+
+
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_a_text_of_many_pieces_cleans_the_same_on_one_thread_or_two(tmp_path, monkeypatch,
                                                                      threads):
