@@ -715,7 +715,7 @@ def _codes_buffer(n: int) -> bytearray | mmap.mmap:
 def _ids_of(codes: bytearray | mmap.mmap, pieces: list[tuple[int, int]], lut: bytes,
            limit: int) -> np.ndarray:
     """The first ``limit`` ids: each piece of ``codes`` mapped through ``lut`` with its dropped
-    bytes deleted, in one C pass per piece (``bytearray.translate``), and written back into
+    bytes deleted, in one C pass per piece (``translate``), and written back into
     ``codes`` from its start (the ids of a piece are never more than its codes, so they never
     reach a piece not yet read); ``codes`` is then cut to ``limit`` and becomes the corpus. A
     second buffer for the corpus would fault its pages in (0.07-0.09 s per 100 MB here) while
