@@ -555,7 +555,9 @@ _PIECE = 1 << 19  # bytes per piece of a large text (128 KB to 4 MB tried: 512 K
 # delete (line breaks too) is the minimum of the rest with 26, and a kept space is set by one
 # OR: four passes a piece fewer than ASCII codes with a code of their own for line breaks took
 _A = 0  # 'a'..'z' are _A.._A + 25
-_DROPPED = 26  # a byte the cleaning deletes: every non-letter but the one space a gap keeps
+# a byte the cleaning deletes: every non-letter but the one space a gap keeps. Exactly 26, the
+# least value a non-letter has after the subtraction, so that the minimum folds them all into it
+_DROPPED = 26
 _KEPT_SPACE = _DROPPED | 1  # a run of non-letters between two letters of one line, one space
 _CODES = _KEPT_SPACE + 1
 _DELETED = bytes([_DROPPED])  # what the cleaned text loses when its codes become ids
